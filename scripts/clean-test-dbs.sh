@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Drops the per-test databases (stolid_test_*) that interrupted runs left behind.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+set -a; source .env; set +a
+for db in $(psql "$DATABASE_URL" -XqtAc "SELECT datname FROM pg_database WHERE datname LIKE 'stolid\_test\_%'"); do
+  psql "$DATABASE_URL" -Xqc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null
+done

@@ -1,0 +1,162 @@
+//! Builds the application state once and runs the API and/or the workers until
+//! shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::blob::Blobs;
+use crate::config::Config;
+use crate::llm::Gateway;
+use crate::llm::usage::UsageRecorder;
+use crate::queue::Queue;
+use crate::{http, store, worker};
+
+/// Everything a handler or job needs; cheap to clone (all handles are shared).
+#[derive(Clone)]
+pub struct AppState {
+    pub db: PgPool,
+    pub blobs: Blobs,
+    pub queue: Queue,
+    pub gateway: Arc<Gateway>,
+    pub config: Arc<Config>,
+}
+
+/// Which parts of stolid this process runs: the same image can be split into an
+/// API service and a worker service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    All,
+    Api,
+    Worker,
+}
+
+pub struct Application {
+    state: AppState,
+    listener: Option<TcpListener>,
+    usage_writer: tokio::task::JoinHandle<()>,
+    role: Role,
+}
+
+pub async fn aws_sdk_config(config: &Config) -> aws_config::SdkConfig {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(config.aws.region.clone()));
+    if let Some(endpoint) = &config.aws.endpoint_url {
+        loader = loader.endpoint_url(endpoint);
+    }
+    loader.load().await
+}
+
+impl Application {
+    /// Connects, migrates, prepares the embedding index and binds the port
+    /// (`config.port`, 0 for any free port).
+    pub async fn build(config: Config, role: Role, usage_log: bool) -> anyhow::Result<Self> {
+        let db = store::connect(&config.database_url, config.database_max_connections).await?;
+        store::MIGRATOR.run(&db).await.context("running migrations")?;
+        store::embeddings::ensure_index(&db, &config.llm.embedding_model, config.llm.embedding_dimensions)
+            .await
+            .context("creating the embedding index")?;
+        let sdk = aws_sdk_config(&config).await;
+        let blobs = Blobs::new(&sdk, config.aws.endpoint_url.is_some(), &config.s3_bucket);
+        let queue = Queue::new(&sdk, &config.sqs_queue_url);
+        let (recorder, usage_writer) = UsageRecorder::spawn(db.clone(), usage_log);
+        let gateway = Arc::new(Gateway::new(config.llm.clone(), recorder)?);
+        let listener = if role == Role::Worker {
+            None
+        } else {
+            let addr = SocketAddr::from(([0, 0, 0, 0], config.port));
+            Some(TcpListener::bind(addr).await.with_context(|| format!("binding port {}", config.port))?)
+        };
+        tracing::info!(
+            provider = gateway.provider_name(),
+            chat_model = gateway.chat_model(),
+            embedding_model = gateway.embedding_model(),
+            role = ?role,
+            "stolid ready"
+        );
+        if gateway.provider_name() == "local" {
+            tracing::warn!("no OPENAI_API_KEY: using the built-in local provider (hashed embeddings, extractive answers)");
+        }
+        let state = AppState { db, blobs, queue, gateway, config: Arc::new(config) };
+        Ok(Self { state, listener, usage_writer, role })
+    }
+
+    pub fn port(&self) -> Option<u16> {
+        self.listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.port())
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains: stops accepting, lets
+    /// in-flight requests and jobs finish (or releases jobs' messages) within the
+    /// configured deadline, and flushes pending usage rows.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Application { state, listener, usage_writer, role } = self;
+        let deadline = state.config.shutdown_timeout;
+        let api = listener.map(|listener| {
+            let router = http::router(state.clone());
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await
+            })
+        });
+        let workers = (role != Role::Api).then(|| {
+            // A little less than the whole deadline, so usage can still be flushed after.
+            tokio::spawn(worker::run(state.clone(), shutdown.clone(), deadline.mul_f64(0.8)))
+        });
+        shutdown.cancelled().await;
+        tracing::info!(deadline_s = deadline.as_secs(), "shutting down");
+        let drain = async {
+            if let Some(api) = api {
+                match api.await {
+                    Ok(Err(err)) => tracing::error!(error = %err, "HTTP server failed"),
+                    Err(err) => tracing::error!(error = %err, "HTTP server task failed"),
+                    Ok(Ok(())) => {}
+                }
+            }
+            if let Some(workers) = workers {
+                let _ = workers.await;
+            }
+        };
+        if tokio::time::timeout(deadline, drain).await.is_err() {
+            tracing::warn!("in-flight work did not finish before the shutdown deadline");
+        }
+        let recorder = state.gateway.recorder().clone();
+        recorder.flush().await;
+        drop(recorder);
+        drop(state);
+        // The writer ends when the last recorder handle is gone; in-flight
+        // request tasks may still hold one, so do not wait for it forever.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), usage_writer).await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM (what ECS sends on stop).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

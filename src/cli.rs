@@ -1,0 +1,115 @@
+//! The command line: `serve`, `migrate`, `keys ...`.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{Application, Role};
+use crate::config::Config;
+use crate::{store, telemetry};
+
+#[derive(Parser)]
+#[command(name = "stolid", version, about = "A boring, reliable backend for AI products")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP API and/or the SQS workers until SIGTERM or Ctrl-C.
+    Serve {
+        /// `all` runs both in one process; `api` and `worker` split them (same image).
+        #[arg(long, value_enum, default_value = "all")]
+        role: Role,
+    },
+    /// Apply database migrations (serve also does this at start).
+    Migrate,
+    /// Manage API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key for a tenant (created if needed); prints only the key, once.
+    Create {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Revoke a key, given the key itself or its id.
+    Revoke { key_or_id: String },
+    /// List keys (ids, tenants, prefixes; never the keys).
+    List,
+    /// Exit 0 and print the tenant when the key is valid, exit 1 otherwise.
+    Verify { key: String },
+}
+
+/// The database URL alone: admin commands should not need S3 or SQS settings.
+fn database_url() -> anyhow::Result<String> {
+    std::env::var("DATABASE_URL")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .context("configuration: DATABASE_URL is required but not set")
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { role } => {
+            let config = Config::from_env()?;
+            telemetry::init(&config.log_level, std::io::stdout);
+            let app = Application::build(config, role, true).await?;
+            if let Some(port) = app.port() {
+                tracing::info!(port, "listening");
+            }
+            let shutdown = CancellationToken::new();
+            let trigger = shutdown.clone();
+            tokio::spawn(async move {
+                crate::app::shutdown_signal().await;
+                trigger.cancel();
+            });
+            app.run(shutdown).await
+        }
+        Command::Migrate => {
+            telemetry::init("warn", std::io::stderr);
+            let db = store::connect(&database_url()?, 2).await?;
+            store::MIGRATOR.run(&db).await.context("running migrations")?;
+            eprintln!("migrations applied");
+            Ok(())
+        }
+        Command::Keys { command } => {
+            telemetry::init("warn", std::io::stderr);
+            let db = store::connect(&database_url()?, 2).await?;
+            store::MIGRATOR.run(&db).await.context("running migrations")?;
+            match command {
+                KeysCommand::Create { tenant } => {
+                    let tenant_id = store::keys::ensure_tenant(&db, &tenant).await?;
+                    let created = store::keys::create_key(&db, tenant_id).await?;
+                    eprintln!("created key {} for tenant {tenant}; it is shown only once", created.id);
+                    println!("{}", created.key);
+                }
+                KeysCommand::Revoke { key_or_id } => {
+                    if !store::keys::revoke(&db, &key_or_id).await? {
+                        anyhow::bail!("no active key matches");
+                    }
+                    eprintln!("revoked");
+                }
+                KeysCommand::List => {
+                    println!("{:<38} {:<20} {:<14} {:<26} revoked", "id", "tenant", "prefix", "created");
+                    for k in store::keys::list(&db).await? {
+                        let revoked = k.revoked_at.map(|t| t.to_rfc3339()).unwrap_or_default();
+                        println!("{:<38} {:<20} {:<14} {:<26} {revoked}", k.id, k.tenant, k.prefix, k.created_at.to_rfc3339());
+                    }
+                }
+                KeysCommand::Verify { key } => {
+                    let tenant = store::keys::tenant_for_key(&db, &key).await?;
+                    let Some(tenant_id) = tenant else { anyhow::bail!("key is not valid") };
+                    println!("{tenant_id}");
+                }
+            }
+            Ok(())
+        }
+    }
+}

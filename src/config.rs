@@ -1,0 +1,336 @@
+//! Typed configuration from environment variables (and `.env`, loaded by `main`).
+//!
+//! Every setting has one variable, documented in the README. Parsing is done
+//! once at start and fails with one line naming the variable, so a typo in a
+//! task definition shows up as a clear crash, not as odd behaviour later.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::llm::pricing::{ModelPrice, PriceTable};
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConfigError {
+    #[error("configuration: {var} is required but not set")]
+    Missing { var: &'static str },
+    #[error("configuration: {var}={value:?} is invalid: {reason}")]
+    Invalid { var: &'static str, value: String, reason: String },
+}
+
+/// Which model backend the gateway talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    /// Any OpenAI-compatible endpoint through async-openai.
+    OpenAi,
+    /// In-process, deterministic, offline: the default without an API key.
+    Local,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::OpenAi => "openai",
+            ProviderKind::Local => "local",
+        }
+    }
+}
+
+/// A cap of `limit` units per `window` (requests or tokens).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateCap {
+    pub limit: u32,
+    pub window: Duration,
+}
+
+impl RateCap {
+    pub fn per_minute(limit: u32) -> Self {
+        Self { limit, window: Duration::from_secs(60) }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EmbeddingLimits {
+    pub requests: RateCap,
+    pub tokens: RateCap,
+    /// Calls allowed on the wire at once, across every worker of the process.
+    pub max_in_flight: usize,
+    /// Provider per-request limits (OpenAI: 2,048 inputs, 300,000 tokens, 8,192 per input).
+    pub max_batch_inputs: usize,
+    pub max_batch_tokens: usize,
+    pub max_input_tokens: usize,
+    /// Attempts per call before a rate-limited or failing call gives up.
+    pub max_attempts: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct LlmConfig {
+    pub provider: ProviderKind,
+    pub api_key: Option<String>,
+    pub base_url: String,
+    pub chat_model: String,
+    pub embedding_model: String,
+    pub embedding_dimensions: usize,
+    pub request_timeout: Duration,
+    pub prices: PriceTable,
+    pub embedding_limits: EmbeddingLimits,
+}
+
+#[derive(Debug, Clone)]
+pub struct AwsConfig {
+    /// Set for local emulators (moto); the SDK then uses path-style S3 addressing.
+    pub endpoint_url: Option<String>,
+    pub region: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Concurrent SQS receive loops.
+    pub pollers: usize,
+    /// Jobs processed at once per process; bounds memory however deep the queue is.
+    pub concurrency: usize,
+    /// Visibility timeout set on received messages and extended by the heartbeat.
+    pub visibility_timeout: Duration,
+    pub wait_time: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: String,
+    pub database_max_connections: u32,
+    pub s3_bucket: String,
+    pub sqs_queue_url: String,
+    pub aws: AwsConfig,
+    pub llm: LlmConfig,
+    pub worker: WorkerConfig,
+    pub port: u16,
+    pub log_level: String,
+    pub shutdown_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_body_bytes: usize,
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads configuration through `lookup`, so tests need not touch the process environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let env = Env(&lookup);
+        let api_key = env.optional("OPENAI_API_KEY").filter(|k| !k.is_empty());
+        let provider = match env.optional("LLM_PROVIDER").as_deref() {
+            None | Some("") => {
+                if api_key.is_some() { ProviderKind::OpenAi } else { ProviderKind::Local }
+            }
+            Some("openai") => ProviderKind::OpenAi,
+            Some("local") => ProviderKind::Local,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    var: "LLM_PROVIDER",
+                    value: other.into(),
+                    reason: "expected `openai` or `local`".into(),
+                });
+            }
+        };
+        let (default_chat, default_embed, default_dims) = match provider {
+            ProviderKind::OpenAi => ("gpt-4o-mini", "text-embedding-3-small", 1536),
+            ProviderKind::Local => ("local-extractive", "local-hash-384", 384),
+        };
+        let embedding_dimensions: usize = env.parse("EMBEDDING_DIMENSIONS", default_dims)?;
+        if !(1..=16_000).contains(&embedding_dimensions) {
+            return Err(env.invalid("EMBEDDING_DIMENSIONS", "must be between 1 and 16000 (pgvector's limit)"));
+        }
+        let mut prices = PriceTable::default();
+        if let Some(raw) = env.optional("MODEL_PRICES") {
+            let overrides: HashMap<String, ModelPrice> = serde_json::from_str(&raw).map_err(|e| {
+                ConfigError::Invalid {
+                    var: "MODEL_PRICES",
+                    value: raw.clone(),
+                    reason: format!("expected JSON like {{\"model\": {{\"input\": 0.15, \"output\": 0.6}}}} (USD per 1M tokens): {e}"),
+                }
+            })?;
+            prices.extend(overrides);
+        }
+
+        let llm = LlmConfig {
+            provider,
+            api_key,
+            base_url: env.string("OPENAI_BASE_URL", "https://api.openai.com/v1"),
+            chat_model: env.string("CHAT_MODEL", default_chat),
+            embedding_model: env.string("EMBEDDING_MODEL", default_embed),
+            embedding_dimensions,
+            request_timeout: Duration::from_secs(env.parse_positive("LLM_TIMEOUT_SECS", 120)?),
+            prices,
+            embedding_limits: EmbeddingLimits {
+                requests: RateCap::per_minute(env.parse_positive("EMBED_REQUESTS_PER_MINUTE", 3_000)?),
+                tokens: RateCap::per_minute(env.parse_positive("EMBED_TOKENS_PER_MINUTE", 1_000_000)?),
+                max_in_flight: env.parse_positive("EMBED_MAX_IN_FLIGHT", 4)?,
+                max_batch_inputs: env.parse_positive("EMBED_MAX_BATCH_INPUTS", 2_048)?,
+                max_batch_tokens: env.parse_positive("EMBED_MAX_BATCH_TOKENS", 300_000)?,
+                max_input_tokens: env.parse_positive("EMBED_MAX_INPUT_TOKENS", 8_192)?,
+                max_attempts: env.parse_positive("LLM_MAX_ATTEMPTS", 6)?,
+            },
+        };
+        if llm.provider == ProviderKind::OpenAi && llm.api_key.is_none() {
+            return Err(ConfigError::Missing { var: "OPENAI_API_KEY" });
+        }
+
+        Ok(Config {
+            database_url: env.required("DATABASE_URL")?,
+            database_max_connections: env.parse_positive("DATABASE_MAX_CONNECTIONS", 20)?,
+            s3_bucket: env.required("S3_BUCKET")?,
+            sqs_queue_url: env.required("SQS_QUEUE_URL")?,
+            aws: AwsConfig {
+                endpoint_url: env.optional("AWS_ENDPOINT_URL").filter(|s| !s.is_empty()),
+                region: env.string("AWS_REGION", "us-east-1"),
+            },
+            llm,
+            worker: WorkerConfig {
+                pollers: env.parse("WORKER_POLLERS", 1)?,
+                concurrency: env.parse_positive("WORKER_CONCURRENCY", 8)?,
+                visibility_timeout: Duration::from_secs(env.parse_positive("WORKER_VISIBILITY_TIMEOUT_SECS", 60)?),
+                wait_time: Duration::from_secs(env.parse("WORKER_WAIT_TIME_SECS", 10)?),
+            },
+            port: env.parse("PORT", 8080)?,
+            log_level: env.string("LOG_LEVEL", "info"),
+            shutdown_timeout: Duration::from_secs(env.parse_positive("SHUTDOWN_TIMEOUT_SECS", 30)?),
+            request_timeout: Duration::from_secs(env.parse_positive("REQUEST_TIMEOUT_SECS", 120)?),
+            max_body_bytes: env.parse_positive("MAX_BODY_BYTES", 50 * 1024 * 1024)?,
+        })
+    }
+}
+
+struct Env<'a>(&'a dyn Fn(&str) -> Option<String>);
+
+impl Env<'_> {
+    fn optional(&self, var: &str) -> Option<String> {
+        (self.0)(var)
+    }
+
+    fn string(&self, var: &str, default: &str) -> String {
+        self.optional(var).filter(|s| !s.is_empty()).unwrap_or_else(|| default.to_string())
+    }
+
+    fn required(&self, var: &'static str) -> Result<String, ConfigError> {
+        self.optional(var).filter(|s| !s.is_empty()).ok_or(ConfigError::Missing { var })
+    }
+
+    fn invalid(&self, var: &'static str, reason: &str) -> ConfigError {
+        ConfigError::Invalid { var, value: self.optional(var).unwrap_or_default(), reason: reason.into() }
+    }
+
+    fn parse<T>(&self, var: &'static str, default: T) -> Result<T, ConfigError>
+    where
+        T: FromStr,
+        T::Err: std::fmt::Display,
+    {
+        match self.optional(var).filter(|s| !s.is_empty()) {
+            None => Ok(default),
+            Some(raw) => raw.trim().parse().map_err(|e: T::Err| ConfigError::Invalid {
+                var,
+                value: raw.clone(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    fn parse_positive<T>(&self, var: &'static str, default: T) -> Result<T, ConfigError>
+    where
+        T: FromStr + PartialOrd + Default,
+        T::Err: std::fmt::Display,
+    {
+        let value = self.parse(var, default)?;
+        if value <= T::default() {
+            return Err(self.invalid(var, "must be greater than zero"));
+        }
+        Ok(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> =
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| map.get(k).cloned()
+    }
+
+    const BASE: [(&str, &str); 3] = [
+        ("DATABASE_URL", "postgres://localhost/stolid"),
+        ("S3_BUCKET", "b"),
+        ("SQS_QUEUE_URL", "http://localhost:4566/000000000000/q"),
+    ];
+
+    #[test]
+    fn defaults_to_the_local_provider_without_an_api_key() {
+        let config = Config::from_lookup(lookup(&BASE)).unwrap();
+        assert_eq!(config.llm.provider, ProviderKind::Local);
+        assert_eq!(config.port, 8080);
+        assert_eq!(config.llm.embedding_dimensions, 384);
+    }
+
+    #[test]
+    fn an_api_key_selects_the_openai_provider_and_its_models() {
+        let mut pairs = BASE.to_vec();
+        pairs.push(("OPENAI_API_KEY", "sk-test"));
+        let config = Config::from_lookup(lookup(&pairs)).unwrap();
+        assert_eq!(config.llm.provider, ProviderKind::OpenAi);
+        assert_eq!(config.llm.embedding_model, "text-embedding-3-small");
+        assert_eq!(config.llm.embedding_dimensions, 1536);
+    }
+
+    #[test]
+    fn a_missing_required_variable_is_named() {
+        let err = Config::from_lookup(lookup(&BASE[1..])).unwrap_err();
+        assert_eq!(err, ConfigError::Missing { var: "DATABASE_URL" });
+        assert_eq!(err.to_string(), "configuration: DATABASE_URL is required but not set");
+    }
+
+    #[test]
+    fn an_unparsable_number_names_the_variable_and_value() {
+        let mut pairs = BASE.to_vec();
+        pairs.push(("PORT", "eighty"));
+        let err = Config::from_lookup(lookup(&pairs)).unwrap_err().to_string();
+        assert!(err.contains("PORT=\"eighty\" is invalid"), "{err}");
+    }
+
+    #[test]
+    fn zero_where_a_positive_number_is_needed_is_rejected() {
+        let mut pairs = BASE.to_vec();
+        pairs.push(("EMBED_MAX_IN_FLIGHT", "0"));
+        let err = Config::from_lookup(lookup(&pairs)).unwrap_err().to_string();
+        assert!(err.contains("EMBED_MAX_IN_FLIGHT"), "{err}");
+        assert!(err.contains("greater than zero"), "{err}");
+    }
+
+    #[test]
+    fn forcing_openai_without_a_key_is_an_error() {
+        let mut pairs = BASE.to_vec();
+        pairs.push(("LLM_PROVIDER", "openai"));
+        assert_eq!(
+            Config::from_lookup(lookup(&pairs)).unwrap_err(),
+            ConfigError::Missing { var: "OPENAI_API_KEY" }
+        );
+    }
+
+    #[test]
+    fn malformed_price_overrides_are_rejected_with_an_example() {
+        let mut pairs = BASE.to_vec();
+        pairs.push(("MODEL_PRICES", "cheap"));
+        let err = Config::from_lookup(lookup(&pairs)).unwrap_err().to_string();
+        assert!(err.contains("MODEL_PRICES"), "{err}");
+    }
+
+    #[test]
+    fn price_overrides_extend_the_default_table() {
+        let mut pairs = BASE.to_vec();
+        pairs.push(("MODEL_PRICES", r#"{"my-model": {"input": 1.0, "output": 2.0}}"#));
+        let config = Config::from_lookup(lookup(&pairs)).unwrap();
+        assert_eq!(config.llm.prices.cost_usd("my-model", 1_000_000, 500_000), 2.0);
+        assert!(config.llm.prices.cost_usd("gpt-4o-mini", 1_000_000, 0) > 0.0);
+    }
+}

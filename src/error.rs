@@ -1,0 +1,166 @@
+//! The HTTP error type: every handler returns `Result<T, Error>`, and this is the
+//! one place errors become responses.
+//!
+//! Body shape, everywhere: `{"error": {"code": "...", "message": "..."}}`. Codes
+//! are stable strings clients may match on. 5xx bodies are generic; the cause is
+//! logged once here, inside the request's span (so with its request id).
+
+use axum::extract::FromRequest;
+use axum::extract::rejection::JsonRejection;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::llm::LlmError;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+    #[error("missing or invalid API key")]
+    Unauthorized,
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("request body is too large")]
+    PayloadTooLarge,
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{message}")]
+    Unprocessable { code: &'static str, message: String },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Llm(#[from] LlmError),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+/// The JSON error body.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable code, e.g. `unauthorized`, `invalid_json`, `not_found`.
+    pub code: String,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+impl Error {
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Error::BadRequest { code: "bad_request", message: message.into() }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Error::Unprocessable { code: "invalid_request", message: message.into() }
+    }
+
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Error::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
+            Error::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Error::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Error::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Error::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            Error::Unprocessable { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
+            Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Error::Llm(LlmError::RateLimited { .. }) => (StatusCode::TOO_MANY_REQUESTS, "model_rate_limited"),
+            Error::Llm(LlmError::QuotaExhausted(_)) => (StatusCode::SERVICE_UNAVAILABLE, "model_quota_exhausted"),
+            Error::Llm(LlmError::InputTooLong { .. }) => (StatusCode::UNPROCESSABLE_ENTITY, "input_too_long"),
+            Error::Llm(LlmError::Provider(_)) => (StatusCode::BAD_GATEWAY, "model_error"),
+            Error::Database(_) | Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+/// A JSON error response with a given status; also used for errors raised by
+/// middleware (body limit, timeout, unknown route).
+pub fn error_response(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    let body = ErrorBody { error: ErrorDetail { code: code.to_string(), message: message.into() } };
+    (status, axum::Json(body)).into_response()
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let message = if status.is_server_error() {
+            tracing::error!(error = ?self, "request failed");
+            match &self {
+                // These say nothing internal and tell the caller what to do.
+                Error::Unavailable(_) | Error::Llm(_) => self.to_string(),
+                _ => "internal server error".to_string(),
+            }
+        } else {
+            self.to_string()
+        };
+        error_response(status, code, message)
+    }
+}
+
+impl From<JsonRejection> for Error {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection {
+            JsonRejection::JsonDataError(e) => Error::Unprocessable { code: "invalid_body", message: e.body_text() },
+            JsonRejection::JsonSyntaxError(e) => Error::BadRequest { code: "invalid_json", message: e.body_text() },
+            JsonRejection::MissingJsonContentType(_) => {
+                Error::UnsupportedMediaType("expected `Content-Type: application/json`".into())
+            }
+            JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Error::PayloadTooLarge,
+            other => Error::bad_request(other.body_text()),
+        }
+    }
+}
+
+/// `Json` whose rejections come back in our error format.
+#[derive(Debug, Clone, Copy, Default, FromRequest)]
+#[from_request(via(axum::Json), rejection(Error))]
+pub struct AppJson<T>(pub T);
+
+impl<T: Serialize> IntoResponse for AppJson<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_error_maps_to_its_status_and_stable_code() {
+        let cases: Vec<(Error, StatusCode, &str)> = vec![
+            (Error::bad_request("x"), StatusCode::BAD_REQUEST, "bad_request"),
+            (Error::Unauthorized, StatusCode::UNAUTHORIZED, "unauthorized"),
+            (Error::NotFound("document"), StatusCode::NOT_FOUND, "not_found"),
+            (Error::PayloadTooLarge, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            (Error::UnsupportedMediaType("x".into()), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            (Error::invalid("x"), StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+            (Error::Llm(LlmError::RateLimited { attempts: 3 }), StatusCode::TOO_MANY_REQUESTS, "model_rate_limited"),
+            (Error::Unavailable("db".into()), StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            (Error::Internal(anyhow::anyhow!("secret detail")), StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        ];
+        for (error, status, code) in cases {
+            assert_eq!(error.status_and_code(), (status, code), "{error:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn server_errors_hide_their_cause() {
+        let response = Error::Internal(anyhow::anyhow!("password=hunter2")).into_response();
+        let body = axum::body::to_bytes(response.into_body(), 1024).await.unwrap();
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("\"code\":\"internal\""), "{text}");
+    }
+}

@@ -1,0 +1,112 @@
+//! The HTTP API: one router per resource, merged here, wrapped in the
+//! middleware every route shares (request id, tracing, timeout, body limit,
+//! JSON errors).
+
+pub mod auth;
+pub mod health;
+pub mod me;
+
+use axum::Router;
+use axum::http::{HeaderName, Request, StatusCode, header};
+use axum::response::Response;
+use axum::routing::get;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+
+use crate::app::AppState;
+use crate::error::error_response;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "stolid", description = "Retrieval-augmented AI backend: documents, search, chat, suggest, agent, usage."),
+    paths(health::healthz, health::readyz, me::me),
+    components(schemas(crate::error::ErrorBody)),
+    modifiers(&ApiKeyAuth),
+)]
+pub struct ApiDoc;
+
+struct ApiKeyAuth;
+
+impl utoipa::Modify for ApiKeyAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let config = state.config.clone();
+    let middleware = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request<_>| {
+                    let request_id = request.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
+                    tracing::info_span!(
+                        "request",
+                        request_id = %request_id,
+                        method = %request.method(),
+                        path = %request.uri().path(),
+                        tenant_id = tracing::field::Empty,
+                    )
+                })
+                .on_request(())
+                .on_response(DefaultOnResponse::new().level(Level::INFO).latency_unit(tower_http::LatencyUnit::Millis)),
+        )
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID));
+
+    Router::new()
+        .merge(health::router())
+        .merge(me::router())
+        .route("/openapi.json", get(|| async { axum::Json(ApiDoc::openapi()) }))
+        .fallback(|| async { error_response(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        // Innermost first: each `.layer` wraps everything above it.
+        .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
+        .layer(TimeoutLayer::with_status_code(StatusCode::GATEWAY_TIMEOUT, config.request_timeout))
+        .layer(CatchPanicLayer::new())
+        .layer(axum::middleware::map_response(json_errors))
+        .layer(middleware)
+        .with_state(state)
+}
+
+/// Errors produced outside handlers (body limit, timeout, method not allowed,
+/// panics) come as plain text; give them our JSON shape.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json") || v.starts_with("text/event-stream"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let code = match status {
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::REQUEST_TIMEOUT | StatusCode::GATEWAY_TIMEOUT => "timeout",
+        StatusCode::TOO_MANY_REQUESTS => "rate_limited",
+        s if s.is_server_error() => "internal",
+        _ => "bad_request",
+    };
+    let message = status.canonical_reason().unwrap_or("error").to_lowercase();
+    let mut json = error_response(status, code, message);
+    if let Some(allow) = response.headers().get(header::ALLOW) {
+        json.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    json
+}

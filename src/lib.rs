@@ -1,0 +1,24 @@
+//! stolid: a boring, reliable backend for an AI product.
+//!
+//! A tour, in the order a request or a job meets the code:
+//! - [`config`]: typed settings from the environment, checked once at start.
+//! - [`app`]: builds the shared [`app::AppState`] and runs the API and/or workers until shutdown.
+//! - [`http`]: the axum API, one module per resource; [`error`] turns failures into JSON.
+//! - [`worker`]: SQS receive loops, visibility heartbeats, and the jobs they run.
+//! - [`llm`]: the model gateway; every chat and embedding call, its rate limiting and its usage record.
+//! - [`store`]: SQL by table; [`blob`] and [`queue`]: thin S3 and SQS wrappers.
+//! - [`telemetry`]: JSON logs for CloudWatch.
+//! - [`testkit`]: a fake OpenAI-compatible server for tests and benchmarks.
+
+pub mod app;
+pub mod blob;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod llm;
+pub mod queue;
+pub mod store;
+pub mod telemetry;
+pub mod testkit;
+pub mod worker;

@@ -1,0 +1,208 @@
+//! The local provider: in-process, deterministic, offline, and genuinely useful.
+//!
+//! - Embeddings hash words and character trigrams into a fixed number of signed
+//!   buckets (the "hashing trick") and L2-normalise, so cosine similarity tracks
+//!   lexical overlap: retrieval works, just without semantics.
+//! - Chat answers extractively: it picks the sentences of the numbered context
+//!   passages (`[n] ...`) that best overlap the question and cites them, or says
+//!   that the documents do not cover it. With tools offered and no tool result
+//!   yet, it asks for one `search_documents` call first, so the agent loop runs.
+
+use super::{ChatMessage, ChatOutput, ChatRequest, Role, ToolCall};
+
+const STOPWORDS: &[&str] = &[
+    "a", "an", "and", "are", "as", "at", "be", "by", "can", "do", "does", "for", "from", "how", "i",
+    "in", "is", "it", "of", "on", "or", "that", "the", "this", "to", "was", "what", "when", "where",
+    "which", "who", "why", "will", "with", "you", "your",
+];
+
+/// Lowercased alphanumeric words, without stopwords.
+pub fn content_words(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(|w| w.to_lowercase())
+        .filter(|w| !STOPWORDS.contains(&w.as_str()))
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ *b as u64).wrapping_mul(0x100_0000_01b3))
+}
+
+fn add_feature(vector: &mut [f32], feature: &[u8], weight: f32) {
+    let h = fnv1a(feature);
+    let bucket = (h % vector.len() as u64) as usize;
+    let sign = if h >> 63 == 0 { 1.0 } else { -1.0 };
+    vector[bucket] += sign * weight;
+}
+
+/// A unit vector of `dims` dimensions for `text`.
+pub fn embed(text: &str, dims: usize) -> Vec<f32> {
+    let mut vector = vec![0.0f32; dims];
+    for word in content_words(text) {
+        add_feature(&mut vector, word.as_bytes(), 1.0);
+        let padded: Vec<char> = format!("^{word}$").chars().collect();
+        for gram in padded.windows(3) {
+            let gram: String = gram.iter().collect();
+            add_feature(&mut vector, format!("#{gram}").as_bytes(), 0.3);
+        }
+    }
+    let norm = vector.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm == 0.0 {
+        // Cosine distance is undefined for a zero vector; give empty text a fixed direction.
+        vector[0] = 1.0;
+    } else {
+        vector.iter_mut().for_each(|x| *x /= norm);
+    }
+    vector
+}
+
+/// A numbered passage the local chat can quote: `[n] text`.
+struct Passage<'a> {
+    number: &'a str,
+    text: &'a str,
+}
+
+fn passages(text: &str) -> Vec<Passage<'_>> {
+    let mut out = Vec::new();
+    for block in text.split("\n[").map(|b| b.trim_start_matches('[')) {
+        if let Some((number, rest)) = block.split_once(']') {
+            if !number.is_empty() && number.chars().all(|c| c.is_ascii_digit()) {
+                out.push(Passage { number, text: rest.trim() });
+            }
+        }
+    }
+    out
+}
+
+fn sentences(text: &str) -> impl Iterator<Item = &str> {
+    text.split_inclusive(['.', '?', '!', '\n']).map(str::trim).filter(|s| s.len() > 2)
+}
+
+fn stem(word: &str) -> &str {
+    word.strip_suffix('s').filter(|w| w.len() > 2).unwrap_or(word)
+}
+
+pub fn chat(request: &ChatRequest) -> ChatOutput {
+    let question = request
+        .messages
+        .iter()
+        .rev()
+        .find(|m| m.role == Role::User)
+        .map(|m| m.content.as_str())
+        .unwrap_or("");
+    let last_user = request.messages.iter().rposition(|m| m.role == Role::User).unwrap_or(0);
+    let has_tool_result = request.messages[last_user..].iter().any(|m| m.role == Role::Tool);
+    if let Some(tool) = request.tools.iter().find(|t| t.name == "search_documents") {
+        if !has_tool_result {
+            return ChatOutput {
+                content: String::new(),
+                tool_calls: vec![ToolCall {
+                    id: format!("call_local_{}", request.messages.len()),
+                    name: tool.name.clone(),
+                    arguments: serde_json::json!({ "query": question }).to_string(),
+                }],
+            };
+        }
+    }
+    ChatOutput { content: extractive_answer(question, &request.messages), tool_calls: vec![] }
+}
+
+/// The sentences of the context that best overlap the question, each cited.
+fn extractive_answer(question: &str, messages: &[ChatMessage]) -> String {
+    let wanted: Vec<String> = content_words(question).map(|w| stem(&w).to_string()).collect();
+    let mut scored: Vec<(usize, usize, String, &str)> = Vec::new(); // (score, order, sentence, number)
+    let context = messages.iter().filter(|m| matches!(m.role, Role::System | Role::Tool));
+    for message in context {
+        for passage in passages(&message.content) {
+            for sentence in sentences(passage.text) {
+                let words: Vec<String> = content_words(sentence).map(|w| stem(&w).to_string()).collect();
+                let score = wanted.iter().filter(|w| words.contains(w)).count();
+                if score > 0 {
+                    scored.push((score, scored.len(), sentence.to_string(), passage.number));
+                }
+            }
+        }
+    }
+    if scored.is_empty() {
+        return "I could not find anything about this in the provided documents.".into();
+    }
+    scored.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    let mut seen = Vec::new();
+    let mut answer = Vec::new();
+    for (_, _, sentence, number) in scored.into_iter().take(3) {
+        if seen.contains(&sentence) {
+            continue;
+        }
+        answer.push(format!("{sentence} [{number}]"));
+        seen.push(sentence);
+    }
+    answer.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::llm::ToolSpec;
+
+    fn cosine(a: &[f32], b: &[f32]) -> f32 {
+        a.iter().zip(b).map(|(x, y)| x * y).sum()
+    }
+
+    #[test]
+    fn embeddings_are_unit_length_and_deterministic() {
+        let a = embed("Ownership rules in Rust", 384);
+        let norm: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5);
+        assert_eq!(a, embed("Ownership rules in Rust", 384));
+    }
+
+    #[test]
+    fn lexically_related_texts_are_closer_than_unrelated_ones() {
+        let query = embed("how does borrowing work", 384);
+        let related = embed("Borrowing lets code use a value without taking ownership.", 384);
+        let unrelated = embed("Cargo downloads crates from the registry.", 384);
+        assert!(cosine(&query, &related) > cosine(&query, &unrelated) + 0.1);
+    }
+
+    #[test]
+    fn chat_quotes_and_cites_the_best_matching_passage() {
+        let request = ChatRequest {
+            messages: vec![
+                ChatMessage::system("Context:\n[1] Cargo builds crates.\n[2] The borrow checker enforces borrowing rules. It runs at compile time."),
+                ChatMessage::user("When does the borrow checker run?"),
+            ],
+            ..Default::default()
+        };
+        let answer = chat(&request).content;
+        assert!(answer.contains("[2]"), "{answer}");
+        assert!(!answer.contains("[1]"), "{answer}");
+    }
+
+    #[test]
+    fn chat_says_so_when_the_context_does_not_cover_the_question() {
+        let request = ChatRequest {
+            messages: vec![ChatMessage::system("[1] Cargo builds crates."), ChatMessage::user("Weather in Paris?")],
+            ..Default::default()
+        };
+        assert!(chat(&request).content.contains("could not find"));
+    }
+
+    #[test]
+    fn with_tools_it_searches_first_then_answers_from_the_result() {
+        let mut request = ChatRequest {
+            messages: vec![ChatMessage::user("What builds crates?")],
+            tools: vec![ToolSpec {
+                name: "search_documents".into(),
+                description: String::new(),
+                parameters: serde_json::json!({}),
+            }],
+            ..Default::default()
+        };
+        let first = chat(&request);
+        assert_eq!(first.tool_calls.len(), 1);
+        request.messages.push(ChatMessage::tool(&first.tool_calls[0].id, "[1] Cargo builds crates."));
+        let second = chat(&request);
+        assert!(second.tool_calls.is_empty());
+        assert!(second.content.contains("[1]"), "{}", second.content);
+    }
+}

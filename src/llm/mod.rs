@@ -1,0 +1,443 @@
+//! The model gateway: every chat and embedding call of stolid passes through here.
+//!
+//! It owns the three things every call needs and no caller should re-implement:
+//! - the provider (`openai` over any OpenAI-compatible endpoint, or `local`);
+//! - for embeddings, batching under the provider's per-request limits and the one
+//!   shared [`limiter::EmbedLimiter`], with 429 handling that slows everyone;
+//! - accounting: each attempt becomes a [`usage::ModelCall`] (tokens, latency,
+//!   cost, request id, outcome), logged and written to Postgres off the request path.
+
+pub mod limiter;
+pub mod local;
+pub mod openai;
+pub mod pricing;
+pub mod usage;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::config::{LlmConfig, ProviderKind};
+use limiter::EmbedLimiter;
+use usage::{ModelCall, Operation, Outcome, UsageRecorder};
+
+/// Who a call is made for; carried into every usage record.
+#[derive(Debug, Clone, Default)]
+pub struct CallContext {
+    pub tenant_id: Option<Uuid>,
+    pub request_id: Option<String>,
+    pub conversation_id: Option<Uuid>,
+    /// What caused the call, e.g. `chat`, `search`, `worker.index`.
+    pub endpoint: &'static str,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+    Tool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    /// JSON text, as the model produced it.
+    pub arguments: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: Role,
+    pub content: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+impl ChatMessage {
+    fn new(role: Role, content: impl Into<String>) -> Self {
+        Self { role, content: content.into(), tool_calls: vec![], tool_call_id: None }
+    }
+    pub fn system(content: impl Into<String>) -> Self {
+        Self::new(Role::System, content)
+    }
+    pub fn user(content: impl Into<String>) -> Self {
+        Self::new(Role::User, content)
+    }
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Self::new(Role::Assistant, content)
+    }
+    pub fn tool(call_id: &str, content: impl Into<String>) -> Self {
+        Self { tool_call_id: Some(call_id.to_string()), ..Self::new(Role::Tool, content) }
+    }
+}
+
+/// A function the model may call; `parameters` is a JSON Schema.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ToolSpec {
+    pub name: String,
+    pub description: String,
+    pub parameters: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ChatRequest {
+    pub messages: Vec<ChatMessage>,
+    pub tools: Vec<ToolSpec>,
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+    /// Overrides the configured chat model.
+    pub model: Option<String>,
+}
+
+/// What a provider produced; token counts are added by the gateway.
+#[derive(Debug, Clone, Default)]
+pub struct ChatOutput {
+    pub content: String,
+    pub tool_calls: Vec<ToolCall>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenUsage {
+    pub input_tokens: u32,
+    pub output_tokens: u32,
+    pub cost_usd: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ChatResponse {
+    pub content: String,
+    pub tool_calls: Vec<ToolCall>,
+    pub model: String,
+    pub provider: &'static str,
+    pub usage: TokenUsage,
+    pub latency: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Embeddings {
+    /// One vector per input, in input order.
+    pub vectors: Vec<Vec<f32>>,
+    pub model: String,
+    pub input_tokens: u32,
+    /// Provider requests made, retries included.
+    pub requests: u32,
+}
+
+/// How a provider call failed; decides whether and how the gateway retries.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    #[error("rate limited: {message}")]
+    RateLimited { retry_after: Option<Duration>, message: String },
+    /// 429 `insufficient_quota`: retrying cannot help until someone pays.
+    #[error("quota exhausted: {0}")]
+    QuotaExhausted(String),
+    /// 5xx, timeouts, connection failures: worth retrying with backoff.
+    #[error("transient provider error: {0}")]
+    Transient(String),
+    #[error("provider error: {0}")]
+    Fatal(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LlmError {
+    #[error("the model provider is still rate limiting after {attempts} attempts")]
+    RateLimited { attempts: u32 },
+    #[error("the model provider's quota is exhausted: {0}")]
+    QuotaExhausted(String),
+    #[error("input {index} has {tokens} tokens, over the per-input limit of {max}")]
+    InputTooLong { index: usize, tokens: usize, max: usize },
+    #[error("the model provider failed: {0}")]
+    Provider(String),
+}
+
+pub enum Provider {
+    OpenAi(openai::OpenAiProvider),
+    Local,
+}
+
+pub struct Gateway {
+    provider: Provider,
+    config: LlmConfig,
+    limiter: EmbedLimiter,
+    recorder: UsageRecorder,
+    /// Set when the provider answered `insufficient_quota`; reported by `/readyz`.
+    quota_exhausted: Mutex<Option<String>>,
+}
+
+/// Tokens as OpenAI's current models count them (cl100k_base); close enough for
+/// budgets and batching with other providers.
+pub fn count_tokens(text: &str) -> usize {
+    tiktoken_rs::cl100k_base_singleton().count_ordinary(text)
+}
+
+impl Gateway {
+    pub fn new(config: LlmConfig, recorder: UsageRecorder) -> anyhow::Result<Self> {
+        let provider = match config.provider {
+            ProviderKind::OpenAi => Provider::OpenAi(openai::OpenAiProvider::new(&config)?),
+            ProviderKind::Local => Provider::Local,
+        };
+        Ok(Self {
+            limiter: EmbedLimiter::new(&config.embedding_limits),
+            provider,
+            config,
+            recorder,
+            quota_exhausted: Mutex::new(None),
+        })
+    }
+
+    pub fn provider_name(&self) -> &'static str {
+        self.config.provider.as_str()
+    }
+    pub fn chat_model(&self) -> &str {
+        &self.config.chat_model
+    }
+    pub fn embedding_model(&self) -> &str {
+        &self.config.embedding_model
+    }
+    pub fn embedding_dimensions(&self) -> usize {
+        self.config.embedding_dimensions
+    }
+    pub fn limiter(&self) -> &EmbedLimiter {
+        &self.limiter
+    }
+    pub fn recorder(&self) -> &UsageRecorder {
+        &self.recorder
+    }
+    pub fn max_input_tokens(&self) -> usize {
+        self.config.embedding_limits.max_input_tokens
+    }
+    pub fn quota_exhausted(&self) -> Option<String> {
+        self.quota_exhausted.lock().unwrap().clone()
+    }
+
+    /// Embeds `inputs` with the configured model, batching by count and tokens
+    /// and sending at most `max_in_flight` batches at once through the shared limiter.
+    pub async fn embed(&self, ctx: &CallContext, inputs: &[String]) -> Result<Embeddings, LlmError> {
+        let limits = &self.config.embedding_limits;
+        let tokens: Vec<usize> = inputs.iter().map(|t| count_tokens(t)).collect();
+        if let Some((index, &n)) = tokens.iter().enumerate().find(|(_, n)| **n > limits.max_input_tokens) {
+            return Err(LlmError::InputTooLong { index, tokens: n, max: limits.max_input_tokens });
+        }
+        let max_tokens = limits.max_batch_tokens.min(self.limiter.max_tokens_per_call());
+        let batches = batch_ranges(&tokens, limits.max_batch_inputs, max_tokens);
+        let results: Vec<(Vec<Vec<f32>>, u32, u32)> = futures::stream::iter(batches)
+            .map(|range| {
+                let batch_tokens: usize = tokens[range.clone()].iter().sum();
+                self.embed_batch(ctx, &inputs[range], batch_tokens)
+            })
+            .buffered(limits.max_in_flight)
+            .try_collect()
+            .await?;
+        let mut out = Embeddings {
+            vectors: Vec::with_capacity(inputs.len()),
+            model: self.config.embedding_model.clone(),
+            input_tokens: 0,
+            requests: 0,
+        };
+        for (vectors, input_tokens, requests) in results {
+            out.vectors.extend(vectors);
+            out.input_tokens += input_tokens;
+            out.requests += requests;
+        }
+        Ok(out)
+    }
+
+    /// One provider request (with retries) for a batch that fits its limits.
+    async fn embed_batch(
+        &self,
+        ctx: &CallContext,
+        inputs: &[String],
+        estimated_tokens: usize,
+    ) -> Result<(Vec<Vec<f32>>, u32, u32), LlmError> {
+        let model = &self.config.embedding_model;
+        let dims = self.config.embedding_dimensions;
+        let max_attempts = self.config.embedding_limits.max_attempts;
+        for attempt in 0..max_attempts {
+            let permit = self.limiter.acquire(estimated_tokens).await;
+            let started = Instant::now();
+            let result = match &self.provider {
+                Provider::OpenAi(p) => p.embed(model, dims, inputs).await,
+                Provider::Local => Ok((
+                    inputs.iter().map(|t| local::embed(t, dims)).collect(),
+                    estimated_tokens as u32,
+                )),
+            };
+            drop(permit);
+            let latency = started.elapsed();
+            match result {
+                Ok((vectors, input_tokens)) => {
+                    self.limiter.on_success();
+                    self.record(ctx, Operation::Embed, model, input_tokens, 0, latency, Outcome::Ok, None);
+                    if let Some(bad) = vectors.iter().find(|v| v.len() != dims) {
+                        return Err(LlmError::Provider(format!(
+                            "model {model} returned {} dimensions but EMBEDDING_DIMENSIONS is {dims}",
+                            bad.len()
+                        )));
+                    }
+                    return Ok((vectors, input_tokens, attempt + 1));
+                }
+                Err(err) => {
+                    let outcome = self.outcome_of(&err);
+                    self.record(ctx, Operation::Embed, model, 0, 0, latency, outcome, Some(err.to_string()));
+                    match err {
+                        ProviderError::RateLimited { retry_after, .. } => {
+                            // Wait inside the limiter: every other caller waits too.
+                            self.limiter.on_throttled(retry_after, attempt);
+                        }
+                        ProviderError::Transient(_) => sleep_backoff(attempt).await,
+                        other => return Err(self.give_up(other)),
+                    }
+                }
+            }
+        }
+        Err(LlmError::RateLimited { attempts: max_attempts })
+    }
+
+    /// A chat completion with the configured (or requested) model.
+    pub async fn chat(&self, ctx: &CallContext, request: &ChatRequest) -> Result<ChatResponse, LlmError> {
+        let model = request.model.clone().unwrap_or_else(|| self.config.chat_model.clone());
+        let max_attempts = self.config.embedding_limits.max_attempts;
+        for attempt in 0..max_attempts {
+            let started = Instant::now();
+            let result = match &self.provider {
+                Provider::OpenAi(p) => p.chat(&model, request).await,
+                Provider::Local => {
+                    let output = local::chat(request);
+                    let input_tokens = request.messages.iter().map(|m| count_tokens(&m.content) + 4).sum::<usize>();
+                    let output_tokens = count_tokens(&output.content)
+                        + output.tool_calls.iter().map(|c| count_tokens(&c.arguments)).sum::<usize>();
+                    Ok((output, input_tokens as u32, output_tokens as u32))
+                }
+            };
+            let latency = started.elapsed();
+            match result {
+                Ok((output, input_tokens, output_tokens)) => {
+                    let cost_usd = self.record(ctx, Operation::Chat, &model, input_tokens, output_tokens, latency, Outcome::Ok, None);
+                    return Ok(ChatResponse {
+                        content: output.content,
+                        tool_calls: output.tool_calls,
+                        model,
+                        provider: self.provider_name(),
+                        usage: TokenUsage { input_tokens, output_tokens, cost_usd },
+                        latency,
+                    });
+                }
+                Err(err) => {
+                    let outcome = self.outcome_of(&err);
+                    self.record(ctx, Operation::Chat, &model, 0, 0, latency, outcome, Some(err.to_string()));
+                    match err {
+                        ProviderError::RateLimited { retry_after, .. } => {
+                            tokio::time::sleep(retry_after.unwrap_or_else(|| limiter::backoff(attempt))).await
+                        }
+                        ProviderError::Transient(_) => sleep_backoff(attempt).await,
+                        other => return Err(self.give_up(other)),
+                    }
+                }
+            }
+        }
+        Err(LlmError::RateLimited { attempts: max_attempts })
+    }
+
+    fn outcome_of(&self, err: &ProviderError) -> Outcome {
+        match err {
+            ProviderError::RateLimited { .. } => Outcome::RateLimited,
+            _ => Outcome::Error,
+        }
+    }
+
+    fn give_up(&self, err: ProviderError) -> LlmError {
+        match err {
+            ProviderError::QuotaExhausted(message) => {
+                tracing::error!(error = %message, "model provider quota exhausted; calls will fail until it is raised");
+                *self.quota_exhausted.lock().unwrap() = Some(message.clone());
+                LlmError::QuotaExhausted(message)
+            }
+            other => LlmError::Provider(other.to_string()),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        ctx: &CallContext,
+        operation: Operation,
+        model: &str,
+        input_tokens: u32,
+        output_tokens: u32,
+        latency: Duration,
+        outcome: Outcome,
+        error: Option<String>,
+    ) -> f64 {
+        let cost_usd = self.config.prices.cost_usd(model, input_tokens, output_tokens);
+        self.recorder.record(ModelCall {
+            id: Uuid::now_v7(),
+            tenant_id: ctx.tenant_id,
+            request_id: ctx.request_id.clone(),
+            conversation_id: ctx.conversation_id,
+            endpoint: ctx.endpoint.to_string(),
+            provider: self.provider_name(),
+            model: model.to_string(),
+            operation,
+            input_tokens,
+            output_tokens,
+            latency_ms: latency.as_secs_f64() * 1000.0,
+            cost_usd,
+            outcome,
+            error,
+            created_at: chrono::Utc::now(),
+        });
+        cost_usd
+    }
+}
+
+async fn sleep_backoff(attempt: u32) {
+    let base = limiter::backoff(attempt);
+    let jittered = base.mul_f64(rand::rng().random_range(0.5..=1.0));
+    tokio::time::sleep(jittered).await;
+}
+
+/// Splits inputs (by their token counts) into consecutive ranges of at most
+/// `max_inputs` inputs and `max_tokens` tokens; an input alone over `max_tokens`
+/// still gets its own batch (the per-input limit was checked before).
+pub fn batch_ranges(tokens: &[usize], max_inputs: usize, max_tokens: usize) -> Vec<std::ops::Range<usize>> {
+    let mut ranges = Vec::new();
+    let (mut start, mut sum) = (0, 0);
+    for (i, &n) in tokens.iter().enumerate() {
+        if i > start && (i - start >= max_inputs || sum + n > max_tokens) {
+            ranges.push(start..i);
+            start = i;
+            sum = 0;
+        }
+        sum += n;
+    }
+    if start < tokens.len() {
+        ranges.push(start..tokens.len());
+    }
+    ranges
+}
+
+/// Shared handle used across the app.
+pub type SharedGateway = Arc<Gateway>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_respect_both_the_input_count_and_the_token_budget() {
+        let tokens = [5, 5, 5, 5, 5];
+        assert_eq!(batch_ranges(&tokens, 2, 100), vec![0..2, 2..4, 4..5]);
+        assert_eq!(batch_ranges(&tokens, 10, 12), vec![0..2, 2..4, 4..5]);
+        assert_eq!(batch_ranges(&[20, 1], 10, 12), vec![0..1, 1..2]);
+        assert!(batch_ranges(&[], 10, 12).is_empty());
+    }
+}

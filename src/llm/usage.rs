@@ -1,0 +1,174 @@
+//! Usage accounting: every model call becomes one JSON log line (in CloudWatch
+//! Embedded Metric Format, so tokens, latency and cost become metrics with no
+//! agent) and one `model_calls` row, written in batches by a background task so
+//! the request path never waits on it.
+
+use std::io::Write;
+use std::time::Duration;
+
+use serde_json::json;
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+pub use crate::store::usage::{ModelCall, Operation, Outcome};
+
+/// Rows written per INSERT at most.
+const MAX_BATCH: usize = 500;
+
+enum Message {
+    Call(Box<ModelCall>),
+    /// Acknowledged once every call sent before it is in Postgres.
+    Flush(oneshot::Sender<()>),
+}
+
+#[derive(Clone)]
+pub struct UsageRecorder {
+    tx: mpsc::UnboundedSender<Message>,
+    /// Whether to print the EMF line; off for in-process test apps sharing stdout.
+    emit_log: bool,
+}
+
+impl UsageRecorder {
+    /// Starts the writer task. It ends once every recorder clone is dropped and the
+    /// queue is drained, so awaiting the handle at shutdown flushes pending rows.
+    pub fn spawn(pool: PgPool, emit_log: bool) -> (Self, JoinHandle<()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let handle = tokio::spawn(write_loop(pool, rx));
+        (Self { tx, emit_log }, handle)
+    }
+
+    pub fn record(&self, call: ModelCall) {
+        if self.emit_log {
+            let line = emf_line(&call).to_string();
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+        }
+        if self.tx.send(Message::Call(Box::new(call))).is_err() {
+            tracing::error!("usage writer is gone; a model call was not stored");
+        }
+    }
+
+    /// Waits until every call recorded so far is stored.
+    pub async fn flush(&self) {
+        let (ack, done) = oneshot::channel();
+        if self.tx.send(Message::Flush(ack)).is_ok() {
+            let _ = done.await;
+        }
+    }
+}
+
+async fn write_loop(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Message>) {
+    let mut batch: Vec<ModelCall> = Vec::new();
+    let mut acks = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(message) = next.take() {
+            match message {
+                Message::Call(call) => batch.push(*call),
+                Message::Flush(ack) => acks.push(ack),
+            }
+            if batch.len() >= MAX_BATCH {
+                break;
+            }
+            next = rx.try_recv().ok();
+        }
+        if !batch.is_empty() {
+            store_with_retry(&pool, &batch).await;
+            batch.clear();
+        }
+        for ack in acks.drain(..) {
+            let _ = ack.send(());
+        }
+    }
+}
+
+async fn store_with_retry(pool: &PgPool, batch: &[ModelCall]) {
+    for attempt in 0..3u32 {
+        match crate::store::usage::insert_model_calls(pool, batch).await {
+            Ok(()) => return,
+            Err(err) => {
+                tracing::warn!(error = %err, rows = batch.len(), attempt, "storing model calls failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+            }
+        }
+    }
+    // The calls are still in the log stream (one EMF line each), so they can be recovered.
+    tracing::error!(rows = batch.len(), "giving up storing model calls; they remain in the logs");
+}
+
+/// The call as one CloudWatch Embedded Metric Format object: the `_aws` block
+/// tells CloudWatch which fields are metrics and which are dimensions.
+pub fn emf_line(call: &ModelCall) -> serde_json::Value {
+    json!({
+        "_aws": {
+            "Timestamp": call.created_at.timestamp_millis(),
+            "CloudWatchMetrics": [{
+                "Namespace": "stolid",
+                "Dimensions": [["provider", "model", "operation"], ["operation"]],
+                "Metrics": [
+                    {"Name": "input_tokens", "Unit": "Count"},
+                    {"Name": "output_tokens", "Unit": "Count"},
+                    {"Name": "latency_ms", "Unit": "Milliseconds"},
+                    {"Name": "cost_usd", "Unit": "None"}
+                ]
+            }]
+        },
+        "timestamp": call.created_at.to_rfc3339(),
+        "level": "INFO",
+        "target": "stolid::usage",
+        "message": "model call",
+        "event": "model_call",
+        "call_id": call.id,
+        "tenant_id": call.tenant_id,
+        "request_id": call.request_id,
+        "conversation_id": call.conversation_id,
+        "endpoint": call.endpoint,
+        "provider": call.provider,
+        "model": call.model,
+        "operation": call.operation,
+        "input_tokens": call.input_tokens,
+        "output_tokens": call.output_tokens,
+        "latency_ms": call.latency_ms,
+        "cost_usd": call.cost_usd,
+        "outcome": call.outcome,
+        "error": call.error,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_emf_line_declares_its_metrics_and_carries_them_at_top_level() {
+        let call = ModelCall {
+            id: uuid::Uuid::nil(),
+            tenant_id: None,
+            request_id: Some("req-1".into()),
+            conversation_id: None,
+            endpoint: "chat".into(),
+            provider: "openai",
+            model: "gpt-4o-mini".into(),
+            operation: Operation::Chat,
+            input_tokens: 120,
+            output_tokens: 30,
+            latency_ms: 812.5,
+            cost_usd: 0.000036,
+            outcome: Outcome::Ok,
+            error: None,
+            created_at: chrono::Utc::now(),
+        };
+        let line = emf_line(&call);
+        let metrics = &line["_aws"]["CloudWatchMetrics"][0]["Metrics"];
+        for metric in metrics.as_array().unwrap() {
+            let name = metric["Name"].as_str().unwrap();
+            assert!(line[name].is_number(), "metric {name} must be a top-level number");
+        }
+        for dimension in line["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0].as_array().unwrap() {
+            assert!(line[dimension.as_str().unwrap()].is_string());
+        }
+        assert_eq!(line["request_id"], "req-1");
+        assert_eq!(line["outcome"], "ok");
+    }
+}

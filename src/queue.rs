@@ -1,0 +1,100 @@
+//! SQS: the job queue between the API and the workers. A thin wrapper over
+//! aws-sdk-sqs; the dead-letter queue is configured on the queue itself
+//! (redrive policy), not here.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+
+#[derive(Clone)]
+pub struct Queue {
+    client: aws_sdk_sqs::Client,
+    url: String,
+}
+
+/// A received message, with what the worker needs to settle it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub message_id: String,
+    pub receipt_handle: String,
+    pub body: String,
+    /// How many times SQS has handed this message out, this time included.
+    pub receive_count: u32,
+}
+
+impl Queue {
+    pub fn new(sdk: &aws_config::SdkConfig, url: &str) -> Self {
+        Self { client: aws_sdk_sqs::Client::new(sdk), url: url.to_string() }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub async fn send(&self, body: String) -> anyhow::Result<String> {
+        let output = self.client.send_message().queue_url(&self.url).message_body(body).send().await.context("send_message")?;
+        Ok(output.message_id.unwrap_or_default())
+    }
+
+    /// Long-polls for up to `max` (at most 10) messages, hiding them for `visibility`.
+    pub async fn receive(&self, max: i32, wait: Duration, visibility: Duration) -> anyhow::Result<Vec<Received>> {
+        let output = self
+            .client
+            .receive_message()
+            .queue_url(&self.url)
+            .max_number_of_messages(max.clamp(1, 10))
+            .wait_time_seconds(wait.as_secs().min(20) as i32)
+            .visibility_timeout(visibility.as_secs() as i32)
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .send()
+            .await
+            .context("receive_message")?;
+        Ok(output
+            .messages
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| Received {
+                receive_count: m
+                    .attributes
+                    .as_ref()
+                    .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1),
+                message_id: m.message_id.unwrap_or_default(),
+                receipt_handle: m.receipt_handle.unwrap_or_default(),
+                body: m.body.unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    pub async fn delete(&self, receipt_handle: &str) -> anyhow::Result<()> {
+        self.client.delete_message().queue_url(&self.url).receipt_handle(receipt_handle).send().await.context("delete_message")?;
+        Ok(())
+    }
+
+    /// Extends (or, with zero, ends) the time the message stays hidden.
+    pub async fn set_visibility(&self, receipt_handle: &str, visibility: Duration) -> anyhow::Result<()> {
+        self.client
+            .change_message_visibility()
+            .queue_url(&self.url)
+            .receipt_handle(receipt_handle)
+            .visibility_timeout(visibility.as_secs() as i32)
+            .send()
+            .await
+            .context("change_message_visibility")?;
+        Ok(())
+    }
+
+    /// Whether the queue is reachable, for `/readyz`.
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        self.client
+            .get_queue_attributes()
+            .queue_url(&self.url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .send()
+            .await
+            .context("get_queue_attributes")?;
+        Ok(())
+    }
+}

@@ -1,0 +1,404 @@
+//! A fake OpenAI-compatible server for tests and benchmarks: the only mock in
+//! stolid's test suite, and it sits behind real HTTP.
+//!
+//! - `POST /v1/embeddings` and `POST /v1/chat/completions` (plain, streaming
+//!   and tool calls), deterministic, with token usage in every response. Chat
+//!   content comes from the local provider's extractive logic, so answers cite
+//!   the passages they were given.
+//! - Configurable latency; injected faults for the next requests (429 with
+//!   `Retry-After`, `insufficient_quota`, 500, a hang past the client timeout);
+//!   an optional server-side rate cap that answers 429 like a real provider.
+//! - Counts everything, and `GET /stats` reports it, so tests and benchmarks can
+//!   check how many calls were made and whether any cap was exceeded.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::config::RateCap;
+use crate::llm::{ChatMessage, ChatRequest, Role, ToolSpec, count_tokens, local};
+
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// 429 `rate_limit_exceeded` with this `Retry-After` (seconds).
+    RateLimited { retry_after_secs: f64 },
+    /// 429 `insufficient_quota`.
+    QuotaExhausted,
+    /// 500.
+    ServerError,
+    /// Never answers (until the client gives up).
+    Hang,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Stats {
+    pub embedding_requests: u64,
+    pub embedded_inputs: u64,
+    pub embedded_tokens: u64,
+    pub chat_requests: u64,
+    pub rate_limited: u64,
+    pub max_in_flight: u64,
+    /// The largest number of embedding requests seen in any window of the cap's length.
+    pub max_embedding_requests_in_window: u64,
+}
+
+#[derive(Default)]
+struct Shared {
+    latency: Duration,
+    faults: VecDeque<Fault>,
+    cap: Option<RateCap>,
+    default_dims: usize,
+    stats: Stats,
+    in_flight: u64,
+    /// Arrival times of embedding requests that were served.
+    embedding_times: Vec<Instant>,
+    /// Arrival times of all embedding requests, for the server-side cap.
+    recent: VecDeque<Instant>,
+}
+
+#[derive(Clone)]
+pub struct FakeOpenAi {
+    addr: SocketAddr,
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl FakeOpenAi {
+    /// Binds 127.0.0.1 on a free port and serves in the background.
+    pub async fn start() -> Self {
+        Self::start_on(0).await.expect("binding the fake OpenAI server")
+    }
+
+    pub async fn start_on(port: u16) -> std::io::Result<Self> {
+        let shared = Arc::new(Mutex::new(Shared { default_dims: 384, ..Default::default() }));
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        let addr = listener.local_addr()?;
+        let app = Router::new()
+            .route("/v1/embeddings", post(embeddings))
+            .route("/v1/chat/completions", post(chat))
+            .route("/stats", get(stats))
+            .with_state(shared.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { addr, shared })
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    pub fn set_latency(&self, latency: Duration) {
+        self.shared.lock().unwrap().latency = latency;
+    }
+
+    /// The next requests (one fault each, in order) fail this way.
+    pub fn push_faults(&self, faults: impl IntoIterator<Item = Fault>) {
+        self.shared.lock().unwrap().faults.extend(faults);
+    }
+
+    /// Answer 429 whenever more than `cap.limit` embedding requests arrive within `cap.window`.
+    pub fn set_rate_cap(&self, cap: Option<RateCap>) {
+        self.shared.lock().unwrap().cap = cap;
+    }
+
+    pub fn set_default_dimensions(&self, dims: usize) {
+        self.shared.lock().unwrap().default_dims = dims;
+    }
+
+    pub fn stats(&self) -> Stats {
+        let shared = self.shared.lock().unwrap();
+        let mut stats = shared.stats.clone();
+        let window = shared.cap.map_or(Duration::from_secs(60), |c| c.window);
+        stats.max_embedding_requests_in_window = max_in_window(&shared.embedding_times, window);
+        stats
+    }
+
+    /// The largest number of served embedding requests in any `window`.
+    pub fn max_embedding_requests_in(&self, window: Duration) -> u64 {
+        max_in_window(&self.shared.lock().unwrap().embedding_times, window)
+    }
+}
+
+fn max_in_window(times: &[Instant], window: Duration) -> u64 {
+    let mut best = 0;
+    let mut start = 0;
+    for end in 0..times.len() {
+        while times[end].duration_since(times[start]) >= window {
+            start += 1;
+        }
+        best = best.max(end - start + 1);
+    }
+    best as u64
+}
+
+/// Decrements the in-flight count when a request ends, however it ends.
+struct InFlight(Arc<Mutex<Shared>>);
+
+impl InFlight {
+    fn enter(shared: &Arc<Mutex<Shared>>) -> Self {
+        let mut s = shared.lock().unwrap();
+        s.in_flight += 1;
+        s.stats.max_in_flight = s.stats.max_in_flight.max(s.in_flight);
+        Self(shared.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.lock().unwrap().in_flight -= 1;
+    }
+}
+
+fn openai_error(status: StatusCode, kind: &str, code: &str, message: &str) -> Response {
+    (status, Json(json!({"error": {"message": message, "type": kind, "param": null, "code": code}}))).into_response()
+}
+
+/// Applies a pending fault or the server-side cap; `None` means serve normally.
+async fn before_serving(shared: &Arc<Mutex<Shared>>, is_embedding: bool) -> Option<Response> {
+    let (fault, latency, over_cap) = {
+        let mut s = shared.lock().unwrap();
+        let fault = s.faults.pop_front();
+        let now = Instant::now();
+        let mut over_cap = None;
+        if is_embedding && fault.is_none() {
+            if let Some(cap) = s.cap {
+                while s.recent.front().is_some_and(|t| now.duration_since(*t) >= cap.window) {
+                    s.recent.pop_front();
+                }
+                if s.recent.len() as u32 >= cap.limit {
+                    let oldest = *s.recent.front().unwrap();
+                    over_cap = Some((cap.window - now.duration_since(oldest)).as_secs_f64());
+                } else {
+                    s.recent.push_back(now);
+                }
+            }
+        }
+        (fault, s.latency, over_cap)
+    };
+    if let Some(retry_after) = over_cap {
+        shared.lock().unwrap().stats.rate_limited += 1;
+        let mut response = openai_error(StatusCode::TOO_MANY_REQUESTS, "requests", "rate_limit_exceeded", "Rate limit reached");
+        response.headers_mut().insert("retry-after", format!("{:.3}", retry_after.max(0.001)).parse().unwrap());
+        return Some(response);
+    }
+    match fault {
+        None => {
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
+            None
+        }
+        Some(Fault::RateLimited { retry_after_secs }) => {
+            shared.lock().unwrap().stats.rate_limited += 1;
+            let mut response =
+                openai_error(StatusCode::TOO_MANY_REQUESTS, "requests", "rate_limit_exceeded", "Rate limit reached");
+            response.headers_mut().insert("retry-after", retry_after_secs.to_string().parse().unwrap());
+            Some(response)
+        }
+        Some(Fault::QuotaExhausted) => Some(openai_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "insufficient_quota",
+            "insufficient_quota",
+            "You exceeded your current quota, please check your plan and billing details.",
+        )),
+        Some(Fault::ServerError) => Some(openai_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "server_error", "boom")),
+        Some(Fault::Hang) => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            None
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct EmbeddingBody {
+    model: String,
+    input: Value,
+    dimensions: Option<usize>,
+}
+
+async fn embeddings(State(shared): State<Arc<Mutex<Shared>>>, Json(body): Json<EmbeddingBody>) -> Response {
+    let _in_flight = InFlight::enter(&shared);
+    if let Some(response) = before_serving(&shared, true).await {
+        return response;
+    }
+    let inputs: Vec<String> = match body.input {
+        Value::String(s) => vec![s],
+        Value::Array(items) => items.into_iter().map(|v| v.as_str().unwrap_or_default().to_string()).collect(),
+        _ => return openai_error(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_input", "bad input"),
+    };
+    if inputs.is_empty() || inputs.len() > 2048 {
+        return openai_error(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_input", "1 to 2048 inputs");
+    }
+    let dims = body.dimensions.unwrap_or_else(|| shared.lock().unwrap().default_dims);
+    let tokens: usize = inputs.iter().map(|t| count_tokens(t)).sum();
+    {
+        let mut s = shared.lock().unwrap();
+        s.stats.embedding_requests += 1;
+        s.stats.embedded_inputs += inputs.len() as u64;
+        s.stats.embedded_tokens += tokens as u64;
+        s.embedding_times.push(Instant::now());
+    }
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(index, text)| json!({"object": "embedding", "index": index, "embedding": local::embed(text, dims)}))
+        .collect();
+    Json(json!({
+        "object": "list",
+        "data": data,
+        "model": body.model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens}
+    }))
+    .into_response()
+}
+
+#[derive(Deserialize)]
+struct ChatBody {
+    model: String,
+    messages: Vec<Value>,
+    #[serde(default)]
+    stream: bool,
+    #[serde(default)]
+    tools: Vec<Value>,
+    #[serde(default)]
+    stream_options: Option<Value>,
+}
+
+fn to_request(body: &ChatBody) -> ChatRequest {
+    let messages = body
+        .messages
+        .iter()
+        .map(|m| {
+            let role = match m["role"].as_str() {
+                Some("system") | Some("developer") => Role::System,
+                Some("assistant") => Role::Assistant,
+                Some("tool") => Role::Tool,
+                _ => Role::User,
+            };
+            let content = match &m["content"] {
+                Value::String(s) => s.clone(),
+                Value::Array(parts) => parts.iter().filter_map(|p| p["text"].as_str()).collect::<Vec<_>>().join("\n"),
+                _ => String::new(),
+            };
+            let mut message = ChatMessage::user(content);
+            message.role = role;
+            message.tool_call_id = m["tool_call_id"].as_str().map(str::to_string);
+            message
+        })
+        .collect();
+    let tools = body
+        .tools
+        .iter()
+        .map(|t| ToolSpec {
+            name: t["function"]["name"].as_str().unwrap_or_default().to_string(),
+            description: String::new(),
+            parameters: t["function"]["parameters"].clone(),
+        })
+        .collect();
+    ChatRequest { messages, tools, ..Default::default() }
+}
+
+async fn chat(State(shared): State<Arc<Mutex<Shared>>>, _headers: HeaderMap, Json(body): Json<ChatBody>) -> Response {
+    let in_flight = InFlight::enter(&shared);
+    if let Some(response) = before_serving(&shared, false).await {
+        return response;
+    }
+    shared.lock().unwrap().stats.chat_requests += 1;
+    let request = to_request(&body);
+    let output = local::chat(&request);
+    let prompt_tokens: usize = request.messages.iter().map(|m| count_tokens(&m.content) + 4).sum();
+    let completion_tokens = count_tokens(&output.content) + output.tool_calls.iter().map(|c| count_tokens(&c.arguments)).sum::<usize>();
+    let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens});
+    let tool_calls: Vec<Value> = output
+        .tool_calls
+        .iter()
+        .enumerate()
+        .map(|(i, c)| json!({"index": i, "id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
+        .collect();
+    let finish_reason = if tool_calls.is_empty() { "stop" } else { "tool_calls" };
+    let id = format!("chatcmpl-fake-{}", shared.lock().unwrap().stats.chat_requests);
+    if !body.stream {
+        let mut message = json!({"role": "assistant", "content": output.content});
+        if !tool_calls.is_empty() {
+            message["tool_calls"] = json!(tool_calls);
+            message["content"] = Value::Null;
+        }
+        return Json(json!({
+            "id": id, "object": "chat.completion", "created": 0, "model": body.model,
+            "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
+            "usage": usage,
+        }))
+        .into_response();
+    }
+    // Streaming: one chunk per word, spaced by the configured latency split over
+    // the words, then a finish chunk, the usage chunk if asked for, and [DONE].
+    let include_usage = body.stream_options.as_ref().is_some_and(|o| o["include_usage"] == json!(true));
+    let words: Vec<String> = output.content.split_inclusive(' ').map(str::to_string).collect();
+    let model = body.model.clone();
+    let chunk = move |delta: Value, finish: Option<&str>| {
+        json!({"id": id, "object": "chat.completion.chunk", "created": 0, "model": model,
+               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    };
+    let mut events: Vec<Value> = vec![chunk(json!({"role": "assistant", "content": ""}), None)];
+    if !tool_calls.is_empty() {
+        events.push(chunk(json!({"tool_calls": tool_calls}), None));
+    }
+    events.extend(words.iter().map(|w| chunk(json!({"content": w}), None)));
+    events.push(chunk(json!({}), Some(finish_reason)));
+    if include_usage {
+        let mut last = events.last().unwrap().clone();
+        last["choices"] = json!([]);
+        last["usage"] = usage;
+        events.push(last);
+    }
+    let gap = Duration::from_millis(2);
+    let stream = async_stream(events, gap, in_flight);
+    Sse::new(stream).into_response()
+}
+
+fn async_stream(
+    events: Vec<Value>,
+    gap: Duration,
+    in_flight: InFlight,
+) -> impl futures::Stream<Item = Result<Event, std::convert::Infallible>> {
+    let items = events
+        .into_iter()
+        .map(|e| Event::default().data(e.to_string()))
+        .chain(std::iter::once(Event::default().data("[DONE]")));
+    futures::stream::unfold((items, in_flight), move |(mut items, in_flight)| async move {
+        tokio::time::sleep(gap).await;
+        items.next().map(|event| (Ok(event), (items, in_flight)))
+    })
+}
+
+async fn stats(State(shared): State<Arc<Mutex<Shared>>>) -> Json<Stats> {
+    let s = shared.lock().unwrap();
+    let mut stats = s.stats.clone();
+    let window = s.cap.map_or(Duration::from_secs(60), |c| c.window);
+    stats.max_embedding_requests_in_window = max_in_window(&s.embedding_times, window);
+    Json(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_count_finds_the_densest_window() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let times = [at(0), at(100), at(900), at(950), at(1000), at(1050)];
+        assert_eq!(max_in_window(&times, Duration::from_secs(1)), 5);
+        assert_eq!(max_in_window(&[], Duration::from_secs(1)), 0);
+    }
+}

@@ -1,0 +1,153 @@
+//! In-process SQS workers: the receive loop, the visibility heartbeat, and
+//! settling each message. What a job *does* lives in [`jobs`].
+//!
+//! - `pollers` loops long-poll in batches of up to 10, but only for as many
+//!   messages as there are free job slots (`concurrency`), so memory stays flat
+//!   however deep the queue is.
+//! - While a job runs, a heartbeat keeps extending its visibility timeout; a
+//!   process that dies stops the heartbeat and SQS hands the message out again.
+//! - A job that fails is left on the queue: it reappears after its visibility
+//!   timeout, and after the redrive policy's max receives SQS moves it to the
+//!   dead-letter queue. Jobs see the receive count, so the last attempt can
+//!   record the failure (e.g. mark a document `failed`) before that happens.
+//! - On shutdown, polling stops, running jobs get until the deadline to finish,
+//!   and the messages of those that do not are released (visibility 0) for
+//!   another task to pick up at once.
+
+pub mod jobs;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::app::AppState;
+use crate::queue::Received;
+
+/// Runs the workers until `shutdown` is cancelled, then drains them within `deadline`.
+pub async fn run(state: AppState, shutdown: CancellationToken, deadline: Duration) {
+    let config = state.config.worker.clone();
+    if config.pollers == 0 {
+        return;
+    }
+    let slots = Arc::new(Semaphore::new(config.concurrency));
+    let jobs = TaskTracker::new();
+    // Jobs get their own token: cancelled only once the drain deadline passes.
+    let abort_jobs = CancellationToken::new();
+    let pollers = TaskTracker::new();
+    for poller in 0..config.pollers {
+        pollers.spawn(poll(state.clone(), poller, slots.clone(), jobs.clone(), shutdown.clone(), abort_jobs.clone()));
+    }
+    pollers.close();
+    pollers.wait().await;
+    jobs.close();
+    tracing::info!(running = jobs.len(), "workers stopped polling; waiting for running jobs");
+    if tokio::time::timeout(deadline, jobs.wait()).await.is_err() {
+        tracing::warn!(running = jobs.len(), "shutdown deadline reached; releasing unfinished jobs' messages");
+        abort_jobs.cancel();
+        jobs.wait().await;
+    }
+}
+
+async fn poll(
+    state: AppState,
+    poller: usize,
+    slots: Arc<Semaphore>,
+    jobs: TaskTracker,
+    shutdown: CancellationToken,
+    abort_jobs: CancellationToken,
+) {
+    let config = &state.config.worker;
+    let mut failures = 0u32;
+    loop {
+        // Wait for at least one free slot before asking SQS for anything.
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            permit = slots.clone().acquire_owned() => permit.expect("slots are never closed"),
+        };
+        let extra = slots.available_permits().min(9);
+        let mut permits = vec![first];
+        for _ in 0..extra {
+            match slots.clone().try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
+        let received = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = state.queue.receive(permits.len() as i32, config.wait_time, config.visibility_timeout) => r,
+        };
+        let messages = match received {
+            Ok(messages) => {
+                failures = 0;
+                messages
+            }
+            Err(err) => {
+                failures += 1;
+                tracing::warn!(error = format!("{err:#}"), poller, "receiving from SQS failed; backing off");
+                let pause = crate::llm::limiter::backoff(failures.min(5));
+                tokio::select! { _ = shutdown.cancelled() => return, _ = tokio::time::sleep(pause) => {} }
+                continue;
+            }
+        };
+        // Give back the slots this batch did not fill.
+        permits.truncate(messages.len());
+        for (message, permit) in messages.into_iter().zip(permits) {
+            let span = tracing::info_span!("job", message_id = %message.message_id, receive_count = message.receive_count);
+            let state = state.clone();
+            let abort = abort_jobs.clone();
+            jobs.spawn(
+                async move {
+                    process(&state, message, abort).await;
+                    drop(permit);
+                }
+                .instrument(span),
+            );
+        }
+    }
+}
+
+/// Runs one message's job with a heartbeat, then deletes it or leaves it for retry.
+async fn process(state: &AppState, message: Received, abort: CancellationToken) {
+    let visibility = state.config.worker.visibility_timeout;
+    let heartbeat = async {
+        let mut tick = tokio::time::interval(visibility / 3);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(err) = state.queue.set_visibility(&message.receipt_handle, visibility).await {
+                tracing::warn!(error = format!("{err:#}"), "visibility heartbeat failed");
+            }
+        }
+    };
+    let started = std::time::Instant::now();
+    let outcome = tokio::select! {
+        outcome = jobs::handle(state, &message) => Some(outcome),
+        _ = heartbeat => unreachable!("the heartbeat never ends"),
+        _ = abort.cancelled() => None,
+    };
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    match outcome {
+        Some(Ok(())) => {
+            if let Err(err) = state.queue.delete(&message.receipt_handle).await {
+                // Harmless: the job is idempotent and will be skipped when redelivered.
+                tracing::warn!(error = format!("{err:#}"), "deleting a finished message failed");
+            }
+            tracing::info!(duration_ms = elapsed_ms, "job done");
+        }
+        Some(Err(jobs::JobError::Unprocessable(reason))) => {
+            tracing::error!(reason, "message can never be processed; deleting it");
+            let _ = state.queue.delete(&message.receipt_handle).await;
+        }
+        Some(Err(jobs::JobError::Retry(err))) => {
+            tracing::warn!(error = format!("{err:#}"), duration_ms = elapsed_ms, "job failed; it will be retried");
+        }
+        None => {
+            tracing::warn!("job interrupted by shutdown; releasing its message");
+            let _ = state.queue.set_visibility(&message.receipt_handle, Duration::ZERO).await;
+        }
+    }
+}
