@@ -48,6 +48,9 @@ pub async fn aws_sdk_config(config: &Config) -> aws_config::SdkConfig {
     if let Some(endpoint) = &config.aws.endpoint_url {
         loader = loader.endpoint_url(endpoint);
     }
+    if let Some((id, secret)) = &config.aws.credentials {
+        loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(id, secret, None, None, "stolid-config"));
+    }
     loader.load().await
 }
 

@@ -81,6 +81,9 @@ pub struct AwsConfig {
     /// Set for local emulators (moto); the SDK then uses path-style S3 addressing.
     pub endpoint_url: Option<String>,
     pub region: String,
+    /// Static credentials (`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`), e.g. for
+    /// emulators; without them the SDK's default chain (ECS task role) applies.
+    pub credentials: Option<(String, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -185,6 +188,10 @@ impl Config {
             aws: AwsConfig {
                 endpoint_url: env.optional("AWS_ENDPOINT_URL").filter(|s| !s.is_empty()),
                 region: env.string("AWS_REGION", "us-east-1"),
+                credentials: env
+                    .optional("AWS_ACCESS_KEY_ID")
+                    .filter(|s| !s.is_empty())
+                    .zip(env.optional("AWS_SECRET_ACCESS_KEY")),
             },
             llm,
             worker: WorkerConfig {

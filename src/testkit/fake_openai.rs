@@ -62,6 +62,8 @@ struct Shared {
     in_flight: u64,
     /// Arrival times of embedding requests that were served.
     embedding_times: Vec<Instant>,
+    /// Every embedding request: when it arrived and the status it got (0: none yet).
+    embedding_arrivals: Vec<(Instant, u16)>,
     /// Arrival times of all embedding requests, for the server-side cap.
     recent: VecDeque<Instant>,
 }
@@ -121,6 +123,11 @@ impl FakeOpenAi {
         let window = shared.cap.map_or(Duration::from_secs(60), |c| c.window);
         stats.max_embedding_requests_in_window = max_in_window(&shared.embedding_times, window);
         stats
+    }
+
+    /// Every embedding request so far: arrival time and HTTP status.
+    pub fn embedding_arrivals(&self) -> Vec<(Instant, u16)> {
+        self.shared.lock().unwrap().embedding_arrivals.clone()
     }
 
     /// The largest number of served embedding requests in any `window`.
@@ -227,8 +234,19 @@ struct EmbeddingBody {
 }
 
 async fn embeddings(State(shared): State<Arc<Mutex<Shared>>>, Json(body): Json<EmbeddingBody>) -> Response {
-    let _in_flight = InFlight::enter(&shared);
-    if let Some(response) = before_serving(&shared, true).await {
+    let slot = {
+        let mut s = shared.lock().unwrap();
+        s.embedding_arrivals.push((Instant::now(), 0));
+        s.embedding_arrivals.len() - 1
+    };
+    let response = serve_embeddings(&shared, body).await;
+    shared.lock().unwrap().embedding_arrivals[slot].1 = response.status().as_u16();
+    response
+}
+
+async fn serve_embeddings(shared: &Arc<Mutex<Shared>>, body: EmbeddingBody) -> Response {
+    let _in_flight = InFlight::enter(shared);
+    if let Some(response) = before_serving(shared, true).await {
         return response;
     }
     let inputs: Vec<String> = match body.input {

@@ -1,0 +1,10 @@
+//! stolid's integration tests: one binary, one module per area, all against
+//! real Postgres + pgvector, moto (S3/SQS) and, where a model is needed, the
+//! fake OpenAI-compatible server over real HTTP.
+
+mod gateway;
+mod health;
+#[allow(dead_code)] // shared by every module; not each uses every helper
+mod helpers;
+mod http_basics;
+mod process;
