@@ -9,7 +9,11 @@ use crate::config::Config;
 use crate::{store, telemetry};
 
 #[derive(Parser)]
-#[command(name = "stolid", version, about = "A boring, reliable backend for AI products")]
+#[command(
+    name = "stolid",
+    version,
+    about = "A boring, reliable backend for AI products"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -25,6 +29,9 @@ enum Command {
     },
     /// Apply database migrations (serve also does this at start).
     Migrate,
+    /// Exit 0 when the local server's /healthz answers (for container health checks:
+    /// the runtime image has no curl).
+    Healthcheck,
     /// Manage API keys.
     Keys {
         #[command(subcommand)]
@@ -72,22 +79,46 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             });
             app.run(shutdown).await
         }
+        Command::Healthcheck => {
+            let port = std::env::var("PORT").unwrap_or_else(|_| "8080".into());
+            let response = reqwest::Client::new()
+                .get(format!("http://127.0.0.1:{port}/healthz"))
+                .timeout(std::time::Duration::from_secs(3))
+                .send()
+                .await
+                .context("calling /healthz")?;
+            anyhow::ensure!(
+                response.status().is_success(),
+                "/healthz answered {}",
+                response.status()
+            );
+            Ok(())
+        }
         Command::Migrate => {
             telemetry::init("warn", std::io::stderr);
             let db = store::connect(&database_url()?, 2).await?;
-            store::MIGRATOR.run(&db).await.context("running migrations")?;
+            store::MIGRATOR
+                .run(&db)
+                .await
+                .context("running migrations")?;
             eprintln!("migrations applied");
             Ok(())
         }
         Command::Keys { command } => {
             telemetry::init("warn", std::io::stderr);
             let db = store::connect(&database_url()?, 2).await?;
-            store::MIGRATOR.run(&db).await.context("running migrations")?;
+            store::MIGRATOR
+                .run(&db)
+                .await
+                .context("running migrations")?;
             match command {
                 KeysCommand::Create { tenant } => {
                     let tenant_id = store::keys::ensure_tenant(&db, &tenant).await?;
                     let created = store::keys::create_key(&db, tenant_id).await?;
-                    eprintln!("created key {} for tenant {tenant}; it is shown only once", created.id);
+                    eprintln!(
+                        "created key {} for tenant {tenant}; it is shown only once",
+                        created.id
+                    );
                     println!("{}", created.key);
                 }
                 KeysCommand::Revoke { key_or_id } => {
@@ -97,15 +128,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     eprintln!("revoked");
                 }
                 KeysCommand::List => {
-                    println!("{:<38} {:<20} {:<14} {:<26} revoked", "id", "tenant", "prefix", "created");
+                    println!(
+                        "{:<38} {:<20} {:<14} {:<26} revoked",
+                        "id", "tenant", "prefix", "created"
+                    );
                     for k in store::keys::list(&db).await? {
                         let revoked = k.revoked_at.map(|t| t.to_rfc3339()).unwrap_or_default();
-                        println!("{:<38} {:<20} {:<14} {:<26} {revoked}", k.id, k.tenant, k.prefix, k.created_at.to_rfc3339());
+                        println!(
+                            "{:<38} {:<20} {:<14} {:<26} {revoked}",
+                            k.id,
+                            k.tenant,
+                            k.prefix,
+                            k.created_at.to_rfc3339()
+                        );
                     }
                 }
                 KeysCommand::Verify { key } => {
                     let tenant = store::keys::tenant_for_key(&db, &key).await?;
-                    let Some(tenant_id) = tenant else { anyhow::bail!("key is not valid") };
+                    let Some(tenant_id) = tenant else {
+                        anyhow::bail!("key is not valid")
+                    };
                     println!("{tenant_id}");
                 }
             }

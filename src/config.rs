@@ -10,12 +10,52 @@ use std::time::Duration;
 
 use crate::llm::pricing::{ModelPrice, PriceTable};
 
+/// Every variable stolid reads, so deployment files can be checked against it.
+pub const VARIABLES: &[&str] = &[
+    "DATABASE_URL",
+    "DATABASE_MAX_CONNECTIONS",
+    "S3_BUCKET",
+    "SQS_QUEUE_URL",
+    "AWS_ENDPOINT_URL",
+    "AWS_REGION",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "LLM_PROVIDER",
+    "OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
+    "CHAT_MODEL",
+    "EMBEDDING_MODEL",
+    "EMBEDDING_DIMENSIONS",
+    "LLM_TIMEOUT_SECS",
+    "LLM_MAX_ATTEMPTS",
+    "MODEL_PRICES",
+    "EMBED_REQUESTS_PER_MINUTE",
+    "EMBED_TOKENS_PER_MINUTE",
+    "EMBED_MAX_IN_FLIGHT",
+    "EMBED_MAX_BATCH_INPUTS",
+    "EMBED_MAX_BATCH_TOKENS",
+    "EMBED_MAX_INPUT_TOKENS",
+    "WORKER_POLLERS",
+    "WORKER_CONCURRENCY",
+    "WORKER_VISIBILITY_TIMEOUT_SECS",
+    "WORKER_WAIT_TIME_SECS",
+    "PORT",
+    "LOG_LEVEL",
+    "SHUTDOWN_TIMEOUT_SECS",
+    "REQUEST_TIMEOUT_SECS",
+    "MAX_BODY_BYTES",
+];
+
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ConfigError {
     #[error("configuration: {var} is required but not set")]
     Missing { var: &'static str },
     #[error("configuration: {var}={value:?} is invalid: {reason}")]
-    Invalid { var: &'static str, value: String, reason: String },
+    Invalid {
+        var: &'static str,
+        value: String,
+        reason: String,
+    },
 }
 
 /// Which model backend the gateway talks to.
@@ -45,7 +85,10 @@ pub struct RateCap {
 
 impl RateCap {
     pub fn per_minute(limit: u32) -> Self {
-        Self { limit, window: Duration::from_secs(60) }
+        Self {
+            limit,
+            window: Duration::from_secs(60),
+        }
     }
 }
 
@@ -125,7 +168,11 @@ impl Config {
         let api_key = env.optional("OPENAI_API_KEY").filter(|k| !k.is_empty());
         let provider = match env.optional("LLM_PROVIDER").as_deref() {
             None | Some("") => {
-                if api_key.is_some() { ProviderKind::OpenAi } else { ProviderKind::Local }
+                if api_key.is_some() {
+                    ProviderKind::OpenAi
+                } else {
+                    ProviderKind::Local
+                }
             }
             Some("openai") => ProviderKind::OpenAi,
             Some("local") => ProviderKind::Local,
@@ -143,7 +190,10 @@ impl Config {
         };
         let embedding_dimensions: usize = env.parse("EMBEDDING_DIMENSIONS", default_dims)?;
         if !(1..=16_000).contains(&embedding_dimensions) {
-            return Err(env.invalid("EMBEDDING_DIMENSIONS", "must be between 1 and 16000 (pgvector's limit)"));
+            return Err(env.invalid(
+                "EMBEDDING_DIMENSIONS",
+                "must be between 1 and 16000 (pgvector's limit)",
+            ));
         }
         let mut prices = PriceTable::default();
         if let Some(raw) = env.optional("MODEL_PRICES") {
@@ -167,8 +217,12 @@ impl Config {
             request_timeout: Duration::from_secs(env.parse_positive("LLM_TIMEOUT_SECS", 120)?),
             prices,
             embedding_limits: EmbeddingLimits {
-                requests: RateCap::per_minute(env.parse_positive("EMBED_REQUESTS_PER_MINUTE", 3_000)?),
-                tokens: RateCap::per_minute(env.parse_positive("EMBED_TOKENS_PER_MINUTE", 1_000_000)?),
+                requests: RateCap::per_minute(
+                    env.parse_positive("EMBED_REQUESTS_PER_MINUTE", 3_000)?,
+                ),
+                tokens: RateCap::per_minute(
+                    env.parse_positive("EMBED_TOKENS_PER_MINUTE", 1_000_000)?,
+                ),
                 max_in_flight: env.parse_positive("EMBED_MAX_IN_FLIGHT", 4)?,
                 max_batch_inputs: env.parse_positive("EMBED_MAX_BATCH_INPUTS", 2_048)?,
                 max_batch_tokens: env.parse_positive("EMBED_MAX_BATCH_TOKENS", 300_000)?,
@@ -177,7 +231,9 @@ impl Config {
             },
         };
         if llm.provider == ProviderKind::OpenAi && llm.api_key.is_none() {
-            return Err(ConfigError::Missing { var: "OPENAI_API_KEY" });
+            return Err(ConfigError::Missing {
+                var: "OPENAI_API_KEY",
+            });
         }
 
         Ok(Config {
@@ -197,7 +253,9 @@ impl Config {
             worker: WorkerConfig {
                 pollers: env.parse("WORKER_POLLERS", 1)?,
                 concurrency: env.parse_positive("WORKER_CONCURRENCY", 8)?,
-                visibility_timeout: Duration::from_secs(env.parse_positive("WORKER_VISIBILITY_TIMEOUT_SECS", 60)?),
+                visibility_timeout: Duration::from_secs(
+                    env.parse_positive("WORKER_VISIBILITY_TIMEOUT_SECS", 60)?,
+                ),
                 wait_time: Duration::from_secs(env.parse("WORKER_WAIT_TIME_SECS", 10)?),
             },
             port: env.parse("PORT", 8080)?,
@@ -217,15 +275,23 @@ impl Env<'_> {
     }
 
     fn string(&self, var: &str, default: &str) -> String {
-        self.optional(var).filter(|s| !s.is_empty()).unwrap_or_else(|| default.to_string())
+        self.optional(var)
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| default.to_string())
     }
 
     fn required(&self, var: &'static str) -> Result<String, ConfigError> {
-        self.optional(var).filter(|s| !s.is_empty()).ok_or(ConfigError::Missing { var })
+        self.optional(var)
+            .filter(|s| !s.is_empty())
+            .ok_or(ConfigError::Missing { var })
     }
 
     fn invalid(&self, var: &'static str, reason: &str) -> ConfigError {
-        ConfigError::Invalid { var, value: self.optional(var).unwrap_or_default(), reason: reason.into() }
+        ConfigError::Invalid {
+            var,
+            value: self.optional(var).unwrap_or_default(),
+            reason: reason.into(),
+        }
     }
 
     fn parse<T>(&self, var: &'static str, default: T) -> Result<T, ConfigError>
@@ -235,11 +301,14 @@ impl Env<'_> {
     {
         match self.optional(var).filter(|s| !s.is_empty()) {
             None => Ok(default),
-            Some(raw) => raw.trim().parse().map_err(|e: T::Err| ConfigError::Invalid {
-                var,
-                value: raw.clone(),
-                reason: e.to_string(),
-            }),
+            Some(raw) => raw
+                .trim()
+                .parse()
+                .map_err(|e: T::Err| ConfigError::Invalid {
+                    var,
+                    value: raw.clone(),
+                    reason: e.to_string(),
+                }),
         }
     }
 
@@ -261,8 +330,10 @@ mod tests {
     use super::*;
 
     fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k| map.get(k).cloned()
     }
 
@@ -271,6 +342,21 @@ mod tests {
         ("S3_BUCKET", "b"),
         ("SQS_QUEUE_URL", "http://localhost:4566/000000000000/q"),
     ];
+
+    #[test]
+    fn the_variable_list_is_exactly_what_the_config_reads() {
+        let read = std::sync::Mutex::new(std::collections::BTreeSet::new());
+        let base = lookup(&BASE);
+        Config::from_lookup(|k| {
+            read.lock().unwrap().insert(k.to_string());
+            base(k)
+        })
+        .unwrap();
+        let read = read.into_inner().unwrap();
+        let listed: std::collections::BTreeSet<String> =
+            VARIABLES.iter().map(|v| v.to_string()).collect();
+        assert_eq!(read, listed);
+    }
 
     #[test]
     fn defaults_to_the_local_provider_without_an_api_key() {
@@ -293,8 +379,16 @@ mod tests {
     #[test]
     fn a_missing_required_variable_is_named() {
         let err = Config::from_lookup(lookup(&BASE[1..])).unwrap_err();
-        assert_eq!(err, ConfigError::Missing { var: "DATABASE_URL" });
-        assert_eq!(err.to_string(), "configuration: DATABASE_URL is required but not set");
+        assert_eq!(
+            err,
+            ConfigError::Missing {
+                var: "DATABASE_URL"
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "configuration: DATABASE_URL is required but not set"
+        );
     }
 
     #[test]
@@ -320,7 +414,9 @@ mod tests {
         pairs.push(("LLM_PROVIDER", "openai"));
         assert_eq!(
             Config::from_lookup(lookup(&pairs)).unwrap_err(),
-            ConfigError::Missing { var: "OPENAI_API_KEY" }
+            ConfigError::Missing {
+                var: "OPENAI_API_KEY"
+            }
         );
     }
 
@@ -335,9 +431,15 @@ mod tests {
     #[test]
     fn price_overrides_extend_the_default_table() {
         let mut pairs = BASE.to_vec();
-        pairs.push(("MODEL_PRICES", r#"{"my-model": {"input": 1.0, "output": 2.0}}"#));
+        pairs.push((
+            "MODEL_PRICES",
+            r#"{"my-model": {"input": 1.0, "output": 2.0}}"#,
+        ));
         let config = Config::from_lookup(lookup(&pairs)).unwrap();
-        assert_eq!(config.llm.prices.cost_usd("my-model", 1_000_000, 500_000), 2.0);
+        assert_eq!(
+            config.llm.prices.cost_usd("my-model", 1_000_000, 500_000),
+            2.0
+        );
         assert!(config.llm.prices.cost_usd("gpt-4o-mini", 1_000_000, 0) > 0.0);
     }
 }

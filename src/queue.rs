@@ -25,7 +25,10 @@ pub struct Received {
 
 impl Queue {
     pub fn new(sdk: &aws_config::SdkConfig, url: &str) -> Self {
-        Self { client: aws_sdk_sqs::Client::new(sdk), url: url.to_string() }
+        Self {
+            client: aws_sdk_sqs::Client::new(sdk),
+            url: url.to_string(),
+        }
     }
 
     pub fn url(&self) -> &str {
@@ -33,12 +36,24 @@ impl Queue {
     }
 
     pub async fn send(&self, body: String) -> anyhow::Result<String> {
-        let output = self.client.send_message().queue_url(&self.url).message_body(body).send().await.context("send_message")?;
+        let output = self
+            .client
+            .send_message()
+            .queue_url(&self.url)
+            .message_body(body)
+            .send()
+            .await
+            .context("send_message")?;
         Ok(output.message_id.unwrap_or_default())
     }
 
     /// Long-polls for up to `max` (at most 10) messages, hiding them for `visibility`.
-    pub async fn receive(&self, max: i32, wait: Duration, visibility: Duration) -> anyhow::Result<Vec<Received>> {
+    pub async fn receive(
+        &self,
+        max: i32,
+        wait: Duration,
+        visibility: Duration,
+    ) -> anyhow::Result<Vec<Received>> {
         let output = self
             .client
             .receive_message()
@@ -69,12 +84,22 @@ impl Queue {
     }
 
     pub async fn delete(&self, receipt_handle: &str) -> anyhow::Result<()> {
-        self.client.delete_message().queue_url(&self.url).receipt_handle(receipt_handle).send().await.context("delete_message")?;
+        self.client
+            .delete_message()
+            .queue_url(&self.url)
+            .receipt_handle(receipt_handle)
+            .send()
+            .await
+            .context("delete_message")?;
         Ok(())
     }
 
     /// Extends (or, with zero, ends) the time the message stays hidden.
-    pub async fn set_visibility(&self, receipt_handle: &str, visibility: Duration) -> anyhow::Result<()> {
+    pub async fn set_visibility(
+        &self,
+        receipt_handle: &str,
+        visibility: Duration,
+    ) -> anyhow::Result<()> {
         self.client
             .change_message_visibility()
             .queue_url(&self.url)

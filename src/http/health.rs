@@ -16,7 +16,9 @@ use crate::error::ErrorDetail;
 use crate::llm::limiter::LimiterStatus;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz))
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -66,7 +68,13 @@ pub struct ModelStatus {
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let timeout = Duration::from_secs(3);
     let (postgres, s3, sqs) = tokio::join!(
-        check(timeout, async { sqlx::query("SELECT 1").execute(&state.db).await.map(|_| ()).map_err(anyhow::Error::from) }),
+        check(timeout, async {
+            sqlx::query("SELECT 1")
+                .execute(&state.db)
+                .await
+                .map(|_| ())
+                .map_err(anyhow::Error::from)
+        }),
         check(timeout, state.blobs.ping()),
         check(timeout, state.queue.ping()),
     );
@@ -77,7 +85,11 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         .collect();
     let gateway = &state.gateway;
     let body = Readiness {
-        status: if failed.is_empty() { "ready" } else { "unavailable" },
+        status: if failed.is_empty() {
+            "ready"
+        } else {
+            "unavailable"
+        },
         error: (!failed.is_empty()).then(|| ErrorDetail {
             code: "not_ready".into(),
             message: format!("unreachable: {}", failed.join(", ")),
@@ -91,7 +103,11 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
             embedding_limiter: gateway.limiter().status(),
         },
     };
-    let status = if failed.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if failed.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(body)).into_response()
 }
 

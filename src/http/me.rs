@@ -30,5 +30,9 @@ pub async fn me(State(state): State<AppState>, tenant: Tenant) -> Result<AppJson
         .bind(tenant.id)
         .fetch_one(&state.db)
         .await?;
-    Ok(AppJson(MeResponse { tenant_id: tenant.id, tenant: name, provider: state.gateway.provider_name() }))
+    Ok(AppJson(MeResponse {
+        tenant_id: tenant.id,
+        tenant: name,
+        provider: state.gateway.provider_name(),
+    }))
 }

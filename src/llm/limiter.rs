@@ -80,7 +80,11 @@ impl EmbedLimiter {
             token_burst,
             in_flight: Semaphore::new(limits.max_in_flight),
             queue: tokio::sync::Mutex::new(()),
-            throttle: Mutex::new(Throttle { paused_until: None, slowdown: 1, last_throttled: None }),
+            throttle: Mutex::new(Throttle {
+                paused_until: None,
+                slowdown: 1,
+                last_throttled: None,
+            }),
             recovery: (limits.requests.window / 6).max(Duration::from_millis(500)),
             throttled_total: AtomicU64::new(0),
         }
@@ -95,7 +99,11 @@ impl EmbedLimiter {
     pub async fn acquire(&self, tokens: usize) -> Permit<'_> {
         // The slot comes first: taking rate cells and then queueing for a slot would
         // let calls that waited pile up and go out together, over the cap.
-        let slot = self.in_flight.acquire().await.expect("limiter semaphore is never closed");
+        let slot = self
+            .in_flight
+            .acquire()
+            .await
+            .expect("limiter semaphore is never closed");
         let _turn = self.queue.lock().await;
         self.wait_out_pause().await;
         let slowdown = self.throttle.lock().unwrap().slowdown;
@@ -147,7 +155,10 @@ impl EmbedLimiter {
     /// Records a successful call: after a quiet recovery period the slowdown halves.
     pub fn on_success(&self) {
         let mut t = self.throttle.lock().unwrap();
-        if t.slowdown > 1 && t.last_throttled.is_some_and(|at| at.elapsed() >= self.recovery) {
+        if t.slowdown > 1
+            && t.last_throttled
+                .is_some_and(|at| at.elapsed() >= self.recovery)
+        {
             t.slowdown /= 2;
             // The next halving needs another quiet period.
             t.last_throttled = Some(Instant::now());
@@ -159,9 +170,9 @@ impl EmbedLimiter {
         let t = self.throttle.lock().unwrap();
         LimiterStatus {
             slowdown: t.slowdown,
-            paused_for_ms: t
-                .paused_until
-                .map_or(0, |u| u.saturating_duration_since(Instant::now()).as_millis() as u64),
+            paused_for_ms: t.paused_until.map_or(0, |u| {
+                u.saturating_duration_since(Instant::now()).as_millis() as u64
+            }),
             throttled_total: self.throttled_total.load(Ordering::Relaxed),
         }
     }
@@ -188,8 +199,14 @@ mod tests {
 
     fn limits(requests: u32, window: Duration) -> EmbeddingLimits {
         EmbeddingLimits {
-            requests: RateCap { limit: requests, window },
-            tokens: RateCap { limit: 1_000_000, window },
+            requests: RateCap {
+                limit: requests,
+                window,
+            },
+            tokens: RateCap {
+                limit: 1_000_000,
+                window,
+            },
             max_in_flight: 4,
             max_batch_inputs: 2048,
             max_batch_tokens: 300_000,
@@ -211,7 +228,10 @@ mod tests {
         }
         for (i, at) in sent.iter().enumerate() {
             let in_window = sent[i..].iter().take_while(|t| **t < *at + window).count();
-            assert!(in_window <= 20, "{in_window} calls in the window starting at {at:?}");
+            assert!(
+                in_window <= 20,
+                "{in_window} calls in the window starting at {at:?}"
+            );
         }
     }
 
@@ -222,7 +242,10 @@ mod tests {
         assert!(pause >= Duration::from_secs(2));
         let before = Instant::now();
         drop(limiter.acquire(1).await);
-        assert!(before.elapsed() >= Duration::from_secs(2), "the pause applies to others too");
+        assert!(
+            before.elapsed() >= Duration::from_secs(2),
+            "the pause applies to others too"
+        );
         assert_eq!(limiter.status().slowdown, 2);
         limiter.on_throttled(None, 1);
         assert_eq!(limiter.status().slowdown, 4);
@@ -230,7 +253,11 @@ mod tests {
         limiter.on_success();
         assert_eq!(limiter.status().slowdown, 2);
         limiter.on_success();
-        assert_eq!(limiter.status().slowdown, 2, "each halving needs its own quiet period");
+        assert_eq!(
+            limiter.status().slowdown,
+            2,
+            "each halving needs its own quiet period"
+        );
     }
 
     #[test]

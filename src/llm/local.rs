@@ -11,9 +11,9 @@
 use super::{ChatMessage, ChatOutput, ChatRequest, Role, ToolCall};
 
 const STOPWORDS: &[&str] = &[
-    "a", "an", "and", "are", "as", "at", "be", "by", "can", "do", "does", "for", "from", "how", "i",
-    "in", "is", "it", "of", "on", "or", "that", "the", "this", "to", "was", "what", "when", "where",
-    "which", "who", "why", "will", "with", "you", "your",
+    "a", "an", "and", "are", "as", "at", "be", "by", "can", "do", "does", "for", "from", "how",
+    "i", "in", "is", "it", "of", "on", "or", "that", "the", "this", "to", "was", "what", "when",
+    "where", "which", "who", "why", "will", "with", "you", "your",
 ];
 
 /// Lowercased alphanumeric words, without stopwords.
@@ -25,7 +25,9 @@ pub fn content_words(text: &str) -> impl Iterator<Item = String> + '_ {
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ *b as u64).wrapping_mul(0x100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ *b as u64).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 fn add_feature(vector: &mut [f32], feature: &[u8], weight: f32) {
@@ -65,21 +67,29 @@ struct Passage<'a> {
 fn passages(text: &str) -> Vec<Passage<'_>> {
     let mut out = Vec::new();
     for block in text.split("\n[").map(|b| b.trim_start_matches('[')) {
-        if let Some((number, rest)) = block.split_once(']') {
-            if !number.is_empty() && number.chars().all(|c| c.is_ascii_digit()) {
-                out.push(Passage { number, text: rest.trim() });
-            }
+        if let Some((number, rest)) = block.split_once(']')
+            && !number.is_empty()
+            && number.chars().all(|c| c.is_ascii_digit())
+        {
+            out.push(Passage {
+                number,
+                text: rest.trim(),
+            });
         }
     }
     out
 }
 
 fn sentences(text: &str) -> impl Iterator<Item = &str> {
-    text.split_inclusive(['.', '?', '!', '\n']).map(str::trim).filter(|s| s.len() > 2)
+    text.split_inclusive(['.', '?', '!', '\n'])
+        .map(str::trim)
+        .filter(|s| s.len() > 2)
 }
 
 fn stem(word: &str) -> &str {
-    word.strip_suffix('s').filter(|w| w.len() > 2).unwrap_or(word)
+    word.strip_suffix('s')
+        .filter(|w| w.len() > 2)
+        .unwrap_or(word)
 }
 
 pub fn chat(request: &ChatRequest) -> ChatOutput {
@@ -90,32 +100,47 @@ pub fn chat(request: &ChatRequest) -> ChatOutput {
         .find(|m| m.role == Role::User)
         .map(|m| m.content.as_str())
         .unwrap_or("");
-    let last_user = request.messages.iter().rposition(|m| m.role == Role::User).unwrap_or(0);
-    let has_tool_result = request.messages[last_user..].iter().any(|m| m.role == Role::Tool);
-    if let Some(tool) = request.tools.iter().find(|t| t.name == "search_documents") {
-        if !has_tool_result {
-            return ChatOutput {
-                content: String::new(),
-                tool_calls: vec![ToolCall {
-                    id: format!("call_local_{}", request.messages.len()),
-                    name: tool.name.clone(),
-                    arguments: serde_json::json!({ "query": question }).to_string(),
-                }],
-            };
-        }
+    let last_user = request
+        .messages
+        .iter()
+        .rposition(|m| m.role == Role::User)
+        .unwrap_or(0);
+    let has_tool_result = request.messages[last_user..]
+        .iter()
+        .any(|m| m.role == Role::Tool);
+    if let Some(tool) = request.tools.iter().find(|t| t.name == "search_documents")
+        && !has_tool_result
+    {
+        return ChatOutput {
+            content: String::new(),
+            tool_calls: vec![ToolCall {
+                id: format!("call_local_{}", request.messages.len()),
+                name: tool.name.clone(),
+                arguments: serde_json::json!({ "query": question }).to_string(),
+            }],
+        };
     }
-    ChatOutput { content: extractive_answer(question, &request.messages), tool_calls: vec![] }
+    ChatOutput {
+        content: extractive_answer(question, &request.messages),
+        tool_calls: vec![],
+    }
 }
 
 /// The sentences of the context that best overlap the question, each cited.
 fn extractive_answer(question: &str, messages: &[ChatMessage]) -> String {
-    let wanted: Vec<String> = content_words(question).map(|w| stem(&w).to_string()).collect();
+    let wanted: Vec<String> = content_words(question)
+        .map(|w| stem(&w).to_string())
+        .collect();
     let mut scored: Vec<(usize, usize, String, &str)> = Vec::new(); // (score, order, sentence, number)
-    let context = messages.iter().filter(|m| matches!(m.role, Role::System | Role::Tool));
+    let context = messages
+        .iter()
+        .filter(|m| matches!(m.role, Role::System | Role::Tool));
     for message in context {
         for passage in passages(&message.content) {
             for sentence in sentences(passage.text) {
-                let words: Vec<String> = content_words(sentence).map(|w| stem(&w).to_string()).collect();
+                let words: Vec<String> = content_words(sentence)
+                    .map(|w| stem(&w).to_string())
+                    .collect();
                 let score = wanted.iter().filter(|w| words.contains(w)).count();
                 if score > 0 {
                     scored.push((score, scored.len(), sentence.to_string(), passage.number));
@@ -159,7 +184,10 @@ mod tests {
     #[test]
     fn lexically_related_texts_are_closer_than_unrelated_ones() {
         let query = embed("how does borrowing work", 384);
-        let related = embed("Borrowing lets code use a value without taking ownership.", 384);
+        let related = embed(
+            "Borrowing lets code use a value without taking ownership.",
+            384,
+        );
         let unrelated = embed("Cargo downloads crates from the registry.", 384);
         assert!(cosine(&query, &related) > cosine(&query, &unrelated) + 0.1);
     }
@@ -168,7 +196,9 @@ mod tests {
     fn chat_quotes_and_cites_the_best_matching_passage() {
         let request = ChatRequest {
             messages: vec![
-                ChatMessage::system("Context:\n[1] Cargo builds crates.\n[2] The borrow checker enforces borrowing rules. It runs at compile time."),
+                ChatMessage::system(
+                    "Context:\n[1] Cargo builds crates.\n[2] The borrow checker enforces borrowing rules. It runs at compile time.",
+                ),
                 ChatMessage::user("When does the borrow checker run?"),
             ],
             ..Default::default()
@@ -181,7 +211,10 @@ mod tests {
     #[test]
     fn chat_says_so_when_the_context_does_not_cover_the_question() {
         let request = ChatRequest {
-            messages: vec![ChatMessage::system("[1] Cargo builds crates."), ChatMessage::user("Weather in Paris?")],
+            messages: vec![
+                ChatMessage::system("[1] Cargo builds crates."),
+                ChatMessage::user("Weather in Paris?"),
+            ],
             ..Default::default()
         };
         assert!(chat(&request).content.contains("could not find"));
@@ -200,7 +233,10 @@ mod tests {
         };
         let first = chat(&request);
         assert_eq!(first.tool_calls.len(), 1);
-        request.messages.push(ChatMessage::tool(&first.tool_calls[0].id, "[1] Cargo builds crates."));
+        request.messages.push(ChatMessage::tool(
+            &first.tool_calls[0].id,
+            "[1] Cargo builds crates.",
+        ));
         let second = chat(&request);
         assert!(second.tool_calls.is_empty());
         assert!(second.content.contains("[1]"), "{}", second.content);

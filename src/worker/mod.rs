@@ -39,14 +39,27 @@ pub async fn run(state: AppState, shutdown: CancellationToken, deadline: Duratio
     let abort_jobs = CancellationToken::new();
     let pollers = TaskTracker::new();
     for poller in 0..config.pollers {
-        pollers.spawn(poll(state.clone(), poller, slots.clone(), jobs.clone(), shutdown.clone(), abort_jobs.clone()));
+        pollers.spawn(poll(
+            state.clone(),
+            poller,
+            slots.clone(),
+            jobs.clone(),
+            shutdown.clone(),
+            abort_jobs.clone(),
+        ));
     }
     pollers.close();
     pollers.wait().await;
     jobs.close();
-    tracing::info!(running = jobs.len(), "workers stopped polling; waiting for running jobs");
+    tracing::info!(
+        running = jobs.len(),
+        "workers stopped polling; waiting for running jobs"
+    );
     if tokio::time::timeout(deadline, jobs.wait()).await.is_err() {
-        tracing::warn!(running = jobs.len(), "shutdown deadline reached; releasing unfinished jobs' messages");
+        tracing::warn!(
+            running = jobs.len(),
+            "shutdown deadline reached; releasing unfinished jobs' messages"
+        );
         abort_jobs.cancel();
         jobs.wait().await;
     }
@@ -87,7 +100,11 @@ async fn poll(
             }
             Err(err) => {
                 failures += 1;
-                tracing::warn!(error = format!("{err:#}"), poller, "receiving from SQS failed; backing off");
+                tracing::warn!(
+                    error = format!("{err:#}"),
+                    poller,
+                    "receiving from SQS failed; backing off"
+                );
                 let pause = crate::llm::limiter::backoff(failures.min(5));
                 tokio::select! { _ = shutdown.cancelled() => return, _ = tokio::time::sleep(pause) => {} }
                 continue;
@@ -118,7 +135,11 @@ async fn process(state: &AppState, message: Received, abort: CancellationToken) 
         tick.tick().await;
         loop {
             tick.tick().await;
-            if let Err(err) = state.queue.set_visibility(&message.receipt_handle, visibility).await {
+            if let Err(err) = state
+                .queue
+                .set_visibility(&message.receipt_handle, visibility)
+                .await
+            {
                 tracing::warn!(error = format!("{err:#}"), "visibility heartbeat failed");
             }
         }
@@ -134,7 +155,10 @@ async fn process(state: &AppState, message: Received, abort: CancellationToken) 
         Some(Ok(())) => {
             if let Err(err) = state.queue.delete(&message.receipt_handle).await {
                 // Harmless: the job is idempotent and will be skipped when redelivered.
-                tracing::warn!(error = format!("{err:#}"), "deleting a finished message failed");
+                tracing::warn!(
+                    error = format!("{err:#}"),
+                    "deleting a finished message failed"
+                );
             }
             tracing::info!(duration_ms = elapsed_ms, "job done");
         }
@@ -143,11 +167,18 @@ async fn process(state: &AppState, message: Received, abort: CancellationToken) 
             let _ = state.queue.delete(&message.receipt_handle).await;
         }
         Some(Err(jobs::JobError::Retry(err))) => {
-            tracing::warn!(error = format!("{err:#}"), duration_ms = elapsed_ms, "job failed; it will be retried");
+            tracing::warn!(
+                error = format!("{err:#}"),
+                duration_ms = elapsed_ms,
+                "job failed; it will be retried"
+            );
         }
         None => {
             tracing::warn!("job interrupted by shutdown; releasing its message");
-            let _ = state.queue.set_visibility(&message.receipt_handle, Duration::ZERO).await;
+            let _ = state
+                .queue
+                .set_visibility(&message.receipt_handle, Duration::ZERO)
+                .await;
         }
     }
 }

@@ -20,12 +20,21 @@ pub fn base_env() -> &'static HashMap<String, String> {
         let mut map: HashMap<String, String> = dotenvy::from_path_iter(path)
             .map(|iter| iter.filter_map(Result::ok).collect())
             .unwrap_or_default();
-        for key in ["DATABASE_URL", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
+        for key in [
+            "DATABASE_URL",
+            "AWS_ENDPOINT_URL",
+            "AWS_REGION",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+        ] {
             if let Ok(value) = std::env::var(key) {
                 map.insert(key.to_string(), value);
             }
         }
-        assert!(map.contains_key("DATABASE_URL"), "no DATABASE_URL: run `make infra` first");
+        assert!(
+            map.contains_key("DATABASE_URL"),
+            "no DATABASE_URL: run `make infra` first"
+        );
         map
     })
 }
@@ -46,23 +55,42 @@ pub async fn create_infra() -> Infra {
     let env = base_env();
     let admin_url = &env["DATABASE_URL"];
     let name = format!("stolid_test_{}", Uuid::new_v4().simple());
-    let admin = sqlx::PgPool::connect(admin_url).await.expect("connecting to the admin database");
+    let admin = sqlx::PgPool::connect(admin_url)
+        .await
+        .expect("connecting to the admin database");
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&admin)
         .await
         .expect("creating the test database");
     admin.close().await;
-    let (base, _) = admin_url.rsplit_once('/').expect("DATABASE_URL has a database name");
+    let (base, _) = admin_url
+        .rsplit_once('/')
+        .expect("DATABASE_URL has a database name");
     let database_url = format!("{base}/{name}");
 
     let config = Config::from_lookup(lookup(&HashMap::new())).expect("base config");
     let sdk = stolid::app::aws_sdk_config(&config).await;
-    let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&sdk).force_path_style(true).build());
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(true)
+            .build(),
+    );
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let suffix = Uuid::new_v4().simple().to_string();
     let bucket = format!("test-{}", &suffix[..20]);
-    s3.create_bucket().bucket(&bucket).send().await.expect("creating the test bucket");
-    let dlq_url = sqs.create_queue().queue_name(format!("test-{suffix}-dlq")).send().await.unwrap().queue_url.unwrap();
+    s3.create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("creating the test bucket");
+    let dlq_url = sqs
+        .create_queue()
+        .queue_name(format!("test-{suffix}-dlq"))
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
     let dlq_arn = sqs
         .get_queue_attributes()
         .queue_url(&dlq_url)
@@ -73,24 +101,37 @@ pub async fn create_infra() -> Infra {
         .attributes
         .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
         .clone();
-    let redrive = serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": MAX_RECEIVES}).to_string();
+    let redrive =
+        serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": MAX_RECEIVES})
+            .to_string();
     let queue_url = sqs
         .create_queue()
         .queue_name(format!("test-{suffix}"))
-        .attributes(aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy, redrive)
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy,
+            redrive,
+        )
         .send()
         .await
         .unwrap()
         .queue_url
         .unwrap();
-    Infra { database_url, bucket, queue_url, dlq_url, sdk }
+    Infra {
+        database_url,
+        bucket,
+        queue_url,
+        dlq_url,
+        sdk,
+    }
 }
 
 /// A config lookup over `.env`, with per-test overrides.
 pub fn lookup(overrides: &HashMap<&str, String>) -> impl Fn(&str) -> Option<String> + use<> {
     let mut map = base_env().clone();
-    map.entry("S3_BUCKET".into()).or_insert_with(|| "unset".into());
-    map.entry("SQS_QUEUE_URL".into()).or_insert_with(|| "unset".into());
+    map.entry("S3_BUCKET".into())
+        .or_insert_with(|| "unset".into());
+    map.entry("SQS_QUEUE_URL".into())
+        .or_insert_with(|| "unset".into());
     // The suite runs on the local provider unless a test points it at the fake server.
     map.remove("OPENAI_API_KEY");
     for (k, v) in overrides {
@@ -110,6 +151,9 @@ pub struct TestApp {
     pub stopped: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
+/// A change to the parsed config.
+pub type Tweak = Box<dyn FnOnce(&mut Config) + Send>;
+
 #[derive(Default)]
 pub struct Options {
     /// Extra environment for the config (e.g. `EMBED_REQUESTS_PER_MINUTE`).
@@ -117,7 +161,7 @@ pub struct Options {
     /// Point the `openai` provider at this fake server.
     pub fake: Option<String>,
     /// Change the parsed config (e.g. shorter windows than the env allows).
-    pub tweak: Option<Box<dyn FnOnce(&mut Config) + Send>>,
+    pub tweak: Option<Tweak>,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -135,7 +179,8 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     if let Some(base_url) = options.fake {
         env.insert("OPENAI_API_KEY", "sk-fake".into());
         env.insert("OPENAI_BASE_URL", base_url);
-        env.entry("EMBEDDING_DIMENSIONS").or_insert_with(|| "384".into());
+        env.entry("EMBEDDING_DIMENSIONS")
+            .or_insert_with(|| "384".into());
         env.entry("LLM_TIMEOUT_SECS").or_insert_with(|| "5".into());
     }
     let mut config = Config::from_lookup(lookup(&env)).expect("test config");
@@ -143,14 +188,30 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     if let Some(tweak) = options.tweak {
         tweak(&mut config);
     }
-    let app = Application::build(config, Role::All, false).await.expect("building the app");
+    let app = Application::build(config, Role::All, false)
+        .await
+        .expect("building the app");
     let address = format!("http://127.0.0.1:{}", app.port().unwrap());
     let state = app.state().clone();
     let shutdown = CancellationToken::new();
     let stopped = tokio::spawn(app.run(shutdown.clone()));
-    let tenant_id = stolid::store::keys::ensure_tenant(&state.db, "acme").await.unwrap();
-    let api_key = stolid::store::keys::create_key(&state.db, tenant_id).await.unwrap().key;
-    TestApp { address, state, infra, api_key, tenant_id, client: reqwest::Client::new(), shutdown, stopped }
+    let tenant_id = stolid::store::keys::ensure_tenant(&state.db, "acme")
+        .await
+        .unwrap();
+    let api_key = stolid::store::keys::create_key(&state.db, tenant_id)
+        .await
+        .unwrap()
+        .key;
+    TestApp {
+        address,
+        state,
+        infra,
+        api_key,
+        tenant_id,
+        client: reqwest::Client::new(),
+        shutdown,
+        stopped,
+    }
 }
 
 /// A fake OpenAI server and an app whose `openai` provider talks to it.
@@ -175,21 +236,33 @@ impl TestApp {
 
     /// Another tenant with its own key, for isolation tests.
     pub async fn new_tenant(&self, name: &str) -> String {
-        let id = stolid::store::keys::ensure_tenant(&self.state.db, name).await.unwrap();
-        stolid::store::keys::create_key(&self.state.db, id).await.unwrap().key
+        let id = stolid::store::keys::ensure_tenant(&self.state.db, name)
+            .await
+            .unwrap();
+        stolid::store::keys::create_key(&self.state.db, id)
+            .await
+            .unwrap()
+            .key
     }
 
     /// Starts graceful shutdown and waits for it.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(30), self.stopped).await.expect("shutdown finished in time")?
+        tokio::time::timeout(Duration::from_secs(30), self.stopped)
+            .await
+            .expect("shutdown finished in time")?
     }
 }
 
 /// Parses a JSON error body and returns its code, checking the shape on the way.
 pub async fn error_code(response: reqwest::Response) -> String {
     let body: serde_json::Value = response.json().await.expect("error bodies are JSON");
-    let code = body["error"]["code"].as_str().unwrap_or_else(|| panic!("no error.code in {body}"));
-    assert!(body["error"]["message"].is_string(), "no error.message in {body}");
+    let code = body["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error.code in {body}"));
+    assert!(
+        body["error"]["message"].is_string(),
+        "no error.message in {body}"
+    );
     code.to_string()
 }

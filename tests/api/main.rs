@@ -2,6 +2,7 @@
 //! real Postgres + pgvector, moto (S3/SQS) and, where a model is needed, the
 //! fake OpenAI-compatible server over real HTTP.
 
+mod deploy_files;
 mod gateway;
 mod health;
 #[allow(dead_code)] // shared by every module; not each uses every helper

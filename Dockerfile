@@ -1,0 +1,29 @@
+# syntax=docker/dockerfile:1
+# Multi-stage build: dependencies compile in their own cached layer, the runtime
+# image is Debian slim with only CA certificates and a non-root user.
+# No HEALTHCHECK: ECS runs the container health check (see task-definition.json).
+
+FROM rust:1.95-bookworm AS build
+WORKDIR /app
+# 1. Dependencies only: this layer is reused until Cargo.toml or Cargo.lock change.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir -p src/bin && echo 'fn main() {}' > src/main.rs && echo 'fn main() {}' > src/bin/fake-openai.rs \
+    && touch src/lib.rs \
+    && cargo build --release --locked --bin stolid \
+    && rm -rf src
+# 2. The application.
+COPY src ./src
+COPY migrations ./migrations
+RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin stolid
+
+FROM debian:bookworm-slim AS runtime
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --no-create-home stolid
+COPY --from=build /app/target/release/stolid /usr/local/bin/stolid
+USER 10001
+ENV PORT=8080
+EXPOSE 8080
+ENTRYPOINT ["/usr/local/bin/stolid"]
+CMD ["serve"]
