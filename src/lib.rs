@@ -16,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod ingest;
 pub mod llm;
 pub mod queue;
 pub mod store;

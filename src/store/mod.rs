@@ -2,6 +2,8 @@
 //! `impl PgExecutor` so a pool or a transaction both work; nothing here knows
 //! about HTTP or workers.
 
+pub mod chunks;
+pub mod documents;
 pub mod embeddings;
 pub mod keys;
 pub mod usage;

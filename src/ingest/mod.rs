@@ -1,0 +1,5 @@
+//! Turning uploaded bytes into searchable chunks: pure functions, no I/O, so
+//! they are unit-tested directly and run on a blocking thread by the worker.
+
+pub mod chunk;
+pub mod extract;

@@ -1,0 +1,194 @@
+//! `documents`: one row per uploaded original, tenant-scoped, deduplicated by
+//! content hash within a tenant and collection.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgExecutor;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
+pub struct Document {
+    pub id: Uuid,
+    #[serde(skip)]
+    pub tenant_id: Uuid,
+    pub collection: String,
+    pub title: String,
+    pub content_type: String,
+    #[serde(skip)]
+    pub s3_key: String,
+    pub content_hash: String,
+    pub size_bytes: i64,
+    #[schema(value_type = Object)]
+    pub metadata: serde_json::Value,
+    /// `queued`, `processing`, `indexed` or `failed`.
+    pub status: String,
+    /// Why indexing failed, when it did.
+    pub error: Option<String>,
+    pub chunk_count: i32,
+    pub token_count: i32,
+    pub embedding_model: Option<String>,
+    pub summary: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub processing_started_at: Option<DateTime<Utc>>,
+    pub indexed_at: Option<DateTime<Utc>>,
+}
+
+pub struct NewDocument<'a> {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub collection: &'a str,
+    pub title: &'a str,
+    pub content_type: &'a str,
+    pub s3_key: &'a str,
+    pub content_hash: &'a str,
+    pub size_bytes: i64,
+    pub metadata: &'a serde_json::Value,
+}
+
+/// Inserts the document, or returns `None` if the same content is already in
+/// the tenant's collection (a concurrent upload won the race).
+pub async fn insert(db: impl PgExecutor<'_>, doc: &NewDocument<'_>) -> sqlx::Result<Option<Document>> {
+    sqlx::query_as(
+        "INSERT INTO documents (id, tenant_id, collection, title, content_type, s3_key, content_hash, size_bytes, metadata)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+         ON CONFLICT (tenant_id, collection, content_hash) DO NOTHING
+         RETURNING *",
+    )
+    .bind(doc.id)
+    .bind(doc.tenant_id)
+    .bind(doc.collection)
+    .bind(doc.title)
+    .bind(doc.content_type)
+    .bind(doc.s3_key)
+    .bind(doc.content_hash)
+    .bind(doc.size_bytes)
+    .bind(doc.metadata)
+    .fetch_optional(db)
+    .await
+}
+
+pub async fn find_by_hash(
+    db: impl PgExecutor<'_>,
+    tenant_id: Uuid,
+    collection: &str,
+    content_hash: &str,
+) -> sqlx::Result<Option<Document>> {
+    sqlx::query_as("SELECT * FROM documents WHERE tenant_id = $1 AND collection = $2 AND content_hash = $3")
+        .bind(tenant_id)
+        .bind(collection)
+        .bind(content_hash)
+        .fetch_optional(db)
+        .await
+}
+
+pub async fn get(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid) -> sqlx::Result<Option<Document>> {
+    sqlx::query_as("SELECT * FROM documents WHERE tenant_id = $1 AND id = $2")
+        .bind(tenant_id)
+        .bind(id)
+        .fetch_optional(db)
+        .await
+}
+
+/// Locks the row for the rest of the transaction; `None` if it was deleted.
+pub async fn lock(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid) -> sqlx::Result<Option<Document>> {
+    sqlx::query_as("SELECT * FROM documents WHERE tenant_id = $1 AND id = $2 FOR UPDATE")
+        .bind(tenant_id)
+        .bind(id)
+        .fetch_optional(db)
+        .await
+}
+
+/// A page of documents, newest first; `before` is the cursor (created_at, id) of the last row seen.
+pub async fn list(
+    db: impl PgExecutor<'_>,
+    tenant_id: Uuid,
+    status: Option<&str>,
+    collection: Option<&str>,
+    before: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> sqlx::Result<Vec<Document>> {
+    let (before_at, before_id) = before.unzip();
+    sqlx::query_as(
+        "SELECT * FROM documents
+         WHERE tenant_id = $1
+           AND ($2::text IS NULL OR status = $2)
+           AND ($3::text IS NULL OR collection = $3)
+           AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5))
+         ORDER BY created_at DESC, id DESC
+         LIMIT $6",
+    )
+    .bind(tenant_id)
+    .bind(status)
+    .bind(collection)
+    .bind(before_at)
+    .bind(before_id)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// Deletes the row (chunks and embeddings cascade); returns its S3 key.
+pub async fn delete(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar("DELETE FROM documents WHERE tenant_id = $1 AND id = $2 RETURNING s3_key")
+        .bind(tenant_id)
+        .bind(id)
+        .fetch_optional(db)
+        .await
+}
+
+pub async fn mark_processing(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE documents SET status = 'processing', processing_started_at = now(), updated_at = now(), error = NULL
+         WHERE tenant_id = $1 AND id = $2 AND status <> 'indexed'",
+    )
+    .bind(tenant_id)
+    .bind(id)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+pub async fn mark_failed(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid, reason: &str) -> sqlx::Result<()> {
+    sqlx::query("UPDATE documents SET status = 'failed', error = $3, updated_at = now() WHERE tenant_id = $1 AND id = $2")
+        .bind(tenant_id)
+        .bind(id)
+        .bind(reason)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Queues the document again (re-index); `None` if it does not exist.
+pub async fn mark_queued(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid) -> sqlx::Result<Option<Document>> {
+    sqlx::query_as(
+        "UPDATE documents SET status = 'queued', error = NULL, updated_at = now()
+         WHERE tenant_id = $1 AND id = $2 RETURNING *",
+    )
+    .bind(tenant_id)
+    .bind(id)
+    .fetch_optional(db)
+    .await
+}
+
+pub async fn mark_indexed(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    chunk_count: i32,
+    token_count: i32,
+    embedding_model: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE documents SET status = 'indexed', error = NULL, chunk_count = $2, token_count = $3,
+                embedding_model = $4, indexed_at = now(), updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(chunk_count)
+    .bind(token_count)
+    .bind(embedding_model)
+    .execute(db)
+    .await?;
+    Ok(())
+}
