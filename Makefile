@@ -21,7 +21,7 @@ build:
 
 ## test: the whole suite against the real local stack
 test: infra clean-test-dbs
-	$(CARGO) test --locked --no-fail-fast
+	$(CARGO) test --locked --no-fail-fast --lib --bins --tests
 
 ## drop databases left by interrupted test runs
 clean-test-dbs:

@@ -149,6 +149,7 @@ pub struct Config {
     pub aws: AwsConfig,
     pub llm: LlmConfig,
     pub worker: WorkerConfig,
+    pub chunking: crate::ingest::chunk::ChunkSettings,
     pub port: u16,
     pub log_level: String,
     pub shutdown_timeout: Duration,
@@ -257,6 +258,10 @@ impl Config {
                     env.parse_positive("WORKER_VISIBILITY_TIMEOUT_SECS", 60)?,
                 ),
                 wait_time: Duration::from_secs(env.parse("WORKER_WAIT_TIME_SECS", 10)?),
+            },
+            chunking: crate::ingest::chunk::ChunkSettings {
+                max_tokens: env.parse_positive("CHUNK_MAX_TOKENS", 400)?,
+                overlap_tokens: env.parse("CHUNK_OVERLAP_TOKENS", 50)?,
             },
             port: env.parse("PORT", 8080)?,
             log_level: env.string("LOG_LEVEL", "info"),

@@ -111,6 +111,30 @@ impl Queue {
         Ok(())
     }
 
+    /// The redrive policy's `maxReceiveCount`: how many deliveries before SQS
+    /// moves a message to the dead-letter queue (`None` without a DLQ).
+    pub async fn max_receive_count(&self) -> anyhow::Result<Option<u32>> {
+        let output = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.url)
+            .attribute_names(QueueAttributeName::RedrivePolicy)
+            .send()
+            .await
+            .context("get_queue_attributes")?;
+        let policy = output
+            .attributes
+            .and_then(|a| a.get(&QueueAttributeName::RedrivePolicy).cloned());
+        Ok(policy.and_then(|p| {
+            let json: serde_json::Value = serde_json::from_str(&p).ok()?;
+            match &json["maxReceiveCount"] {
+                serde_json::Value::Number(n) => n.as_u64().map(|n| n as u32),
+                serde_json::Value::String(s) => s.parse().ok(),
+                _ => None,
+            }
+        }))
+    }
+
     /// Whether the queue is reachable, for `/readyz`.
     pub async fn ping(&self) -> anyhow::Result<()> {
         self.client

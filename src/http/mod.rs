@@ -3,6 +3,7 @@
 //! JSON errors).
 
 pub mod auth;
+pub mod documents;
 pub mod health;
 pub mod me;
 
@@ -28,7 +29,11 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 #[derive(OpenApi)]
 #[openapi(
     info(title = "stolid", description = "Retrieval-augmented AI backend: documents, search, chat, suggest, agent, usage."),
-    paths(health::healthz, health::readyz, me::me),
+    paths(
+        health::healthz, health::readyz, me::me,
+        documents::create_documents, documents::list_documents, documents::get_document,
+        documents::list_chunks, documents::get_content, documents::delete_document, documents::reindex_document,
+    ),
     components(schemas(crate::error::ErrorBody)),
     modifiers(&ApiKeyAuth),
 )]
@@ -78,6 +83,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(health::router())
         .merge(me::router())
+        .merge(documents::router())
         .route(
             "/openapi.json",
             get(|| async { axum::Json(ApiDoc::openapi()) }),

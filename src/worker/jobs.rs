@@ -2,9 +2,13 @@
 //! idempotent: SQS delivers at least once.
 
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
+use uuid::Uuid;
 
 use crate::app::AppState;
 use crate::queue::Received;
+
+pub mod index;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
@@ -19,10 +23,35 @@ pub enum JobError {
 /// A queued job, as JSON: `{"type": "...", ...}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum Job {}
+pub enum Job {
+    /// Extract, chunk, embed and store one document.
+    IndexDocument { tenant_id: Uuid, document_id: Uuid },
+}
 
-pub async fn handle(_state: &AppState, message: &Received) -> Result<(), JobError> {
+impl Job {
+    pub fn to_message(&self) -> String {
+        serde_json::to_string(self).expect("jobs always serialize")
+    }
+}
+
+/// Runs the message's job. `last_attempt` is set on the final delivery before
+/// the message is dead-lettered, so the job can record its failure for good.
+pub async fn handle(
+    state: &AppState,
+    message: &Received,
+    last_attempt: bool,
+) -> Result<(), JobError> {
     let job: Job = serde_json::from_str(&message.body)
         .map_err(|e| JobError::Unprocessable(format!("not a job: {e}")))?;
-    match job {}
+    match job {
+        Job::IndexDocument {
+            tenant_id,
+            document_id,
+        } => {
+            let span = tracing::info_span!("index_document", tenant_id = %tenant_id, document_id = %document_id);
+            index::run(state, tenant_id, document_id, last_attempt)
+                .instrument(span)
+                .await
+        }
+    }
 }

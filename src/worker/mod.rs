@@ -33,6 +33,16 @@ pub async fn run(state: AppState, shutdown: CancellationToken, deadline: Duratio
     if config.pollers == 0 {
         return;
     }
+    let max_receives = match state.queue.max_receive_count().await {
+        Ok(max) => max,
+        Err(err) => {
+            tracing::warn!(
+                error = format!("{err:#}"),
+                "could not read the queue's redrive policy"
+            );
+            None
+        }
+    };
     let slots = Arc::new(Semaphore::new(config.concurrency));
     let jobs = TaskTracker::new();
     // Jobs get their own token: cancelled only once the drain deadline passes.
@@ -42,6 +52,7 @@ pub async fn run(state: AppState, shutdown: CancellationToken, deadline: Duratio
         pollers.spawn(poll(
             state.clone(),
             poller,
+            max_receives,
             slots.clone(),
             jobs.clone(),
             shutdown.clone(),
@@ -68,6 +79,7 @@ pub async fn run(state: AppState, shutdown: CancellationToken, deadline: Duratio
 async fn poll(
     state: AppState,
     poller: usize,
+    max_receives: Option<u32>,
     slots: Arc<Semaphore>,
     jobs: TaskTracker,
     shutdown: CancellationToken,
@@ -118,7 +130,8 @@ async fn poll(
             let abort = abort_jobs.clone();
             jobs.spawn(
                 async move {
-                    process(&state, message, abort).await;
+                    let last_attempt = max_receives.is_some_and(|max| message.receive_count >= max);
+                    process(&state, message, last_attempt, abort).await;
                     drop(permit);
                 }
                 .instrument(span),
@@ -128,7 +141,12 @@ async fn poll(
 }
 
 /// Runs one message's job with a heartbeat, then deletes it or leaves it for retry.
-async fn process(state: &AppState, message: Received, abort: CancellationToken) {
+async fn process(
+    state: &AppState,
+    message: Received,
+    last_attempt: bool,
+    abort: CancellationToken,
+) {
     let visibility = state.config.worker.visibility_timeout;
     let heartbeat = async {
         let mut tick = tokio::time::interval(visibility / 3);
@@ -146,7 +164,7 @@ async fn process(state: &AppState, message: Received, abort: CancellationToken) 
     };
     let started = std::time::Instant::now();
     let outcome = tokio::select! {
-        outcome = jobs::handle(state, &message) => Some(outcome),
+        outcome = jobs::handle(state, &message, last_attempt) => Some(outcome),
         _ = heartbeat => unreachable!("the heartbeat never ends"),
         _ = abort.cancelled() => None,
     };

@@ -3,6 +3,7 @@
 //! fake OpenAI-compatible server over real HTTP.
 
 mod deploy_files;
+mod documents;
 mod gateway;
 mod health;
 #[allow(dead_code)] // shared by every module; not each uses every helper

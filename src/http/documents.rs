@@ -1,0 +1,510 @@
+//! Documents: upload (multipart, inline text, or an object already in the
+//! bucket), list, inspect, read back, delete, re-index.
+//!
+//! An upload stores the original in S3 under a key derived from tenant and
+//! document id (never the file name), inserts the row as `queued` and sends one
+//! SQS message. The same content uploaded again to the same tenant and
+//! collection returns the existing document instead of indexing it twice.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::app::AppState;
+use crate::error::{AppJson, Error, Result};
+use crate::http::auth::Tenant;
+use crate::ingest::extract::Format;
+use crate::store::chunks::{self, ChunkView};
+use crate::store::documents::{self, Document, NewDocument};
+use crate::worker::jobs::Job;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/documents", post(create_documents).get(list_documents))
+        .route(
+            "/v1/documents/{id}",
+            get(get_document).delete(delete_document),
+        )
+        .route("/v1/documents/{id}/chunks", get(list_chunks))
+        .route("/v1/documents/{id}/content", get(get_content))
+        .route("/v1/documents/{id}/reindex", post(reindex_document))
+}
+
+/// JSON upload: inline `text`, or `s3_uri` of an object in stolid's bucket.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateDocumentRequest {
+    text: Option<String>,
+    s3_uri: Option<String>,
+    title: Option<String>,
+    /// For `text`: `text/plain` (default), `text/markdown` or `text/html`.
+    content_type: Option<String>,
+    collection: Option<String>,
+    #[schema(value_type = Object)]
+    metadata: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UploadedDocument {
+    #[serde(flatten)]
+    document: Document,
+    /// True when this content was already in the collection: nothing new is indexed.
+    duplicate: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UploadResponse {
+    documents: Vec<UploadedDocument>,
+}
+
+struct Upload {
+    bytes: Vec<u8>,
+    format: Format,
+    title: String,
+}
+
+/// Upload one or many documents.
+#[utoipa::path(post, path = "/v1/documents", tag = "documents", security(("api_key" = [])),
+    request_body(content = CreateDocumentRequest, description = "JSON, or multipart/form-data with `file` parts and optional `collection` and `metadata` (JSON) fields"),
+    responses((status = 202, body = UploadResponse), (status = 413, body = crate::error::ErrorBody),
+              (status = 415, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
+pub async fn create_documents(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    request: Request,
+) -> Result<Response> {
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let (uploads, collection, metadata) = if content_type.starts_with("multipart/form-data") {
+        let multipart = Multipart::from_request(request, &state)
+            .await
+            .map_err(|e| Error::bad_request(e.body_text()))?;
+        read_multipart(multipart).await?
+    } else if content_type.starts_with("application/json") {
+        let AppJson(body) = AppJson::<CreateDocumentRequest>::from_request(request, &state).await?;
+        let upload = read_json(&state, &body).await?;
+        (vec![upload], body.collection, body.metadata)
+    } else {
+        return Err(Error::UnsupportedMediaType(
+            "send multipart/form-data or application/json".into(),
+        ));
+    };
+    let collection = collection.unwrap_or_else(|| "default".into());
+    if collection.is_empty() || collection.len() > 200 {
+        return Err(Error::invalid("collection must be 1 to 200 characters"));
+    }
+    let metadata = metadata.unwrap_or_else(|| serde_json::json!({}));
+    if !metadata.is_object() {
+        return Err(Error::invalid("metadata must be a JSON object"));
+    }
+    if uploads.is_empty() {
+        return Err(Error::invalid("no file in the upload"));
+    }
+    let mut documents = Vec::with_capacity(uploads.len());
+    for upload in uploads {
+        documents.push(store_one(&state, &tenant, &collection, &metadata, upload).await?);
+    }
+    let status = if documents.iter().all(|d| d.duplicate) {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, AppJson(UploadResponse { documents })).into_response())
+}
+
+async fn read_multipart(
+    mut multipart: Multipart,
+) -> Result<(Vec<Upload>, Option<String>, Option<serde_json::Value>)> {
+    let (mut uploads, mut collection, mut metadata) = (Vec::new(), None, None);
+    while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
+        let name = field.name().unwrap_or_default().to_string();
+        let file_name = field.file_name().map(str::to_string);
+        let declared = field.content_type().map(str::to_string);
+        let bytes = field.bytes().await.map_err(multipart_error)?;
+        match (name.as_str(), file_name) {
+            ("collection", None) => collection = Some(text_field(&bytes)?),
+            ("metadata", None) => {
+                metadata = Some(
+                    serde_json::from_slice(&bytes)
+                        .map_err(|e| Error::invalid(format!("metadata is not JSON: {e}")))?,
+                )
+            }
+            (_, Some(file_name)) => {
+                let format =
+                    Format::detect(declared.as_deref(), Some(&file_name)).ok_or_else(|| {
+                        Error::UnsupportedMediaType(format!(
+                            "{file_name}: unsupported type {}; send text, Markdown, HTML or PDF",
+                            declared.as_deref().unwrap_or("(none)")
+                        ))
+                    })?;
+                uploads.push(Upload {
+                    bytes: bytes.to_vec(),
+                    format,
+                    title: file_name,
+                });
+            }
+            (other, None) => {
+                return Err(Error::invalid(format!("unexpected form field `{other}`")));
+            }
+        }
+    }
+    Ok((uploads, collection, metadata))
+}
+
+fn multipart_error(err: axum::extract::multipart::MultipartError) -> Error {
+    if err.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        Error::PayloadTooLarge
+    } else {
+        Error::bad_request(err.body_text())
+    }
+}
+
+fn text_field(bytes: &Bytes) -> Result<String> {
+    String::from_utf8(bytes.to_vec()).map_err(|_| Error::invalid("form fields must be UTF-8"))
+}
+
+async fn read_json(state: &AppState, body: &CreateDocumentRequest) -> Result<Upload> {
+    match (&body.text, &body.s3_uri) {
+        (Some(text), None) => {
+            let format = match body.content_type.as_deref() {
+                None => Format::Text,
+                Some(ct) => Format::from_content_type(ct)
+                    .filter(|f| *f != Format::Pdf)
+                    .ok_or_else(|| {
+                        Error::UnsupportedMediaType(format!(
+                            "unsupported content_type {ct} for text"
+                        ))
+                    })?,
+            };
+            if text.trim().is_empty() {
+                return Err(Error::invalid("text is empty"));
+            }
+            let title = body
+                .title
+                .clone()
+                .unwrap_or_else(|| text.chars().take(60).collect::<String>().trim().to_string());
+            Ok(Upload {
+                bytes: text.as_bytes().to_vec(),
+                format,
+                title,
+            })
+        }
+        (None, Some(uri)) => {
+            let key = uri
+                .strip_prefix("s3://")
+                .and_then(|rest| rest.split_once('/'))
+                .filter(|(bucket, key)| *bucket == state.blobs.bucket() && !key.is_empty())
+                .map(|(_, key)| key)
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "s3_uri must be s3://{}/<key>",
+                        state.blobs.bucket()
+                    ))
+                })?;
+            let format =
+                Format::detect(body.content_type.as_deref(), Some(key)).ok_or_else(|| {
+                    Error::UnsupportedMediaType(format!(
+                        "{key}: unsupported type; send text, Markdown, HTML or PDF"
+                    ))
+                })?;
+            let bytes = state
+                .blobs
+                .get(key)
+                .await?
+                .ok_or(Error::NotFound("S3 object"))?;
+            if bytes.len() > state.config.max_body_bytes {
+                return Err(Error::PayloadTooLarge);
+            }
+            let title = body
+                .title
+                .clone()
+                .unwrap_or_else(|| key.rsplit('/').next().unwrap_or(key).to_string());
+            Ok(Upload {
+                bytes,
+                format,
+                title,
+            })
+        }
+        _ => Err(Error::invalid("send exactly one of `text` and `s3_uri`")),
+    }
+}
+
+async fn store_one(
+    state: &AppState,
+    tenant: &Tenant,
+    collection: &str,
+    metadata: &serde_json::Value,
+    upload: Upload,
+) -> Result<UploadedDocument> {
+    let content_hash = hex::encode(Sha256::digest(&upload.bytes));
+    if let Some(existing) =
+        documents::find_by_hash(&state.db, tenant.id, collection, &content_hash).await?
+    {
+        return Ok(UploadedDocument {
+            document: existing,
+            duplicate: true,
+        });
+    }
+    let id = Uuid::now_v7();
+    let s3_key = format!("tenants/{}/documents/{id}/original", tenant.id);
+    let size_bytes = upload.bytes.len() as i64;
+    state
+        .blobs
+        .put(&s3_key, upload.bytes, upload.format.content_type())
+        .await?;
+    let new = NewDocument {
+        id,
+        tenant_id: tenant.id,
+        collection,
+        title: &upload.title,
+        content_type: upload.format.content_type(),
+        s3_key: &s3_key,
+        content_hash: &content_hash,
+        size_bytes,
+        metadata,
+    };
+    let Some(document) = documents::insert(&state.db, &new).await? else {
+        // A concurrent upload of the same content won; drop our copy.
+        let _ = state.blobs.delete(&s3_key).await;
+        let existing = documents::find_by_hash(&state.db, tenant.id, collection, &content_hash)
+            .await?
+            .ok_or(Error::Conflict("retry the upload".into()))?;
+        return Ok(UploadedDocument {
+            document: existing,
+            duplicate: true,
+        });
+    };
+    enqueue(state, &document).await?;
+    tracing::info!(document.id = %id, size_bytes, "document queued");
+    Ok(UploadedDocument {
+        document,
+        duplicate: false,
+    })
+}
+
+/// Sends the index job; if SQS refuses, undoes the upload so nothing is left half-done.
+async fn enqueue(state: &AppState, document: &Document) -> Result<()> {
+    let job = Job::IndexDocument {
+        tenant_id: document.tenant_id,
+        document_id: document.id,
+    };
+    if let Err(err) = state.queue.send(job.to_message()).await {
+        tracing::error!(error = format!("{err:#}"), "could not queue the document");
+        let _ = documents::delete(&state.db, document.tenant_id, document.id).await;
+        let _ = state.blobs.delete(&document.s3_key).await;
+        return Err(Error::Unavailable(
+            "the job queue is unavailable; try again".into(),
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ListParams {
+    /// `queued`, `processing`, `indexed` or `failed`.
+    status: Option<String>,
+    collection: Option<String>,
+    /// 1 to 200, default 50.
+    limit: Option<i64>,
+    /// `next_cursor` from the previous page.
+    cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DocumentList {
+    documents: Vec<Document>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    next_cursor: Option<String>,
+}
+
+fn encode_cursor(doc: &Document) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!(
+        "{}|{}",
+        doc.created_at.to_rfc3339(),
+        doc.id
+    ))
+}
+
+fn decode_cursor(cursor: &str) -> Result<(DateTime<Utc>, Uuid)> {
+    let invalid = || Error::BadRequest {
+        code: "invalid_cursor",
+        message: "cursor is not valid".into(),
+    };
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .map_err(|_| invalid())?;
+    let raw = String::from_utf8(raw).map_err(|_| invalid())?;
+    let (at, id) = raw.split_once('|').ok_or_else(invalid)?;
+    Ok((
+        DateTime::parse_from_rfc3339(at)
+            .map_err(|_| invalid())?
+            .with_timezone(&Utc),
+        id.parse().map_err(|_| invalid())?,
+    ))
+}
+
+/// The tenant's documents, newest first.
+#[utoipa::path(get, path = "/v1/documents", tag = "documents", security(("api_key" = [])), params(ListParams),
+    responses((status = 200, body = DocumentList)))]
+pub async fn list_documents(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Query(params): Query<ListParams>,
+) -> Result<AppJson<DocumentList>> {
+    if let Some(status) = &params.status {
+        if !["queued", "processing", "indexed", "failed"].contains(&status.as_str()) {
+            return Err(Error::invalid(
+                "status must be queued, processing, indexed or failed",
+            ));
+        }
+    }
+    let limit = params.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(Error::invalid("limit must be between 1 and 200"));
+    }
+    let before = params.cursor.as_deref().map(decode_cursor).transpose()?;
+    let mut docs = documents::list(
+        &state.db,
+        tenant.id,
+        params.status.as_deref(),
+        params.collection.as_deref(),
+        before,
+        limit + 1,
+    )
+    .await?;
+    let next_cursor = if docs.len() as i64 > limit {
+        docs.truncate(limit as usize);
+        docs.last().map(encode_cursor)
+    } else {
+        None
+    };
+    Ok(AppJson(DocumentList {
+        documents: docs,
+        next_cursor,
+    }))
+}
+
+async fn find(state: &AppState, tenant: &Tenant, id: Uuid) -> Result<Document> {
+    documents::get(&state.db, tenant.id, id)
+        .await?
+        .ok_or(Error::NotFound("document"))
+}
+
+/// One document: status (with the failure reason), counts and timings.
+#[utoipa::path(get, path = "/v1/documents/{id}", tag = "documents", security(("api_key" = [])),
+    responses((status = 200, body = Document), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn get_document(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<Uuid>,
+) -> Result<AppJson<Document>> {
+    Ok(AppJson(find(&state, &tenant, id).await?))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ChunkParams {
+    /// Return chunks after this ordinal (the last one of the previous page).
+    after: Option<i32>,
+    /// 1 to 500, default 100.
+    limit: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChunkList {
+    chunks: Vec<ChunkView>,
+}
+
+/// The document's chunks in order.
+#[utoipa::path(get, path = "/v1/documents/{id}/chunks", tag = "documents", security(("api_key" = [])), params(ChunkParams),
+    responses((status = 200, body = ChunkList), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn list_chunks(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<Uuid>,
+    Query(params): Query<ChunkParams>,
+) -> Result<AppJson<ChunkList>> {
+    find(&state, &tenant, id).await?;
+    let limit = params.limit.unwrap_or(100);
+    if !(1..=500).contains(&limit) {
+        return Err(Error::invalid("limit must be between 1 and 500"));
+    }
+    let chunks =
+        chunks::list_for_document(&state.db, tenant.id, id, params.after.unwrap_or(-1), limit)
+            .await?;
+    Ok(AppJson(ChunkList { chunks }))
+}
+
+/// The original bytes, with their content type.
+#[utoipa::path(get, path = "/v1/documents/{id}/content", tag = "documents", security(("api_key" = [])),
+    responses((status = 200, description = "the original document"), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn get_content(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<Uuid>,
+) -> Result<Response> {
+    let doc = find(&state, &tenant, id).await?;
+    let bytes = state
+        .blobs
+        .get(&doc.s3_key)
+        .await?
+        .ok_or(Error::NotFound("document content"))?;
+    Ok(([(header::CONTENT_TYPE, doc.content_type)], bytes).into_response())
+}
+
+/// Deletes the document, its chunks and its original, whatever its status.
+#[utoipa::path(delete, path = "/v1/documents/{id}", tag = "documents", security(("api_key" = [])),
+    responses((status = 204), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn delete_document(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<Uuid>,
+) -> Result<StatusCode> {
+    // The row goes first (chunks cascade): a job in flight then finds nothing to write to.
+    let s3_key = documents::delete(&state.db, tenant.id, id)
+        .await?
+        .ok_or(Error::NotFound("document"))?;
+    if let Err(err) = state.blobs.delete(&s3_key).await {
+        tracing::warn!(
+            error = format!("{err:#}"),
+            s3_key,
+            "deleting the original failed; the object is orphaned"
+        );
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Queues the document for indexing again (e.g. after a failure or a model change).
+#[utoipa::path(post, path = "/v1/documents/{id}/reindex", tag = "documents", security(("api_key" = [])),
+    responses((status = 202, body = Document), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn reindex_document(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<Uuid>,
+) -> Result<(StatusCode, AppJson<Document>)> {
+    let doc = documents::mark_queued(&state.db, tenant.id, id)
+        .await?
+        .ok_or(Error::NotFound("document"))?;
+    let job = Job::IndexDocument {
+        tenant_id: tenant.id,
+        document_id: id,
+    };
+    state
+        .queue
+        .send(job.to_message())
+        .await
+        .map_err(|_| Error::Unavailable("the job queue is unavailable; try again".into()))?;
+    Ok((StatusCode::ACCEPTED, AppJson(doc)))
+}

@@ -1,0 +1,155 @@
+//! `index_document`: fetch the original from S3, extract, chunk, embed (only
+//! what is not already embedded), and replace the document's chunks in one
+//! transaction.
+//!
+//! Safe under at-least-once delivery and concurrent deletes:
+//! - a document already indexed with the current model is skipped;
+//! - the final write locks the document row first: if the document was deleted
+//!   meanwhile, nothing is written (no resurrection); otherwise the old chunks are
+//!   replaced, so two deliveries leave exactly one set.
+
+use anyhow::Context;
+use pgvector::Vector;
+use uuid::Uuid;
+
+use super::JobError;
+use crate::app::AppState;
+use crate::ingest::{chunk, extract};
+use crate::llm::{CallContext, LlmError};
+use crate::store::{chunks, documents};
+
+pub async fn run(
+    state: &AppState,
+    tenant_id: Uuid,
+    document_id: Uuid,
+    last_attempt: bool,
+) -> Result<(), JobError> {
+    match index(state, tenant_id, document_id).await {
+        Ok(()) => Ok(()),
+        Err(Failure::Permanent(reason)) => {
+            tracing::warn!(reason, "document cannot be indexed");
+            documents::mark_failed(&state.db, tenant_id, document_id, &reason)
+                .await
+                .context("marking failed")?;
+            Err(JobError::Unprocessable(reason))
+        }
+        Err(Failure::Transient(err)) => {
+            if last_attempt {
+                let reason = format!("gave up after repeated failures: {err:#}");
+                documents::mark_failed(&state.db, tenant_id, document_id, &reason)
+                    .await
+                    .context("marking failed")?;
+            }
+            Err(JobError::Retry(err))
+        }
+    }
+}
+
+enum Failure {
+    /// Retrying cannot help: bad content, exhausted quota.
+    Permanent(String),
+    Transient(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(err: anyhow::Error) -> Self {
+        Failure::Transient(err)
+    }
+}
+
+impl From<sqlx::Error> for Failure {
+    fn from(err: sqlx::Error) -> Self {
+        Failure::Transient(err.into())
+    }
+}
+
+async fn index(state: &AppState, tenant_id: Uuid, document_id: Uuid) -> Result<(), Failure> {
+    let gateway = &state.gateway;
+    let model = gateway.embedding_model().to_string();
+    let Some(doc) = documents::get(&state.db, tenant_id, document_id).await? else {
+        tracing::info!("document no longer exists; nothing to do");
+        return Ok(());
+    };
+    if doc.status == "indexed" && doc.embedding_model.as_deref() == Some(model.as_str()) {
+        tracing::info!("already indexed with this model; skipping");
+        return Ok(());
+    }
+    documents::mark_processing(&state.db, tenant_id, document_id).await?;
+    let Some(bytes) = state.blobs.get(&doc.s3_key).await? else {
+        if documents::get(&state.db, tenant_id, document_id)
+            .await?
+            .is_none()
+        {
+            return Ok(()); // deleted while we looked
+        }
+        return Err(Failure::Permanent("the original is missing from S3".into()));
+    };
+    let format = extract::Format::from_content_type(&doc.content_type).ok_or_else(|| {
+        Failure::Permanent(format!("unsupported content type {}", doc.content_type))
+    })?;
+    let settings = state.config.chunking;
+    let pieces = tokio::task::spawn_blocking(move || {
+        extract::extract(format, &bytes).map(|e| chunk::chunk(&e.text, e.markdown, settings))
+    })
+    .await
+    .context("chunking task")?
+    .map_err(|e| Failure::Permanent(e.to_string()))?;
+
+    // Spend nothing twice: reuse this tenant's vectors for identical chunk text.
+    let hashes: Vec<String> = pieces.iter().map(|c| c.content_hash.clone()).collect();
+    let mut known = chunks::embeddings_by_hash(&state.db, tenant_id, &model, &hashes).await?;
+    let missing: Vec<String> = {
+        let mut seen = std::collections::HashSet::new();
+        pieces
+            .iter()
+            .filter(|c| !known.contains_key(&c.content_hash) && seen.insert(c.content_hash.clone()))
+            .map(|c| c.content.clone())
+            .collect()
+    };
+    let reused = pieces.len() - missing.len();
+    if !missing.is_empty() {
+        let ctx = CallContext {
+            tenant_id: Some(tenant_id),
+            request_id: None,
+            conversation_id: None,
+            endpoint: "worker.index",
+        };
+        let embedded = gateway
+            .embed(&ctx, &missing)
+            .await
+            .map_err(|err| match err {
+                LlmError::QuotaExhausted(m) => {
+                    Failure::Permanent(format!("embedding quota exhausted: {m}"))
+                }
+                LlmError::InputTooLong { .. } => Failure::Permanent(err.to_string()),
+                other => Failure::Transient(other.into()),
+            })?;
+        for (text, vector) in missing.iter().zip(embedded.vectors) {
+            known.insert(chunk::content_hash(text), Vector::from(vector));
+        }
+    }
+    let vectors: Vec<Vector> = pieces
+        .iter()
+        .map(|c| known[&c.content_hash].clone())
+        .collect();
+
+    let mut tx = state.db.begin().await?;
+    if documents::lock(&mut *tx, tenant_id, document_id)
+        .await?
+        .is_none()
+    {
+        tracing::info!("document deleted during indexing; discarding the result");
+        return Ok(());
+    }
+    chunks::replace(&mut tx, tenant_id, document_id, &model, &pieces, vectors).await?;
+    let tokens: i32 = pieces.iter().map(|c| c.token_count).sum();
+    documents::mark_indexed(&mut *tx, document_id, pieces.len() as i32, tokens, &model).await?;
+    tx.commit().await?;
+    tracing::info!(
+        chunks = pieces.len(),
+        tokens,
+        embeddings_reused = reused,
+        "document indexed"
+    );
+    Ok(())
+}

@@ -1,0 +1,514 @@
+//! Documents end to end: upload through the API, index through SQS workers
+//! (real moto queue, real Postgres), read back.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use stolid::testkit::fake_openai::Fault;
+
+use crate::helpers::{
+    Options, TestApp, error_code, spawn_app, spawn_app_with, spawn_app_with_fake,
+};
+
+/// Polls the document until it is `indexed` or `failed`.
+pub async fn wait_until_settled(app: &TestApp, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let doc: Value = app
+            .get(&format!("/v1/documents/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if doc["status"] == "indexed" || doc["status"] == "failed" {
+            return doc;
+        }
+        assert!(Instant::now() < deadline, "document never settled: {doc}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn upload_text(app: &TestApp, body: Value) -> Value {
+    let response = app.post("/v1/documents").json(&body).send().await.unwrap();
+    assert!(
+        response.status().is_success(),
+        "{}",
+        response.text().await.unwrap()
+    );
+    let body: Value = response.json().await.unwrap();
+    body["documents"][0].clone()
+}
+
+async fn upload_file(app: &TestApp, name: &str, mime: &str, bytes: Vec<u8>) -> reqwest::Response {
+    let part = reqwest::multipart::Part::bytes(bytes)
+        .file_name(name.to_string())
+        .mime_str(mime)
+        .unwrap();
+    let form = reqwest::multipart::Form::new()
+        .part("file", part)
+        .text("collection", "guides");
+    app.post("/v1/documents")
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn chunks(app: &TestApp, id: &str) -> Vec<Value> {
+    let body: Value = app
+        .get(&format!("/v1/documents/{id}/chunks"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["chunks"].as_array().unwrap().clone()
+}
+
+const MARKDOWN: &str = "# Rust guide\n\nIntro to the guide.\n\n## Ownership\n\nEach value in Rust has an owner. There can only be one owner at a time.\n\n## Borrowing\n\nReferences let you use a value without taking ownership of it.\n";
+
+const HTML: &str = "<html><head><title>t</title><script>tracking()</script></head><body>\
+    <h1>Cargo</h1><p>Cargo is the Rust package manager.</p><h2>Build</h2><p>Run <code>cargo build</code> to compile.</p></body></html>";
+
+/// A one-page PDF with the text "Stolid reads PDF files".
+fn tiny_pdf() -> Vec<u8> {
+    let content = "BT /F1 18 Tf 40 700 Td (Stolid reads PDF files) Tj ET";
+    let objects = [
+        "<< /Type /Catalog /Pages 2 0 R >>".to_string(),
+        "<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_string(),
+        "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R /Resources << /Font << /F1 5 0 R >> >> >>".to_string(),
+        format!("<< /Length {} >>\nstream\n{content}\nendstream", content.len()),
+        "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>".to_string(),
+    ];
+    let mut pdf = b"%PDF-1.4\n".to_vec();
+    let mut offsets = Vec::new();
+    for (i, object) in objects.iter().enumerate() {
+        offsets.push(pdf.len());
+        pdf.extend(format!("{} 0 obj\n{object}\nendobj\n", i + 1).as_bytes());
+    }
+    let xref = pdf.len();
+    pdf.extend(format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes());
+    for offset in offsets {
+        pdf.extend(format!("{offset:010} 00000 n \n").as_bytes());
+    }
+    pdf.extend(
+        format!(
+            "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n",
+            objects.len() + 1
+        )
+        .as_bytes(),
+    );
+    pdf
+}
+
+/// Text, Markdown, HTML and PDF all end `indexed`, with chunks that hold the
+/// text, heading paths for structured formats, and counts on the document.
+#[tokio::test]
+async fn every_supported_format_is_indexed_into_sensible_chunks() {
+    let app = spawn_app().await;
+    let text = upload_text(
+        &app,
+        json!({"text": "Plain words about the borrow checker.", "title": "plain"}),
+    )
+    .await;
+    assert_eq!(text["status"], "queued");
+    let mut ids = vec![text["id"].as_str().unwrap().to_string()];
+    for (name, mime, bytes) in [
+        ("guide.md", "text/markdown", MARKDOWN.as_bytes().to_vec()),
+        ("cargo.html", "text/html", HTML.as_bytes().to_vec()),
+        ("paper.pdf", "application/pdf", tiny_pdf()),
+    ] {
+        let response = upload_file(&app, name, mime, bytes).await;
+        assert_eq!(response.status(), 202, "{name}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["documents"][0]["collection"], "guides");
+        ids.push(body["documents"][0]["id"].as_str().unwrap().to_string());
+    }
+    let expectations = [
+        "borrow checker",
+        "one owner at a time",
+        "Rust package manager",
+        "Stolid reads PDF files",
+    ];
+    for (id, expected) in ids.iter().zip(expectations) {
+        let doc = wait_until_settled(&app, id).await;
+        assert_eq!(doc["status"], "indexed", "{doc}");
+        assert!(doc["chunk_count"].as_i64().unwrap() >= 1);
+        assert!(doc["token_count"].as_i64().unwrap() > 0);
+        assert!(doc["indexed_at"].is_string());
+        let chunks = chunks(&app, id).await;
+        assert_eq!(chunks.len() as i64, doc["chunk_count"].as_i64().unwrap());
+        let all: String = chunks
+            .iter()
+            .map(|c| c["content"].as_str().unwrap())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(all.contains(expected), "{id}: {all}");
+    }
+    let html_chunks = chunks(&app, &ids[2]).await;
+    assert!(
+        !html_chunks
+            .iter()
+            .any(|c| c["content"].as_str().unwrap().contains("tracking")),
+        "scripts are dropped"
+    );
+    let md_chunks = chunks(&app, &ids[1]).await;
+    assert_eq!(md_chunks[0]["heading_path"][0], "Rust guide");
+    let embeddings: i64 = sqlx::query_scalar("SELECT count(*) FROM chunk_embeddings")
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
+    let total_chunks: i64 = sqlx::query_scalar("SELECT count(*) FROM chunks")
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
+    assert_eq!(embeddings, total_chunks, "every chunk has its vector");
+    // The original comes back byte for byte.
+    let content = app
+        .get(&format!("/v1/documents/{}/content", ids[1]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(content.headers()["content-type"], "text/markdown");
+    assert_eq!(content.text().await.unwrap(), MARKDOWN);
+}
+
+/// The same content in the same collection is one document; another collection is another.
+#[tokio::test]
+async fn uploading_the_same_content_again_returns_the_existing_document() {
+    let app = spawn_app().await;
+    let first = upload_text(&app, json!({"text": "duplicate me"})).await;
+    let again = app
+        .post("/v1/documents")
+        .json(&json!({"text": "duplicate me"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 200);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["documents"][0]["id"], first["id"]);
+    assert_eq!(again["documents"][0]["duplicate"], true);
+    let other = upload_text(&app, json!({"text": "duplicate me", "collection": "other"})).await;
+    assert_ne!(other["id"], first["id"]);
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM documents")
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
+    assert_eq!(count, 2);
+}
+
+/// Bad uploads get the right status and a stable code, never a 500.
+#[tokio::test]
+async fn bad_uploads_are_refused_clearly() {
+    let env = HashMap::from([("MAX_BODY_BYTES", "2048".to_string())]);
+    let app = spawn_app_with(Options {
+        env,
+        ..Default::default()
+    })
+    .await;
+    let image = upload_file(&app, "cat.png", "image/png", vec![0x89, b'P', b'N', b'G']).await;
+    assert_eq!(image.status(), 415);
+    assert_eq!(error_code(image).await, "unsupported_media_type");
+    let big = upload_file(&app, "big.txt", "text/plain", vec![b'a'; 10_000]).await;
+    assert_eq!(big.status(), 413);
+    assert_eq!(error_code(big).await, "payload_too_large");
+    let form = app
+        .post("/v1/documents")
+        .body("text=hi")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), 415);
+    let both = app
+        .post("/v1/documents")
+        .json(&json!({"text": "a", "s3_uri": "s3://x/y"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(both.status(), 422);
+    let syntax = app
+        .post("/v1/documents")
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(syntax.status(), 400);
+    assert_eq!(error_code(syntax).await, "invalid_json");
+    let metadata = app
+        .post("/v1/documents")
+        .json(&json!({"text": "a", "metadata": [1]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metadata.status(), 422);
+    let missing = app
+        .get(&format!("/v1/documents/{}", uuid::Uuid::now_v7()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let not_uuid = app.get("/v1/documents/nope").send().await.unwrap();
+    assert_eq!(not_uuid.status(), 400);
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM documents")
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
+    assert_eq!(count, 0);
+}
+
+/// Invalid content fails permanently with a reason instead of being retried; other documents still index.
+#[tokio::test]
+async fn a_poison_document_fails_with_a_reason_while_others_index() {
+    let app = spawn_app().await;
+    let response = upload_file(&app, "bad.txt", "text/plain", vec![0xff, 0xfe, 0xfd]).await;
+    let body: Value = response.json().await.unwrap();
+    let bad = body["documents"][0]["id"].as_str().unwrap().to_string();
+    let good = upload_text(&app, json!({"text": "A healthy document."})).await;
+    let failed = wait_until_settled(&app, &bad).await;
+    assert_eq!(failed["status"], "failed");
+    assert!(
+        failed["error"].as_str().unwrap().contains("UTF-8"),
+        "{failed}"
+    );
+    assert_eq!(
+        wait_until_settled(&app, good["id"].as_str().unwrap()).await["status"],
+        "indexed"
+    );
+}
+
+/// A provider failing every time: after the redrive limit the document is
+/// `failed` with the last error and the message is in the dead-letter queue.
+#[tokio::test]
+async fn repeated_failures_end_failed_after_the_redrive_limit_and_dead_letter() {
+    let env = HashMap::from([
+        ("LLM_MAX_ATTEMPTS", "1".to_string()),
+        ("WORKER_VISIBILITY_TIMEOUT_SECS", "1".to_string()),
+    ]);
+    let (app, fake) = spawn_app_with_fake(Options {
+        env,
+        ..Default::default()
+    })
+    .await;
+    fake.push_faults(std::iter::repeat_n(
+        Fault::ServerError,
+        crate::helpers::MAX_RECEIVES as usize,
+    ));
+    let doc = upload_text(&app, json!({"text": "this will not embed"})).await;
+    let settled = wait_until_settled(&app, doc["id"].as_str().unwrap()).await;
+    assert_eq!(settled["status"], "failed");
+    assert!(
+        settled["error"].as_str().unwrap().contains("gave up"),
+        "{settled}"
+    );
+    assert_eq!(
+        fake.embedding_arrivals().len() as u32,
+        crate::helpers::MAX_RECEIVES
+    );
+    // The next receive moves the message to the DLQ.
+    let sqs = aws_sdk_sqs::Client::new(&app.infra.sdk);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let received = sqs
+            .receive_message()
+            .queue_url(&app.infra.dlq_url)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap();
+        if let Some(message) = received.messages.unwrap_or_default().first() {
+            assert!(
+                message
+                    .body()
+                    .unwrap()
+                    .contains(doc["id"].as_str().unwrap())
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the message never reached the dead-letter queue"
+        );
+    }
+    // Another document indexes normally once the provider recovers.
+    let ok = upload_text(&app, json!({"text": "this one will"})).await;
+    assert_eq!(
+        wait_until_settled(&app, ok["id"].as_str().unwrap()).await["status"],
+        "indexed"
+    );
+}
+
+/// Running the job twice (redelivery, re-index) leaves exactly one set of chunks,
+/// and unchanged chunks reuse their embeddings instead of calling the model again.
+#[tokio::test]
+async fn indexing_twice_leaves_one_set_of_chunks_and_reuses_embeddings() {
+    let (app, fake) = spawn_app_with_fake(Options::default()).await;
+    let doc = upload_text(
+        &app,
+        json!({"text": MARKDOWN, "content_type": "text/markdown"}),
+    )
+    .await;
+    let id = doc["id"].as_str().unwrap().to_string();
+    let first = wait_until_settled(&app, &id).await;
+    assert_eq!(first["status"], "indexed");
+    let requests_after_first = fake.stats().embedding_requests;
+    let doc_id: uuid::Uuid = id.parse().unwrap();
+    // A duplicate delivery of the same message is skipped outright...
+    stolid::worker::jobs::index::run(&app.state, app.tenant_id, doc_id, false)
+        .await
+        .unwrap();
+    // ...and a re-index re-chunks but embeds nothing new.
+    let response = app
+        .post(&format!("/v1/documents/{id}/reindex"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let second = wait_until_settled(&app, &id).await;
+    assert_eq!(second["status"], "indexed");
+    assert_eq!(second["chunk_count"], first["chunk_count"]);
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM chunks WHERE document_id = $1")
+        .bind(doc_id)
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
+    assert_eq!(rows, first["chunk_count"].as_i64().unwrap());
+    assert_eq!(
+        fake.stats().embedding_requests,
+        requests_after_first,
+        "no embedding call for unchanged chunks"
+    );
+}
+
+/// Delete removes row, chunks and the S3 original, in any status; a job that
+/// runs afterwards writes nothing back.
+#[tokio::test]
+async fn deleting_a_document_removes_everything_and_stays_deleted() {
+    let app = spawn_app().await;
+    let doc = upload_text(&app, json!({"text": "short lived"})).await;
+    let id = doc["id"].as_str().unwrap().to_string();
+    wait_until_settled(&app, &id).await;
+    let s3_key = format!("tenants/{}/documents/{id}/original", app.tenant_id);
+    assert!(app.state.blobs.get(&s3_key).await.unwrap().is_some());
+    let deleted = app
+        .client
+        .delete(app.url(&format!("/v1/documents/{id}")))
+        .bearer_auth(&app.api_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    assert_eq!(
+        app.get(&format!("/v1/documents/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert!(app.state.blobs.get(&s3_key).await.unwrap().is_none());
+    let chunks: i64 = sqlx::query_scalar("SELECT count(*) FROM chunks")
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
+    assert_eq!(chunks, 0);
+    // A late (re)delivery of its job must not bring it back.
+    stolid::worker::jobs::index::run(&app.state, app.tenant_id, id.parse().unwrap(), false)
+        .await
+        .unwrap();
+    let docs: i64 = sqlx::query_scalar("SELECT count(*) FROM documents")
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
+    assert_eq!(docs, 0);
+    let again = app
+        .client
+        .delete(app.url(&format!("/v1/documents/{id}")))
+        .bearer_auth(&app.api_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 404);
+}
+
+/// Listing filters by status and collection and pages with a cursor; other tenants see nothing.
+#[tokio::test]
+async fn listing_filters_and_pages_within_the_tenant() {
+    let app = spawn_app().await;
+    for i in 0..5 {
+        upload_text(&app, json!({"text": format!("document {i}"), "collection": if i % 2 == 0 { "even" } else { "odd" }})).await;
+    }
+    let page: Value = app
+        .get("/v1/documents?limit=2")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["documents"].as_array().unwrap().len(), 2);
+    let cursor = page["next_cursor"].as_str().unwrap();
+    let mut seen: Vec<String> = page["documents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_string())
+        .collect();
+    let rest: Value = app
+        .get(&format!("/v1/documents?limit=10&cursor={cursor}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(rest["next_cursor"].is_null());
+    seen.extend(
+        rest["documents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["id"].as_str().unwrap().to_string()),
+    );
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 5);
+    let even: Value = app
+        .get("/v1/documents?collection=even")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(even["documents"].as_array().unwrap().len(), 3);
+    let bad = app.get("/v1/documents?status=done").send().await.unwrap();
+    assert_eq!(bad.status(), 422);
+
+    let other = app.new_tenant("globex").await;
+    let theirs: Value = app
+        .client
+        .get(app.url("/v1/documents"))
+        .bearer_auth(&other)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(theirs["documents"].as_array().unwrap().len(), 0);
+    let id = &seen[0];
+    let peek = app
+        .client
+        .get(app.url(&format!("/v1/documents/{id}")))
+        .bearer_auth(&other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(peek.status(), 404);
+}
