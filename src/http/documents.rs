@@ -364,12 +364,12 @@ pub async fn list_documents(
     tenant: Tenant,
     Query(params): Query<ListParams>,
 ) -> Result<AppJson<DocumentList>> {
-    if let Some(status) = &params.status {
-        if !["queued", "processing", "indexed", "failed"].contains(&status.as_str()) {
-            return Err(Error::invalid(
-                "status must be queued, processing, indexed or failed",
-            ));
-        }
+    if let Some(status) = &params.status
+        && !["queued", "processing", "indexed", "failed"].contains(&status.as_str())
+    {
+        return Err(Error::invalid(
+            "status must be queued, processing, indexed or failed",
+        ));
     }
     let limit = params.limit.unwrap_or(50);
     if !(1..=200).contains(&limit) {
