@@ -24,7 +24,7 @@ use crate::error::{AppJson, Error, Result};
 use crate::http::auth::Tenant;
 use crate::ingest::extract::Format;
 use crate::store::chunks::{self, ChunkView};
-use crate::store::documents::{self, Document, NewDocument};
+use crate::store::documents::{self, Document, DocumentFilter, NewDocument};
 use crate::worker::jobs::Job;
 
 pub fn router() -> Router<AppState> {
@@ -321,6 +321,8 @@ pub struct ListParams {
     limit: Option<i64>,
     /// `next_cursor` from the previous page.
     cursor: Option<String>,
+    /// Comma-separated document ids (at most 200): only these.
+    ids: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -376,15 +378,26 @@ pub async fn list_documents(
         return Err(Error::invalid("limit must be between 1 and 200"));
     }
     let before = params.cursor.as_deref().map(decode_cursor).transpose()?;
-    let mut docs = documents::list(
-        &state.db,
-        tenant.id,
-        params.status.as_deref(),
-        params.collection.as_deref(),
-        before,
-        limit + 1,
-    )
-    .await?;
+    let ids = params
+        .ids
+        .as_deref()
+        .map(|raw| {
+            let ids: Result<Vec<Uuid>, _> = raw
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::parse)
+                .collect();
+            ids.ok()
+                .filter(|ids| ids.len() <= 200)
+                .ok_or_else(|| Error::invalid("ids must be at most 200 comma-separated UUIDs"))
+        })
+        .transpose()?;
+    let filter = DocumentFilter {
+        status: params.status,
+        collection: params.collection,
+        ids,
+    };
+    let mut docs = documents::list(&state.db, tenant.id, &filter, before, limit + 1).await?;
     let next_cursor = if docs.len() as i64 > limit {
         docs.truncate(limit as usize);
         docs.last().map(encode_cursor)

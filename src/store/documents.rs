@@ -113,12 +113,20 @@ pub async fn lock(
         .await
 }
 
+/// Which documents a listing returns.
+#[derive(Debug, Default)]
+pub struct DocumentFilter {
+    pub status: Option<String>,
+    pub collection: Option<String>,
+    /// Only these documents (e.g. a client following its own uploads).
+    pub ids: Option<Vec<Uuid>>,
+}
+
 /// A page of documents, newest first; `before` is the cursor (created_at, id) of the last row seen.
 pub async fn list(
     db: impl PgExecutor<'_>,
     tenant_id: Uuid,
-    status: Option<&str>,
-    collection: Option<&str>,
+    filter: &DocumentFilter,
     before: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
 ) -> sqlx::Result<Vec<Document>> {
@@ -129,15 +137,17 @@ pub async fn list(
            AND ($2::text IS NULL OR status = $2)
            AND ($3::text IS NULL OR collection = $3)
            AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5))
+           AND ($7::uuid[] IS NULL OR id = ANY($7))
          ORDER BY created_at DESC, id DESC
          LIMIT $6",
     )
     .bind(tenant_id)
-    .bind(status)
-    .bind(collection)
+    .bind(&filter.status)
+    .bind(&filter.collection)
     .bind(before_at)
     .bind(before_id)
     .bind(limit)
+    .bind(&filter.ids)
     .fetch_all(db)
     .await
 }

@@ -1,4 +1,6 @@
-//! The command line: `serve`, `migrate`, `keys ...`.
+//! The command line: `serve`, `migrate`, `keys ...`, `ingest`.
+
+pub mod ingest;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -32,6 +34,23 @@ enum Command {
     /// Exit 0 when the local server's /healthz answers (for container health checks:
     /// the runtime image has no curl).
     Healthcheck,
+    /// Upload files or folders through the API and follow them until indexed.
+    Ingest {
+        /// Files or folders (searched recursively for .txt, .md, .html, .pdf).
+        #[arg(required = true)]
+        paths: Vec<std::path::PathBuf>,
+        #[arg(long)]
+        collection: Option<String>,
+        /// Default: $STOLID_API_URL, else http://127.0.0.1:$PORT (8080).
+        #[arg(long)]
+        api_url: Option<String>,
+        /// Default: $STOLID_API_KEY, else $STOLID_DEV_API_KEY (written by `make up`).
+        #[arg(long)]
+        api_key: Option<String>,
+        /// Uploads in flight at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+    },
     /// Manage API keys.
     Keys {
         #[command(subcommand)]
@@ -92,6 +111,39 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 "/healthz answered {}",
                 response.status()
             );
+            Ok(())
+        }
+        Command::Ingest {
+            paths,
+            collection,
+            api_url,
+            api_key,
+            concurrency,
+        } => {
+            telemetry::init("warn", std::io::stderr);
+            let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+            let api_url = api_url
+                .or_else(|| env("STOLID_API_URL"))
+                .unwrap_or_else(|| {
+                    format!(
+                        "http://127.0.0.1:{}",
+                        env("PORT").unwrap_or_else(|| "8080".into())
+                    )
+                });
+            let api_key = api_key
+                .or_else(|| env("STOLID_API_KEY"))
+                .or_else(|| env("STOLID_DEV_API_KEY"))
+                .context("no API key: pass --api-key or set STOLID_API_KEY")?;
+            let args = ingest::IngestArgs {
+                paths,
+                collection,
+                api_url,
+                api_key,
+                concurrency,
+            };
+            if !ingest::run(args).await? {
+                anyhow::bail!("some documents failed");
+            }
             Ok(())
         }
         Command::Migrate => {
