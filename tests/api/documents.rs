@@ -512,3 +512,89 @@ async fn listing_filters_and_pages_within_the_tenant() {
         .unwrap();
     assert_eq!(peek.status(), 404);
 }
+
+fn many_small_chunks(requests_per_second: u32) -> Options {
+    Options {
+        env: HashMap::from([
+            ("CHUNK_MAX_TOKENS", "20".to_string()),
+            ("CHUNK_OVERLAP_TOKENS", "0".to_string()),
+            ("EMBED_MAX_BATCH_INPUTS", "4".to_string()),
+            ("EMBED_MAX_IN_FLIGHT", "3".to_string()),
+        ]),
+        tweak: Some(Box::new(move |config| {
+            config.llm.embedding_limits.requests = stolid::config::RateCap {
+                limit: requests_per_second,
+                window: Duration::from_secs(1),
+            };
+        })),
+        ..Default::default()
+    }
+}
+
+async fn upload_many(app: &TestApp, count: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..count {
+        let text = (0..6)
+            .map(|p| {
+                format!(
+                    "Document {i} paragraph {p} talks about topic {} in some detail.\n\n",
+                    i * 7 + p
+                )
+            })
+            .collect::<String>();
+        ids.push(
+            upload_text(app, json!({"text": text})).await["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    ids
+}
+
+/// With many documents indexing at once, the provider never sees more than the
+/// shared cap in any window, nor more calls in flight than allowed.
+#[tokio::test]
+async fn the_shared_limiter_holds_the_cap_with_many_documents_in_flight() {
+    let (app, fake) = spawn_app_with_fake(many_small_chunks(20)).await;
+    fake.set_latency(Duration::from_millis(20));
+    for id in upload_many(&app, 16).await {
+        assert_eq!(wait_until_settled(&app, &id).await["status"], "indexed");
+    }
+    let stats = fake.stats();
+    assert!(
+        stats.embedding_requests >= 20,
+        "enough traffic to test the cap: {stats:?}"
+    );
+    assert!(stats.max_in_flight <= 3, "{stats:?}");
+    // Arrival times are measured at the server: allow loopback jitter at the window's edges.
+    let busiest = fake.max_embedding_requests_in(Duration::from_millis(975));
+    assert!(busiest <= 20, "{busiest} requests in one window");
+    assert_eq!(stats.rate_limited, 0);
+}
+
+/// A provider stricter than our configured cap answers 429s: the shared limiter
+/// slows down, requests do not storm, and every document still ends indexed.
+#[tokio::test]
+async fn provider_429s_slow_the_limiter_and_every_document_still_indexes() {
+    let (app, fake) = spawn_app_with_fake(many_small_chunks(40)).await;
+    fake.set_rate_cap(Some(stolid::config::RateCap {
+        limit: 10,
+        window: Duration::from_secs(1),
+    }));
+    for id in upload_many(&app, 12).await {
+        assert_eq!(wait_until_settled(&app, &id).await["status"], "indexed");
+    }
+    let stats = fake.stats();
+    let limiter = app.state.gateway.limiter().status();
+    assert!(
+        stats.rate_limited > 0,
+        "the provider did push back: {stats:?}"
+    );
+    assert!(limiter.throttled_total > 0, "{limiter:?}");
+    // No storm: each 429 pauses everyone, so they stay a small share of the traffic.
+    assert!(
+        stats.rate_limited * 2 < stats.embedding_requests,
+        "{stats:?}"
+    );
+}

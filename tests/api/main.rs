@@ -9,4 +9,5 @@ mod health;
 #[allow(dead_code)] // shared by every module; not each uses every helper
 mod helpers;
 mod http_basics;
+mod ingest_cli;
 mod process;
