@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PORT ?= 8080
 CARGO ?= cargo
 
-.PHONY: up infra build test test-unit bench lint fmt clean-test-dbs
+.PHONY: up infra build test bench-ingest lint fmt clean-test-dbs
 
 ## up: start the local stack, create a dev API key once (kept in .env), run stolid in the foreground
 up: infra build
@@ -33,3 +33,7 @@ lint:
 
 fmt:
 	$(CARGO) fmt
+
+## bench-ingest: index a real corpus (the Rust book's HTML) against the fake model server with a cap; prints figures
+bench-ingest: infra
+	$(CARGO) run --release --locked --example bench_ingest -- $(BENCH_ARGS)

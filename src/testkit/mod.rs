@@ -2,3 +2,4 @@
 //! `fake-openai` binary share one implementation.
 
 pub mod fake_openai;
+pub mod infra;
