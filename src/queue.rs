@@ -47,6 +47,37 @@ impl Queue {
         Ok(output.message_id.unwrap_or_default())
     }
 
+    /// Sends many messages, ten per request (SQS's batch limit).
+    pub async fn send_many(&self, bodies: Vec<String>) -> anyhow::Result<()> {
+        for (batch_no, batch) in bodies.chunks(10).enumerate() {
+            let entries = batch
+                .iter()
+                .enumerate()
+                .map(|(i, body)| {
+                    aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                        .id(format!("m{batch_no}-{i}"))
+                        .message_body(body)
+                        .build()
+                        .context("building a batch entry")
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let output = self
+                .client
+                .send_message_batch()
+                .queue_url(&self.url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .context("send_message_batch")?;
+            anyhow::ensure!(
+                output.failed.is_empty(),
+                "SQS refused {} of the messages",
+                output.failed.len()
+            );
+        }
+        Ok(())
+    }
+
     /// Long-polls for up to `max` (at most 10) messages, hiding them for `visibility`.
     pub async fn receive(
         &self,

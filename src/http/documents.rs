@@ -37,6 +37,9 @@ pub fn router() -> Router<AppState> {
         .route("/v1/documents/{id}/chunks", get(list_chunks))
         .route("/v1/documents/{id}/content", get(get_content))
         .route("/v1/documents/{id}/reindex", post(reindex_document))
+        .route("/v1/documents/{id}/summarize", post(summarize_document))
+        .route("/v1/documents/reindex", post(reindex_documents))
+        .route("/v1/documents/summarize", post(summarize_documents))
 }
 
 /// JSON upload: inline `text`, or `s3_uri` of an object in stolid's bucket.
@@ -520,4 +523,133 @@ pub async fn reindex_document(
         .await
         .map_err(|_| Error::Unavailable("the job queue is unavailable; try again".into()))?;
     Ok((StatusCode::ACCEPTED, AppJson(doc)))
+}
+
+/// Queues a summary of the document (written to its `summary` field when done).
+#[utoipa::path(post, path = "/v1/documents/{id}/summarize", tag = "documents", security(("api_key" = [])),
+    responses((status = 202, body = Document), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn summarize_document(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<Uuid>,
+) -> Result<(StatusCode, AppJson<Document>)> {
+    let doc = find(&state, &tenant, id).await?;
+    if doc.status == "failed" {
+        return Err(Error::Conflict(
+            "the document failed to index; nothing to summarize".into(),
+        ));
+    }
+    let job = Job::SummarizeDocument {
+        tenant_id: tenant.id,
+        document_id: id,
+    };
+    state
+        .queue
+        .send(job.to_message())
+        .await
+        .map_err(|_| Error::Unavailable("the job queue is unavailable; try again".into()))?;
+    Ok((StatusCode::ACCEPTED, AppJson(doc)))
+}
+
+/// Which documents a batch operation applies to: `ids`, a `collection`, or `all`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    ids: Option<Vec<Uuid>>,
+    collection: Option<String>,
+    /// Must be true to select every document of the tenant.
+    #[serde(default)]
+    all: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchResponse {
+    queued: usize,
+    ids: Vec<Uuid>,
+}
+
+async fn select(
+    state: &AppState,
+    tenant: &Tenant,
+    request: BatchRequest,
+    status: Option<&str>,
+) -> Result<Vec<Uuid>> {
+    if request.ids.is_none() && request.collection.is_none() && !request.all {
+        return Err(Error::invalid(
+            "give `ids`, a `collection`, or `\"all\": true`",
+        ));
+    }
+    let filter = DocumentFilter {
+        status: status.map(str::to_string),
+        collection: request.collection,
+        ids: request.ids,
+    };
+    Ok(documents::ids(&state.db, tenant.id, &filter).await?)
+}
+
+async fn enqueue_all(state: &AppState, jobs: Vec<Job>) -> Result<()> {
+    let bodies = jobs.iter().map(Job::to_message).collect();
+    state.queue.send_many(bodies).await.map_err(|err| {
+        tracing::error!(error = format!("{err:#}"), "could not queue jobs");
+        Error::Unavailable("the job queue is unavailable; try again".into())
+    })
+}
+
+/// Re-indexes many documents, e.g. all of a tenant's after an embedding model
+/// change. Searches keep using each document's current vectors until its new
+/// ones are committed.
+#[utoipa::path(post, path = "/v1/documents/reindex", tag = "documents", security(("api_key" = [])),
+    request_body = BatchRequest, responses((status = 202, body = BatchResponse)))]
+pub async fn reindex_documents(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    AppJson(request): AppJson<BatchRequest>,
+) -> Result<(StatusCode, AppJson<BatchResponse>)> {
+    let ids = select(&state, &tenant, request, None).await?;
+    let ids = documents::mark_many_queued(&state.db, tenant.id, &ids).await?;
+    enqueue_all(
+        &state,
+        ids.iter()
+            .map(|&document_id| Job::IndexDocument {
+                tenant_id: tenant.id,
+                document_id,
+            })
+            .collect(),
+    )
+    .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        AppJson(BatchResponse {
+            queued: ids.len(),
+            ids,
+        }),
+    ))
+}
+
+/// Summarizes many indexed documents.
+#[utoipa::path(post, path = "/v1/documents/summarize", tag = "documents", security(("api_key" = [])),
+    request_body = BatchRequest, responses((status = 202, body = BatchResponse)))]
+pub async fn summarize_documents(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    AppJson(request): AppJson<BatchRequest>,
+) -> Result<(StatusCode, AppJson<BatchResponse>)> {
+    let ids = select(&state, &tenant, request, Some("indexed")).await?;
+    enqueue_all(
+        &state,
+        ids.iter()
+            .map(|&document_id| Job::SummarizeDocument {
+                tenant_id: tenant.id,
+                document_id,
+            })
+            .collect(),
+    )
+    .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        AppJson(BatchResponse {
+            queued: ids.len(),
+            ids,
+        }),
+    ))
 }

@@ -33,6 +33,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
         health::healthz, health::readyz, me::me,
         documents::create_documents, documents::list_documents, documents::get_document,
         documents::list_chunks, documents::get_content, documents::delete_document, documents::reindex_document,
+        documents::summarize_document, documents::reindex_documents, documents::summarize_documents,
     ),
     components(schemas(crate::error::ErrorBody)),
     modifiers(&ApiKeyAuth),

@@ -92,7 +92,20 @@ fn stem(word: &str) -> &str {
         .unwrap_or(word)
 }
 
+/// What a system prompt says when it asks for a summary (see `worker::jobs::summarize`).
+pub const SUMMARY_MARKER: &str = "Summarize the document";
+
 pub fn chat(request: &ChatRequest) -> ChatOutput {
+    if request
+        .messages
+        .iter()
+        .any(|m| m.role == Role::System && m.content.contains(SUMMARY_MARKER))
+    {
+        return ChatOutput {
+            content: lead_summary(&request.messages),
+            tool_calls: vec![],
+        };
+    }
     let question = request
         .messages
         .iter()
@@ -124,6 +137,25 @@ pub fn chat(request: &ChatRequest) -> ChatOutput {
         content: extractive_answer(question, &request.messages),
         tool_calls: vec![],
     }
+}
+
+/// An extractive "lead" summary: the opening sentences (two per passage, three in all).
+fn lead_summary(messages: &[ChatMessage]) -> String {
+    let leads: Vec<&str> = messages
+        .iter()
+        .filter(|m| m.role == Role::System)
+        .flat_map(|m| passages(&m.content))
+        .flat_map(|p| {
+            sentences(p.text)
+                .filter(|s| !s.starts_with('#') && s.split_whitespace().count() > 3)
+                .take(2)
+        })
+        .take(3)
+        .collect();
+    if leads.is_empty() {
+        return "The document has no summarizable text.".into();
+    }
+    leads.join(" ")
 }
 
 /// The sentences of the context that best overlap the question, each cited.

@@ -232,3 +232,58 @@ pub async fn mark_indexed(
     .await?;
     Ok(())
 }
+
+pub async fn set_summary(
+    db: impl PgExecutor<'_>,
+    tenant_id: Uuid,
+    id: Uuid,
+    summary: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE documents SET summary = $3, updated_at = now() WHERE tenant_id = $1 AND id = $2",
+    )
+    .bind(tenant_id)
+    .bind(id)
+    .bind(summary)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Ids of the tenant's documents matching the filter (for batch operations).
+pub async fn ids(
+    db: impl PgExecutor<'_>,
+    tenant_id: Uuid,
+    filter: &DocumentFilter,
+) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar(
+        "SELECT id FROM documents
+         WHERE tenant_id = $1
+           AND ($2::text IS NULL OR status = $2)
+           AND ($3::text IS NULL OR collection = $3)
+           AND ($4::uuid[] IS NULL OR id = ANY($4))
+         ORDER BY created_at",
+    )
+    .bind(tenant_id)
+    .bind(&filter.status)
+    .bind(&filter.collection)
+    .bind(&filter.ids)
+    .fetch_all(db)
+    .await
+}
+
+/// Queues many documents again (re-index); returns their ids.
+pub async fn mark_many_queued(
+    db: impl PgExecutor<'_>,
+    tenant_id: Uuid,
+    ids: &[Uuid],
+) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar(
+        "UPDATE documents SET status = 'queued', error = NULL, updated_at = now()
+         WHERE tenant_id = $1 AND id = ANY($2) RETURNING id",
+    )
+    .bind(tenant_id)
+    .bind(ids)
+    .fetch_all(db)
+    .await
+}

@@ -37,6 +37,7 @@ pub fn base_env() -> &'static HashMap<String, String> {
 }
 
 /// Per-test infrastructure: a database, a bucket, a queue with a DLQ.
+#[derive(Clone)]
 pub struct Infra {
     pub database_url: String,
     pub bucket: String,

@@ -9,6 +9,7 @@ use crate::app::AppState;
 use crate::queue::Received;
 
 pub mod index;
+pub mod summarize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
@@ -26,6 +27,8 @@ pub enum JobError {
 pub enum Job {
     /// Extract, chunk, embed and store one document.
     IndexDocument { tenant_id: Uuid, document_id: Uuid },
+    /// Write a model-made summary of an indexed document.
+    SummarizeDocument { tenant_id: Uuid, document_id: Uuid },
 }
 
 impl Job {
@@ -50,6 +53,15 @@ pub async fn handle(
         } => {
             let span = tracing::info_span!("index_document", tenant_id = %tenant_id, document_id = %document_id);
             index::run(state, tenant_id, document_id, last_attempt)
+                .instrument(span)
+                .await
+        }
+        Job::SummarizeDocument {
+            tenant_id,
+            document_id,
+        } => {
+            let span = tracing::info_span!("summarize_document", tenant_id = %tenant_id, document_id = %document_id);
+            summarize::run(state, tenant_id, document_id)
                 .instrument(span)
                 .await
         }

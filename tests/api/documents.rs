@@ -598,3 +598,153 @@ async fn provider_429s_slow_the_limiter_and_every_document_still_indexes() {
         "{stats:?}"
     );
 }
+
+/// Summaries are written by a job through the gateway (and metered), singly or in batch.
+#[tokio::test]
+async fn documents_can_be_summarized_one_by_one_or_in_batch() {
+    let app = spawn_app().await;
+    let one = upload_text(
+        &app,
+        json!({"text": MARKDOWN, "content_type": "text/markdown", "collection": "s"}),
+    )
+    .await;
+    let two = upload_text(&app, json!({"text": "Cargo is the package manager. It builds code and fetches crates.", "collection": "s"})).await;
+    for doc in [&one, &two] {
+        wait_until_settled(&app, doc["id"].as_str().unwrap()).await;
+    }
+    let single = app
+        .post(&format!(
+            "/v1/documents/{}/summarize",
+            one["id"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(single.status(), 202);
+    let batch = app
+        .post("/v1/documents/summarize")
+        .json(&json!({"collection": "s"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(batch.status(), 202);
+    assert_eq!(batch.json::<Value>().await.unwrap()["queued"], 2);
+    let nothing = app
+        .post("/v1/documents/summarize")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        nothing.status(),
+        422,
+        "an empty selection is refused, not taken as everything"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for doc in [&one, &two] {
+        let id = doc["id"].as_str().unwrap();
+        let summary = loop {
+            let d: Value = app
+                .get(&format!("/v1/documents/{id}"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if let Some(summary) = d["summary"].as_str() {
+                break summary.to_string();
+            }
+            assert!(Instant::now() < deadline, "no summary for {id}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(summary.len() > 20, "{summary}");
+    }
+    app.state.gateway.recorder().flush().await;
+    let calls: i64 = sqlx::query_scalar("SELECT count(*) FROM model_calls WHERE endpoint = 'worker.summarize' AND operation = 'chat'")
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
+    assert!(calls >= 2, "{calls}");
+}
+
+/// Deploying a new embedding model and re-indexing the tenant switches each
+/// document to the new vectors in one step: at no point does a document have
+/// no vectors, and afterwards only the new model's remain.
+#[tokio::test]
+async fn reindexing_with_a_new_embedding_model_switches_atomically() {
+    let old = spawn_app().await;
+    let doc = upload_text(
+        &old,
+        json!({"text": MARKDOWN, "content_type": "text/markdown"}),
+    )
+    .await;
+    let id = doc["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        wait_until_settled(&old, &id).await["embedding_model"],
+        "local-hash-384"
+    );
+    let infra = old.infra.clone();
+    old.stop().await.unwrap();
+
+    let env = HashMap::from([
+        ("EMBEDDING_MODEL", "local-hash-256".to_string()),
+        ("EMBEDDING_DIMENSIONS", "256".to_string()),
+    ]);
+    let new = spawn_app_with(Options {
+        env,
+        infra: Some(infra),
+        ..Default::default()
+    })
+    .await;
+    let key = new.new_tenant("acme").await; // same tenant, a fresh key for the new app
+    let reindex = new
+        .client
+        .post(new.url("/v1/documents/reindex"))
+        .bearer_auth(&key)
+        .json(&json!({"all": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reindex.status(), 202);
+    let doc_id: uuid::Uuid = id.parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (vectors, model): (i64, Option<String>) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM chunk_embeddings e JOIN chunks c ON c.id = e.chunk_id WHERE c.document_id = $1),
+                    (SELECT embedding_model FROM documents WHERE id = $1)",
+        )
+        .bind(doc_id)
+        .fetch_one(&new.state.db)
+        .await
+        .unwrap();
+        assert!(
+            vectors > 0,
+            "the document was left without vectors mid-switch"
+        );
+        if model.as_deref() == Some("local-hash-256") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the re-index never finished");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let models: Vec<(String, i32)> = sqlx::query_as(
+        "SELECT DISTINCT e.model, vector_dims(e.embedding) FROM chunk_embeddings e JOIN chunks c ON c.id = e.chunk_id WHERE c.document_id = $1",
+    )
+    .bind(doc_id)
+    .fetch_all(&new.state.db)
+    .await
+    .unwrap();
+    assert_eq!(models, [("local-hash-256".to_string(), 256)]);
+    let index = stolid::store::embeddings::index_name("local-hash-256", 256);
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_indexes WHERE indexname = $1)")
+            .bind(index)
+            .fetch_one(&new.state.db)
+            .await
+            .unwrap();
+    assert!(
+        exists,
+        "the new model got its own HNSW index without a migration"
+    );
+}

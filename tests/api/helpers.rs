@@ -34,6 +34,8 @@ pub struct Options {
     pub fake: Option<String>,
     /// Change the parsed config (e.g. shorter windows than the env allows).
     pub tweak: Option<Tweak>,
+    /// Reuse another app's database, bucket and queues (a second process, a new deploy).
+    pub infra: Option<Infra>,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -41,7 +43,10 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(options: Options) -> TestApp {
-    let infra = create_infra().await;
+    let infra = match options.infra {
+        Some(infra) => infra,
+        None => create_infra().await,
+    };
     let mut env = options.env;
     env.insert("DATABASE_URL", infra.database_url.clone());
     env.insert("S3_BUCKET", infra.bucket.clone());

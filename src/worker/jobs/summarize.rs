@@ -1,0 +1,84 @@
+//! `summarize_document`: a short summary of an indexed document, written to
+//! `documents.summary`, through the model gateway (so it is metered like every call).
+
+use anyhow::Context;
+use uuid::Uuid;
+
+use super::JobError;
+use crate::app::AppState;
+use crate::llm::local::SUMMARY_MARKER;
+use crate::llm::{CallContext, ChatMessage, ChatRequest, LlmError};
+use crate::store::{chunks, documents};
+
+/// Document text sent to the model at most, in tokens.
+const INPUT_BUDGET: i32 = 6_000;
+
+pub async fn run(state: &AppState, tenant_id: Uuid, document_id: Uuid) -> Result<(), JobError> {
+    let Some(doc) = documents::get(&state.db, tenant_id, document_id)
+        .await
+        .context("loading the document")?
+    else {
+        return Ok(()); // deleted since
+    };
+    match doc.status.as_str() {
+        "indexed" => {}
+        // Not ready yet: let SQS redeliver after the visibility timeout.
+        "queued" | "processing" => {
+            return Err(JobError::Retry(anyhow::anyhow!("document not indexed yet")));
+        }
+        _ => {
+            return Err(JobError::Unprocessable(format!(
+                "document is {}; nothing to summarize",
+                doc.status
+            )));
+        }
+    }
+    let all = chunks::list_for_document(&state.db, tenant_id, document_id, -1, 10_000)
+        .await
+        .context("loading chunks")?;
+    let mut used = 0;
+    let mut context = String::new();
+    for (n, chunk) in all.iter().enumerate() {
+        if used + chunk.token_count > INPUT_BUDGET && n > 0 {
+            break;
+        }
+        used += chunk.token_count;
+        context.push_str(&format!("\n[{}] {}\n", n + 1, chunk.content));
+    }
+    let request = ChatRequest {
+        messages: vec![
+            ChatMessage::system(format!(
+                "{SUMMARY_MARKER} below in 3 to 5 sentences, using only its content. \
+                 Say what it is about and its main points. No preamble.\n\nDocument \"{}\":\n{context}",
+                doc.title
+            )),
+            ChatMessage::user(format!("Summarize \"{}\".", doc.title)),
+        ],
+        max_tokens: Some(300),
+        temperature: Some(0.2),
+        ..Default::default()
+    };
+    let ctx = CallContext {
+        tenant_id: Some(tenant_id),
+        request_id: None,
+        conversation_id: None,
+        endpoint: "worker.summarize",
+    };
+    let response = state
+        .gateway
+        .chat(&ctx, &request)
+        .await
+        .map_err(|err| match err {
+            LlmError::QuotaExhausted(m) => JobError::Unprocessable(format!("quota exhausted: {m}")),
+            other => JobError::Retry(other.into()),
+        })?;
+    documents::set_summary(&state.db, tenant_id, document_id, response.content.trim())
+        .await
+        .context("storing the summary")?;
+    tracing::info!(
+        input_tokens = response.usage.input_tokens,
+        output_tokens = response.usage.output_tokens,
+        "document summarized"
+    );
+    Ok(())
+}
