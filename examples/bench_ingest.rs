@@ -214,13 +214,14 @@ async fn main() -> anyhow::Result<()> {
     // Write path vs raw COPY of the same rows.
     shutdown.cancel();
     running.await??;
-    write_path_vs_copy(&state.db, &state.gateway.embedding_model().to_string()).await?;
+    write_path_vs_copy(&state.db, state.gateway.embedding_model()).await?;
     Ok(())
 }
 
 async fn write_path_vs_copy(db: &sqlx::PgPool, model: &str) -> anyhow::Result<()> {
     use stolid::ingest::chunk::Chunk;
-    let rows: Vec<(uuid::Uuid, uuid::Uuid, i32, String, String, i32, Vec<String>, i32, i32, pgvector::Vector)> = sqlx::query_as(
+    type Row = (uuid::Uuid, uuid::Uuid, i32, String, String, i32, Vec<String>, i32, i32, pgvector::Vector);
+    let rows: Vec<Row> = sqlx::query_as(
         "SELECT c.tenant_id, c.document_id, c.ordinal, c.content, c.content_hash, c.token_count, c.heading_path,
                 c.start_offset, c.end_offset, e.embedding
          FROM chunks c JOIN chunk_embeddings e ON e.chunk_id = c.id AND e.model = $1 ORDER BY c.document_id, c.ordinal",
