@@ -220,7 +220,18 @@ async fn main() -> anyhow::Result<()> {
 
 async fn write_path_vs_copy(db: &sqlx::PgPool, model: &str) -> anyhow::Result<()> {
     use stolid::ingest::chunk::Chunk;
-    type Row = (uuid::Uuid, uuid::Uuid, i32, String, String, i32, Vec<String>, i32, i32, pgvector::Vector);
+    type Row = (
+        uuid::Uuid,
+        uuid::Uuid,
+        i32,
+        String,
+        String,
+        i32,
+        Vec<String>,
+        i32,
+        i32,
+        pgvector::Vector,
+    );
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT c.tenant_id, c.document_id, c.ordinal, c.content, c.content_hash, c.token_count, c.heading_path,
                 c.start_offset, c.end_offset, e.embedding

@@ -748,3 +748,111 @@ async fn reindexing_with_a_new_embedding_model_switches_atomically() {
         "the new model got its own HNSW index without a migration"
     );
 }
+
+/// An exhausted quota is not retried: the document fails with that reason, the
+/// message is not redelivered, and `/readyz` reports it.
+#[tokio::test]
+async fn an_exhausted_embedding_quota_fails_documents_without_burning_the_queue() {
+    let env = HashMap::from([("WORKER_VISIBILITY_TIMEOUT_SECS", "1".to_string())]);
+    let (app, fake) = spawn_app_with_fake(Options {
+        env,
+        ..Default::default()
+    })
+    .await;
+    fake.push_faults([Fault::QuotaExhausted]);
+    let doc = upload_text(&app, json!({"text": "needs an embedding"})).await;
+    let settled = wait_until_settled(&app, doc["id"].as_str().unwrap()).await;
+    assert_eq!(settled["status"], "failed");
+    assert!(
+        settled["error"].as_str().unwrap().contains("quota"),
+        "{settled}"
+    );
+    // Longer than the visibility timeout: a message left on the queue would have come back.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        fake.embedding_arrivals().len(),
+        1,
+        "no retries against an exhausted quota"
+    );
+    let ready: Value = app
+        .client
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(ready["model"]["quota_exhausted"].is_string(), "{ready}");
+}
+
+/// A process that dies mid-job (no shutdown, no release) stops its heartbeat;
+/// the message reappears after the visibility timeout and another process
+/// indexes the document.
+#[tokio::test]
+async fn a_job_from_a_killed_worker_is_picked_up_by_another() {
+    let fake = stolid::testkit::fake_openai::FakeOpenAi::start().await;
+    fake.set_latency(Duration::from_secs(30)); // the first process never finishes its call
+    let infra = crate::helpers::create_infra().await;
+    let env = HashMap::from([("WORKER_VISIBILITY_TIMEOUT_SECS", "2".to_string())]);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (kill_tx, kill_rx) = tokio::sync::oneshot::channel::<()>();
+    let (first_infra, first_env, base_url) = (infra.clone(), env.clone(), fake.base_url());
+    let doomed = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async move {
+            let app = spawn_app_with(Options {
+                env: first_env,
+                infra: Some(first_infra),
+                fake: Some(base_url),
+                ..Default::default()
+            })
+            .await;
+            ready_tx
+                .send((app.address.clone(), app.api_key.clone()))
+                .unwrap();
+            let _ = kill_rx.await;
+        });
+        // Like SIGKILL: every task is dropped where it stands; nothing is released.
+        runtime.shutdown_background();
+    });
+    let (address, key) = ready_rx.recv().unwrap();
+    let client = reqwest::Client::new();
+    let response = client
+        .post(format!("{address}/v1/documents"))
+        .bearer_auth(&key)
+        .json(&json!({"text": "survives a crash"}))
+        .send()
+        .await
+        .unwrap();
+    let id = response.json::<Value>().await.unwrap()["documents"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fake.embedding_arrivals().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the first worker never started the job"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    kill_tx.send(()).unwrap();
+    doomed.join().unwrap();
+
+    fake.set_latency(Duration::ZERO);
+    let survivor = spawn_app_with(Options {
+        env,
+        infra: Some(infra),
+        fake: Some(fake.base_url()),
+        ..Default::default()
+    })
+    .await;
+    let doc = wait_until_settled(&survivor, &id).await;
+    assert_eq!(doc["status"], "indexed", "{doc}");
+    assert_eq!(
+        fake.embedding_arrivals().len(),
+        2,
+        "one call lost with the dead process, one that succeeded"
+    );
+}
