@@ -19,6 +19,7 @@ pub mod http;
 pub mod ingest;
 pub mod llm;
 pub mod queue;
+pub mod retrieval;
 pub mod store;
 pub mod telemetry;
 pub mod testkit;

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod documents;
 pub mod health;
 pub mod me;
+pub mod search;
 
 use axum::Router;
 use axum::http::{HeaderName, Request, StatusCode, header};
@@ -30,7 +31,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 #[openapi(
     info(title = "stolid", description = "Retrieval-augmented AI backend: documents, search, chat, suggest, agent, usage."),
     paths(
-        health::healthz, health::readyz, me::me,
+        health::healthz, health::readyz, me::me, search::search,
         documents::create_documents, documents::list_documents, documents::get_document,
         documents::list_chunks, documents::get_content, documents::delete_document, documents::reindex_document,
         documents::summarize_document, documents::reindex_documents, documents::summarize_documents,
@@ -85,6 +86,7 @@ pub fn router(state: AppState) -> Router {
         .merge(health::router())
         .merge(me::router())
         .merge(documents::router())
+        .merge(search::router())
         .route(
             "/openapi.json",
             get(|| async { axum::Json(ApiDoc::openapi()) }),

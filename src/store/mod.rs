@@ -6,6 +6,7 @@ pub mod chunks;
 pub mod documents;
 pub mod embeddings;
 pub mod keys;
+pub mod search;
 pub mod usage;
 
 use sqlx::PgPool;

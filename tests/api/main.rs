@@ -3,7 +3,7 @@
 //! fake OpenAI-compatible server over real HTTP.
 
 mod deploy_files;
-mod documents;
+pub mod documents;
 mod gateway;
 mod health;
 #[allow(dead_code)] // shared by every module; not each uses every helper
@@ -11,3 +11,4 @@ mod helpers;
 mod http_basics;
 mod ingest_cli;
 mod process;
+mod search;

@@ -1,0 +1,72 @@
+//! `POST /v1/search`: retrieval over the tenant's indexed chunks.
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::post;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::app::AppState;
+use crate::error::{AppJson, Error, Result};
+use crate::http::auth::Tenant;
+use crate::retrieval::{self, Mode};
+use crate::store::search::{Hit, Scope};
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/search", post(search))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SearchRequest {
+    query: String,
+    /// Results to return, 1 to 100 (default 10).
+    k: Option<usize>,
+    collection: Option<String>,
+    /// Metadata filter: `{"key": value}` or `{"key": {"in": [...]}}`, all keys must match.
+    #[schema(value_type = Option<Object>)]
+    filter: Option<serde_json::Value>,
+    /// `hybrid` (default), `vector` or `keyword`.
+    #[serde(default)]
+    mode: Mode,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SearchResponse {
+    results: Vec<Hit>,
+}
+
+/// Finds the chunks that best match the query.
+#[utoipa::path(post, path = "/v1/search", tag = "search", security(("api_key" = [])), request_body = SearchRequest,
+    responses((status = 200, body = SearchResponse), (status = 422, body = crate::error::ErrorBody)))]
+pub async fn search(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    AppJson(request): AppJson<SearchRequest>,
+) -> Result<AppJson<SearchResponse>> {
+    let k = request.k.unwrap_or(10);
+    if !(1..=100).contains(&k) {
+        return Err(Error::invalid("k must be between 1 and 100"));
+    }
+    if request.query.trim().is_empty() {
+        return Err(Error::invalid("query is empty"));
+    }
+    let scope = Scope {
+        tenant_id: tenant.id,
+        collection: request.collection,
+        metadata_any: request
+            .filter
+            .as_ref()
+            .map(retrieval::parse_filter)
+            .transpose()?
+            .unwrap_or_default(),
+    };
+    let query = retrieval::Query {
+        text: &request.query,
+        k,
+        mode: request.mode,
+        scope,
+    };
+    let results = retrieval::search(&state, &tenant.call_context("search", None), query).await?;
+    Ok(AppJson(SearchResponse { results }))
+}

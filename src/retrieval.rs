@@ -1,0 +1,168 @@
+//! Retrieval: turn a query into ranked chunks. `vector` (HNSW cosine),
+//! `keyword` (Postgres full-text) or `hybrid` (both, fused with reciprocal rank
+//! fusion). Used by `/v1/search` and, later, by chat, suggest and the agent.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::app::AppState;
+use crate::error::{Error, Result};
+use crate::llm::CallContext;
+use crate::store::search::{self, Hit, Scope};
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Vector,
+    Keyword,
+    #[default]
+    Hybrid,
+}
+
+/// The constant of reciprocal rank fusion: 60, as in the original paper.
+const RRF_K: f64 = 60.0;
+
+/// Parses a metadata filter: `{"key": value}` for equality, `{"key": {"in": [v1, v2]}}`
+/// for membership. Every key must match.
+pub fn parse_filter(filter: &serde_json::Value) -> Result<Vec<Vec<serde_json::Value>>> {
+    let object = filter
+        .as_object()
+        .ok_or_else(|| Error::invalid("filter must be a JSON object"))?;
+    object
+        .iter()
+        .map(|(key, condition)| match condition {
+            serde_json::Value::Object(op) if op.contains_key("in") => {
+                let values = op["in"]
+                    .as_array()
+                    .filter(|v| !v.is_empty() && op.len() == 1)
+                    .ok_or_else(|| {
+                        Error::invalid(format!("filter.{key}.in must be a non-empty array"))
+                    })?;
+                Ok(values
+                    .iter()
+                    .map(|v| serde_json::json!({ key: v }))
+                    .collect())
+            }
+            serde_json::Value::Object(_) => Err(Error::invalid(format!(
+                "filter.{key}: only equality and `in` are supported"
+            ))),
+            value => Ok(vec![serde_json::json!({ key: value })]),
+        })
+        .collect()
+}
+
+/// Fuses ranked lists: each hit scores the sum of 1 / (60 + rank) over the lists it is in.
+pub fn reciprocal_rank_fusion(lists: Vec<Vec<Hit>>, k: usize) -> Vec<Hit> {
+    let mut fused: HashMap<Uuid, Hit> = HashMap::new();
+    for list in lists {
+        for (rank, hit) in list.into_iter().enumerate() {
+            let score = 1.0 / (RRF_K + rank as f64 + 1.0);
+            fused
+                .entry(hit.chunk_id)
+                .and_modify(|h| h.score += score)
+                .or_insert(Hit { score, ..hit });
+        }
+    }
+    let mut hits: Vec<Hit> = fused.into_values().collect();
+    hits.sort_by(|a, b| {
+        b.score
+            .total_cmp(&a.score)
+            .then(a.chunk_id.cmp(&b.chunk_id))
+    });
+    hits.truncate(k);
+    hits
+}
+
+pub struct Query<'a> {
+    pub text: &'a str,
+    pub k: usize,
+    pub mode: Mode,
+    pub scope: Scope,
+}
+
+pub async fn search(state: &AppState, ctx: &CallContext, query: Query<'_>) -> Result<Vec<Hit>> {
+    let k = query.k as i64;
+    // Hybrid fuses deeper candidate lists than it returns.
+    let depth = if query.mode == Mode::Hybrid {
+        (k * 4).max(20)
+    } else {
+        k
+    };
+    let mut tx = state.db.begin().await?;
+    let vector_hits = if query.mode == Mode::Keyword {
+        Vec::new()
+    } else {
+        let gateway = &state.gateway;
+        let embedded = gateway.embed(ctx, &[query.text.to_string()]).await?;
+        search::vector(
+            &mut tx,
+            &query.scope,
+            gateway.embedding_model(),
+            gateway.embedding_dimensions(),
+            &embedded.vectors[0],
+            depth,
+            state.config.hnsw_ef_search,
+        )
+        .await?
+    };
+    let keyword_hits = if query.mode == Mode::Vector {
+        Vec::new()
+    } else {
+        search::keyword(&mut tx, &query.scope, query.text, depth).await?
+    };
+    tx.commit().await?;
+    Ok(match query.mode {
+        Mode::Vector => vector_hits,
+        Mode::Keyword => keyword_hits,
+        Mode::Hybrid => reciprocal_rank_fusion(vec![vector_hits, keyword_hits], query.k),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hit(id: u128) -> Hit {
+        Hit {
+            chunk_id: Uuid::from_u128(id),
+            document_id: Uuid::nil(),
+            title: String::new(),
+            collection: String::new(),
+            content: String::new(),
+            heading_path: vec![],
+            start_offset: 0,
+            end_offset: 0,
+            score: 0.0,
+        }
+    }
+
+    #[test]
+    fn fusion_rewards_hits_found_by_both_lists() {
+        let fused =
+            reciprocal_rank_fusion(vec![vec![hit(1), hit(2), hit(3)], vec![hit(3), hit(4)]], 10);
+        assert_eq!(
+            fused[0].chunk_id,
+            Uuid::from_u128(3),
+            "in both lists beats first in one"
+        );
+        assert_eq!(fused.len(), 4);
+        assert!((fused[0].score - (1.0 / 63.0 + 1.0 / 61.0)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn filters_support_equality_and_in() {
+        let parsed =
+            parse_filter(&serde_json::json!({"lang": "en", "tier": {"in": ["gold", "silver"]}}))
+                .unwrap();
+        assert!(parsed.contains(&vec![serde_json::json!({"lang": "en"})]));
+        assert!(parsed.contains(&vec![
+            serde_json::json!({"tier": "gold"}),
+            serde_json::json!({"tier": "silver"})
+        ]));
+        assert!(parse_filter(&serde_json::json!({"n": {"gt": 1}})).is_err());
+        assert!(parse_filter(&serde_json::json!([1])).is_err());
+    }
+}
