@@ -39,24 +39,16 @@ fn args() -> Args {
             map.insert(k.trim_start_matches("--").to_string(), v.clone());
         }
     }
-    let sysroot = std::process::Command::new("rustc")
-        .args(["--print", "sysroot"])
-        .output()
-        .expect("rustc");
-    let default_corpus = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim())
-        .join("share/doc/rust/html/book");
+    let sysroot = std::process::Command::new("rustc").args(["--print", "sysroot"]).output().expect("rustc");
+    let default_corpus =
+        PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim()).join("share/doc/rust/html/book");
     let num = |k: &str, d: u64| map.get(k).map_or(d, |v| v.parse().expect(k));
     Args {
-        corpus: map
-            .get("corpus")
-            .map(PathBuf::from)
-            .unwrap_or(default_corpus),
+        corpus: map.get("corpus").map(PathBuf::from).unwrap_or(default_corpus),
         docs: num("docs", 400) as usize,
         cap: num("cap", 40) as u32,
         window: Duration::from_secs(num("window-secs", 2)),
-        provider_cap: map
-            .get("provider-cap")
-            .map(|v| v.parse().expect("provider-cap")),
+        provider_cap: map.get("provider-cap").map(|v| v.parse().expect("provider-cap")),
         latency: Duration::from_millis(num("latency-ms", 30)),
     }
 }
@@ -66,22 +58,12 @@ async fn main() -> anyhow::Result<()> {
     let args = args();
     let mut files = stolid::cli::ingest::collect_files(std::slice::from_ref(&args.corpus))?;
     files.truncate(args.docs);
-    anyhow::ensure!(
-        !files.is_empty(),
-        "no documents under {}",
-        args.corpus.display()
-    );
-    let corpus_bytes: u64 = files
-        .iter()
-        .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
-        .sum();
+    anyhow::ensure!(!files.is_empty(), "no documents under {}", args.corpus.display());
+    let corpus_bytes: u64 = files.iter().map(|f| std::fs::metadata(f).map_or(0, |m| m.len())).sum();
 
     let fake = FakeOpenAi::start().await;
     fake.set_latency(args.latency);
-    fake.set_rate_cap(Some(RateCap {
-        limit: args.provider_cap.unwrap_or(args.cap),
-        window: args.window,
-    }));
+    fake.set_rate_cap(Some(RateCap { limit: args.provider_cap.unwrap_or(args.cap), window: args.window }));
     let infra = create_infra().await;
     let env = HashMap::from([
         ("DATABASE_URL", infra.database_url.clone()),
@@ -98,19 +80,14 @@ async fn main() -> anyhow::Result<()> {
     ]);
     let mut config = Config::from_lookup(lookup(&env))?;
     config.port = 0;
-    config.llm.embedding_limits.requests = RateCap {
-        limit: args.cap,
-        window: args.window,
-    };
+    config.llm.embedding_limits.requests = RateCap { limit: args.cap, window: args.window };
     let app = Application::build(config, Role::All, false).await?;
     let base = format!("http://127.0.0.1:{}", app.port().unwrap());
     let state = app.state().clone();
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(app.run(shutdown.clone()));
     let tenant = stolid::store::keys::ensure_tenant(&state.db, "bench").await?;
-    let key = stolid::store::keys::create_key(&state.db, tenant)
-        .await?
-        .key;
+    let key = stolid::store::keys::create_key(&state.db, tenant).await?.key;
 
     eprintln!(
         "bench-ingest: {} documents ({:.1} MB) from {}; cap {} requests / {:?}; fake latency {:?}",
@@ -128,23 +105,11 @@ async fn main() -> anyhow::Result<()> {
         async move {
             let name = path.file_name().unwrap().to_string_lossy().to_string();
             let bytes = tokio::fs::read(&path).await.unwrap();
-            let part = reqwest::multipart::Part::bytes(bytes)
-                .file_name(name)
-                .mime_str("text/html")
-                .unwrap();
+            let part = reqwest::multipart::Part::bytes(bytes).file_name(name).mime_str("text/html").unwrap();
             let form = reqwest::multipart::Form::new().part("file", part);
-            let response = client
-                .post(format!("{base}/v1/documents"))
-                .bearer_auth(key)
-                .multipart(form)
-                .send()
-                .await
-                .unwrap();
-            assert!(
-                response.status().is_success(),
-                "upload failed: {}",
-                response.status()
-            );
+            let response =
+                client.post(format!("{base}/v1/documents")).bearer_auth(key).multipart(form).send().await.unwrap();
+            assert!(response.status().is_success(), "upload failed: {}", response.status());
         }
     }))
     .buffer_unordered(8)
@@ -163,17 +128,12 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let elapsed = started.elapsed().as_secs_f64();
-    let failed: i64 = sqlx::query_scalar("SELECT count(*) FROM documents WHERE status = 'failed'")
-        .fetch_one(&state.db)
-        .await?;
+    let failed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM documents WHERE status = 'failed'").fetch_one(&state.db).await?;
 
     let stats = fake.stats();
-    let arrivals: Vec<Instant> = fake
-        .embedding_arrivals()
-        .into_iter()
-        .filter(|(_, s)| *s == 200)
-        .map(|(t, _)| t)
-        .collect();
+    let arrivals: Vec<Instant> =
+        fake.embedding_arrivals().into_iter().filter(|(_, s)| *s == 200).map(|(t, _)| t).collect();
     let cap_rate = args.cap as f64 / args.window.as_secs_f64();
     // Steady state: drop the first window (the burst) and measure the rest.
     let steady = match (arrivals.first(), arrivals.last()) {
@@ -185,20 +145,14 @@ async fn main() -> anyhow::Result<()> {
         _ => f64::NAN,
     };
     println!("--- indexing ({} docs, {failed} failed) ---", docs);
-    println!(
-        "elapsed                 {elapsed:.2} s (uploads done after {:.2} s)",
-        uploaded.as_secs_f64()
-    );
+    println!("elapsed                 {elapsed:.2} s (uploads done after {:.2} s)", uploaded.as_secs_f64());
     println!("documents/s             {:.1}", docs as f64 / elapsed);
     println!(
         "chunks/s                {:.1}   ({chunks} chunks, {} embedded inputs)",
         chunks as f64 / elapsed,
         stats.embedded_inputs
     );
-    println!(
-        "embedding requests      {} ok, {} answered 429",
-        stats.embedding_requests, stats.rate_limited
-    );
+    println!("embedding requests      {} ok, {} answered 429", stats.embedding_requests, stats.rate_limited);
     println!(
         "steady request rate     {steady:.2}/s vs cap {cap_rate:.2}/s = {:.1}% of the cap",
         100.0 * steady / cap_rate
@@ -220,18 +174,7 @@ async fn main() -> anyhow::Result<()> {
 
 async fn write_path_vs_copy(db: &sqlx::PgPool, model: &str) -> anyhow::Result<()> {
     use stolid::ingest::chunk::Chunk;
-    type Row = (
-        uuid::Uuid,
-        uuid::Uuid,
-        i32,
-        String,
-        String,
-        i32,
-        Vec<String>,
-        i32,
-        i32,
-        pgvector::Vector,
-    );
+    type Row = (uuid::Uuid, uuid::Uuid, i32, String, String, i32, Vec<String>, i32, i32, pgvector::Vector);
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT c.tenant_id, c.document_id, c.ordinal, c.content, c.content_hash, c.token_count, c.heading_path,
                 c.start_offset, c.end_offset, e.embedding
@@ -241,32 +184,14 @@ async fn write_path_vs_copy(db: &sqlx::PgPool, model: &str) -> anyhow::Result<()
     .fetch_all(db)
     .await?;
     let mut by_doc: Vec<(uuid::Uuid, uuid::Uuid, Vec<Chunk>, Vec<pgvector::Vector>)> = Vec::new();
-    for (
-        tenant,
-        doc,
-        ordinal,
-        content,
-        content_hash,
-        token_count,
-        heading_path,
-        start_offset,
-        end_offset,
-        embedding,
-    ) in rows.iter().cloned()
+    for (tenant, doc, ordinal, content, content_hash, token_count, heading_path, start_offset, end_offset, embedding) in
+        rows.iter().cloned()
     {
         if by_doc.last().is_none_or(|(_, d, _, _)| *d != doc) {
             by_doc.push((tenant, doc, Vec::new(), Vec::new()));
         }
         let entry = by_doc.last_mut().unwrap();
-        entry.2.push(Chunk {
-            ordinal,
-            content,
-            content_hash,
-            token_count,
-            heading_path,
-            start_offset,
-            end_offset,
-        });
+        entry.2.push(Chunk { ordinal, content, content_hash, token_count, heading_path, start_offset, end_offset });
         entry.3.push(embedding);
     }
     let n = rows.len() as f64;
@@ -275,8 +200,7 @@ async fn write_path_vs_copy(db: &sqlx::PgPool, model: &str) -> anyhow::Result<()
     let started = Instant::now();
     for (tenant, doc, chunks, vectors) in &by_doc {
         let mut tx = db.begin().await?;
-        stolid::store::chunks::replace(&mut tx, *tenant, *doc, model, chunks, vectors.clone())
-            .await?;
+        stolid::store::chunks::replace(&mut tx, *tenant, *doc, model, chunks, vectors.clone()).await?;
         tx.commit().await?;
     }
     let pipeline = started.elapsed().as_secs_f64();
@@ -290,12 +214,7 @@ async fn write_path_vs_copy(db: &sqlx::PgPool, model: &str) -> anyhow::Result<()
     )
     .execute(&mut *conn)
     .await?;
-    let escape = |s: &str| {
-        s.replace('\\', "\\\\")
-            .replace('\t', "\\t")
-            .replace('\n', "\\n")
-            .replace('\r', "\\r")
-    };
+    let escape = |s: &str| s.replace('\\', "\\\\").replace('\t', "\\t").replace('\n', "\\n").replace('\r', "\\r");
     let mut chunk_text = String::new();
     let mut embedding_text = String::new();
     for (tenant, doc, ordinal, content, hash, tokens, headings, start, end, embedding) in &rows {
@@ -314,10 +233,7 @@ async fn write_path_vs_copy(db: &sqlx::PgPool, model: &str) -> anyhow::Result<()
             escape(&headings)
         ));
         let vector: Vec<String> = embedding.as_slice().iter().map(|x| x.to_string()).collect();
-        embedding_text.push_str(&format!(
-            "{id}\t{tenant}\t{model}\t[{}]\n",
-            vector.join(",")
-        ));
+        embedding_text.push_str(&format!("{id}\t{tenant}\t{model}\t[{}]\n", vector.join(",")));
     }
     let started = Instant::now();
     let mut copy = conn
@@ -325,30 +241,14 @@ async fn write_path_vs_copy(db: &sqlx::PgPool, model: &str) -> anyhow::Result<()
         .await?;
     copy.send(chunk_text.as_bytes()).await?;
     copy.finish().await?;
-    let mut copy = conn
-        .copy_in_raw(
-            "COPY chunk_embeddings_copy (chunk_id, tenant_id, model, embedding) FROM STDIN",
-        )
-        .await?;
+    let mut copy =
+        conn.copy_in_raw("COPY chunk_embeddings_copy (chunk_id, tenant_id, model, embedding) FROM STDIN").await?;
     copy.send(embedding_text.as_bytes()).await?;
     copy.finish().await?;
     let raw = started.elapsed().as_secs_f64();
-    println!(
-        "--- write path ({} chunks with embeddings, {} documents) ---",
-        rows.len(),
-        by_doc.len()
-    );
-    println!(
-        "pipeline (UNNEST, per-document transaction)  {:.0} rows/s",
-        n / pipeline
-    );
-    println!(
-        "raw COPY (one stream per table)              {:.0} rows/s",
-        n / raw
-    );
-    println!(
-        "pipeline / COPY                              {:.2}",
-        raw / pipeline
-    );
+    println!("--- write path ({} chunks with embeddings, {} documents) ---", rows.len(), by_doc.len());
+    println!("pipeline (UNNEST, per-document transaction)  {:.0} rows/s", n / pipeline);
+    println!("raw COPY (one stream per table)              {:.0} rows/s", n / raw);
+    println!("pipeline / COPY                              {:.2}", raw / pipeline);
     Ok(())
 }

@@ -49,13 +49,8 @@ pub async fn aws_sdk_config(config: &Config) -> aws_config::SdkConfig {
         loader = loader.endpoint_url(endpoint);
     }
     if let Some((id, secret)) = &config.aws.credentials {
-        loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
-            id,
-            secret,
-            None,
-            None,
-            "stolid-config",
-        ));
+        loader =
+            loader.credentials_provider(aws_sdk_s3::config::Credentials::new(id, secret, None, None, "stolid-config"));
     }
     loader.load().await
 }
@@ -65,17 +60,10 @@ impl Application {
     /// (`config.port`, 0 for any free port).
     pub async fn build(config: Config, role: Role, usage_log: bool) -> anyhow::Result<Self> {
         let db = store::connect(&config.database_url, config.database_max_connections).await?;
-        store::MIGRATOR
-            .run(&db)
+        store::MIGRATOR.run(&db).await.context("running migrations")?;
+        store::embeddings::ensure_index(&db, &config.llm.embedding_model, config.llm.embedding_dimensions)
             .await
-            .context("running migrations")?;
-        store::embeddings::ensure_index(
-            &db,
-            &config.llm.embedding_model,
-            config.llm.embedding_dimensions,
-        )
-        .await
-        .context("creating the embedding index")?;
+            .context("creating the embedding index")?;
         let sdk = aws_sdk_config(&config).await;
         let blobs = Blobs::new(&sdk, config.aws.endpoint_url.is_some(), &config.s3_bucket);
         let queue = Queue::new(&sdk, &config.sqs_queue_url);
@@ -85,11 +73,7 @@ impl Application {
             None
         } else {
             let addr = SocketAddr::from(([0, 0, 0, 0], config.port));
-            Some(
-                TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("binding port {}", config.port))?,
-            )
+            Some(TcpListener::bind(addr).await.with_context(|| format!("binding port {}", config.port))?)
         };
         tracing::info!(
             provider = gateway.provider_name(),
@@ -103,26 +87,12 @@ impl Application {
                 "no OPENAI_API_KEY: using the built-in local provider (hashed embeddings, extractive answers)"
             );
         }
-        let state = AppState {
-            db,
-            blobs,
-            queue,
-            gateway,
-            config: Arc::new(config),
-        };
-        Ok(Self {
-            state,
-            listener,
-            usage_writer,
-            role,
-        })
+        let state = AppState { db, blobs, queue, gateway, config: Arc::new(config) };
+        Ok(Self { state, listener, usage_writer, role })
     }
 
     pub fn port(&self) -> Option<u16> {
-        self.listener
-            .as_ref()
-            .and_then(|l| l.local_addr().ok())
-            .map(|a| a.port())
+        self.listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.port())
     }
 
     pub fn state(&self) -> &AppState {
@@ -133,29 +103,18 @@ impl Application {
     /// in-flight requests and jobs finish (or releases jobs' messages) within the
     /// configured deadline, and flushes pending usage rows.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Application {
-            state,
-            listener,
-            usage_writer,
-            role,
-        } = self;
+        let Application { state, listener, usage_writer, role } = self;
         let deadline = state.config.shutdown_timeout;
         let api = listener.map(|listener| {
             let router = http::router(state.clone());
             let stop = shutdown.clone();
-            tokio::spawn(async move {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await
-            })
+            tokio::spawn(
+                async move { axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await },
+            )
         });
         let workers = (role != Role::Api).then(|| {
             // A little less than the whole deadline, so usage can still be flushed after.
-            tokio::spawn(worker::run(
-                state.clone(),
-                shutdown.clone(),
-                deadline.mul_f64(0.8),
-            ))
+            tokio::spawn(worker::run(state.clone(), shutdown.clone(), deadline.mul_f64(0.8)))
         });
         shutdown.cancelled().await;
         tracing::info!(deadline_s = deadline.as_secs(), "shutting down");

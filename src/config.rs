@@ -54,11 +54,7 @@ pub enum ConfigError {
     #[error("configuration: {var} is required but not set")]
     Missing { var: &'static str },
     #[error("configuration: {var}={value:?} is invalid: {reason}")]
-    Invalid {
-        var: &'static str,
-        value: String,
-        reason: String,
-    },
+    Invalid { var: &'static str, value: String, reason: String },
 }
 
 /// Which model backend the gateway talks to.
@@ -88,10 +84,7 @@ pub struct RateCap {
 
 impl RateCap {
     pub fn per_minute(limit: u32) -> Self {
-        Self {
-            limit,
-            window: Duration::from_secs(60),
-        }
+        Self { limit, window: Duration::from_secs(60) }
     }
 }
 
@@ -196,10 +189,7 @@ impl Config {
         };
         let embedding_dimensions: usize = env.parse("EMBEDDING_DIMENSIONS", default_dims)?;
         if !(1..=16_000).contains(&embedding_dimensions) {
-            return Err(env.invalid(
-                "EMBEDDING_DIMENSIONS",
-                "must be between 1 and 16000 (pgvector's limit)",
-            ));
+            return Err(env.invalid("EMBEDDING_DIMENSIONS", "must be between 1 and 16000 (pgvector's limit)"));
         }
         let mut prices = PriceTable::default();
         if let Some(raw) = env.optional("MODEL_PRICES") {
@@ -223,12 +213,8 @@ impl Config {
             request_timeout: Duration::from_secs(env.parse_positive("LLM_TIMEOUT_SECS", 120)?),
             prices,
             embedding_limits: EmbeddingLimits {
-                requests: RateCap::per_minute(
-                    env.parse_positive("EMBED_REQUESTS_PER_MINUTE", 3_000)?,
-                ),
-                tokens: RateCap::per_minute(
-                    env.parse_positive("EMBED_TOKENS_PER_MINUTE", 1_000_000)?,
-                ),
+                requests: RateCap::per_minute(env.parse_positive("EMBED_REQUESTS_PER_MINUTE", 3_000)?),
+                tokens: RateCap::per_minute(env.parse_positive("EMBED_TOKENS_PER_MINUTE", 1_000_000)?),
                 max_in_flight: env.parse_positive("EMBED_MAX_IN_FLIGHT", 4)?,
                 max_batch_inputs: env.parse_positive("EMBED_MAX_BATCH_INPUTS", 2_048)?,
                 max_batch_tokens: env.parse_positive("EMBED_MAX_BATCH_TOKENS", 300_000)?,
@@ -237,9 +223,7 @@ impl Config {
             },
         };
         if llm.provider == ProviderKind::OpenAi && llm.api_key.is_none() {
-            return Err(ConfigError::Missing {
-                var: "OPENAI_API_KEY",
-            });
+            return Err(ConfigError::Missing { var: "OPENAI_API_KEY" });
         }
 
         Ok(Config {
@@ -259,9 +243,7 @@ impl Config {
             worker: WorkerConfig {
                 pollers: env.parse("WORKER_POLLERS", 1)?,
                 concurrency: env.parse_positive("WORKER_CONCURRENCY", 8)?,
-                visibility_timeout: Duration::from_secs(
-                    env.parse_positive("WORKER_VISIBILITY_TIMEOUT_SECS", 60)?,
-                ),
+                visibility_timeout: Duration::from_secs(env.parse_positive("WORKER_VISIBILITY_TIMEOUT_SECS", 60)?),
                 wait_time: Duration::from_secs(env.parse("WORKER_WAIT_TIME_SECS", 10)?),
             },
             chunking: crate::ingest::chunk::ChunkSettings {
@@ -286,23 +268,15 @@ impl Env<'_> {
     }
 
     fn string(&self, var: &str, default: &str) -> String {
-        self.optional(var)
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| default.to_string())
+        self.optional(var).filter(|s| !s.is_empty()).unwrap_or_else(|| default.to_string())
     }
 
     fn required(&self, var: &'static str) -> Result<String, ConfigError> {
-        self.optional(var)
-            .filter(|s| !s.is_empty())
-            .ok_or(ConfigError::Missing { var })
+        self.optional(var).filter(|s| !s.is_empty()).ok_or(ConfigError::Missing { var })
     }
 
     fn invalid(&self, var: &'static str, reason: &str) -> ConfigError {
-        ConfigError::Invalid {
-            var,
-            value: self.optional(var).unwrap_or_default(),
-            reason: reason.into(),
-        }
+        ConfigError::Invalid { var, value: self.optional(var).unwrap_or_default(), reason: reason.into() }
     }
 
     fn parse<T>(&self, var: &'static str, default: T) -> Result<T, ConfigError>
@@ -312,14 +286,11 @@ impl Env<'_> {
     {
         match self.optional(var).filter(|s| !s.is_empty()) {
             None => Ok(default),
-            Some(raw) => raw
-                .trim()
-                .parse()
-                .map_err(|e: T::Err| ConfigError::Invalid {
-                    var,
-                    value: raw.clone(),
-                    reason: e.to_string(),
-                }),
+            Some(raw) => raw.trim().parse().map_err(|e: T::Err| ConfigError::Invalid {
+                var,
+                value: raw.clone(),
+                reason: e.to_string(),
+            }),
         }
     }
 
@@ -341,10 +312,7 @@ mod tests {
     use super::*;
 
     fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         move |k| map.get(k).cloned()
     }
 
@@ -364,8 +332,7 @@ mod tests {
         })
         .unwrap();
         let read = read.into_inner().unwrap();
-        let listed: std::collections::BTreeSet<String> =
-            VARIABLES.iter().map(|v| v.to_string()).collect();
+        let listed: std::collections::BTreeSet<String> = VARIABLES.iter().map(|v| v.to_string()).collect();
         assert_eq!(read, listed);
     }
 
@@ -390,16 +357,8 @@ mod tests {
     #[test]
     fn a_missing_required_variable_is_named() {
         let err = Config::from_lookup(lookup(&BASE[1..])).unwrap_err();
-        assert_eq!(
-            err,
-            ConfigError::Missing {
-                var: "DATABASE_URL"
-            }
-        );
-        assert_eq!(
-            err.to_string(),
-            "configuration: DATABASE_URL is required but not set"
-        );
+        assert_eq!(err, ConfigError::Missing { var: "DATABASE_URL" });
+        assert_eq!(err.to_string(), "configuration: DATABASE_URL is required but not set");
     }
 
     #[test]
@@ -423,12 +382,7 @@ mod tests {
     fn forcing_openai_without_a_key_is_an_error() {
         let mut pairs = BASE.to_vec();
         pairs.push(("LLM_PROVIDER", "openai"));
-        assert_eq!(
-            Config::from_lookup(lookup(&pairs)).unwrap_err(),
-            ConfigError::Missing {
-                var: "OPENAI_API_KEY"
-            }
-        );
+        assert_eq!(Config::from_lookup(lookup(&pairs)).unwrap_err(), ConfigError::Missing { var: "OPENAI_API_KEY" });
     }
 
     #[test]
@@ -442,15 +396,9 @@ mod tests {
     #[test]
     fn price_overrides_extend_the_default_table() {
         let mut pairs = BASE.to_vec();
-        pairs.push((
-            "MODEL_PRICES",
-            r#"{"my-model": {"input": 1.0, "output": 2.0}}"#,
-        ));
+        pairs.push(("MODEL_PRICES", r#"{"my-model": {"input": 1.0, "output": 2.0}}"#));
         let config = Config::from_lookup(lookup(&pairs)).unwrap();
-        assert_eq!(
-            config.llm.prices.cost_usd("my-model", 1_000_000, 500_000),
-            2.0
-        );
+        assert_eq!(config.llm.prices.cost_usd("my-model", 1_000_000, 500_000), 2.0);
         assert!(config.llm.prices.cost_usd("gpt-4o-mini", 1_000_000, 0) > 0.0);
     }
 }

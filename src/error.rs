@@ -58,17 +58,11 @@ pub struct ErrorDetail {
 
 impl Error {
     pub fn bad_request(message: impl Into<String>) -> Self {
-        Error::BadRequest {
-            code: "bad_request",
-            message: message.into(),
-        }
+        Error::BadRequest { code: "bad_request", message: message.into() }
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
-        Error::Unprocessable {
-            code: "invalid_request",
-            message: message.into(),
-        }
+        Error::Unprocessable { code: "invalid_request", message: message.into() }
     }
 
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
@@ -78,24 +72,14 @@ impl Error {
             Error::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Error::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            Error::UnsupportedMediaType(_) => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
-            }
+            Error::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             Error::Unprocessable { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
             Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            Error::Llm(LlmError::RateLimited { .. }) => {
-                (StatusCode::TOO_MANY_REQUESTS, "model_rate_limited")
-            }
-            Error::Llm(LlmError::QuotaExhausted(_)) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "model_quota_exhausted")
-            }
-            Error::Llm(LlmError::InputTooLong { .. }) => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "input_too_long")
-            }
+            Error::Llm(LlmError::RateLimited { .. }) => (StatusCode::TOO_MANY_REQUESTS, "model_rate_limited"),
+            Error::Llm(LlmError::QuotaExhausted(_)) => (StatusCode::SERVICE_UNAVAILABLE, "model_quota_exhausted"),
+            Error::Llm(LlmError::InputTooLong { .. }) => (StatusCode::UNPROCESSABLE_ENTITY, "input_too_long"),
             Error::Llm(LlmError::Provider(_)) => (StatusCode::BAD_GATEWAY, "model_error"),
-            Error::Database(_) | Error::Internal(_) => {
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
-            }
+            Error::Database(_) | Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
 }
@@ -103,12 +87,7 @@ impl Error {
 /// A JSON error response with a given status; also used for errors raised by
 /// middleware (body limit, timeout, unknown route).
 pub fn error_response(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    let body = ErrorBody {
-        error: ErrorDetail {
-            code: code.to_string(),
-            message: message.into(),
-        },
-    };
+    let body = ErrorBody { error: ErrorDetail { code: code.to_string(), message: message.into() } };
     (status, axum::Json(body)).into_response()
 }
 
@@ -132,20 +111,12 @@ impl IntoResponse for Error {
 impl From<JsonRejection> for Error {
     fn from(rejection: JsonRejection) -> Self {
         match rejection {
-            JsonRejection::JsonDataError(e) => Error::Unprocessable {
-                code: "invalid_body",
-                message: e.body_text(),
-            },
-            JsonRejection::JsonSyntaxError(e) => Error::BadRequest {
-                code: "invalid_json",
-                message: e.body_text(),
-            },
+            JsonRejection::JsonDataError(e) => Error::Unprocessable { code: "invalid_body", message: e.body_text() },
+            JsonRejection::JsonSyntaxError(e) => Error::BadRequest { code: "invalid_json", message: e.body_text() },
             JsonRejection::MissingJsonContentType(_) => {
                 Error::UnsupportedMediaType("expected `Content-Type: application/json`".into())
             }
-            JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                Error::PayloadTooLarge
-            }
+            JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Error::PayloadTooLarge,
             other => Error::bad_request(other.body_text()),
         }
     }
@@ -169,51 +140,15 @@ mod tests {
     #[test]
     fn each_error_maps_to_its_status_and_stable_code() {
         let cases: Vec<(Error, StatusCode, &str)> = vec![
-            (
-                Error::bad_request("x"),
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-            ),
-            (
-                Error::Unauthorized,
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-            ),
-            (
-                Error::NotFound("document"),
-                StatusCode::NOT_FOUND,
-                "not_found",
-            ),
-            (
-                Error::PayloadTooLarge,
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-            ),
-            (
-                Error::UnsupportedMediaType("x".into()),
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-            ),
-            (
-                Error::invalid("x"),
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_request",
-            ),
-            (
-                Error::Llm(LlmError::RateLimited { attempts: 3 }),
-                StatusCode::TOO_MANY_REQUESTS,
-                "model_rate_limited",
-            ),
-            (
-                Error::Unavailable("db".into()),
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-            ),
-            (
-                Error::Internal(anyhow::anyhow!("secret detail")),
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-            ),
+            (Error::bad_request("x"), StatusCode::BAD_REQUEST, "bad_request"),
+            (Error::Unauthorized, StatusCode::UNAUTHORIZED, "unauthorized"),
+            (Error::NotFound("document"), StatusCode::NOT_FOUND, "not_found"),
+            (Error::PayloadTooLarge, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            (Error::UnsupportedMediaType("x".into()), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            (Error::invalid("x"), StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+            (Error::Llm(LlmError::RateLimited { attempts: 3 }), StatusCode::TOO_MANY_REQUESTS, "model_rate_limited"),
+            (Error::Unavailable("db".into()), StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            (Error::Internal(anyhow::anyhow!("secret detail")), StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         ];
         for (error, status, code) in cases {
             assert_eq!(error.status_and_code(), (status, code), "{error:?}");
@@ -223,9 +158,7 @@ mod tests {
     #[tokio::test]
     async fn server_errors_hide_their_cause() {
         let response = Error::Internal(anyhow::anyhow!("password=hunter2")).into_response();
-        let body = axum::body::to_bytes(response.into_body(), 1024)
-            .await
-            .unwrap();
+        let body = axum::body::to_bytes(response.into_body(), 1024).await.unwrap();
         let text = String::from_utf8(body.to_vec()).unwrap();
         assert!(!text.contains("hunter2"), "{text}");
         assert!(text.contains("\"code\":\"internal\""), "{text}");

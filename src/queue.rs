@@ -25,10 +25,7 @@ pub struct Received {
 
 impl Queue {
     pub fn new(sdk: &aws_config::SdkConfig, url: &str) -> Self {
-        Self {
-            client: aws_sdk_sqs::Client::new(sdk),
-            url: url.to_string(),
-        }
+        Self { client: aws_sdk_sqs::Client::new(sdk), url: url.to_string() }
     }
 
     pub fn url(&self) -> &str {
@@ -36,14 +33,8 @@ impl Queue {
     }
 
     pub async fn send(&self, body: String) -> anyhow::Result<String> {
-        let output = self
-            .client
-            .send_message()
-            .queue_url(&self.url)
-            .message_body(body)
-            .send()
-            .await
-            .context("send_message")?;
+        let output =
+            self.client.send_message().queue_url(&self.url).message_body(body).send().await.context("send_message")?;
         Ok(output.message_id.unwrap_or_default())
     }
 
@@ -69,22 +60,13 @@ impl Queue {
                 .send()
                 .await
                 .context("send_message_batch")?;
-            anyhow::ensure!(
-                output.failed.is_empty(),
-                "SQS refused {} of the messages",
-                output.failed.len()
-            );
+            anyhow::ensure!(output.failed.is_empty(), "SQS refused {} of the messages", output.failed.len());
         }
         Ok(())
     }
 
     /// Long-polls for up to `max` (at most 10) messages, hiding them for `visibility`.
-    pub async fn receive(
-        &self,
-        max: i32,
-        wait: Duration,
-        visibility: Duration,
-    ) -> anyhow::Result<Vec<Received>> {
+    pub async fn receive(&self, max: i32, wait: Duration, visibility: Duration) -> anyhow::Result<Vec<Received>> {
         let output = self
             .client
             .receive_message()
@@ -126,11 +108,7 @@ impl Queue {
     }
 
     /// Extends (or, with zero, ends) the time the message stays hidden.
-    pub async fn set_visibility(
-        &self,
-        receipt_handle: &str,
-        visibility: Duration,
-    ) -> anyhow::Result<()> {
+    pub async fn set_visibility(&self, receipt_handle: &str, visibility: Duration) -> anyhow::Result<()> {
         self.client
             .change_message_visibility()
             .queue_url(&self.url)
@@ -153,9 +131,7 @@ impl Queue {
             .send()
             .await
             .context("get_queue_attributes")?;
-        let policy = output
-            .attributes
-            .and_then(|a| a.get(&QueueAttributeName::RedrivePolicy).cloned());
+        let policy = output.attributes.and_then(|a| a.get(&QueueAttributeName::RedrivePolicy).cloned());
         Ok(policy.and_then(|p| {
             let json: serde_json::Value = serde_json::from_str(&p).ok()?;
             match &json["maxReceiveCount"] {

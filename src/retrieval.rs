@@ -28,9 +28,7 @@ const RRF_K: f64 = 60.0;
 /// Parses a metadata filter: `{"key": value}` for equality, `{"key": {"in": [v1, v2]}}`
 /// for membership. Every key must match.
 pub fn parse_filter(filter: &serde_json::Value) -> Result<Vec<Vec<serde_json::Value>>> {
-    let object = filter
-        .as_object()
-        .ok_or_else(|| Error::invalid("filter must be a JSON object"))?;
+    let object = filter.as_object().ok_or_else(|| Error::invalid("filter must be a JSON object"))?;
     object
         .iter()
         .map(|(key, condition)| match condition {
@@ -38,17 +36,12 @@ pub fn parse_filter(filter: &serde_json::Value) -> Result<Vec<Vec<serde_json::Va
                 let values = op["in"]
                     .as_array()
                     .filter(|v| !v.is_empty() && op.len() == 1)
-                    .ok_or_else(|| {
-                        Error::invalid(format!("filter.{key}.in must be a non-empty array"))
-                    })?;
-                Ok(values
-                    .iter()
-                    .map(|v| serde_json::json!({ key: v }))
-                    .collect())
+                    .ok_or_else(|| Error::invalid(format!("filter.{key}.in must be a non-empty array")))?;
+                Ok(values.iter().map(|v| serde_json::json!({ key: v })).collect())
             }
-            serde_json::Value::Object(_) => Err(Error::invalid(format!(
-                "filter.{key}: only equality and `in` are supported"
-            ))),
+            serde_json::Value::Object(_) => {
+                Err(Error::invalid(format!("filter.{key}: only equality and `in` are supported")))
+            }
             value => Ok(vec![serde_json::json!({ key: value })]),
         })
         .collect()
@@ -60,18 +53,11 @@ pub fn reciprocal_rank_fusion(lists: Vec<Vec<Hit>>, k: usize) -> Vec<Hit> {
     for list in lists {
         for (rank, hit) in list.into_iter().enumerate() {
             let score = 1.0 / (RRF_K + rank as f64 + 1.0);
-            fused
-                .entry(hit.chunk_id)
-                .and_modify(|h| h.score += score)
-                .or_insert(Hit { score, ..hit });
+            fused.entry(hit.chunk_id).and_modify(|h| h.score += score).or_insert(Hit { score, ..hit });
         }
     }
     let mut hits: Vec<Hit> = fused.into_values().collect();
-    hits.sort_by(|a, b| {
-        b.score
-            .total_cmp(&a.score)
-            .then(a.chunk_id.cmp(&b.chunk_id))
-    });
+    hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.chunk_id.cmp(&b.chunk_id)));
     hits.truncate(k);
     hits
 }
@@ -81,16 +67,15 @@ pub struct Query<'a> {
     pub k: usize,
     pub mode: Mode,
     pub scope: Scope,
+    /// Drop vector hits less similar than this (cosine): nearest neighbours always
+    /// exist, relevant ones may not. Chat uses it to say "not found" honestly.
+    pub min_similarity: Option<f64>,
 }
 
 pub async fn search(state: &AppState, ctx: &CallContext, query: Query<'_>) -> Result<Vec<Hit>> {
     let k = query.k as i64;
     // Hybrid fuses deeper candidate lists than it returns.
-    let depth = if query.mode == Mode::Hybrid {
-        (k * 4).max(20)
-    } else {
-        k
-    };
+    let depth = if query.mode == Mode::Hybrid { (k * 4).max(20) } else { k };
     let mut tx = state.db.begin().await?;
     let vector_hits = if query.mode == Mode::Keyword {
         Vec::new()
@@ -107,6 +92,9 @@ pub async fn search(state: &AppState, ctx: &CallContext, query: Query<'_>) -> Re
             state.config.hnsw_ef_search,
         )
         .await?
+        .into_iter()
+        .filter(|hit| query.min_similarity.is_none_or(|min| hit.score >= min))
+        .collect()
     };
     let keyword_hits = if query.mode == Mode::Vector {
         Vec::new()
@@ -141,27 +129,17 @@ mod tests {
 
     #[test]
     fn fusion_rewards_hits_found_by_both_lists() {
-        let fused =
-            reciprocal_rank_fusion(vec![vec![hit(1), hit(2), hit(3)], vec![hit(3), hit(4)]], 10);
-        assert_eq!(
-            fused[0].chunk_id,
-            Uuid::from_u128(3),
-            "in both lists beats first in one"
-        );
+        let fused = reciprocal_rank_fusion(vec![vec![hit(1), hit(2), hit(3)], vec![hit(3), hit(4)]], 10);
+        assert_eq!(fused[0].chunk_id, Uuid::from_u128(3), "in both lists beats first in one");
         assert_eq!(fused.len(), 4);
         assert!((fused[0].score - (1.0 / 63.0 + 1.0 / 61.0)).abs() < 1e-12);
     }
 
     #[test]
     fn filters_support_equality_and_in() {
-        let parsed =
-            parse_filter(&serde_json::json!({"lang": "en", "tier": {"in": ["gold", "silver"]}}))
-                .unwrap();
+        let parsed = parse_filter(&serde_json::json!({"lang": "en", "tier": {"in": ["gold", "silver"]}})).unwrap();
         assert!(parsed.contains(&vec![serde_json::json!({"lang": "en"})]));
-        assert!(parsed.contains(&vec![
-            serde_json::json!({"tier": "gold"}),
-            serde_json::json!({"tier": "silver"})
-        ]));
+        assert!(parsed.contains(&vec![serde_json::json!({"tier": "gold"}), serde_json::json!({"tier": "silver"})]));
         assert!(parse_filter(&serde_json::json!({"n": {"gt": 1}})).is_err());
         assert!(parse_filter(&serde_json::json!([1])).is_err());
     }

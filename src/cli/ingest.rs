@@ -43,11 +43,7 @@ pub fn collect_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
         for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
             let path = entry?.path();
-            if path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with('.'))
-            {
+            if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')) {
                 continue;
             }
             if path.is_dir() {
@@ -63,11 +59,7 @@ pub fn collect_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
         if path.is_dir() {
             walk(path, &mut files)?;
         } else if path.is_file() {
-            anyhow::ensure!(
-                supported(path),
-                "{}: unsupported type (text, Markdown, HTML or PDF)",
-                path.display()
-            );
+            anyhow::ensure!(supported(path), "{}: unsupported type (text, Markdown, HTML or PDF)", path.display());
             files.push(path.clone());
         } else {
             anyhow::bail!("{}: no such file or folder", path.display());
@@ -85,13 +77,8 @@ fn supported(path: &Path) -> bool {
 pub async fn run(args: IngestArgs) -> anyhow::Result<bool> {
     let started = Instant::now();
     let files = collect_files(&args.paths)?;
-    anyhow::ensure!(
-        !files.is_empty(),
-        "no supported files (text, Markdown, HTML, PDF) found"
-    );
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(300))
-        .build()?;
+    anyhow::ensure!(!files.is_empty(), "no supported files (text, Markdown, HTML, PDF) found");
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(300)).build()?;
     let base = args.api_url.trim_end_matches('/').to_string();
 
     let progress = Progress::new(files.len() as u64);
@@ -141,11 +128,8 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<bool> {
         }
         if last_poll.elapsed() >= Duration::from_secs(1) || uploads_done {
             last_poll = Instant::now();
-            let pending: Vec<String> = tracked
-                .iter()
-                .filter(|t| matches!(t.outcome, Outcome::Pending))
-                .filter_map(|t| t.id.clone())
-                .collect();
+            let pending: Vec<String> =
+                tracked.iter().filter(|t| matches!(t.outcome, Outcome::Pending)).filter_map(|t| t.id.clone()).collect();
             for batch in pending.chunks(200) {
                 match poll(&client, &base, &args.api_key, batch).await {
                     Ok(docs) => {
@@ -162,20 +146,10 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<bool> {
                 }
             }
         }
-        let indexed = tracked
-            .iter()
-            .filter(|t| matches!(t.outcome, Outcome::Indexed { .. }))
-            .count() as u64;
-        let failed = tracked
-            .iter()
-            .filter(|t| matches!(t.outcome, Outcome::Failed(_)))
-            .count() as u64;
+        let indexed = tracked.iter().filter(|t| matches!(t.outcome, Outcome::Indexed { .. })).count() as u64;
+        let failed = tracked.iter().filter(|t| matches!(t.outcome, Outcome::Failed(_))).count() as u64;
         progress.settled(indexed, failed);
-        if uploads_done
-            && tracked
-                .iter()
-                .all(|t| !matches!(t.outcome, Outcome::Pending))
-        {
+        if uploads_done && tracked.iter().all(|t| !matches!(t.outcome, Outcome::Pending)) {
             break;
         }
         if uploads_done {
@@ -189,12 +163,8 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<bool> {
 /// `Some` once a document is indexed or failed.
 fn settled(doc: &Value) -> Option<Outcome> {
     match doc["status"].as_str() {
-        Some("indexed") => Some(Outcome::Indexed {
-            chunks: doc["chunk_count"].as_i64().unwrap_or(0),
-        }),
-        Some("failed") => Some(Outcome::Failed(
-            doc["error"].as_str().unwrap_or("unknown error").to_string(),
-        )),
+        Some("indexed") => Some(Outcome::Indexed { chunks: doc["chunk_count"].as_i64().unwrap_or(0) }),
+        Some("failed") => Some(Outcome::Failed(doc["error"].as_str().unwrap_or("unknown error").to_string())),
         _ => None,
     }
 }
@@ -206,39 +176,22 @@ async fn upload(
     collection: Option<&str>,
     path: &Path,
 ) -> anyhow::Result<(String, bool, Value)> {
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("document")
-        .to_string();
-    let mime =
-        Format::detect(None, Some(&name)).map_or("application/octet-stream", Format::content_type);
-    let bytes = tokio::fs::read(path)
-        .await
-        .with_context(|| format!("reading {}", path.display()))?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("document").to_string();
+    let mime = Format::detect(None, Some(&name)).map_or("application/octet-stream", Format::content_type);
+    let bytes = tokio::fs::read(path).await.with_context(|| format!("reading {}", path.display()))?;
     let mut attempt = 0;
     loop {
-        let part = reqwest::multipart::Part::bytes(bytes.clone())
-            .file_name(name.clone())
-            .mime_str(mime)?;
+        let part = reqwest::multipart::Part::bytes(bytes.clone()).file_name(name.clone()).mime_str(mime)?;
         let mut form = reqwest::multipart::Form::new().part("file", part);
         if let Some(collection) = collection {
             form = form.text("collection", collection.to_string());
         }
-        let response = client
-            .post(format!("{base}/v1/documents"))
-            .bearer_auth(key)
-            .multipart(form)
-            .send()
-            .await?;
+        let response = client.post(format!("{base}/v1/documents")).bearer_auth(key).multipart(form).send().await?;
         let status = response.status();
         let body: Value = response.json().await.unwrap_or(Value::Null);
         if status.is_success() {
             let doc = body["documents"][0].clone();
-            let id = doc["id"]
-                .as_str()
-                .context("no document id in the response")?
-                .to_string();
+            let id = doc["id"].as_str().context("no document id in the response")?.to_string();
             return Ok((id, doc["duplicate"] == Value::Bool(true), doc));
         }
         // 429/503 are worth another try; anything else is this file's problem.
@@ -247,19 +200,12 @@ async fn upload(
             tokio::time::sleep(crate::llm::limiter::backoff(attempt)).await;
             continue;
         }
-        let message = body["error"]["message"]
-            .as_str()
-            .unwrap_or("request failed");
+        let message = body["error"]["message"].as_str().unwrap_or("request failed");
         anyhow::bail!("{status}: {message}");
     }
 }
 
-async fn poll(
-    client: &reqwest::Client,
-    base: &str,
-    key: &str,
-    ids: &[String],
-) -> anyhow::Result<Vec<Value>> {
+async fn poll(client: &reqwest::Client, base: &str, key: &str, ids: &[String]) -> anyhow::Result<Vec<Value>> {
     let response = client
         .get(format!("{base}/v1/documents"))
         .query(&[("ids", ids.join(",")), ("limit", "200".to_string())])
@@ -272,25 +218,11 @@ async fn poll(
 }
 
 fn print_summary(tracked: &[Tracked], elapsed: Duration) -> bool {
-    let indexed: Vec<&Tracked> = tracked
-        .iter()
-        .filter(|t| matches!(t.outcome, Outcome::Indexed { .. }))
-        .collect();
-    let failed: Vec<&Tracked> = tracked
-        .iter()
-        .filter(|t| matches!(t.outcome, Outcome::Failed(_)))
-        .collect();
+    let indexed: Vec<&Tracked> = tracked.iter().filter(|t| matches!(t.outcome, Outcome::Indexed { .. })).collect();
+    let failed: Vec<&Tracked> = tracked.iter().filter(|t| matches!(t.outcome, Outcome::Failed(_))).collect();
     let duplicates = tracked.iter().filter(|t| t.duplicate).count();
-    let chunks: i64 = tracked
-        .iter()
-        .map(|t| {
-            if let Outcome::Indexed { chunks } = t.outcome {
-                chunks
-            } else {
-                0
-            }
-        })
-        .sum();
+    let chunks: i64 =
+        tracked.iter().map(|t| if let Outcome::Indexed { chunks } = t.outcome { chunks } else { 0 }).sum();
     let secs = elapsed.as_secs_f64().max(0.001);
     println!(
         "{} files: {} indexed ({} already present), {} failed, {} chunks in {:.1}s ({:.1} docs/s)",
@@ -322,44 +254,22 @@ impl Progress {
     fn new(total: u64) -> Self {
         let bars = std::io::stderr().is_terminal().then(|| {
             let multi = MultiProgress::new();
-            let style =
-                ProgressStyle::with_template("{prefix:>9} [{bar:40.cyan/blue}] {pos}/{len} {msg}")
-                    .unwrap()
-                    .progress_chars("=> ");
-            let upload = multi.add(
-                ProgressBar::new(total)
-                    .with_style(style.clone())
-                    .with_prefix("uploaded"),
-            );
-            let index = multi.add(
-                ProgressBar::new(total)
-                    .with_style(style)
-                    .with_prefix("settled"),
-            );
+            let style = ProgressStyle::with_template("{prefix:>9} [{bar:40.cyan/blue}] {pos}/{len} {msg}")
+                .unwrap()
+                .progress_chars("=> ");
+            let upload = multi.add(ProgressBar::new(total).with_style(style.clone()).with_prefix("uploaded"));
+            let index = multi.add(ProgressBar::new(total).with_style(style).with_prefix("settled"));
             upload.enable_steady_tick(Duration::from_millis(200));
             (multi, upload, index)
         });
-        Self {
-            bars,
-            total,
-            uploaded: 0.into(),
-            last_line: std::sync::Mutex::new(Instant::now()),
-        }
+        Self { bars, total, uploaded: 0.into(), last_line: std::sync::Mutex::new(Instant::now()) }
     }
 
     fn uploaded(&self, path: &Path) {
-        let n = self
-            .uploaded
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            + 1;
+        let n = self.uploaded.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         if let Some((_, upload, _)) = &self.bars {
             upload.set_position(n);
-            upload.set_message(
-                path.file_name()
-                    .and_then(|f| f.to_str())
-                    .unwrap_or_default()
-                    .to_string(),
-            );
+            upload.set_message(path.file_name().and_then(|f| f.to_str()).unwrap_or_default().to_string());
         }
     }
 
@@ -374,10 +284,7 @@ impl Progress {
                 if last.elapsed() >= Duration::from_secs(2) {
                     *last = Instant::now();
                     let uploaded = self.uploaded.load(std::sync::atomic::Ordering::Relaxed);
-                    eprintln!(
-                        "ingest: uploaded {uploaded}/{}, indexed {indexed}, failed {failed}",
-                        self.total
-                    );
+                    eprintln!("ingest: uploaded {uploaded}/{}, indexed {indexed}, failed {failed}", self.total);
                 }
             }
         }

@@ -11,11 +11,7 @@ use crate::config::Config;
 use crate::{store, telemetry};
 
 #[derive(Parser)]
-#[command(
-    name = "stolid",
-    version,
-    about = "A boring, reliable backend for AI products"
-)]
+#[command(name = "stolid", version, about = "A boring, reliable backend for AI products")]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -106,41 +102,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .send()
                 .await
                 .context("calling /healthz")?;
-            anyhow::ensure!(
-                response.status().is_success(),
-                "/healthz answered {}",
-                response.status()
-            );
+            anyhow::ensure!(response.status().is_success(), "/healthz answered {}", response.status());
             Ok(())
         }
-        Command::Ingest {
-            paths,
-            collection,
-            api_url,
-            api_key,
-            concurrency,
-        } => {
+        Command::Ingest { paths, collection, api_url, api_key, concurrency } => {
             telemetry::init("warn", std::io::stderr);
             let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
             let api_url = api_url
                 .or_else(|| env("STOLID_API_URL"))
-                .unwrap_or_else(|| {
-                    format!(
-                        "http://127.0.0.1:{}",
-                        env("PORT").unwrap_or_else(|| "8080".into())
-                    )
-                });
+                .unwrap_or_else(|| format!("http://127.0.0.1:{}", env("PORT").unwrap_or_else(|| "8080".into())));
             let api_key = api_key
                 .or_else(|| env("STOLID_API_KEY"))
                 .or_else(|| env("STOLID_DEV_API_KEY"))
                 .context("no API key: pass --api-key or set STOLID_API_KEY")?;
-            let args = ingest::IngestArgs {
-                paths,
-                collection,
-                api_url,
-                api_key,
-                concurrency,
-            };
+            let args = ingest::IngestArgs { paths, collection, api_url, api_key, concurrency };
             if !ingest::run(args).await? {
                 anyhow::bail!("some documents failed");
             }
@@ -149,28 +124,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate => {
             telemetry::init("warn", std::io::stderr);
             let db = store::connect(&database_url()?, 2).await?;
-            store::MIGRATOR
-                .run(&db)
-                .await
-                .context("running migrations")?;
+            store::MIGRATOR.run(&db).await.context("running migrations")?;
             eprintln!("migrations applied");
             Ok(())
         }
         Command::Keys { command } => {
             telemetry::init("warn", std::io::stderr);
             let db = store::connect(&database_url()?, 2).await?;
-            store::MIGRATOR
-                .run(&db)
-                .await
-                .context("running migrations")?;
+            store::MIGRATOR.run(&db).await.context("running migrations")?;
             match command {
                 KeysCommand::Create { tenant } => {
                     let tenant_id = store::keys::ensure_tenant(&db, &tenant).await?;
                     let created = store::keys::create_key(&db, tenant_id).await?;
-                    eprintln!(
-                        "created key {} for tenant {tenant}; it is shown only once",
-                        created.id
-                    );
+                    eprintln!("created key {} for tenant {tenant}; it is shown only once", created.id);
                     println!("{}", created.key);
                 }
                 KeysCommand::Revoke { key_or_id } => {
@@ -180,10 +146,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     eprintln!("revoked");
                 }
                 KeysCommand::List => {
-                    println!(
-                        "{:<38} {:<20} {:<14} {:<26} revoked",
-                        "id", "tenant", "prefix", "created"
-                    );
+                    println!("{:<38} {:<20} {:<14} {:<26} revoked", "id", "tenant", "prefix", "created");
                     for k in store::keys::list(&db).await? {
                         let revoked = k.revoked_at.map(|t| t.to_rfc3339()).unwrap_or_default();
                         println!(
@@ -197,9 +160,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 KeysCommand::Verify { key } => {
                     let tenant = store::keys::tenant_for_key(&db, &key).await?;
-                    let Some(tenant_id) = tenant else {
-                        anyhow::bail!("key is not valid")
-                    };
+                    let Some(tenant_id) = tenant else { anyhow::bail!("key is not valid") };
                     println!("{tenant_id}");
                 }
             }

@@ -30,10 +30,7 @@ use crate::worker::jobs::Job;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/documents", post(create_documents).get(list_documents))
-        .route(
-            "/v1/documents/{id}",
-            get(get_document).delete(delete_document),
-        )
+        .route("/v1/documents/{id}", get(get_document).delete(delete_document))
         .route("/v1/documents/{id}/chunks", get(list_chunks))
         .route("/v1/documents/{id}/content", get(get_content))
         .route("/v1/documents/{id}/reindex", post(reindex_document))
@@ -80,30 +77,19 @@ struct Upload {
     request_body(content = CreateDocumentRequest, description = "JSON, or multipart/form-data with `file` parts and optional `collection` and `metadata` (JSON) fields"),
     responses((status = 202, body = UploadResponse), (status = 413, body = crate::error::ErrorBody),
               (status = 415, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
-pub async fn create_documents(
-    State(state): State<AppState>,
-    tenant: Tenant,
-    request: Request,
-) -> Result<Response> {
-    let content_type = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+pub async fn create_documents(State(state): State<AppState>, tenant: Tenant, request: Request) -> Result<Response> {
+    let content_type =
+        request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let (uploads, collection, metadata) = if content_type.starts_with("multipart/form-data") {
-        let multipart = Multipart::from_request(request, &state)
-            .await
-            .map_err(|e| Error::bad_request(e.body_text()))?;
+        let multipart =
+            Multipart::from_request(request, &state).await.map_err(|e| Error::bad_request(e.body_text()))?;
         read_multipart(multipart).await?
     } else if content_type.starts_with("application/json") {
         let AppJson(body) = AppJson::<CreateDocumentRequest>::from_request(request, &state).await?;
         let upload = read_json(&state, &body).await?;
         (vec![upload], body.collection, body.metadata)
     } else {
-        return Err(Error::UnsupportedMediaType(
-            "send multipart/form-data or application/json".into(),
-        ));
+        return Err(Error::UnsupportedMediaType("send multipart/form-data or application/json".into()));
     };
     let collection = collection.unwrap_or_else(|| "default".into());
     if collection.is_empty() || collection.len() > 200 {
@@ -120,17 +106,11 @@ pub async fn create_documents(
     for upload in uploads {
         documents.push(store_one(&state, &tenant, &collection, &metadata, upload).await?);
     }
-    let status = if documents.iter().all(|d| d.duplicate) {
-        StatusCode::OK
-    } else {
-        StatusCode::ACCEPTED
-    };
+    let status = if documents.iter().all(|d| d.duplicate) { StatusCode::OK } else { StatusCode::ACCEPTED };
     Ok((status, AppJson(UploadResponse { documents })).into_response())
 }
 
-async fn read_multipart(
-    mut multipart: Multipart,
-) -> Result<(Vec<Upload>, Option<String>, Option<serde_json::Value>)> {
+async fn read_multipart(mut multipart: Multipart) -> Result<(Vec<Upload>, Option<String>, Option<serde_json::Value>)> {
     let (mut uploads, mut collection, mut metadata) = (Vec::new(), None, None);
     while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
         let name = field.name().unwrap_or_default().to_string();
@@ -141,23 +121,17 @@ async fn read_multipart(
             ("collection", None) => collection = Some(text_field(&bytes)?),
             ("metadata", None) => {
                 metadata = Some(
-                    serde_json::from_slice(&bytes)
-                        .map_err(|e| Error::invalid(format!("metadata is not JSON: {e}")))?,
+                    serde_json::from_slice(&bytes).map_err(|e| Error::invalid(format!("metadata is not JSON: {e}")))?,
                 )
             }
             (_, Some(file_name)) => {
-                let format =
-                    Format::detect(declared.as_deref(), Some(&file_name)).ok_or_else(|| {
-                        Error::UnsupportedMediaType(format!(
-                            "{file_name}: unsupported type {}; send text, Markdown, HTML or PDF",
-                            declared.as_deref().unwrap_or("(none)")
-                        ))
-                    })?;
-                uploads.push(Upload {
-                    bytes: bytes.to_vec(),
-                    format,
-                    title: file_name,
-                });
+                let format = Format::detect(declared.as_deref(), Some(&file_name)).ok_or_else(|| {
+                    Error::UnsupportedMediaType(format!(
+                        "{file_name}: unsupported type {}; send text, Markdown, HTML or PDF",
+                        declared.as_deref().unwrap_or("(none)")
+                    ))
+                })?;
+                uploads.push(Upload { bytes: bytes.to_vec(), format, title: file_name });
             }
             (other, None) => {
                 return Err(Error::invalid(format!("unexpected form field `{other}`")));
@@ -186,24 +160,14 @@ async fn read_json(state: &AppState, body: &CreateDocumentRequest) -> Result<Upl
                 None => Format::Text,
                 Some(ct) => Format::from_content_type(ct)
                     .filter(|f| *f != Format::Pdf)
-                    .ok_or_else(|| {
-                        Error::UnsupportedMediaType(format!(
-                            "unsupported content_type {ct} for text"
-                        ))
-                    })?,
+                    .ok_or_else(|| Error::UnsupportedMediaType(format!("unsupported content_type {ct} for text")))?,
             };
             if text.trim().is_empty() {
                 return Err(Error::invalid("text is empty"));
             }
-            let title = body
-                .title
-                .clone()
-                .unwrap_or_else(|| text.chars().take(60).collect::<String>().trim().to_string());
-            Ok(Upload {
-                bytes: text.as_bytes().to_vec(),
-                format,
-                title,
-            })
+            let title =
+                body.title.clone().unwrap_or_else(|| text.chars().take(60).collect::<String>().trim().to_string());
+            Ok(Upload { bytes: text.as_bytes().to_vec(), format, title })
         }
         (None, Some(uri)) => {
             let key = uri
@@ -211,35 +175,16 @@ async fn read_json(state: &AppState, body: &CreateDocumentRequest) -> Result<Upl
                 .and_then(|rest| rest.split_once('/'))
                 .filter(|(bucket, key)| *bucket == state.blobs.bucket() && !key.is_empty())
                 .map(|(_, key)| key)
-                .ok_or_else(|| {
-                    Error::invalid(format!(
-                        "s3_uri must be s3://{}/<key>",
-                        state.blobs.bucket()
-                    ))
-                })?;
-            let format =
-                Format::detect(body.content_type.as_deref(), Some(key)).ok_or_else(|| {
-                    Error::UnsupportedMediaType(format!(
-                        "{key}: unsupported type; send text, Markdown, HTML or PDF"
-                    ))
-                })?;
-            let bytes = state
-                .blobs
-                .get(key)
-                .await?
-                .ok_or(Error::NotFound("S3 object"))?;
+                .ok_or_else(|| Error::invalid(format!("s3_uri must be s3://{}/<key>", state.blobs.bucket())))?;
+            let format = Format::detect(body.content_type.as_deref(), Some(key)).ok_or_else(|| {
+                Error::UnsupportedMediaType(format!("{key}: unsupported type; send text, Markdown, HTML or PDF"))
+            })?;
+            let bytes = state.blobs.get(key).await?.ok_or(Error::NotFound("S3 object"))?;
             if bytes.len() > state.config.max_body_bytes {
                 return Err(Error::PayloadTooLarge);
             }
-            let title = body
-                .title
-                .clone()
-                .unwrap_or_else(|| key.rsplit('/').next().unwrap_or(key).to_string());
-            Ok(Upload {
-                bytes,
-                format,
-                title,
-            })
+            let title = body.title.clone().unwrap_or_else(|| key.rsplit('/').next().unwrap_or(key).to_string());
+            Ok(Upload { bytes, format, title })
         }
         _ => Err(Error::invalid("send exactly one of `text` and `s3_uri`")),
     }
@@ -253,21 +198,13 @@ async fn store_one(
     upload: Upload,
 ) -> Result<UploadedDocument> {
     let content_hash = hex::encode(Sha256::digest(&upload.bytes));
-    if let Some(existing) =
-        documents::find_by_hash(&state.db, tenant.id, collection, &content_hash).await?
-    {
-        return Ok(UploadedDocument {
-            document: existing,
-            duplicate: true,
-        });
+    if let Some(existing) = documents::find_by_hash(&state.db, tenant.id, collection, &content_hash).await? {
+        return Ok(UploadedDocument { document: existing, duplicate: true });
     }
     let id = Uuid::now_v7();
     let s3_key = format!("tenants/{}/documents/{id}/original", tenant.id);
     let size_bytes = upload.bytes.len() as i64;
-    state
-        .blobs
-        .put(&s3_key, upload.bytes, upload.format.content_type())
-        .await?;
+    state.blobs.put(&s3_key, upload.bytes, upload.format.content_type()).await?;
     let new = NewDocument {
         id,
         tenant_id: tenant.id,
@@ -285,32 +222,21 @@ async fn store_one(
         let existing = documents::find_by_hash(&state.db, tenant.id, collection, &content_hash)
             .await?
             .ok_or(Error::Conflict("retry the upload".into()))?;
-        return Ok(UploadedDocument {
-            document: existing,
-            duplicate: true,
-        });
+        return Ok(UploadedDocument { document: existing, duplicate: true });
     };
     enqueue(state, &document).await?;
     tracing::info!(document.id = %id, size_bytes, "document queued");
-    Ok(UploadedDocument {
-        document,
-        duplicate: false,
-    })
+    Ok(UploadedDocument { document, duplicate: false })
 }
 
 /// Sends the index job; if SQS refuses, undoes the upload so nothing is left half-done.
 async fn enqueue(state: &AppState, document: &Document) -> Result<()> {
-    let job = Job::IndexDocument {
-        tenant_id: document.tenant_id,
-        document_id: document.id,
-    };
+    let job = Job::IndexDocument { tenant_id: document.tenant_id, document_id: document.id };
     if let Err(err) = state.queue.send(job.to_message()).await {
         tracing::error!(error = format!("{err:#}"), "could not queue the document");
         let _ = documents::delete(&state.db, document.tenant_id, document.id).await;
         let _ = state.blobs.delete(&document.s3_key).await;
-        return Err(Error::Unavailable(
-            "the job queue is unavailable; try again".into(),
-        ));
+        return Err(Error::Unavailable("the job queue is unavailable; try again".into()));
     }
     Ok(())
 }
@@ -336,27 +262,16 @@ pub struct DocumentList {
 }
 
 fn encode_cursor(doc: &Document) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!(
-        "{}|{}",
-        doc.created_at.to_rfc3339(),
-        doc.id
-    ))
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{}|{}", doc.created_at.to_rfc3339(), doc.id))
 }
 
 fn decode_cursor(cursor: &str) -> Result<(DateTime<Utc>, Uuid)> {
-    let invalid = || Error::BadRequest {
-        code: "invalid_cursor",
-        message: "cursor is not valid".into(),
-    };
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(cursor)
-        .map_err(|_| invalid())?;
+    let invalid = || Error::BadRequest { code: "invalid_cursor", message: "cursor is not valid".into() };
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).map_err(|_| invalid())?;
     let raw = String::from_utf8(raw).map_err(|_| invalid())?;
     let (at, id) = raw.split_once('|').ok_or_else(invalid)?;
     Ok((
-        DateTime::parse_from_rfc3339(at)
-            .map_err(|_| invalid())?
-            .with_timezone(&Utc),
+        DateTime::parse_from_rfc3339(at).map_err(|_| invalid())?.with_timezone(&Utc),
         id.parse().map_err(|_| invalid())?,
     ))
 }
@@ -372,9 +287,7 @@ pub async fn list_documents(
     if let Some(status) = &params.status
         && !["queued", "processing", "indexed", "failed"].contains(&status.as_str())
     {
-        return Err(Error::invalid(
-            "status must be queued, processing, indexed or failed",
-        ));
+        return Err(Error::invalid("status must be queued, processing, indexed or failed"));
     }
     let limit = params.limit.unwrap_or(50);
     if !(1..=200).contains(&limit) {
@@ -385,21 +298,13 @@ pub async fn list_documents(
         .ids
         .as_deref()
         .map(|raw| {
-            let ids: Result<Vec<Uuid>, _> = raw
-                .split(',')
-                .filter(|s| !s.is_empty())
-                .map(str::parse)
-                .collect();
+            let ids: Result<Vec<Uuid>, _> = raw.split(',').filter(|s| !s.is_empty()).map(str::parse).collect();
             ids.ok()
                 .filter(|ids| ids.len() <= 200)
                 .ok_or_else(|| Error::invalid("ids must be at most 200 comma-separated UUIDs"))
         })
         .transpose()?;
-    let filter = DocumentFilter {
-        status: params.status,
-        collection: params.collection,
-        ids,
-    };
+    let filter = DocumentFilter { status: params.status, collection: params.collection, ids };
     let mut docs = documents::list(&state.db, tenant.id, &filter, before, limit + 1).await?;
     let next_cursor = if docs.len() as i64 > limit {
         docs.truncate(limit as usize);
@@ -407,16 +312,11 @@ pub async fn list_documents(
     } else {
         None
     };
-    Ok(AppJson(DocumentList {
-        documents: docs,
-        next_cursor,
-    }))
+    Ok(AppJson(DocumentList { documents: docs, next_cursor }))
 }
 
 async fn find(state: &AppState, tenant: &Tenant, id: Uuid) -> Result<Document> {
-    documents::get(&state.db, tenant.id, id)
-        .await?
-        .ok_or(Error::NotFound("document"))
+    documents::get(&state.db, tenant.id, id).await?.ok_or(Error::NotFound("document"))
 }
 
 /// One document: status (with the failure reason), counts and timings.
@@ -457,26 +357,16 @@ pub async fn list_chunks(
     if !(1..=500).contains(&limit) {
         return Err(Error::invalid("limit must be between 1 and 500"));
     }
-    let chunks =
-        chunks::list_for_document(&state.db, tenant.id, id, params.after.unwrap_or(-1), limit)
-            .await?;
+    let chunks = chunks::list_for_document(&state.db, tenant.id, id, params.after.unwrap_or(-1), limit).await?;
     Ok(AppJson(ChunkList { chunks }))
 }
 
 /// The original bytes, with their content type.
 #[utoipa::path(get, path = "/v1/documents/{id}/content", tag = "documents", security(("api_key" = [])),
     responses((status = 200, description = "the original document"), (status = 404, body = crate::error::ErrorBody)))]
-pub async fn get_content(
-    State(state): State<AppState>,
-    tenant: Tenant,
-    Path(id): Path<Uuid>,
-) -> Result<Response> {
+pub async fn get_content(State(state): State<AppState>, tenant: Tenant, Path(id): Path<Uuid>) -> Result<Response> {
     let doc = find(&state, &tenant, id).await?;
-    let bytes = state
-        .blobs
-        .get(&doc.s3_key)
-        .await?
-        .ok_or(Error::NotFound("document content"))?;
+    let bytes = state.blobs.get(&doc.s3_key).await?.ok_or(Error::NotFound("document content"))?;
     Ok(([(header::CONTENT_TYPE, doc.content_type)], bytes).into_response())
 }
 
@@ -489,15 +379,9 @@ pub async fn delete_document(
     Path(id): Path<Uuid>,
 ) -> Result<StatusCode> {
     // The row goes first (chunks cascade): a job in flight then finds nothing to write to.
-    let s3_key = documents::delete(&state.db, tenant.id, id)
-        .await?
-        .ok_or(Error::NotFound("document"))?;
+    let s3_key = documents::delete(&state.db, tenant.id, id).await?.ok_or(Error::NotFound("document"))?;
     if let Err(err) = state.blobs.delete(&s3_key).await {
-        tracing::warn!(
-            error = format!("{err:#}"),
-            s3_key,
-            "deleting the original failed; the object is orphaned"
-        );
+        tracing::warn!(error = format!("{err:#}"), s3_key, "deleting the original failed; the object is orphaned");
     }
     Ok(StatusCode::NO_CONTENT)
 }
@@ -510,13 +394,8 @@ pub async fn reindex_document(
     tenant: Tenant,
     Path(id): Path<Uuid>,
 ) -> Result<(StatusCode, AppJson<Document>)> {
-    let doc = documents::mark_queued(&state.db, tenant.id, id)
-        .await?
-        .ok_or(Error::NotFound("document"))?;
-    let job = Job::IndexDocument {
-        tenant_id: tenant.id,
-        document_id: id,
-    };
+    let doc = documents::mark_queued(&state.db, tenant.id, id).await?.ok_or(Error::NotFound("document"))?;
+    let job = Job::IndexDocument { tenant_id: tenant.id, document_id: id };
     state
         .queue
         .send(job.to_message())
@@ -535,14 +414,9 @@ pub async fn summarize_document(
 ) -> Result<(StatusCode, AppJson<Document>)> {
     let doc = find(&state, &tenant, id).await?;
     if doc.status == "failed" {
-        return Err(Error::Conflict(
-            "the document failed to index; nothing to summarize".into(),
-        ));
+        return Err(Error::Conflict("the document failed to index; nothing to summarize".into()));
     }
-    let job = Job::SummarizeDocument {
-        tenant_id: tenant.id,
-        document_id: id,
-    };
+    let job = Job::SummarizeDocument { tenant_id: tenant.id, document_id: id };
     state
         .queue
         .send(job.to_message())
@@ -568,22 +442,12 @@ pub struct BatchResponse {
     ids: Vec<Uuid>,
 }
 
-async fn select(
-    state: &AppState,
-    tenant: &Tenant,
-    request: BatchRequest,
-    status: Option<&str>,
-) -> Result<Vec<Uuid>> {
+async fn select(state: &AppState, tenant: &Tenant, request: BatchRequest, status: Option<&str>) -> Result<Vec<Uuid>> {
     if request.ids.is_none() && request.collection.is_none() && !request.all {
-        return Err(Error::invalid(
-            "give `ids`, a `collection`, or `\"all\": true`",
-        ));
+        return Err(Error::invalid("give `ids`, a `collection`, or `\"all\": true`"));
     }
-    let filter = DocumentFilter {
-        status: status.map(str::to_string),
-        collection: request.collection,
-        ids: request.ids,
-    };
+    let filter =
+        DocumentFilter { status: status.map(str::to_string), collection: request.collection, ids: request.ids };
     Ok(documents::ids(&state.db, tenant.id, &filter).await?)
 }
 
@@ -609,21 +473,10 @@ pub async fn reindex_documents(
     let ids = documents::mark_many_queued(&state.db, tenant.id, &ids).await?;
     enqueue_all(
         &state,
-        ids.iter()
-            .map(|&document_id| Job::IndexDocument {
-                tenant_id: tenant.id,
-                document_id,
-            })
-            .collect(),
+        ids.iter().map(|&document_id| Job::IndexDocument { tenant_id: tenant.id, document_id }).collect(),
     )
     .await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        AppJson(BatchResponse {
-            queued: ids.len(),
-            ids,
-        }),
-    ))
+    Ok((StatusCode::ACCEPTED, AppJson(BatchResponse { queued: ids.len(), ids })))
 }
 
 /// Summarizes many indexed documents.
@@ -637,19 +490,8 @@ pub async fn summarize_documents(
     let ids = select(&state, &tenant, request, Some("indexed")).await?;
     enqueue_all(
         &state,
-        ids.iter()
-            .map(|&document_id| Job::SummarizeDocument {
-                tenant_id: tenant.id,
-                document_id,
-            })
-            .collect(),
+        ids.iter().map(|&document_id| Job::SummarizeDocument { tenant_id: tenant.id, document_id }).collect(),
     )
     .await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        AppJson(BatchResponse {
-            queued: ids.len(),
-            ids,
-        }),
-    ))
+    Ok((StatusCode::ACCEPTED, AppJson(BatchResponse { queued: ids.len(), ids })))
 }

@@ -16,9 +16,7 @@ use crate::error::ErrorDetail;
 use crate::llm::limiter::LimiterStatus;
 
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -69,11 +67,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     let timeout = Duration::from_secs(3);
     let (postgres, s3, sqs) = tokio::join!(
         check(timeout, async {
-            sqlx::query("SELECT 1")
-                .execute(&state.db)
-                .await
-                .map(|_| ())
-                .map_err(anyhow::Error::from)
+            sqlx::query("SELECT 1").execute(&state.db).await.map(|_| ()).map_err(anyhow::Error::from)
         }),
         check(timeout, state.blobs.ping()),
         check(timeout, state.queue.ping()),
@@ -85,15 +79,9 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         .collect();
     let gateway = &state.gateway;
     let body = Readiness {
-        status: if failed.is_empty() {
-            "ready"
-        } else {
-            "unavailable"
-        },
-        error: (!failed.is_empty()).then(|| ErrorDetail {
-            code: "not_ready".into(),
-            message: format!("unreachable: {}", failed.join(", ")),
-        }),
+        status: if failed.is_empty() { "ready" } else { "unavailable" },
+        error: (!failed.is_empty())
+            .then(|| ErrorDetail { code: "not_ready".into(), message: format!("unreachable: {}", failed.join(", ")) }),
         checks: Checks { postgres, s3, sqs },
         model: ModelStatus {
             provider: gateway.provider_name(),
@@ -103,11 +91,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
             embedding_limiter: gateway.limiter().status(),
         },
     };
-    let status = if failed.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let status = if failed.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body)).into_response()
 }
 

@@ -26,13 +26,7 @@ pub struct MeResponse {
 #[utoipa::path(get, path = "/v1/me", tag = "tenants", security(("api_key" = [])),
     responses((status = 200, body = MeResponse), (status = 401, body = crate::error::ErrorBody)))]
 pub async fn me(State(state): State<AppState>, tenant: Tenant) -> Result<AppJson<MeResponse>> {
-    let name: String = sqlx::query_scalar("SELECT name FROM tenants WHERE id = $1")
-        .bind(tenant.id)
-        .fetch_one(&state.db)
-        .await?;
-    Ok(AppJson(MeResponse {
-        tenant_id: tenant.id,
-        tenant: name,
-        provider: state.gateway.provider_name(),
-    }))
+    let name: String =
+        sqlx::query_scalar("SELECT name FROM tenants WHERE id = $1").bind(tenant.id).fetch_one(&state.db).await?;
+    Ok(AppJson(MeResponse { tenant_id: tenant.id, tenant: name, provider: state.gateway.provider_name() }))
 }

@@ -54,19 +54,9 @@ pub async fn search(
     let scope = Scope {
         tenant_id: tenant.id,
         collection: request.collection,
-        metadata_any: request
-            .filter
-            .as_ref()
-            .map(retrieval::parse_filter)
-            .transpose()?
-            .unwrap_or_default(),
+        metadata_any: request.filter.as_ref().map(retrieval::parse_filter).transpose()?.unwrap_or_default(),
     };
-    let query = retrieval::Query {
-        text: &request.query,
-        k,
-        mode: request.mode,
-        scope,
-    };
+    let query = retrieval::Query { text: &request.query, k, mode: request.mode, scope, min_similarity: None };
     let results = retrieval::search(&state, &tenant.call_context("search", None), query).await?;
     Ok(AppJson(SearchResponse { results }))
 }

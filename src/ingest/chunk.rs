@@ -15,10 +15,7 @@ pub struct ChunkSettings {
 
 impl Default for ChunkSettings {
     fn default() -> Self {
-        Self {
-            max_tokens: 400,
-            overlap_tokens: 50,
-        }
+        Self { max_tokens: 400, overlap_tokens: 50 }
     }
 }
 
@@ -42,9 +39,7 @@ pub fn content_hash(text: &str) -> String {
 
 pub fn chunk(text: &str, markdown: bool, settings: ChunkSettings) -> Vec<Chunk> {
     let tokenizer = tiktoken_rs::cl100k_base_singleton();
-    let overlap = settings
-        .overlap_tokens
-        .min(settings.max_tokens.saturating_sub(1));
+    let overlap = settings.overlap_tokens.min(settings.max_tokens.saturating_sub(1));
     let config = ChunkConfig::new(settings.max_tokens)
         .with_sizer(tokenizer)
         .with_overlap(overlap)
@@ -109,48 +104,22 @@ mod tests {
     #[test]
     fn chunks_stay_within_the_token_budget_and_cover_the_text() {
         let text = "Sentence number one is here. ".repeat(400);
-        let chunks = chunk(
-            &text,
-            false,
-            ChunkSettings {
-                max_tokens: 100,
-                overlap_tokens: 10,
-            },
-        );
+        let chunks = chunk(&text, false, ChunkSettings { max_tokens: 100, overlap_tokens: 10 });
         assert!(chunks.len() > 5);
         for c in &chunks {
             assert!(c.token_count <= 100, "{}", c.token_count);
-            assert_eq!(
-                &text[c.start_offset as usize..c.end_offset as usize],
-                c.content
-            );
+            assert_eq!(&text[c.start_offset as usize..c.end_offset as usize], c.content);
         }
-        assert_eq!(
-            chunks.last().unwrap().end_offset as usize,
-            text.trim_end().len()
-        );
+        assert_eq!(chunks.last().unwrap().end_offset as usize, text.trim_end().len());
     }
 
     #[test]
     fn markdown_chunks_carry_their_heading_path() {
         let text = "# Guide\n\nIntro text.\n\n## Install\n\nRun the installer.\n\n### Linux\n\nUse apt.\n\n## Usage\n\nCall it.\n";
-        let chunks = chunk(
-            text,
-            true,
-            ChunkSettings {
-                max_tokens: 8,
-                overlap_tokens: 0,
-            },
-        );
-        let linux = chunks
-            .iter()
-            .find(|c| c.content.contains("Use apt"))
-            .unwrap();
+        let chunks = chunk(text, true, ChunkSettings { max_tokens: 8, overlap_tokens: 0 });
+        let linux = chunks.iter().find(|c| c.content.contains("Use apt")).unwrap();
         assert_eq!(linux.heading_path, ["Guide", "Install", "Linux"]);
-        let usage = chunks
-            .iter()
-            .find(|c| c.content.contains("Call it"))
-            .unwrap();
+        let usage = chunks.iter().find(|c| c.content.contains("Call it")).unwrap();
         assert_eq!(usage.heading_path, ["Guide", "Usage"]);
     }
 

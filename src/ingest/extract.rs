@@ -14,13 +14,7 @@ pub enum Format {
 impl Format {
     /// From a declared content type, falling back to the file name's extension.
     pub fn detect(content_type: Option<&str>, file_name: Option<&str>) -> Option<Format> {
-        let mime = content_type.map(|c| {
-            c.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        });
+        let mime = content_type.map(|c| c.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
         let by_mime = match mime.as_deref() {
             Some("text/plain") => Some(Format::Text),
             Some("text/markdown") | Some("text/x-markdown") => Some(Format::Markdown),
@@ -78,25 +72,12 @@ pub struct Extracted {
 
 pub fn extract(format: Format, bytes: &[u8]) -> Result<Extracted, ExtractError> {
     let extracted = match format {
-        Format::Text => Extracted {
-            text: utf8(bytes)?,
-            markdown: false,
-        },
-        Format::Markdown => Extracted {
-            text: utf8(bytes)?,
-            markdown: true,
-        },
-        Format::Html => Extracted {
-            text: html_to_text(bytes),
-            markdown: true,
-        },
+        Format::Text => Extracted { text: utf8(bytes)?, markdown: false },
+        Format::Markdown => Extracted { text: utf8(bytes)?, markdown: true },
+        Format::Html => Extracted { text: html_to_text(bytes), markdown: true },
         Format::Pdf => {
-            let text = pdf_extract::extract_text_from_mem(bytes)
-                .map_err(|e| ExtractError::Pdf(e.to_string()))?;
-            Extracted {
-                text: normalize_whitespace(&text),
-                markdown: false,
-            }
+            let text = pdf_extract::extract_text_from_mem(bytes).map_err(|e| ExtractError::Pdf(e.to_string()))?;
+            Extracted { text: normalize_whitespace(&text), markdown: false }
         }
     };
     if extracted.text.trim().is_empty() {
@@ -147,18 +128,9 @@ mod tests {
 
     #[test]
     fn formats_are_detected_from_type_then_extension() {
-        assert_eq!(
-            Format::detect(Some("text/html; charset=utf-8"), None),
-            Some(Format::Html)
-        );
-        assert_eq!(
-            Format::detect(Some("application/octet-stream"), Some("a.MD")),
-            Some(Format::Markdown)
-        );
-        assert_eq!(
-            Format::detect(Some("text/plain"), Some("page.html")),
-            Some(Format::Html)
-        );
+        assert_eq!(Format::detect(Some("text/html; charset=utf-8"), None), Some(Format::Html));
+        assert_eq!(Format::detect(Some("application/octet-stream"), Some("a.MD")), Some(Format::Markdown));
+        assert_eq!(Format::detect(Some("text/plain"), Some("page.html")), Some(Format::Html));
         assert_eq!(Format::detect(None, Some("notes.txt")), Some(Format::Text));
         assert_eq!(Format::detect(Some("image/png"), Some("cat.png")), None);
     }
@@ -177,21 +149,12 @@ mod tests {
 
     #[test]
     fn invalid_utf8_and_empty_documents_are_rejected() {
-        assert_eq!(
-            extract(Format::Text, &[0xff, 0xfe, 0x00]).unwrap_err(),
-            ExtractError::NotUtf8
-        );
-        assert_eq!(
-            extract(Format::Markdown, b"  \n ").unwrap_err(),
-            ExtractError::Empty
-        );
+        assert_eq!(extract(Format::Text, &[0xff, 0xfe, 0x00]).unwrap_err(), ExtractError::NotUtf8);
+        assert_eq!(extract(Format::Markdown, b"  \n ").unwrap_err(), ExtractError::Empty);
     }
 
     #[test]
     fn a_broken_pdf_is_an_error_not_a_panic() {
-        assert!(matches!(
-            extract(Format::Pdf, b"%PDF-1.4 garbage"),
-            Err(ExtractError::Pdf(_))
-        ));
+        assert!(matches!(extract(Format::Pdf, b"%PDF-1.4 garbage"), Err(ExtractError::Pdf(_))));
     }
 }

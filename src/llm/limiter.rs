@@ -70,9 +70,7 @@ impl EmbedLimiter {
         // A whole batch must fit in one burst, so the burst is at least one maximal
         // input, but never more than half the cap (the refill rate would collapse).
         let token_limit = limits.tokens.limit;
-        let token_burst = (token_limit / 30)
-            .max((limits.max_input_tokens as u32).min(token_limit / 2))
-            .max(1);
+        let token_burst = (token_limit / 30).max((limits.max_input_tokens as u32).min(token_limit / 2)).max(1);
         Self {
             requests: RateLimiter::direct(quota(limits.requests, request_burst)),
             request_burst,
@@ -80,11 +78,7 @@ impl EmbedLimiter {
             token_burst,
             in_flight: Semaphore::new(limits.max_in_flight),
             queue: tokio::sync::Mutex::new(()),
-            throttle: Mutex::new(Throttle {
-                paused_until: None,
-                slowdown: 1,
-                last_throttled: None,
-            }),
+            throttle: Mutex::new(Throttle { paused_until: None, slowdown: 1, last_throttled: None }),
             recovery: (limits.requests.window / 6).max(Duration::from_millis(500)),
             throttled_total: AtomicU64::new(0),
         }
@@ -99,11 +93,7 @@ impl EmbedLimiter {
     pub async fn acquire(&self, tokens: usize) -> Permit<'_> {
         // The slot comes first: taking rate cells and then queueing for a slot would
         // let calls that waited pile up and go out together, over the cap.
-        let slot = self
-            .in_flight
-            .acquire()
-            .await
-            .expect("limiter semaphore is never closed");
+        let slot = self.in_flight.acquire().await.expect("limiter semaphore is never closed");
         let _turn = self.queue.lock().await;
         self.wait_out_pause().await;
         let slowdown = self.throttle.lock().unwrap().slowdown;
@@ -155,10 +145,7 @@ impl EmbedLimiter {
     /// Records a successful call: after a quiet recovery period the slowdown halves.
     pub fn on_success(&self) {
         let mut t = self.throttle.lock().unwrap();
-        if t.slowdown > 1
-            && t.last_throttled
-                .is_some_and(|at| at.elapsed() >= self.recovery)
-        {
+        if t.slowdown > 1 && t.last_throttled.is_some_and(|at| at.elapsed() >= self.recovery) {
             t.slowdown /= 2;
             // The next halving needs another quiet period.
             t.last_throttled = Some(Instant::now());
@@ -170,9 +157,7 @@ impl EmbedLimiter {
         let t = self.throttle.lock().unwrap();
         LimiterStatus {
             slowdown: t.slowdown,
-            paused_for_ms: t.paused_until.map_or(0, |u| {
-                u.saturating_duration_since(Instant::now()).as_millis() as u64
-            }),
+            paused_for_ms: t.paused_until.map_or(0, |u| u.saturating_duration_since(Instant::now()).as_millis() as u64),
             throttled_total: self.throttled_total.load(Ordering::Relaxed),
         }
     }
@@ -199,14 +184,8 @@ mod tests {
 
     fn limits(requests: u32, window: Duration) -> EmbeddingLimits {
         EmbeddingLimits {
-            requests: RateCap {
-                limit: requests,
-                window,
-            },
-            tokens: RateCap {
-                limit: 1_000_000,
-                window,
-            },
+            requests: RateCap { limit: requests, window },
+            tokens: RateCap { limit: 1_000_000, window },
             max_in_flight: 4,
             max_batch_inputs: 2048,
             max_batch_tokens: 300_000,
@@ -228,10 +207,7 @@ mod tests {
         }
         for (i, at) in sent.iter().enumerate() {
             let in_window = sent[i..].iter().take_while(|t| **t < *at + window).count();
-            assert!(
-                in_window <= 20,
-                "{in_window} calls in the window starting at {at:?}"
-            );
+            assert!(in_window <= 20, "{in_window} calls in the window starting at {at:?}");
         }
     }
 
@@ -242,10 +218,7 @@ mod tests {
         assert!(pause >= Duration::from_secs(2));
         let before = Instant::now();
         drop(limiter.acquire(1).await);
-        assert!(
-            before.elapsed() >= Duration::from_secs(2),
-            "the pause applies to others too"
-        );
+        assert!(before.elapsed() >= Duration::from_secs(2), "the pause applies to others too");
         assert_eq!(limiter.status().slowdown, 2);
         limiter.on_throttled(None, 1);
         assert_eq!(limiter.status().slowdown, 4);
@@ -253,11 +226,7 @@ mod tests {
         limiter.on_success();
         assert_eq!(limiter.status().slowdown, 2);
         limiter.on_success();
-        assert_eq!(
-            limiter.status().slowdown,
-            2,
-            "each halving needs its own quiet period"
-        );
+        assert_eq!(limiter.status().slowdown, 2, "each halving needs its own quiet period");
     }
 
     #[test]

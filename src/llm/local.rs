@@ -11,9 +11,9 @@
 use super::{ChatMessage, ChatOutput, ChatRequest, Role, ToolCall};
 
 const STOPWORDS: &[&str] = &[
-    "a", "an", "and", "are", "as", "at", "be", "by", "can", "do", "does", "for", "from", "how",
-    "i", "in", "is", "it", "of", "on", "or", "that", "the", "this", "to", "was", "what", "when",
-    "where", "which", "who", "why", "will", "with", "you", "your",
+    "a", "an", "and", "are", "as", "at", "be", "by", "can", "do", "does", "for", "from", "how", "i", "in", "is", "it",
+    "of", "on", "or", "that", "the", "this", "to", "was", "what", "when", "where", "which", "who", "why", "will",
+    "with", "you", "your",
 ];
 
 /// Lowercased alphanumeric words, without stopwords.
@@ -25,9 +25,7 @@ pub fn content_words(text: &str) -> impl Iterator<Item = String> + '_ {
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ *b as u64).wrapping_mul(0x100_0000_01b3)
-    })
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ *b as u64).wrapping_mul(0x100_0000_01b3))
 }
 
 fn add_feature(vector: &mut [f32], feature: &[u8], weight: f32) {
@@ -71,56 +69,31 @@ fn passages(text: &str) -> Vec<Passage<'_>> {
             && !number.is_empty()
             && number.chars().all(|c| c.is_ascii_digit())
         {
-            out.push(Passage {
-                number,
-                text: rest.trim(),
-            });
+            out.push(Passage { number, text: rest.trim() });
         }
     }
     out
 }
 
 fn sentences(text: &str) -> impl Iterator<Item = &str> {
-    text.split_inclusive(['.', '?', '!', '\n'])
-        .map(str::trim)
-        .filter(|s| s.len() > 2)
+    text.split_inclusive(['.', '?', '!', '\n']).map(str::trim).filter(|s| s.len() > 2)
 }
 
 fn stem(word: &str) -> &str {
-    word.strip_suffix('s')
-        .filter(|w| w.len() > 2)
-        .unwrap_or(word)
+    word.strip_suffix('s').filter(|w| w.len() > 2).unwrap_or(word)
 }
 
 /// What a system prompt says when it asks for a summary (see `worker::jobs::summarize`).
 pub const SUMMARY_MARKER: &str = "Summarize the document";
 
 pub fn chat(request: &ChatRequest) -> ChatOutput {
-    if request
-        .messages
-        .iter()
-        .any(|m| m.role == Role::System && m.content.contains(SUMMARY_MARKER))
-    {
-        return ChatOutput {
-            content: lead_summary(&request.messages),
-            tool_calls: vec![],
-        };
+    if request.messages.iter().any(|m| m.role == Role::System && m.content.contains(SUMMARY_MARKER)) {
+        return ChatOutput { content: lead_summary(&request.messages), tool_calls: vec![] };
     }
-    let question = request
-        .messages
-        .iter()
-        .rev()
-        .find(|m| m.role == Role::User)
-        .map(|m| m.content.as_str())
-        .unwrap_or("");
-    let last_user = request
-        .messages
-        .iter()
-        .rposition(|m| m.role == Role::User)
-        .unwrap_or(0);
-    let has_tool_result = request.messages[last_user..]
-        .iter()
-        .any(|m| m.role == Role::Tool);
+    let question =
+        request.messages.iter().rev().find(|m| m.role == Role::User).map(|m| m.content.as_str()).unwrap_or("");
+    let last_user = request.messages.iter().rposition(|m| m.role == Role::User).unwrap_or(0);
+    let has_tool_result = request.messages[last_user..].iter().any(|m| m.role == Role::Tool);
     if let Some(tool) = request.tools.iter().find(|t| t.name == "search_documents")
         && !has_tool_result
     {
@@ -133,10 +106,7 @@ pub fn chat(request: &ChatRequest) -> ChatOutput {
             }],
         };
     }
-    ChatOutput {
-        content: extractive_answer(question, &request.messages),
-        tool_calls: vec![],
-    }
+    ChatOutput { content: extractive_answer(question, &request.messages), tool_calls: vec![] }
 }
 
 /// An extractive "lead" summary: the opening sentences (two per passage, three in all).
@@ -145,11 +115,7 @@ fn lead_summary(messages: &[ChatMessage]) -> String {
         .iter()
         .filter(|m| m.role == Role::System)
         .flat_map(|m| passages(&m.content))
-        .flat_map(|p| {
-            sentences(p.text)
-                .filter(|s| !s.starts_with('#') && s.split_whitespace().count() > 3)
-                .take(2)
-        })
+        .flat_map(|p| sentences(p.text).filter(|s| !s.starts_with('#') && s.split_whitespace().count() > 3).take(2))
         .take(3)
         .collect();
     if leads.is_empty() {
@@ -160,19 +126,13 @@ fn lead_summary(messages: &[ChatMessage]) -> String {
 
 /// The sentences of the context that best overlap the question, each cited.
 fn extractive_answer(question: &str, messages: &[ChatMessage]) -> String {
-    let wanted: Vec<String> = content_words(question)
-        .map(|w| stem(&w).to_string())
-        .collect();
+    let wanted: Vec<String> = content_words(question).map(|w| stem(&w).to_string()).collect();
     let mut scored: Vec<(usize, usize, String, &str)> = Vec::new(); // (score, order, sentence, number)
-    let context = messages
-        .iter()
-        .filter(|m| matches!(m.role, Role::System | Role::Tool));
+    let context = messages.iter().filter(|m| matches!(m.role, Role::System | Role::Tool));
     for message in context {
         for passage in passages(&message.content) {
             for sentence in sentences(passage.text) {
-                let words: Vec<String> = content_words(sentence)
-                    .map(|w| stem(&w).to_string())
-                    .collect();
+                let words: Vec<String> = content_words(sentence).map(|w| stem(&w).to_string()).collect();
                 let score = wanted.iter().filter(|w| words.contains(w)).count();
                 if score > 0 {
                     scored.push((score, scored.len(), sentence.to_string(), passage.number));
@@ -216,10 +176,7 @@ mod tests {
     #[test]
     fn lexically_related_texts_are_closer_than_unrelated_ones() {
         let query = embed("how does borrowing work", 384);
-        let related = embed(
-            "Borrowing lets code use a value without taking ownership.",
-            384,
-        );
+        let related = embed("Borrowing lets code use a value without taking ownership.", 384);
         let unrelated = embed("Cargo downloads crates from the registry.", 384);
         assert!(cosine(&query, &related) > cosine(&query, &unrelated) + 0.1);
     }
@@ -243,10 +200,7 @@ mod tests {
     #[test]
     fn chat_says_so_when_the_context_does_not_cover_the_question() {
         let request = ChatRequest {
-            messages: vec![
-                ChatMessage::system("[1] Cargo builds crates."),
-                ChatMessage::user("Weather in Paris?"),
-            ],
+            messages: vec![ChatMessage::system("[1] Cargo builds crates."), ChatMessage::user("Weather in Paris?")],
             ..Default::default()
         };
         assert!(chat(&request).content.contains("could not find"));
@@ -265,10 +219,7 @@ mod tests {
         };
         let first = chat(&request);
         assert_eq!(first.tool_calls.len(), 1);
-        request.messages.push(ChatMessage::tool(
-            &first.tool_calls[0].id,
-            "[1] Cargo builds crates.",
-        ));
+        request.messages.push(ChatMessage::tool(&first.tool_calls[0].id, "[1] Cargo builds crates."));
         let second = chat(&request);
         assert!(second.tool_calls.is_empty());
         assert!(second.content.contains("[1]"), "{}", second.content);

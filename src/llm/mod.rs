@@ -64,12 +64,7 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     fn new(role: Role, content: impl Into<String>) -> Self {
-        Self {
-            role,
-            content: content.into(),
-            tool_calls: vec![],
-            tool_call_id: None,
-        }
+        Self { role, content: content.into(), tool_calls: vec![], tool_call_id: None }
     }
     pub fn system(content: impl Into<String>) -> Self {
         Self::new(Role::System, content)
@@ -81,10 +76,7 @@ impl ChatMessage {
         Self::new(Role::Assistant, content)
     }
     pub fn tool(call_id: &str, content: impl Into<String>) -> Self {
-        Self {
-            tool_call_id: Some(call_id.to_string()),
-            ..Self::new(Role::Tool, content)
-        }
+        Self { tool_call_id: Some(call_id.to_string()), ..Self::new(Role::Tool, content) }
     }
 }
 
@@ -144,10 +136,7 @@ pub struct Embeddings {
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
     #[error("rate limited: {message}")]
-    RateLimited {
-        retry_after: Option<Duration>,
-        message: String,
-    },
+    RateLimited { retry_after: Option<Duration>, message: String },
     /// 429 `insufficient_quota`: retrying cannot help until someone pays.
     #[error("quota exhausted: {0}")]
     QuotaExhausted(String),
@@ -165,11 +154,7 @@ pub enum LlmError {
     #[error("the model provider's quota is exhausted: {0}")]
     QuotaExhausted(String),
     #[error("input {index} has {tokens} tokens, over the per-input limit of {max}")]
-    InputTooLong {
-        index: usize,
-        tokens: usize,
-        max: usize,
-    },
+    InputTooLong { index: usize, tokens: usize, max: usize },
     #[error("the model provider failed: {0}")]
     Provider(String),
 }
@@ -237,27 +222,13 @@ impl Gateway {
 
     /// Embeds `inputs` with the configured model, batching by count and tokens
     /// and sending at most `max_in_flight` batches at once through the shared limiter.
-    pub async fn embed(
-        &self,
-        ctx: &CallContext,
-        inputs: &[String],
-    ) -> Result<Embeddings, LlmError> {
+    pub async fn embed(&self, ctx: &CallContext, inputs: &[String]) -> Result<Embeddings, LlmError> {
         let limits = &self.config.embedding_limits;
         let tokens: Vec<usize> = inputs.iter().map(|t| count_tokens(t)).collect();
-        if let Some((index, &n)) = tokens
-            .iter()
-            .enumerate()
-            .find(|(_, n)| **n > limits.max_input_tokens)
-        {
-            return Err(LlmError::InputTooLong {
-                index,
-                tokens: n,
-                max: limits.max_input_tokens,
-            });
+        if let Some((index, &n)) = tokens.iter().enumerate().find(|(_, n)| **n > limits.max_input_tokens) {
+            return Err(LlmError::InputTooLong { index, tokens: n, max: limits.max_input_tokens });
         }
-        let max_tokens = limits
-            .max_batch_tokens
-            .min(self.limiter.max_tokens_per_call());
+        let max_tokens = limits.max_batch_tokens.min(self.limiter.max_tokens_per_call());
         let batches = batch_ranges(&tokens, limits.max_batch_inputs, max_tokens);
         let results: Vec<(Vec<Vec<f32>>, u32, u32)> = futures::stream::iter(batches)
             .map(|range| {
@@ -296,26 +267,16 @@ impl Gateway {
             let started = Instant::now();
             let result = match &self.provider {
                 Provider::OpenAi(p) => p.embed(model, dims, inputs).await,
-                Provider::Local => Ok((
-                    inputs.iter().map(|t| local::embed(t, dims)).collect(),
-                    estimated_tokens as u32,
-                )),
+                Provider::Local => {
+                    Ok((inputs.iter().map(|t| local::embed(t, dims)).collect(), estimated_tokens as u32))
+                }
             };
             drop(permit);
             let latency = started.elapsed();
             match result {
                 Ok((vectors, input_tokens)) => {
                     self.limiter.on_success();
-                    self.record(
-                        ctx,
-                        Operation::Embed,
-                        model,
-                        input_tokens,
-                        0,
-                        latency,
-                        Outcome::Ok,
-                        None,
-                    );
+                    self.record(ctx, Operation::Embed, model, input_tokens, 0, latency, Outcome::Ok, None);
                     if let Some(bad) = vectors.iter().find(|v| v.len() != dims) {
                         return Err(LlmError::Provider(format!(
                             "model {model} returned {} dimensions but EMBEDDING_DIMENSIONS is {dims}",
@@ -326,16 +287,7 @@ impl Gateway {
                 }
                 Err(err) => {
                     let outcome = self.outcome_of(&err);
-                    self.record(
-                        ctx,
-                        Operation::Embed,
-                        model,
-                        0,
-                        0,
-                        latency,
-                        outcome,
-                        Some(err.to_string()),
-                    );
+                    self.record(ctx, Operation::Embed, model, 0, 0, latency, outcome, Some(err.to_string()));
                     match err {
                         ProviderError::RateLimited { retry_after, .. } => {
                             // Wait inside the limiter: every other caller waits too.
@@ -347,21 +299,12 @@ impl Gateway {
                 }
             }
         }
-        Err(LlmError::RateLimited {
-            attempts: max_attempts,
-        })
+        Err(LlmError::RateLimited { attempts: max_attempts })
     }
 
     /// A chat completion with the configured (or requested) model.
-    pub async fn chat(
-        &self,
-        ctx: &CallContext,
-        request: &ChatRequest,
-    ) -> Result<ChatResponse, LlmError> {
-        let model = request
-            .model
-            .clone()
-            .unwrap_or_else(|| self.config.chat_model.clone());
+    pub async fn chat(&self, ctx: &CallContext, request: &ChatRequest) -> Result<ChatResponse, LlmError> {
+        let model = request.model.clone().unwrap_or_else(|| self.config.chat_model.clone());
         let max_attempts = self.config.embedding_limits.max_attempts;
         for attempt in 0..max_attempts {
             let started = Instant::now();
@@ -369,17 +312,9 @@ impl Gateway {
                 Provider::OpenAi(p) => p.chat(&model, request).await,
                 Provider::Local => {
                     let output = local::chat(request);
-                    let input_tokens = request
-                        .messages
-                        .iter()
-                        .map(|m| count_tokens(&m.content) + 4)
-                        .sum::<usize>();
+                    let input_tokens = request.messages.iter().map(|m| count_tokens(&m.content) + 4).sum::<usize>();
                     let output_tokens = count_tokens(&output.content)
-                        + output
-                            .tool_calls
-                            .iter()
-                            .map(|c| count_tokens(&c.arguments))
-                            .sum::<usize>();
+                        + output.tool_calls.iter().map(|c| count_tokens(&c.arguments)).sum::<usize>();
                     Ok((output, input_tokens as u32, output_tokens as u32))
                 }
             };
@@ -401,32 +336,16 @@ impl Gateway {
                         tool_calls: output.tool_calls,
                         model,
                         provider: self.provider_name(),
-                        usage: TokenUsage {
-                            input_tokens,
-                            output_tokens,
-                            cost_usd,
-                        },
+                        usage: TokenUsage { input_tokens, output_tokens, cost_usd },
                         latency,
                     });
                 }
                 Err(err) => {
                     let outcome = self.outcome_of(&err);
-                    self.record(
-                        ctx,
-                        Operation::Chat,
-                        &model,
-                        0,
-                        0,
-                        latency,
-                        outcome,
-                        Some(err.to_string()),
-                    );
+                    self.record(ctx, Operation::Chat, &model, 0, 0, latency, outcome, Some(err.to_string()));
                     match err {
                         ProviderError::RateLimited { retry_after, .. } => {
-                            tokio::time::sleep(
-                                retry_after.unwrap_or_else(|| limiter::backoff(attempt)),
-                            )
-                            .await
+                            tokio::time::sleep(retry_after.unwrap_or_else(|| limiter::backoff(attempt))).await
                         }
                         ProviderError::Transient(_) => sleep_backoff(attempt).await,
                         other => return Err(self.give_up(other)),
@@ -434,9 +353,7 @@ impl Gateway {
                 }
             }
         }
-        Err(LlmError::RateLimited {
-            attempts: max_attempts,
-        })
+        Err(LlmError::RateLimited { attempts: max_attempts })
     }
 
     fn outcome_of(&self, err: &ProviderError) -> Outcome {
@@ -469,10 +386,7 @@ impl Gateway {
         outcome: Outcome,
         error: Option<String>,
     ) -> f64 {
-        let cost_usd = self
-            .config
-            .prices
-            .cost_usd(model, input_tokens, output_tokens);
+        let cost_usd = self.config.prices.cost_usd(model, input_tokens, output_tokens);
         self.recorder.record(ModelCall {
             id: Uuid::now_v7(),
             tenant_id: ctx.tenant_id,
@@ -503,11 +417,7 @@ async fn sleep_backoff(attempt: u32) {
 /// Splits inputs (by their token counts) into consecutive ranges of at most
 /// `max_inputs` inputs and `max_tokens` tokens; an input alone over `max_tokens`
 /// still gets its own batch (the per-input limit was checked before).
-pub fn batch_ranges(
-    tokens: &[usize],
-    max_inputs: usize,
-    max_tokens: usize,
-) -> Vec<std::ops::Range<usize>> {
+pub fn batch_ranges(tokens: &[usize], max_inputs: usize, max_tokens: usize) -> Vec<std::ops::Range<usize>> {
     let mut ranges = Vec::new();
     let (mut start, mut sum) = (0, 0);
     for (i, &n) in tokens.iter().enumerate() {

@@ -48,19 +48,13 @@ impl OpenAiProvider {
                 let retry_after = retry_after(response.headers());
                 let body = response.text().await.unwrap_or_default();
                 let quota_exhausted = body.contains("insufficient_quota");
-                Err(OpenAIError::Boxed(Box::new(Throttled {
-                    retry_after,
-                    quota_exhausted,
-                    message: body,
-                })))
+                Err(OpenAIError::Boxed(Box::new(Throttled { retry_after, quota_exhausted, message: body })))
             }
         });
         let openai = OpenAIConfig::new()
             .with_api_base(config.base_url.trim_end_matches('/'))
             .with_api_key(config.api_key.clone().unwrap_or_default());
-        Ok(Self {
-            client: Client::with_config(openai).with_http_service(service),
-        })
+        Ok(Self { client: Client::with_config(openai).with_http_service(service) })
     }
 
     pub async fn embed(
@@ -74,37 +68,19 @@ impl OpenAiProvider {
         if model.starts_with("text-embedding-3") {
             request["dimensions"] = json!(dims);
         }
-        let response: EmbeddingResponse = self
-            .client
-            .embeddings()
-            .create_byot(request)
-            .await
-            .map_err(classify)?;
+        let response: EmbeddingResponse = self.client.embeddings().create_byot(request).await.map_err(classify)?;
         let mut data = response.data;
         data.sort_by_key(|d| d.index);
         if data.len() != inputs.len() {
-            return Err(ProviderError::Fatal(format!(
-                "asked for {} embeddings, got {}",
-                inputs.len(),
-                data.len()
-            )));
+            return Err(ProviderError::Fatal(format!("asked for {} embeddings, got {}", inputs.len(), data.len())));
         }
         let tokens = response.usage.map_or(0, |u| u.prompt_tokens);
         Ok((data.into_iter().map(|d| d.embedding).collect(), tokens))
     }
 
-    pub async fn chat(
-        &self,
-        model: &str,
-        request: &ChatRequest,
-    ) -> Result<(ChatOutput, u32, u32), ProviderError> {
+    pub async fn chat(&self, model: &str, request: &ChatRequest) -> Result<(ChatOutput, u32, u32), ProviderError> {
         let body = chat_body(model, request, false);
-        let response: ChatResponse = self
-            .client
-            .chat()
-            .create_byot(body)
-            .await
-            .map_err(classify)?;
+        let response: ChatResponse = self.client.chat().create_byot(body).await.map_err(classify)?;
         let choice = response
             .choices
             .into_iter()
@@ -117,11 +93,7 @@ impl OpenAiProvider {
                 .message
                 .tool_calls
                 .into_iter()
-                .map(|c| ToolCall {
-                    id: c.id,
-                    name: c.function.name,
-                    arguments: c.function.arguments,
-                })
+                .map(|c| ToolCall { id: c.id, name: c.function.name, arguments: c.function.arguments })
                 .collect(),
         };
         Ok((output, usage.prompt_tokens, usage.completion_tokens))
@@ -170,12 +142,8 @@ pub fn chat_body(model: &str, request: &ChatRequest, stream: bool) -> Value {
 
 /// `Retry-After` in seconds, or OpenAI's `retry-after-ms`.
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<f64>().ok())
-    };
+    let header =
+        |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<f64>().ok());
     header("retry-after-ms")
         .map(|ms| Duration::from_secs_f64(ms / 1000.0))
         .or_else(|| header("retry-after").map(Duration::from_secs_f64))
@@ -186,15 +154,10 @@ fn classify(err: OpenAIError) -> ProviderError {
     match err {
         OpenAIError::Boxed(boxed) => match boxed.downcast::<Throttled>() {
             Ok(t) if t.quota_exhausted => ProviderError::QuotaExhausted(t.message),
-            Ok(t) => ProviderError::RateLimited {
-                retry_after: t.retry_after,
-                message: t.message,
-            },
+            Ok(t) => ProviderError::RateLimited { retry_after: t.retry_after, message: t.message },
             Err(other) => ProviderError::Transient(other.to_string()),
         },
-        OpenAIError::ApiError(api) if api.status_code.is_server_error() => {
-            ProviderError::Transient(api.to_string())
-        }
+        OpenAIError::ApiError(api) if api.status_code.is_server_error() => ProviderError::Transient(api.to_string()),
         OpenAIError::ApiError(api) => ProviderError::Fatal(api.to_string()),
         OpenAIError::Reqwest(e) => ProviderError::Transient(e.to_string()),
         other => ProviderError::Fatal(other.to_string()),

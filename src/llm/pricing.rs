@@ -55,9 +55,7 @@ impl PriceTable {
 
     /// Cost in USD; 0 for a model without a price.
     pub fn cost_usd(&self, model: &str, input_tokens: u32, output_tokens: u32) -> f64 {
-        self.get(model).map_or(0.0, |p| {
-            (input_tokens as f64 * p.input + output_tokens as f64 * p.output) / 1_000_000.0
-        })
+        self.get(model).map_or(0.0, |p| (input_tokens as f64 * p.input + output_tokens as f64 * p.output) / 1_000_000.0)
     }
 }
 

@@ -94,10 +94,7 @@ async fn store_with_retry(pool: &PgPool, batch: &[ModelCall]) {
         }
     }
     // The calls are still in the log stream (one EMF line each), so they can be recovered.
-    tracing::error!(
-        rows = batch.len(),
-        "giving up storing model calls; they remain in the logs"
-    );
+    tracing::error!(rows = batch.len(), "giving up storing model calls; they remain in the logs");
 }
 
 /// The call as one CloudWatch Embedded Metric Format object: the `_aws` block
@@ -166,15 +163,9 @@ mod tests {
         let metrics = &line["_aws"]["CloudWatchMetrics"][0]["Metrics"];
         for metric in metrics.as_array().unwrap() {
             let name = metric["Name"].as_str().unwrap();
-            assert!(
-                line[name].is_number(),
-                "metric {name} must be a top-level number"
-            );
+            assert!(line[name].is_number(), "metric {name} must be a top-level number");
         }
-        for dimension in line["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0]
-            .as_array()
-            .unwrap()
-        {
+        for dimension in line["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0].as_array().unwrap() {
             assert!(line[dimension.as_str().unwrap()].is_string());
         }
         assert_eq!(line["request_id"], "req-1");

@@ -41,15 +41,10 @@ pub async fn replace(
     chunks: &[Chunk],
     embeddings: Vec<Vector>,
 ) -> sqlx::Result<()> {
-    sqlx::query("DELETE FROM chunks WHERE document_id = $1")
-        .bind(document_id)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query("DELETE FROM chunks WHERE document_id = $1").bind(document_id).execute(&mut *tx).await?;
     let ids: Vec<Uuid> = chunks.iter().map(|_| Uuid::now_v7()).collect();
-    let heading_paths: Vec<String> = chunks
-        .iter()
-        .map(|c| serde_json::to_string(&c.heading_path).unwrap_or_else(|_| "[]".into()))
-        .collect();
+    let heading_paths: Vec<String> =
+        chunks.iter().map(|c| serde_json::to_string(&c.heading_path).unwrap_or_else(|_| "[]".into())).collect();
     sqlx::query(
         "INSERT INTO chunks (id, tenant_id, document_id, ordinal, content, content_hash, token_count,
                              heading_path, start_offset, end_offset)

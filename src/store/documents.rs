@@ -49,10 +49,7 @@ pub struct NewDocument<'a> {
 
 /// Inserts the document, or returns `None` if the same content is already in
 /// the tenant's collection (a concurrent upload won the race).
-pub async fn insert(
-    db: impl PgExecutor<'_>,
-    doc: &NewDocument<'_>,
-) -> sqlx::Result<Option<Document>> {
+pub async fn insert(db: impl PgExecutor<'_>, doc: &NewDocument<'_>) -> sqlx::Result<Option<Document>> {
     sqlx::query_as(
         "INSERT INTO documents (id, tenant_id, collection, title, content_type, s3_key, content_hash, size_bytes, metadata)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
@@ -78,21 +75,15 @@ pub async fn find_by_hash(
     collection: &str,
     content_hash: &str,
 ) -> sqlx::Result<Option<Document>> {
-    sqlx::query_as(
-        "SELECT * FROM documents WHERE tenant_id = $1 AND collection = $2 AND content_hash = $3",
-    )
-    .bind(tenant_id)
-    .bind(collection)
-    .bind(content_hash)
-    .fetch_optional(db)
-    .await
+    sqlx::query_as("SELECT * FROM documents WHERE tenant_id = $1 AND collection = $2 AND content_hash = $3")
+        .bind(tenant_id)
+        .bind(collection)
+        .bind(content_hash)
+        .fetch_optional(db)
+        .await
 }
 
-pub async fn get(
-    db: impl PgExecutor<'_>,
-    tenant_id: Uuid,
-    id: Uuid,
-) -> sqlx::Result<Option<Document>> {
+pub async fn get(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid) -> sqlx::Result<Option<Document>> {
     sqlx::query_as("SELECT * FROM documents WHERE tenant_id = $1 AND id = $2")
         .bind(tenant_id)
         .bind(id)
@@ -101,11 +92,7 @@ pub async fn get(
 }
 
 /// Locks the row for the rest of the transaction; `None` if it was deleted.
-pub async fn lock(
-    db: impl PgExecutor<'_>,
-    tenant_id: Uuid,
-    id: Uuid,
-) -> sqlx::Result<Option<Document>> {
+pub async fn lock(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid) -> sqlx::Result<Option<Document>> {
     sqlx::query_as("SELECT * FROM documents WHERE tenant_id = $1 AND id = $2 FOR UPDATE")
         .bind(tenant_id)
         .bind(id)
@@ -153,11 +140,7 @@ pub async fn list(
 }
 
 /// Deletes the row (chunks and embeddings cascade); returns its S3 key.
-pub async fn delete(
-    db: impl PgExecutor<'_>,
-    tenant_id: Uuid,
-    id: Uuid,
-) -> sqlx::Result<Option<String>> {
+pub async fn delete(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid) -> sqlx::Result<Option<String>> {
     sqlx::query_scalar("DELETE FROM documents WHERE tenant_id = $1 AND id = $2 RETURNING s3_key")
         .bind(tenant_id)
         .bind(id)
@@ -165,11 +148,7 @@ pub async fn delete(
         .await
 }
 
-pub async fn mark_processing(
-    db: impl PgExecutor<'_>,
-    tenant_id: Uuid,
-    id: Uuid,
-) -> sqlx::Result<()> {
+pub async fn mark_processing(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE documents SET status = 'processing', processing_started_at = now(), updated_at = now(), error = NULL
          WHERE tenant_id = $1 AND id = $2 AND status <> 'indexed'",
@@ -181,27 +160,20 @@ pub async fn mark_processing(
     Ok(())
 }
 
-pub async fn mark_failed(
-    db: impl PgExecutor<'_>,
-    tenant_id: Uuid,
-    id: Uuid,
-    reason: &str,
-) -> sqlx::Result<()> {
-    sqlx::query("UPDATE documents SET status = 'failed', error = $3, updated_at = now() WHERE tenant_id = $1 AND id = $2")
-        .bind(tenant_id)
-        .bind(id)
-        .bind(reason)
-        .execute(db)
-        .await?;
+pub async fn mark_failed(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid, reason: &str) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE documents SET status = 'failed', error = $3, updated_at = now() WHERE tenant_id = $1 AND id = $2",
+    )
+    .bind(tenant_id)
+    .bind(id)
+    .bind(reason)
+    .execute(db)
+    .await?;
     Ok(())
 }
 
 /// Queues the document again (re-index); `None` if it does not exist.
-pub async fn mark_queued(
-    db: impl PgExecutor<'_>,
-    tenant_id: Uuid,
-    id: Uuid,
-) -> sqlx::Result<Option<Document>> {
+pub async fn mark_queued(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid) -> sqlx::Result<Option<Document>> {
     sqlx::query_as(
         "UPDATE documents SET status = 'queued', error = NULL, updated_at = now()
          WHERE tenant_id = $1 AND id = $2 RETURNING *",
@@ -233,29 +205,18 @@ pub async fn mark_indexed(
     Ok(())
 }
 
-pub async fn set_summary(
-    db: impl PgExecutor<'_>,
-    tenant_id: Uuid,
-    id: Uuid,
-    summary: &str,
-) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE documents SET summary = $3, updated_at = now() WHERE tenant_id = $1 AND id = $2",
-    )
-    .bind(tenant_id)
-    .bind(id)
-    .bind(summary)
-    .execute(db)
-    .await?;
+pub async fn set_summary(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid, summary: &str) -> sqlx::Result<()> {
+    sqlx::query("UPDATE documents SET summary = $3, updated_at = now() WHERE tenant_id = $1 AND id = $2")
+        .bind(tenant_id)
+        .bind(id)
+        .bind(summary)
+        .execute(db)
+        .await?;
     Ok(())
 }
 
 /// Ids of the tenant's documents matching the filter (for batch operations).
-pub async fn ids(
-    db: impl PgExecutor<'_>,
-    tenant_id: Uuid,
-    filter: &DocumentFilter,
-) -> sqlx::Result<Vec<Uuid>> {
+pub async fn ids(db: impl PgExecutor<'_>, tenant_id: Uuid, filter: &DocumentFilter) -> sqlx::Result<Vec<Uuid>> {
     sqlx::query_scalar(
         "SELECT id FROM documents
          WHERE tenant_id = $1
@@ -273,11 +234,7 @@ pub async fn ids(
 }
 
 /// Queues many documents again (re-index); returns their ids.
-pub async fn mark_many_queued(
-    db: impl PgExecutor<'_>,
-    tenant_id: Uuid,
-    ids: &[Uuid],
-) -> sqlx::Result<Vec<Uuid>> {
+pub async fn mark_many_queued(db: impl PgExecutor<'_>, tenant_id: Uuid, ids: &[Uuid]) -> sqlx::Result<Vec<Uuid>> {
     sqlx::query_scalar(
         "UPDATE documents SET status = 'queued', error = NULL, updated_at = now()
          WHERE tenant_id = $1 AND id = ANY($2) RETURNING id",

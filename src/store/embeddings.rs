@@ -23,15 +23,11 @@ pub fn index_name(model: &str, dims: usize) -> String {
 pub async fn ensure_index(db: &PgPool, model: &str, dims: usize) -> sqlx::Result<()> {
     let name = index_name(model, dims);
     let mut conn = db.acquire().await?;
-    sqlx::query("SELECT pg_advisory_lock(hashtext($1))")
+    sqlx::query("SELECT pg_advisory_lock(hashtext($1))").bind(&name).execute(&mut *conn).await?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_class WHERE relname = $1)")
         .bind(&name)
-        .execute(&mut *conn)
+        .fetch_one(&mut *conn)
         .await?;
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_class WHERE relname = $1)")
-            .bind(&name)
-            .fetch_one(&mut *conn)
-            .await?;
     let result = if exists {
         Ok(())
     } else {
@@ -41,14 +37,8 @@ pub async fn ensure_index(db: &PgPool, model: &str, dims: usize) -> sqlx::Result
              USING hnsw ((embedding::vector({dims})) vector_cosine_ops) WHERE model = '{literal}'"
         );
         tracing::info!(index = %name, model, dims, "creating the HNSW index for the embedding model");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-            .execute(&mut *conn)
-            .await
-            .map(|_| ())
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut *conn).await.map(|_| ())
     };
-    sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")
-        .bind(&name)
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query("SELECT pg_advisory_unlock(hashtext($1))").bind(&name).execute(&mut *conn).await?;
     result
 }

@@ -38,9 +38,7 @@ fn push_scope(q: &mut QueryBuilder<Postgres>, scope: &Scope) {
         q.push(" AND d.collection = ").push_bind(collection.clone());
     }
     for alternatives in &scope.metadata_any {
-        q.push(" AND d.metadata @> ANY(")
-            .push_bind(alternatives.clone())
-            .push("::jsonb[])");
+        q.push(" AND d.metadata @> ANY(").push_bind(alternatives.clone()).push("::jsonb[])");
     }
 }
 
@@ -57,15 +55,10 @@ pub async fn vector(
     ef_search: u32,
 ) -> sqlx::Result<Vec<Hit>> {
     // Settings are per transaction; the caller wraps this in one.
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SET LOCAL hnsw.ef_search = {}",
-        ef_search.clamp(1, 1000)
-    )))
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query("SET LOCAL hnsw.iterative_scan = relaxed_order")
+    sqlx::query(sqlx::AssertSqlSafe(format!("SET LOCAL hnsw.ef_search = {}", ef_search.clamp(1, 1000))))
         .execute(&mut *conn)
         .await?;
+    sqlx::query("SET LOCAL hnsw.iterative_scan = relaxed_order").execute(&mut *conn).await?;
     // The model and dimension are spliced as literals: the partial expression
     // index only matches a query that repeats its exact predicate and expression.
     let model = model.replace('\'', "''");
@@ -91,12 +84,7 @@ pub async fn vector(
 }
 
 /// Best chunks by full-text rank (`websearch_to_tsquery`, English).
-pub async fn keyword(
-    conn: &mut PgConnection,
-    scope: &Scope,
-    query: &str,
-    k: i64,
-) -> sqlx::Result<Vec<Hit>> {
+pub async fn keyword(conn: &mut PgConnection, scope: &Scope, query: &str, k: i64) -> sqlx::Result<Vec<Hit>> {
     let mut q = QueryBuilder::new(
         "SELECT c.id AS chunk_id, c.document_id, d.title, d.collection, c.content, c.heading_path,
                 c.start_offset, c.end_offset, ts_rank_cd(c.tsv, query)::float8 AS score
@@ -104,8 +92,7 @@ pub async fn keyword(
          JOIN documents d ON d.id = c.document_id,
               websearch_to_tsquery('english', ",
     );
-    q.push_bind(query.to_string())
-        .push(") AS query WHERE c.tsv @@ query AND c.tenant_id = ");
+    q.push_bind(query.to_string()).push(") AS query WHERE c.tsv @@ query AND c.tenant_id = ");
     q.push_bind(scope.tenant_id);
     push_scope(&mut q, scope);
     q.push(" ORDER BY score DESC, c.id LIMIT ").push_bind(k);

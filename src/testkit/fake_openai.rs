@@ -77,16 +77,11 @@ pub struct FakeOpenAi {
 impl FakeOpenAi {
     /// Binds 127.0.0.1 on a free port and serves in the background.
     pub async fn start() -> Self {
-        Self::start_on(0)
-            .await
-            .expect("binding the fake OpenAI server")
+        Self::start_on(0).await.expect("binding the fake OpenAI server")
     }
 
     pub async fn start_on(port: u16) -> std::io::Result<Self> {
-        let shared = Arc::new(Mutex::new(Shared {
-            default_dims: 384,
-            ..Default::default()
-        }));
+        let shared = Arc::new(Mutex::new(Shared { default_dims: 384, ..Default::default() }));
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
         let addr = listener.local_addr()?;
         let app = Router::new()
@@ -172,11 +167,7 @@ impl Drop for InFlight {
 }
 
 fn openai_error(status: StatusCode, kind: &str, code: &str, message: &str) -> Response {
-    (
-        status,
-        Json(json!({"error": {"message": message, "type": kind, "param": null, "code": code}})),
-    )
-        .into_response()
+    (status, Json(json!({"error": {"message": message, "type": kind, "param": null, "code": code}}))).into_response()
 }
 
 /// Applies a pending fault or the server-side cap; `None` means serve normally.
@@ -190,11 +181,7 @@ async fn before_serving(shared: &Arc<Mutex<Shared>>, is_embedding: bool) -> Opti
             && fault.is_none()
             && let Some(cap) = s.cap
         {
-            while s
-                .recent
-                .front()
-                .is_some_and(|t| now.duration_since(*t) >= cap.window)
-            {
+            while s.recent.front().is_some_and(|t| now.duration_since(*t) >= cap.window) {
                 s.recent.pop_front();
             }
             if s.recent.len() as u32 >= cap.limit {
@@ -208,16 +195,9 @@ async fn before_serving(shared: &Arc<Mutex<Shared>>, is_embedding: bool) -> Opti
     };
     if let Some(retry_after) = over_cap {
         shared.lock().unwrap().stats.rate_limited += 1;
-        let mut response = openai_error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "requests",
-            "rate_limit_exceeded",
-            "Rate limit reached",
-        );
-        response.headers_mut().insert(
-            "retry-after",
-            format!("{:.3}", retry_after.max(0.001)).parse().unwrap(),
-        );
+        let mut response =
+            openai_error(StatusCode::TOO_MANY_REQUESTS, "requests", "rate_limit_exceeded", "Rate limit reached");
+        response.headers_mut().insert("retry-after", format!("{:.3}", retry_after.max(0.001)).parse().unwrap());
         return Some(response);
     }
     match fault {
@@ -229,15 +209,9 @@ async fn before_serving(shared: &Arc<Mutex<Shared>>, is_embedding: bool) -> Opti
         }
         Some(Fault::RateLimited { retry_after_secs }) => {
             shared.lock().unwrap().stats.rate_limited += 1;
-            let mut response = openai_error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "requests",
-                "rate_limit_exceeded",
-                "Rate limit reached",
-            );
-            response
-                .headers_mut()
-                .insert("retry-after", retry_after_secs.to_string().parse().unwrap());
+            let mut response =
+                openai_error(StatusCode::TOO_MANY_REQUESTS, "requests", "rate_limit_exceeded", "Rate limit reached");
+            response.headers_mut().insert("retry-after", retry_after_secs.to_string().parse().unwrap());
             Some(response)
         }
         Some(Fault::QuotaExhausted) => Some(openai_error(
@@ -246,12 +220,9 @@ async fn before_serving(shared: &Arc<Mutex<Shared>>, is_embedding: bool) -> Opti
             "insufficient_quota",
             "You exceeded your current quota, please check your plan and billing details.",
         )),
-        Some(Fault::ServerError) => Some(openai_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "server_error",
-            "server_error",
-            "boom",
-        )),
+        Some(Fault::ServerError) => {
+            Some(openai_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "server_error", "boom"))
+        }
         Some(Fault::Hang) => {
             tokio::time::sleep(Duration::from_secs(3600)).await;
             None
@@ -266,10 +237,7 @@ struct EmbeddingBody {
     dimensions: Option<usize>,
 }
 
-async fn embeddings(
-    State(shared): State<Arc<Mutex<Shared>>>,
-    Json(body): Json<EmbeddingBody>,
-) -> Response {
+async fn embeddings(State(shared): State<Arc<Mutex<Shared>>>, Json(body): Json<EmbeddingBody>) -> Response {
     let slot = {
         let mut s = shared.lock().unwrap();
         s.embedding_arrivals.push((Instant::now(), 0));
@@ -287,30 +255,15 @@ async fn serve_embeddings(shared: &Arc<Mutex<Shared>>, body: EmbeddingBody) -> R
     }
     let inputs: Vec<String> = match body.input {
         Value::String(s) => vec![s],
-        Value::Array(items) => items
-            .into_iter()
-            .map(|v| v.as_str().unwrap_or_default().to_string())
-            .collect(),
+        Value::Array(items) => items.into_iter().map(|v| v.as_str().unwrap_or_default().to_string()).collect(),
         _ => {
-            return openai_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                "invalid_input",
-                "bad input",
-            );
+            return openai_error(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_input", "bad input");
         }
     };
     if inputs.is_empty() || inputs.len() > 2048 {
-        return openai_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            "invalid_input",
-            "1 to 2048 inputs",
-        );
+        return openai_error(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_input", "1 to 2048 inputs");
     }
-    let dims = body
-        .dimensions
-        .unwrap_or_else(|| shared.lock().unwrap().default_dims);
+    let dims = body.dimensions.unwrap_or_else(|| shared.lock().unwrap().default_dims);
     let tokens: usize = inputs.iter().map(|t| count_tokens(t)).sum();
     {
         let mut s = shared.lock().unwrap();
@@ -358,11 +311,7 @@ fn to_request(body: &ChatBody) -> ChatRequest {
             };
             let content = match &m["content"] {
                 Value::String(s) => s.clone(),
-                Value::Array(parts) => parts
-                    .iter()
-                    .filter_map(|p| p["text"].as_str())
-                    .collect::<Vec<_>>()
-                    .join("\n"),
+                Value::Array(parts) => parts.iter().filter_map(|p| p["text"].as_str()).collect::<Vec<_>>().join("\n"),
                 _ => String::new(),
             };
             let mut message = ChatMessage::user(content);
@@ -375,26 +324,15 @@ fn to_request(body: &ChatBody) -> ChatRequest {
         .tools
         .iter()
         .map(|t| ToolSpec {
-            name: t["function"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
+            name: t["function"]["name"].as_str().unwrap_or_default().to_string(),
             description: String::new(),
             parameters: t["function"]["parameters"].clone(),
         })
         .collect();
-    ChatRequest {
-        messages,
-        tools,
-        ..Default::default()
-    }
+    ChatRequest { messages, tools, ..Default::default() }
 }
 
-async fn chat(
-    State(shared): State<Arc<Mutex<Shared>>>,
-    _headers: HeaderMap,
-    Json(body): Json<ChatBody>,
-) -> Response {
+async fn chat(State(shared): State<Arc<Mutex<Shared>>>, _headers: HeaderMap, Json(body): Json<ChatBody>) -> Response {
     let in_flight = InFlight::enter(&shared);
     if let Some(response) = before_serving(&shared, false).await {
         return response;
@@ -402,17 +340,9 @@ async fn chat(
     shared.lock().unwrap().stats.chat_requests += 1;
     let request = to_request(&body);
     let output = local::chat(&request);
-    let prompt_tokens: usize = request
-        .messages
-        .iter()
-        .map(|m| count_tokens(&m.content) + 4)
-        .sum();
-    let completion_tokens = count_tokens(&output.content)
-        + output
-            .tool_calls
-            .iter()
-            .map(|c| count_tokens(&c.arguments))
-            .sum::<usize>();
+    let prompt_tokens: usize = request.messages.iter().map(|m| count_tokens(&m.content) + 4).sum();
+    let completion_tokens =
+        count_tokens(&output.content) + output.tool_calls.iter().map(|c| count_tokens(&c.arguments)).sum::<usize>();
     let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens});
     let tool_calls: Vec<Value> = output
         .tool_calls
@@ -420,15 +350,8 @@ async fn chat(
         .enumerate()
         .map(|(i, c)| json!({"index": i, "id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
         .collect();
-    let finish_reason = if tool_calls.is_empty() {
-        "stop"
-    } else {
-        "tool_calls"
-    };
-    let id = format!(
-        "chatcmpl-fake-{}",
-        shared.lock().unwrap().stats.chat_requests
-    );
+    let finish_reason = if tool_calls.is_empty() { "stop" } else { "tool_calls" };
+    let id = format!("chatcmpl-fake-{}", shared.lock().unwrap().stats.chat_requests);
     if !body.stream {
         let mut message = json!({"role": "assistant", "content": output.content});
         if !tool_calls.is_empty() {
@@ -444,15 +367,8 @@ async fn chat(
     }
     // Streaming: one chunk per word, spaced by the configured latency split over
     // the words, then a finish chunk, the usage chunk if asked for, and [DONE].
-    let include_usage = body
-        .stream_options
-        .as_ref()
-        .is_some_and(|o| o["include_usage"] == json!(true));
-    let words: Vec<String> = output
-        .content
-        .split_inclusive(' ')
-        .map(str::to_string)
-        .collect();
+    let include_usage = body.stream_options.as_ref().is_some_and(|o| o["include_usage"] == json!(true));
+    let words: Vec<String> = output.content.split_inclusive(' ').map(str::to_string).collect();
     let model = body.model.clone();
     let chunk = move |delta: Value, finish: Option<&str>| {
         json!({"id": id, "object": "chat.completion.chunk", "created": 0, "model": model,
@@ -484,13 +400,10 @@ fn async_stream(
         .into_iter()
         .map(|e| Event::default().data(e.to_string()))
         .chain(std::iter::once(Event::default().data("[DONE]")));
-    futures::stream::unfold(
-        (items, in_flight),
-        move |(mut items, in_flight)| async move {
-            tokio::time::sleep(gap).await;
-            items.next().map(|event| (Ok(event), (items, in_flight)))
-        },
-    )
+    futures::stream::unfold((items, in_flight), move |(mut items, in_flight)| async move {
+        tokio::time::sleep(gap).await;
+        items.next().map(|event| (Ok(event), (items, in_flight)))
+    })
 }
 
 async fn stats(State(shared): State<Arc<Mutex<Shared>>>) -> Json<Stats> {

@@ -14,24 +14,14 @@ pub fn base_env() -> &'static HashMap<String, String> {
     static ENV: OnceLock<HashMap<String, String>> = OnceLock::new();
     ENV.get_or_init(|| {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/.env");
-        let mut map: HashMap<String, String> = dotenvy::from_path_iter(path)
-            .map(|iter| iter.filter_map(Result::ok).collect())
-            .unwrap_or_default();
-        for key in [
-            "DATABASE_URL",
-            "AWS_ENDPOINT_URL",
-            "AWS_REGION",
-            "AWS_ACCESS_KEY_ID",
-            "AWS_SECRET_ACCESS_KEY",
-        ] {
+        let mut map: HashMap<String, String> =
+            dotenvy::from_path_iter(path).map(|iter| iter.filter_map(Result::ok).collect()).unwrap_or_default();
+        for key in ["DATABASE_URL", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
             if let Ok(value) = std::env::var(key) {
                 map.insert(key.to_string(), value);
             }
         }
-        assert!(
-            map.contains_key("DATABASE_URL"),
-            "no DATABASE_URL: run `make infra` first"
-        );
+        assert!(map.contains_key("DATABASE_URL"), "no DATABASE_URL: run `make infra` first");
         map
     })
 }
@@ -53,42 +43,23 @@ pub async fn create_infra() -> Infra {
     let env = base_env();
     let admin_url = &env["DATABASE_URL"];
     let name = format!("stolid_test_{}", Uuid::new_v4().simple());
-    let admin = sqlx::PgPool::connect(admin_url)
-        .await
-        .expect("connecting to the admin database");
+    let admin = sqlx::PgPool::connect(admin_url).await.expect("connecting to the admin database");
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&admin)
         .await
         .expect("creating the test database");
     admin.close().await;
-    let (base, _) = admin_url
-        .rsplit_once('/')
-        .expect("DATABASE_URL has a database name");
+    let (base, _) = admin_url.rsplit_once('/').expect("DATABASE_URL has a database name");
     let database_url = format!("{base}/{name}");
 
     let config = Config::from_lookup(lookup(&HashMap::new())).expect("base config");
     let sdk = crate::app::aws_sdk_config(&config).await;
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&sdk)
-            .force_path_style(true)
-            .build(),
-    );
+    let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&sdk).force_path_style(true).build());
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let suffix = Uuid::new_v4().simple().to_string();
     let bucket = format!("test-{}", &suffix[..20]);
-    s3.create_bucket()
-        .bucket(&bucket)
-        .send()
-        .await
-        .expect("creating the test bucket");
-    let dlq_url = sqs
-        .create_queue()
-        .queue_name(format!("test-{suffix}-dlq"))
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
+    s3.create_bucket().bucket(&bucket).send().await.expect("creating the test bucket");
+    let dlq_url = sqs.create_queue().queue_name(format!("test-{suffix}-dlq")).send().await.unwrap().queue_url.unwrap();
     let dlq_arn = sqs
         .get_queue_attributes()
         .queue_url(&dlq_url)
@@ -99,37 +70,24 @@ pub async fn create_infra() -> Infra {
         .attributes
         .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
         .clone();
-    let redrive =
-        serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": MAX_RECEIVES})
-            .to_string();
+    let redrive = serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": MAX_RECEIVES}).to_string();
     let queue_url = sqs
         .create_queue()
         .queue_name(format!("test-{suffix}"))
-        .attributes(
-            aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy,
-            redrive,
-        )
+        .attributes(aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy, redrive)
         .send()
         .await
         .unwrap()
         .queue_url
         .unwrap();
-    Infra {
-        database_url,
-        bucket,
-        queue_url,
-        dlq_url,
-        sdk,
-    }
+    Infra { database_url, bucket, queue_url, dlq_url, sdk }
 }
 
 /// A config lookup over `.env`, with per-test overrides.
 pub fn lookup(overrides: &HashMap<&str, String>) -> impl Fn(&str) -> Option<String> + use<> {
     let mut map = base_env().clone();
-    map.entry("S3_BUCKET".into())
-        .or_insert_with(|| "unset".into());
-    map.entry("SQS_QUEUE_URL".into())
-        .or_insert_with(|| "unset".into());
+    map.entry("S3_BUCKET".into()).or_insert_with(|| "unset".into());
+    map.entry("SQS_QUEUE_URL".into()).or_insert_with(|| "unset".into());
     // The suite runs on the local provider unless a test points it at the fake server.
     map.remove("OPENAI_API_KEY");
     for (k, v) in overrides {

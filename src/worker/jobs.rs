@@ -39,31 +39,17 @@ impl Job {
 
 /// Runs the message's job. `last_attempt` is set on the final delivery before
 /// the message is dead-lettered, so the job can record its failure for good.
-pub async fn handle(
-    state: &AppState,
-    message: &Received,
-    last_attempt: bool,
-) -> Result<(), JobError> {
-    let job: Job = serde_json::from_str(&message.body)
-        .map_err(|e| JobError::Unprocessable(format!("not a job: {e}")))?;
+pub async fn handle(state: &AppState, message: &Received, last_attempt: bool) -> Result<(), JobError> {
+    let job: Job =
+        serde_json::from_str(&message.body).map_err(|e| JobError::Unprocessable(format!("not a job: {e}")))?;
     match job {
-        Job::IndexDocument {
-            tenant_id,
-            document_id,
-        } => {
+        Job::IndexDocument { tenant_id, document_id } => {
             let span = tracing::info_span!("index_document", tenant_id = %tenant_id, document_id = %document_id);
-            index::run(state, tenant_id, document_id, last_attempt)
-                .instrument(span)
-                .await
+            index::run(state, tenant_id, document_id, last_attempt).instrument(span).await
         }
-        Job::SummarizeDocument {
-            tenant_id,
-            document_id,
-        } => {
+        Job::SummarizeDocument { tenant_id, document_id } => {
             let span = tracing::info_span!("summarize_document", tenant_id = %tenant_id, document_id = %document_id);
-            summarize::run(state, tenant_id, document_id)
-                .instrument(span)
-                .await
+            summarize::run(state, tenant_id, document_id).instrument(span).await
         }
     }
 }

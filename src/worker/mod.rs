@@ -36,10 +36,7 @@ pub async fn run(state: AppState, shutdown: CancellationToken, deadline: Duratio
     let max_receives = match state.queue.max_receive_count().await {
         Ok(max) => max,
         Err(err) => {
-            tracing::warn!(
-                error = format!("{err:#}"),
-                "could not read the queue's redrive policy"
-            );
+            tracing::warn!(error = format!("{err:#}"), "could not read the queue's redrive policy");
             None
         }
     };
@@ -62,15 +59,9 @@ pub async fn run(state: AppState, shutdown: CancellationToken, deadline: Duratio
     pollers.close();
     pollers.wait().await;
     jobs.close();
-    tracing::info!(
-        running = jobs.len(),
-        "workers stopped polling; waiting for running jobs"
-    );
+    tracing::info!(running = jobs.len(), "workers stopped polling; waiting for running jobs");
     if tokio::time::timeout(deadline, jobs.wait()).await.is_err() {
-        tracing::warn!(
-            running = jobs.len(),
-            "shutdown deadline reached; releasing unfinished jobs' messages"
-        );
+        tracing::warn!(running = jobs.len(), "shutdown deadline reached; releasing unfinished jobs' messages");
         abort_jobs.cancel();
         jobs.wait().await;
     }
@@ -112,11 +103,7 @@ async fn poll(
             }
             Err(err) => {
                 failures += 1;
-                tracing::warn!(
-                    error = format!("{err:#}"),
-                    poller,
-                    "receiving from SQS failed; backing off"
-                );
+                tracing::warn!(error = format!("{err:#}"), poller, "receiving from SQS failed; backing off");
                 let pause = crate::llm::limiter::backoff(failures.min(5));
                 tokio::select! { _ = shutdown.cancelled() => return, _ = tokio::time::sleep(pause) => {} }
                 continue;
@@ -125,7 +112,8 @@ async fn poll(
         // Give back the slots this batch did not fill.
         permits.truncate(messages.len());
         for (message, permit) in messages.into_iter().zip(permits) {
-            let span = tracing::info_span!("job", message_id = %message.message_id, receive_count = message.receive_count);
+            let span =
+                tracing::info_span!("job", message_id = %message.message_id, receive_count = message.receive_count);
             let state = state.clone();
             let abort = abort_jobs.clone();
             jobs.spawn(
@@ -141,23 +129,14 @@ async fn poll(
 }
 
 /// Runs one message's job with a heartbeat, then deletes it or leaves it for retry.
-async fn process(
-    state: &AppState,
-    message: Received,
-    last_attempt: bool,
-    abort: CancellationToken,
-) {
+async fn process(state: &AppState, message: Received, last_attempt: bool, abort: CancellationToken) {
     let visibility = state.config.worker.visibility_timeout;
     let heartbeat = async {
         let mut tick = tokio::time::interval(visibility / 3);
         tick.tick().await;
         loop {
             tick.tick().await;
-            if let Err(err) = state
-                .queue
-                .set_visibility(&message.receipt_handle, visibility)
-                .await
-            {
+            if let Err(err) = state.queue.set_visibility(&message.receipt_handle, visibility).await {
                 tracing::warn!(error = format!("{err:#}"), "visibility heartbeat failed");
             }
         }
@@ -173,10 +152,7 @@ async fn process(
         Some(Ok(())) => {
             if let Err(err) = state.queue.delete(&message.receipt_handle).await {
                 // Harmless: the job is idempotent and will be skipped when redelivered.
-                tracing::warn!(
-                    error = format!("{err:#}"),
-                    "deleting a finished message failed"
-                );
+                tracing::warn!(error = format!("{err:#}"), "deleting a finished message failed");
             }
             tracing::info!(duration_ms = elapsed_ms, "job done");
         }
@@ -185,18 +161,11 @@ async fn process(
             let _ = state.queue.delete(&message.receipt_handle).await;
         }
         Some(Err(jobs::JobError::Retry(err))) => {
-            tracing::warn!(
-                error = format!("{err:#}"),
-                duration_ms = elapsed_ms,
-                "job failed; it will be retried"
-            );
+            tracing::warn!(error = format!("{err:#}"), duration_ms = elapsed_ms, "job failed; it will be retried");
         }
         None => {
             tracing::warn!("job interrupted by shutdown; releasing its message");
-            let _ = state
-                .queue
-                .set_visibility(&message.receipt_handle, Duration::ZERO)
-                .await;
+            let _ = state.queue.set_visibility(&message.receipt_handle, Duration::ZERO).await;
         }
     }
 }

@@ -20,46 +20,21 @@ fn the_task_definition_matches_the_config() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| {
-            (
-                e["name"].as_str().unwrap().to_string(),
-                e["value"].as_str().unwrap().to_string(),
-            )
-        })
+        .map(|e| (e["name"].as_str().unwrap().to_string(), e["value"].as_str().unwrap().to_string()))
         .collect();
-    let secrets: Vec<&str> = container["secrets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["name"].as_str().unwrap())
-        .collect();
-    for name in env
-        .keys()
-        .map(String::as_str)
-        .chain(secrets.iter().copied())
-    {
+    let secrets: Vec<&str> =
+        container["secrets"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    for name in env.keys().map(String::as_str).chain(secrets.iter().copied()) {
         assert!(VARIABLES.contains(&name), "{name} is not a stolid setting");
     }
     for secret in ["DATABASE_URL", "OPENAI_API_KEY"] {
-        assert!(
-            secrets.contains(&secret) && !env.contains_key(secret),
-            "{secret} must come from secrets"
-        );
+        assert!(secrets.contains(&secret) && !env.contains_key(secret), "{secret} must come from secrets");
     }
     let shutdown: u64 = env["SHUTDOWN_TIMEOUT_SECS"].parse().unwrap();
-    assert!(
-        container["stopTimeout"].as_u64().unwrap() > shutdown,
-        "ECS must wait longer than stolid drains"
-    );
+    assert!(container["stopTimeout"].as_u64().unwrap() > shutdown, "ECS must wait longer than stolid drains");
     assert_eq!(container["logConfiguration"]["logDriver"], "awslogs");
     assert_eq!(container["healthCheck"]["command"][2], "healthcheck");
-    assert_eq!(
-        container["portMappings"][0]["containerPort"]
-            .as_u64()
-            .unwrap()
-            .to_string(),
-        env["PORT"]
-    );
+    assert_eq!(container["portMappings"][0]["containerPort"].as_u64().unwrap().to_string(), env["PORT"]);
     // With the secrets filled in, the environment is a valid configuration.
     let mut full = env.clone();
     full.insert("DATABASE_URL".into(), "postgres://u:p@db/stolid".into());
@@ -76,12 +51,7 @@ fn docker_compose_runs_the_whole_stack_with_a_valid_config() {
     for service in ["postgres", "moto", "aws-setup", "stolid"] {
         assert!(services.contains_key(service), "service {service} missing");
     }
-    assert!(
-        compose["services"]["postgres"]["image"]
-            .as_str()
-            .unwrap()
-            .starts_with("pgvector/pgvector:0.8")
-    );
+    assert!(compose["services"]["postgres"]["image"].as_str().unwrap().starts_with("pgvector/pgvector:0.8"));
     let env: HashMap<String, String> = compose["services"]["stolid"]["environment"]
         .as_mapping()
         .unwrap()
@@ -90,27 +60,17 @@ fn docker_compose_runs_the_whole_stack_with_a_valid_config() {
             let value = v.as_str().unwrap_or_default().to_string();
             // `${VAR:-default}` resolves to its default when VAR is unset.
             let value = match value.strip_prefix("${").and_then(|r| r.strip_suffix('}')) {
-                Some(expr) => expr
-                    .split_once(":-")
-                    .map(|(_, d)| d.to_string())
-                    .unwrap_or_default(),
+                Some(expr) => expr.split_once(":-").map(|(_, d)| d.to_string()).unwrap_or_default(),
                 None => value,
             };
             (k.as_str().unwrap().to_string(), value)
         })
         .collect();
     for name in env.keys() {
-        assert!(
-            VARIABLES.contains(&name.as_str()),
-            "{name} is not a stolid setting"
-        );
+        assert!(VARIABLES.contains(&name.as_str()), "{name} is not a stolid setting");
     }
     let config = Config::from_lookup(|k| env.get(k).cloned()).unwrap();
     assert_eq!(config.s3_bucket, "stolid-dev");
     assert!(config.sqs_queue_url.ends_with("/stolid-jobs"));
-    assert_eq!(
-        config.llm.provider.as_str(),
-        "local",
-        "no key: the local provider"
-    );
+    assert_eq!(config.llm.provider.as_str(), "local", "no key: the local provider");
 }

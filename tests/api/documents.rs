@@ -7,22 +7,13 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use stolid::testkit::fake_openai::Fault;
 
-use crate::helpers::{
-    Options, TestApp, error_code, spawn_app, spawn_app_with, spawn_app_with_fake,
-};
+use crate::helpers::{Options, TestApp, error_code, spawn_app, spawn_app_with, spawn_app_with_fake};
 
 /// Polls the document until it is `indexed` or `failed`.
 pub async fn wait_until_settled(app: &TestApp, id: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let doc: Value = app
-            .get(&format!("/v1/documents/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let doc: Value = app.get(&format!("/v1/documents/{id}")).send().await.unwrap().json().await.unwrap();
         if doc["status"] == "indexed" || doc["status"] == "failed" {
             return doc;
         }
@@ -33,39 +24,19 @@ pub async fn wait_until_settled(app: &TestApp, id: &str) -> Value {
 
 pub async fn upload_text(app: &TestApp, body: Value) -> Value {
     let response = app.post("/v1/documents").json(&body).send().await.unwrap();
-    assert!(
-        response.status().is_success(),
-        "{}",
-        response.text().await.unwrap()
-    );
+    assert!(response.status().is_success(), "{}", response.text().await.unwrap());
     let body: Value = response.json().await.unwrap();
     body["documents"][0].clone()
 }
 
 async fn upload_file(app: &TestApp, name: &str, mime: &str, bytes: Vec<u8>) -> reqwest::Response {
-    let part = reqwest::multipart::Part::bytes(bytes)
-        .file_name(name.to_string())
-        .mime_str(mime)
-        .unwrap();
-    let form = reqwest::multipart::Form::new()
-        .part("file", part)
-        .text("collection", "guides");
-    app.post("/v1/documents")
-        .multipart(form)
-        .send()
-        .await
-        .unwrap()
+    let part = reqwest::multipart::Part::bytes(bytes).file_name(name.to_string()).mime_str(mime).unwrap();
+    let form = reqwest::multipart::Form::new().part("file", part).text("collection", "guides");
+    app.post("/v1/documents").multipart(form).send().await.unwrap()
 }
 
 async fn chunks(app: &TestApp, id: &str) -> Vec<Value> {
-    let body: Value = app
-        .get(&format!("/v1/documents/{id}/chunks"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body: Value = app.get(&format!("/v1/documents/{id}/chunks")).send().await.unwrap().json().await.unwrap();
     body["chunks"].as_array().unwrap().clone()
 }
 
@@ -96,11 +67,7 @@ fn tiny_pdf() -> Vec<u8> {
         pdf.extend(format!("{offset:010} 00000 n \n").as_bytes());
     }
     pdf.extend(
-        format!(
-            "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n",
-            objects.len() + 1
-        )
-        .as_bytes(),
+        format!("trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n", objects.len() + 1).as_bytes(),
     );
     pdf
 }
@@ -110,11 +77,7 @@ fn tiny_pdf() -> Vec<u8> {
 #[tokio::test]
 async fn every_supported_format_is_indexed_into_sensible_chunks() {
     let app = spawn_app().await;
-    let text = upload_text(
-        &app,
-        json!({"text": "Plain words about the borrow checker.", "title": "plain"}),
-    )
-    .await;
+    let text = upload_text(&app, json!({"text": "Plain words about the borrow checker.", "title": "plain"})).await;
     assert_eq!(text["status"], "queued");
     let mut ids = vec![text["id"].as_str().unwrap().to_string()];
     for (name, mime, bytes) in [
@@ -128,12 +91,7 @@ async fn every_supported_format_is_indexed_into_sensible_chunks() {
         assert_eq!(body["documents"][0]["collection"], "guides");
         ids.push(body["documents"][0]["id"].as_str().unwrap().to_string());
     }
-    let expectations = [
-        "borrow checker",
-        "one owner at a time",
-        "Rust package manager",
-        "Stolid reads PDF files",
-    ];
+    let expectations = ["borrow checker", "one owner at a time", "Rust package manager", "Stolid reads PDF files"];
     for (id, expected) in ids.iter().zip(expectations) {
         let doc = wait_until_settled(&app, id).await;
         assert_eq!(doc["status"], "indexed", "{doc}");
@@ -142,37 +100,19 @@ async fn every_supported_format_is_indexed_into_sensible_chunks() {
         assert!(doc["indexed_at"].is_string());
         let chunks = chunks(&app, id).await;
         assert_eq!(chunks.len() as i64, doc["chunk_count"].as_i64().unwrap());
-        let all: String = chunks
-            .iter()
-            .map(|c| c["content"].as_str().unwrap())
-            .collect::<Vec<_>>()
-            .join(" ");
+        let all: String = chunks.iter().map(|c| c["content"].as_str().unwrap()).collect::<Vec<_>>().join(" ");
         assert!(all.contains(expected), "{id}: {all}");
     }
     let html_chunks = chunks(&app, &ids[2]).await;
-    assert!(
-        !html_chunks
-            .iter()
-            .any(|c| c["content"].as_str().unwrap().contains("tracking")),
-        "scripts are dropped"
-    );
+    assert!(!html_chunks.iter().any(|c| c["content"].as_str().unwrap().contains("tracking")), "scripts are dropped");
     let md_chunks = chunks(&app, &ids[1]).await;
     assert_eq!(md_chunks[0]["heading_path"][0], "Rust guide");
-    let embeddings: i64 = sqlx::query_scalar("SELECT count(*) FROM chunk_embeddings")
-        .fetch_one(&app.state.db)
-        .await
-        .unwrap();
-    let total_chunks: i64 = sqlx::query_scalar("SELECT count(*) FROM chunks")
-        .fetch_one(&app.state.db)
-        .await
-        .unwrap();
+    let embeddings: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM chunk_embeddings").fetch_one(&app.state.db).await.unwrap();
+    let total_chunks: i64 = sqlx::query_scalar("SELECT count(*) FROM chunks").fetch_one(&app.state.db).await.unwrap();
     assert_eq!(embeddings, total_chunks, "every chunk has its vector");
     // The original comes back byte for byte.
-    let content = app
-        .get(&format!("/v1/documents/{}/content", ids[1]))
-        .send()
-        .await
-        .unwrap();
+    let content = app.get(&format!("/v1/documents/{}/content", ids[1])).send().await.unwrap();
     assert_eq!(content.headers()["content-type"], "text/markdown");
     assert_eq!(content.text().await.unwrap(), MARKDOWN);
 }
@@ -182,22 +122,14 @@ async fn every_supported_format_is_indexed_into_sensible_chunks() {
 async fn uploading_the_same_content_again_returns_the_existing_document() {
     let app = spawn_app().await;
     let first = upload_text(&app, json!({"text": "duplicate me"})).await;
-    let again = app
-        .post("/v1/documents")
-        .json(&json!({"text": "duplicate me"}))
-        .send()
-        .await
-        .unwrap();
+    let again = app.post("/v1/documents").json(&json!({"text": "duplicate me"})).send().await.unwrap();
     assert_eq!(again.status(), 200);
     let again: Value = again.json().await.unwrap();
     assert_eq!(again["documents"][0]["id"], first["id"]);
     assert_eq!(again["documents"][0]["duplicate"], true);
     let other = upload_text(&app, json!({"text": "duplicate me", "collection": "other"})).await;
     assert_ne!(other["id"], first["id"]);
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM documents")
-        .fetch_one(&app.state.db)
-        .await
-        .unwrap();
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM documents").fetch_one(&app.state.db).await.unwrap();
     assert_eq!(count, 2);
 }
 
@@ -205,11 +137,7 @@ async fn uploading_the_same_content_again_returns_the_existing_document() {
 #[tokio::test]
 async fn bad_uploads_are_refused_clearly() {
     let env = HashMap::from([("MAX_BODY_BYTES", "2048".to_string())]);
-    let app = spawn_app_with(Options {
-        env,
-        ..Default::default()
-    })
-    .await;
+    let app = spawn_app_with(Options { env, ..Default::default() }).await;
     let image = upload_file(&app, "cat.png", "image/png", vec![0x89, b'P', b'N', b'G']).await;
     assert_eq!(image.status(), 415);
     assert_eq!(error_code(image).await, "unsupported_media_type");
@@ -224,41 +152,19 @@ async fn bad_uploads_are_refused_clearly() {
         .await
         .unwrap();
     assert_eq!(form.status(), 415);
-    let both = app
-        .post("/v1/documents")
-        .json(&json!({"text": "a", "s3_uri": "s3://x/y"}))
-        .send()
-        .await
-        .unwrap();
+    let both = app.post("/v1/documents").json(&json!({"text": "a", "s3_uri": "s3://x/y"})).send().await.unwrap();
     assert_eq!(both.status(), 422);
-    let syntax = app
-        .post("/v1/documents")
-        .header("content-type", "application/json")
-        .body("{not json")
-        .send()
-        .await
-        .unwrap();
+    let syntax =
+        app.post("/v1/documents").header("content-type", "application/json").body("{not json").send().await.unwrap();
     assert_eq!(syntax.status(), 400);
     assert_eq!(error_code(syntax).await, "invalid_json");
-    let metadata = app
-        .post("/v1/documents")
-        .json(&json!({"text": "a", "metadata": [1]}))
-        .send()
-        .await
-        .unwrap();
+    let metadata = app.post("/v1/documents").json(&json!({"text": "a", "metadata": [1]})).send().await.unwrap();
     assert_eq!(metadata.status(), 422);
-    let missing = app
-        .get(&format!("/v1/documents/{}", uuid::Uuid::now_v7()))
-        .send()
-        .await
-        .unwrap();
+    let missing = app.get(&format!("/v1/documents/{}", uuid::Uuid::now_v7())).send().await.unwrap();
     assert_eq!(missing.status(), 404);
     let not_uuid = app.get("/v1/documents/nope").send().await.unwrap();
     assert_eq!(not_uuid.status(), 400);
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM documents")
-        .fetch_one(&app.state.db)
-        .await
-        .unwrap();
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM documents").fetch_one(&app.state.db).await.unwrap();
     assert_eq!(count, 0);
 }
 
@@ -272,75 +178,37 @@ async fn a_poison_document_fails_with_a_reason_while_others_index() {
     let good = upload_text(&app, json!({"text": "A healthy document."})).await;
     let failed = wait_until_settled(&app, &bad).await;
     assert_eq!(failed["status"], "failed");
-    assert!(
-        failed["error"].as_str().unwrap().contains("UTF-8"),
-        "{failed}"
-    );
-    assert_eq!(
-        wait_until_settled(&app, good["id"].as_str().unwrap()).await["status"],
-        "indexed"
-    );
+    assert!(failed["error"].as_str().unwrap().contains("UTF-8"), "{failed}");
+    assert_eq!(wait_until_settled(&app, good["id"].as_str().unwrap()).await["status"], "indexed");
 }
 
 /// A provider failing every time: after the redrive limit the document is
 /// `failed` with the last error and the message is in the dead-letter queue.
 #[tokio::test]
 async fn repeated_failures_end_failed_after_the_redrive_limit_and_dead_letter() {
-    let env = HashMap::from([
-        ("LLM_MAX_ATTEMPTS", "1".to_string()),
-        ("WORKER_VISIBILITY_TIMEOUT_SECS", "1".to_string()),
-    ]);
-    let (app, fake) = spawn_app_with_fake(Options {
-        env,
-        ..Default::default()
-    })
-    .await;
-    fake.push_faults(std::iter::repeat_n(
-        Fault::ServerError,
-        crate::helpers::MAX_RECEIVES as usize,
-    ));
+    let env =
+        HashMap::from([("LLM_MAX_ATTEMPTS", "1".to_string()), ("WORKER_VISIBILITY_TIMEOUT_SECS", "1".to_string())]);
+    let (app, fake) = spawn_app_with_fake(Options { env, ..Default::default() }).await;
+    fake.push_faults(std::iter::repeat_n(Fault::ServerError, crate::helpers::MAX_RECEIVES as usize));
     let doc = upload_text(&app, json!({"text": "this will not embed"})).await;
     let settled = wait_until_settled(&app, doc["id"].as_str().unwrap()).await;
     assert_eq!(settled["status"], "failed");
-    assert!(
-        settled["error"].as_str().unwrap().contains("gave up"),
-        "{settled}"
-    );
-    assert_eq!(
-        fake.embedding_arrivals().len() as u32,
-        crate::helpers::MAX_RECEIVES
-    );
+    assert!(settled["error"].as_str().unwrap().contains("gave up"), "{settled}");
+    assert_eq!(fake.embedding_arrivals().len() as u32, crate::helpers::MAX_RECEIVES);
     // The next receive moves the message to the DLQ.
     let sqs = aws_sdk_sqs::Client::new(&app.infra.sdk);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let received = sqs
-            .receive_message()
-            .queue_url(&app.infra.dlq_url)
-            .wait_time_seconds(1)
-            .send()
-            .await
-            .unwrap();
+        let received = sqs.receive_message().queue_url(&app.infra.dlq_url).wait_time_seconds(1).send().await.unwrap();
         if let Some(message) = received.messages.unwrap_or_default().first() {
-            assert!(
-                message
-                    .body()
-                    .unwrap()
-                    .contains(doc["id"].as_str().unwrap())
-            );
+            assert!(message.body().unwrap().contains(doc["id"].as_str().unwrap()));
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the message never reached the dead-letter queue"
-        );
+        assert!(Instant::now() < deadline, "the message never reached the dead-letter queue");
     }
     // Another document indexes normally once the provider recovers.
     let ok = upload_text(&app, json!({"text": "this one will"})).await;
-    assert_eq!(
-        wait_until_settled(&app, ok["id"].as_str().unwrap()).await["status"],
-        "indexed"
-    );
+    assert_eq!(wait_until_settled(&app, ok["id"].as_str().unwrap()).await["status"], "indexed");
 }
 
 /// Running the job twice (redelivery, re-index) leaves exactly one set of chunks,
@@ -348,26 +216,16 @@ async fn repeated_failures_end_failed_after_the_redrive_limit_and_dead_letter() 
 #[tokio::test]
 async fn indexing_twice_leaves_one_set_of_chunks_and_reuses_embeddings() {
     let (app, fake) = spawn_app_with_fake(Options::default()).await;
-    let doc = upload_text(
-        &app,
-        json!({"text": MARKDOWN, "content_type": "text/markdown"}),
-    )
-    .await;
+    let doc = upload_text(&app, json!({"text": MARKDOWN, "content_type": "text/markdown"})).await;
     let id = doc["id"].as_str().unwrap().to_string();
     let first = wait_until_settled(&app, &id).await;
     assert_eq!(first["status"], "indexed");
     let requests_after_first = fake.stats().embedding_requests;
     let doc_id: uuid::Uuid = id.parse().unwrap();
     // A duplicate delivery of the same message is skipped outright...
-    stolid::worker::jobs::index::run(&app.state, app.tenant_id, doc_id, false)
-        .await
-        .unwrap();
+    stolid::worker::jobs::index::run(&app.state, app.tenant_id, doc_id, false).await.unwrap();
     // ...and a re-index re-chunks but embeds nothing new.
-    let response = app
-        .post(&format!("/v1/documents/{id}/reindex"))
-        .send()
-        .await
-        .unwrap();
+    let response = app.post(&format!("/v1/documents/{id}/reindex")).send().await.unwrap();
     assert_eq!(response.status(), 202);
     let second = wait_until_settled(&app, &id).await;
     assert_eq!(second["status"], "indexed");
@@ -378,11 +236,7 @@ async fn indexing_twice_leaves_one_set_of_chunks_and_reuses_embeddings() {
         .await
         .unwrap();
     assert_eq!(rows, first["chunk_count"].as_i64().unwrap());
-    assert_eq!(
-        fake.stats().embedding_requests,
-        requests_after_first,
-        "no embedding call for unchanged chunks"
-    );
+    assert_eq!(fake.stats().embedding_requests, requests_after_first, "no embedding call for unchanged chunks");
 }
 
 /// Delete removes row, chunks and the S3 original, in any status; a job that
@@ -395,44 +249,19 @@ async fn deleting_a_document_removes_everything_and_stays_deleted() {
     wait_until_settled(&app, &id).await;
     let s3_key = format!("tenants/{}/documents/{id}/original", app.tenant_id);
     assert!(app.state.blobs.get(&s3_key).await.unwrap().is_some());
-    let deleted = app
-        .client
-        .delete(app.url(&format!("/v1/documents/{id}")))
-        .bearer_auth(&app.api_key)
-        .send()
-        .await
-        .unwrap();
+    let deleted =
+        app.client.delete(app.url(&format!("/v1/documents/{id}"))).bearer_auth(&app.api_key).send().await.unwrap();
     assert_eq!(deleted.status(), 204);
-    assert_eq!(
-        app.get(&format!("/v1/documents/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
+    assert_eq!(app.get(&format!("/v1/documents/{id}")).send().await.unwrap().status(), 404);
     assert!(app.state.blobs.get(&s3_key).await.unwrap().is_none());
-    let chunks: i64 = sqlx::query_scalar("SELECT count(*) FROM chunks")
-        .fetch_one(&app.state.db)
-        .await
-        .unwrap();
+    let chunks: i64 = sqlx::query_scalar("SELECT count(*) FROM chunks").fetch_one(&app.state.db).await.unwrap();
     assert_eq!(chunks, 0);
     // A late (re)delivery of its job must not bring it back.
-    stolid::worker::jobs::index::run(&app.state, app.tenant_id, id.parse().unwrap(), false)
-        .await
-        .unwrap();
-    let docs: i64 = sqlx::query_scalar("SELECT count(*) FROM documents")
-        .fetch_one(&app.state.db)
-        .await
-        .unwrap();
+    stolid::worker::jobs::index::run(&app.state, app.tenant_id, id.parse().unwrap(), false).await.unwrap();
+    let docs: i64 = sqlx::query_scalar("SELECT count(*) FROM documents").fetch_one(&app.state.db).await.unwrap();
     assert_eq!(docs, 0);
-    let again = app
-        .client
-        .delete(app.url(&format!("/v1/documents/{id}")))
-        .bearer_auth(&app.api_key)
-        .send()
-        .await
-        .unwrap();
+    let again =
+        app.client.delete(app.url(&format!("/v1/documents/{id}"))).bearer_auth(&app.api_key).send().await.unwrap();
     assert_eq!(again.status(), 404);
 }
 
@@ -441,75 +270,35 @@ async fn deleting_a_document_removes_everything_and_stays_deleted() {
 async fn listing_filters_and_pages_within_the_tenant() {
     let app = spawn_app().await;
     for i in 0..5 {
-        upload_text(&app, json!({"text": format!("document {i}"), "collection": if i % 2 == 0 { "even" } else { "odd" }})).await;
+        upload_text(
+            &app,
+            json!({"text": format!("document {i}"), "collection": if i % 2 == 0 { "even" } else { "odd" }}),
+        )
+        .await;
     }
-    let page: Value = app
-        .get("/v1/documents?limit=2")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: Value = app.get("/v1/documents?limit=2").send().await.unwrap().json().await.unwrap();
     assert_eq!(page["documents"].as_array().unwrap().len(), 2);
     let cursor = page["next_cursor"].as_str().unwrap();
-    let mut seen: Vec<String> = page["documents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["id"].as_str().unwrap().to_string())
-        .collect();
-    let rest: Value = app
-        .get(&format!("/v1/documents?limit=10&cursor={cursor}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let mut seen: Vec<String> =
+        page["documents"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap().to_string()).collect();
+    let rest: Value =
+        app.get(&format!("/v1/documents?limit=10&cursor={cursor}")).send().await.unwrap().json().await.unwrap();
     assert!(rest["next_cursor"].is_null());
-    seen.extend(
-        rest["documents"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| d["id"].as_str().unwrap().to_string()),
-    );
+    seen.extend(rest["documents"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap().to_string()));
     seen.sort();
     seen.dedup();
     assert_eq!(seen.len(), 5);
-    let even: Value = app
-        .get("/v1/documents?collection=even")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let even: Value = app.get("/v1/documents?collection=even").send().await.unwrap().json().await.unwrap();
     assert_eq!(even["documents"].as_array().unwrap().len(), 3);
     let bad = app.get("/v1/documents?status=done").send().await.unwrap();
     assert_eq!(bad.status(), 422);
 
     let other = app.new_tenant("globex").await;
-    let theirs: Value = app
-        .client
-        .get(app.url("/v1/documents"))
-        .bearer_auth(&other)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let theirs: Value =
+        app.client.get(app.url("/v1/documents")).bearer_auth(&other).send().await.unwrap().json().await.unwrap();
     assert_eq!(theirs["documents"].as_array().unwrap().len(), 0);
     let id = &seen[0];
-    let peek = app
-        .client
-        .get(app.url(&format!("/v1/documents/{id}")))
-        .bearer_auth(&other)
-        .send()
-        .await
-        .unwrap();
+    let peek = app.client.get(app.url(&format!("/v1/documents/{id}"))).bearer_auth(&other).send().await.unwrap();
     assert_eq!(peek.status(), 404);
 }
 
@@ -522,10 +311,8 @@ fn many_small_chunks(requests_per_second: u32) -> Options {
             ("EMBED_MAX_IN_FLIGHT", "3".to_string()),
         ]),
         tweak: Some(Box::new(move |config| {
-            config.llm.embedding_limits.requests = stolid::config::RateCap {
-                limit: requests_per_second,
-                window: Duration::from_secs(1),
-            };
+            config.llm.embedding_limits.requests =
+                stolid::config::RateCap { limit: requests_per_second, window: Duration::from_secs(1) };
         })),
         ..Default::default()
     }
@@ -535,19 +322,9 @@ async fn upload_many(app: &TestApp, count: usize) -> Vec<String> {
     let mut ids = Vec::new();
     for i in 0..count {
         let text = (0..6)
-            .map(|p| {
-                format!(
-                    "Document {i} paragraph {p} talks about topic {} in some detail.\n\n",
-                    i * 7 + p
-                )
-            })
+            .map(|p| format!("Document {i} paragraph {p} talks about topic {} in some detail.\n\n", i * 7 + p))
             .collect::<String>();
-        ids.push(
-            upload_text(app, json!({"text": text})).await["id"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        );
+        ids.push(upload_text(app, json!({"text": text})).await["id"].as_str().unwrap().to_string());
     }
     ids
 }
@@ -562,10 +339,7 @@ async fn the_shared_limiter_holds_the_cap_with_many_documents_in_flight() {
         assert_eq!(wait_until_settled(&app, &id).await["status"], "indexed");
     }
     let stats = fake.stats();
-    assert!(
-        stats.embedding_requests >= 20,
-        "enough traffic to test the cap: {stats:?}"
-    );
+    assert!(stats.embedding_requests >= 20, "enough traffic to test the cap: {stats:?}");
     assert!(stats.max_in_flight <= 3, "{stats:?}");
     // Arrival times are measured at the server: allow loopback jitter at the window's edges.
     let busiest = fake.max_embedding_requests_in(Duration::from_millis(975));
@@ -578,80 +352,43 @@ async fn the_shared_limiter_holds_the_cap_with_many_documents_in_flight() {
 #[tokio::test]
 async fn provider_429s_slow_the_limiter_and_every_document_still_indexes() {
     let (app, fake) = spawn_app_with_fake(many_small_chunks(40)).await;
-    fake.set_rate_cap(Some(stolid::config::RateCap {
-        limit: 10,
-        window: Duration::from_secs(1),
-    }));
+    fake.set_rate_cap(Some(stolid::config::RateCap { limit: 10, window: Duration::from_secs(1) }));
     for id in upload_many(&app, 12).await {
         assert_eq!(wait_until_settled(&app, &id).await["status"], "indexed");
     }
     let stats = fake.stats();
     let limiter = app.state.gateway.limiter().status();
-    assert!(
-        stats.rate_limited > 0,
-        "the provider did push back: {stats:?}"
-    );
+    assert!(stats.rate_limited > 0, "the provider did push back: {stats:?}");
     assert!(limiter.throttled_total > 0, "{limiter:?}");
     // No storm: each 429 pauses everyone, so they stay a small share of the traffic.
-    assert!(
-        stats.rate_limited * 2 < stats.embedding_requests,
-        "{stats:?}"
-    );
+    assert!(stats.rate_limited * 2 < stats.embedding_requests, "{stats:?}");
 }
 
 /// Summaries are written by a job through the gateway (and metered), singly or in batch.
 #[tokio::test]
 async fn documents_can_be_summarized_one_by_one_or_in_batch() {
     let app = spawn_app().await;
-    let one = upload_text(
+    let one = upload_text(&app, json!({"text": MARKDOWN, "content_type": "text/markdown", "collection": "s"})).await;
+    let two = upload_text(
         &app,
-        json!({"text": MARKDOWN, "content_type": "text/markdown", "collection": "s"}),
+        json!({"text": "Cargo is the package manager. It builds code and fetches crates.", "collection": "s"}),
     )
     .await;
-    let two = upload_text(&app, json!({"text": "Cargo is the package manager. It builds code and fetches crates.", "collection": "s"})).await;
     for doc in [&one, &two] {
         wait_until_settled(&app, doc["id"].as_str().unwrap()).await;
     }
-    let single = app
-        .post(&format!(
-            "/v1/documents/{}/summarize",
-            one["id"].as_str().unwrap()
-        ))
-        .send()
-        .await
-        .unwrap();
+    let single = app.post(&format!("/v1/documents/{}/summarize", one["id"].as_str().unwrap())).send().await.unwrap();
     assert_eq!(single.status(), 202);
-    let batch = app
-        .post("/v1/documents/summarize")
-        .json(&json!({"collection": "s"}))
-        .send()
-        .await
-        .unwrap();
+    let batch = app.post("/v1/documents/summarize").json(&json!({"collection": "s"})).send().await.unwrap();
     assert_eq!(batch.status(), 202);
     assert_eq!(batch.json::<Value>().await.unwrap()["queued"], 2);
-    let nothing = app
-        .post("/v1/documents/summarize")
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        nothing.status(),
-        422,
-        "an empty selection is refused, not taken as everything"
-    );
+    let nothing = app.post("/v1/documents/summarize").json(&json!({})).send().await.unwrap();
+    assert_eq!(nothing.status(), 422, "an empty selection is refused, not taken as everything");
     let deadline = Instant::now() + Duration::from_secs(30);
     for doc in [&one, &two] {
         let id = doc["id"].as_str().unwrap();
         let summary = loop {
-            let d: Value = app
-                .get(&format!("/v1/documents/{id}"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let d: Value = app.get(&format!("/v1/documents/{id}")).send().await.unwrap().json().await.unwrap();
             if let Some(summary) = d["summary"].as_str() {
                 break summary.to_string();
             }
@@ -661,10 +398,12 @@ async fn documents_can_be_summarized_one_by_one_or_in_batch() {
         assert!(summary.len() > 20, "{summary}");
     }
     app.state.gateway.recorder().flush().await;
-    let calls: i64 = sqlx::query_scalar("SELECT count(*) FROM model_calls WHERE endpoint = 'worker.summarize' AND operation = 'chat'")
-        .fetch_one(&app.state.db)
-        .await
-        .unwrap();
+    let calls: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM model_calls WHERE endpoint = 'worker.summarize' AND operation = 'chat'",
+    )
+    .fetch_one(&app.state.db)
+    .await
+    .unwrap();
     assert!(calls >= 2, "{calls}");
 }
 
@@ -674,29 +413,15 @@ async fn documents_can_be_summarized_one_by_one_or_in_batch() {
 #[tokio::test]
 async fn reindexing_with_a_new_embedding_model_switches_atomically() {
     let old = spawn_app().await;
-    let doc = upload_text(
-        &old,
-        json!({"text": MARKDOWN, "content_type": "text/markdown"}),
-    )
-    .await;
+    let doc = upload_text(&old, json!({"text": MARKDOWN, "content_type": "text/markdown"})).await;
     let id = doc["id"].as_str().unwrap().to_string();
-    assert_eq!(
-        wait_until_settled(&old, &id).await["embedding_model"],
-        "local-hash-384"
-    );
+    assert_eq!(wait_until_settled(&old, &id).await["embedding_model"], "local-hash-384");
     let infra = old.infra.clone();
     old.stop().await.unwrap();
 
-    let env = HashMap::from([
-        ("EMBEDDING_MODEL", "local-hash-256".to_string()),
-        ("EMBEDDING_DIMENSIONS", "256".to_string()),
-    ]);
-    let new = spawn_app_with(Options {
-        env,
-        infra: Some(infra),
-        ..Default::default()
-    })
-    .await;
+    let env =
+        HashMap::from([("EMBEDDING_MODEL", "local-hash-256".to_string()), ("EMBEDDING_DIMENSIONS", "256".to_string())]);
+    let new = spawn_app_with(Options { env, infra: Some(infra), ..Default::default() }).await;
     let key = new.new_tenant("acme").await; // same tenant, a fresh key for the new app
     let reindex = new
         .client
@@ -718,10 +443,7 @@ async fn reindexing_with_a_new_embedding_model_switches_atomically() {
         .fetch_one(&new.state.db)
         .await
         .unwrap();
-        assert!(
-            vectors > 0,
-            "the document was left without vectors mid-switch"
-        );
+        assert!(vectors > 0, "the document was left without vectors mid-switch");
         if model.as_deref() == Some("local-hash-256") {
             break;
         }
@@ -737,16 +459,12 @@ async fn reindexing_with_a_new_embedding_model_switches_atomically() {
     .unwrap();
     assert_eq!(models, [("local-hash-256".to_string(), 256)]);
     let index = stolid::store::embeddings::index_name("local-hash-256", 256);
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_indexes WHERE indexname = $1)")
-            .bind(index)
-            .fetch_one(&new.state.db)
-            .await
-            .unwrap();
-    assert!(
-        exists,
-        "the new model got its own HNSW index without a migration"
-    );
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_indexes WHERE indexname = $1)")
+        .bind(index)
+        .fetch_one(&new.state.db)
+        .await
+        .unwrap();
+    assert!(exists, "the new model got its own HNSW index without a migration");
 }
 
 /// An exhausted quota is not retried: the document fails with that reason, the
@@ -754,35 +472,16 @@ async fn reindexing_with_a_new_embedding_model_switches_atomically() {
 #[tokio::test]
 async fn an_exhausted_embedding_quota_fails_documents_without_burning_the_queue() {
     let env = HashMap::from([("WORKER_VISIBILITY_TIMEOUT_SECS", "1".to_string())]);
-    let (app, fake) = spawn_app_with_fake(Options {
-        env,
-        ..Default::default()
-    })
-    .await;
+    let (app, fake) = spawn_app_with_fake(Options { env, ..Default::default() }).await;
     fake.push_faults([Fault::QuotaExhausted]);
     let doc = upload_text(&app, json!({"text": "needs an embedding"})).await;
     let settled = wait_until_settled(&app, doc["id"].as_str().unwrap()).await;
     assert_eq!(settled["status"], "failed");
-    assert!(
-        settled["error"].as_str().unwrap().contains("quota"),
-        "{settled}"
-    );
+    assert!(settled["error"].as_str().unwrap().contains("quota"), "{settled}");
     // Longer than the visibility timeout: a message left on the queue would have come back.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(
-        fake.embedding_arrivals().len(),
-        1,
-        "no retries against an exhausted quota"
-    );
-    let ready: Value = app
-        .client
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    assert_eq!(fake.embedding_arrivals().len(), 1, "no retries against an exhausted quota");
+    let ready: Value = app.client.get(app.url("/readyz")).send().await.unwrap().json().await.unwrap();
     assert!(ready["model"]["quota_exhausted"].is_string(), "{ready}");
 }
 
@@ -808,9 +507,7 @@ async fn a_job_from_a_killed_worker_is_picked_up_by_another() {
                 ..Default::default()
             })
             .await;
-            ready_tx
-                .send((app.address.clone(), app.api_key.clone()))
-                .unwrap();
+            ready_tx.send((app.address.clone(), app.api_key.clone())).unwrap();
             let _ = kill_rx.await;
         });
         // Like SIGKILL: every task is dropped where it stands; nothing is released.
@@ -825,34 +522,19 @@ async fn a_job_from_a_killed_worker_is_picked_up_by_another() {
         .send()
         .await
         .unwrap();
-    let id = response.json::<Value>().await.unwrap()["documents"][0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = response.json::<Value>().await.unwrap()["documents"][0]["id"].as_str().unwrap().to_string();
     let deadline = Instant::now() + Duration::from_secs(20);
     while fake.embedding_arrivals().is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the first worker never started the job"
-        );
+        assert!(Instant::now() < deadline, "the first worker never started the job");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     kill_tx.send(()).unwrap();
     doomed.join().unwrap();
 
     fake.set_latency(Duration::ZERO);
-    let survivor = spawn_app_with(Options {
-        env,
-        infra: Some(infra),
-        fake: Some(fake.base_url()),
-        ..Default::default()
-    })
-    .await;
+    let survivor =
+        spawn_app_with(Options { env, infra: Some(infra), fake: Some(fake.base_url()), ..Default::default() }).await;
     let doc = wait_until_settled(&survivor, &id).await;
     assert_eq!(doc["status"], "indexed", "{doc}");
-    assert_eq!(
-        fake.embedding_arrivals().len(),
-        2,
-        "one call lost with the dead process, one that succeeded"
-    );
+    assert_eq!(fake.embedding_arrivals().len(), 2, "one call lost with the dead process, one that succeeded");
 }

@@ -48,20 +48,11 @@ async fn every_model_call_is_recorded_with_tokens_latency_and_cost() {
     let (app, fake) = spawn_app_with_fake(Options::default()).await;
     fake.set_latency(Duration::from_millis(20));
     let gateway = &app.state.gateway;
-    let texts: Vec<String> = vec![
-        "ownership and borrowing".into(),
-        "cargo builds crates".into(),
-    ];
-    let embedded = gateway
-        .embed(&ctx(&app, "req-embed"), &texts)
-        .await
-        .unwrap();
+    let texts: Vec<String> = vec!["ownership and borrowing".into(), "cargo builds crates".into()];
+    let embedded = gateway.embed(&ctx(&app, "req-embed"), &texts).await.unwrap();
     assert_eq!(embedded.vectors.len(), 2);
     let chat = ChatRequest {
-        messages: vec![
-            ChatMessage::system("[1] Cargo builds crates."),
-            ChatMessage::user("What builds crates?"),
-        ],
+        messages: vec![ChatMessage::system("[1] Cargo builds crates."), ChatMessage::user("What builds crates?")],
         ..Default::default()
     };
     let answer = gateway.chat(&ctx(&app, "req-chat"), &chat).await.unwrap();
@@ -71,10 +62,7 @@ async fn every_model_call_is_recorded_with_tokens_latency_and_cost() {
     assert_eq!(rows.len(), 2, "{rows:?}");
     let stats = fake.stats();
     let embed = &rows[0];
-    assert_eq!(
-        (embed.operation.as_str(), embed.outcome.as_str()),
-        ("embed", "ok")
-    );
+    assert_eq!((embed.operation.as_str(), embed.outcome.as_str()), ("embed", "ok"));
     assert_eq!(embed.request_id.as_deref(), Some("req-embed"));
     assert_eq!(embed.tenant_id, Some(app.tenant_id));
     assert_eq!(embed.provider, "openai");
@@ -98,28 +86,14 @@ async fn every_model_call_is_recorded_with_tokens_latency_and_cost() {
 #[tokio::test]
 async fn embedding_inputs_are_batched_under_the_per_request_limits() {
     let env = HashMap::from([("EMBED_MAX_BATCH_INPUTS", "2".to_string())]);
-    let (app, fake) = spawn_app_with_fake(Options {
-        env,
-        ..Default::default()
-    })
-    .await;
+    let (app, fake) = spawn_app_with_fake(Options { env, ..Default::default() }).await;
     let texts: Vec<String> = (0..5).map(|i| format!("text number {i}")).collect();
-    let embedded = app
-        .state
-        .gateway
-        .embed(&ctx(&app, "r"), &texts)
-        .await
-        .unwrap();
+    let embedded = app.state.gateway.embed(&ctx(&app, "r"), &texts).await.unwrap();
     assert_eq!(embedded.vectors.len(), 5);
     assert_eq!(embedded.requests, 3);
     assert_eq!(fake.stats().embedding_requests, 3);
     // Order is preserved across batches.
-    let alone = app
-        .state
-        .gateway
-        .embed(&ctx(&app, "r"), &texts[4..])
-        .await
-        .unwrap();
+    let alone = app.state.gateway.embed(&ctx(&app, "r"), &texts[4..]).await.unwrap();
     assert_eq!(alone.vectors[0], embedded.vectors[4]);
 }
 
@@ -127,22 +101,10 @@ async fn embedding_inputs_are_batched_under_the_per_request_limits() {
 #[tokio::test]
 async fn an_input_over_the_token_limit_is_refused_not_truncated() {
     let env = HashMap::from([("EMBED_MAX_INPUT_TOKENS", "10".to_string())]);
-    let (app, fake) = spawn_app_with_fake(Options {
-        env,
-        ..Default::default()
-    })
-    .await;
+    let (app, fake) = spawn_app_with_fake(Options { env, ..Default::default() }).await;
     let long = "word ".repeat(50);
-    let err = app
-        .state
-        .gateway
-        .embed(&ctx(&app, "r"), &["short".into(), long])
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, LlmError::InputTooLong { index: 1, .. }),
-        "{err:?}"
-    );
+    let err = app.state.gateway.embed(&ctx(&app, "r"), &["short".into(), long]).await.unwrap_err();
+    assert!(matches!(err, LlmError::InputTooLong { index: 1, .. }), "{err:?}");
     assert_eq!(fake.stats().embedding_requests, 0);
 }
 
@@ -171,20 +133,12 @@ async fn concurrent_callers_never_exceed_the_shared_caps() {
     }
     let stats = fake.stats();
     assert_eq!(stats.embedding_requests, 50);
-    assert!(
-        stats.max_in_flight <= 3,
-        "{} in flight",
-        stats.max_in_flight
-    );
+    assert!(stats.max_in_flight <= 3, "{} in flight", stats.max_in_flight);
     // Measured at the server, so allow for a few ms of loopback jitter at the window's edges.
     let busiest = fake.max_embedding_requests_in(window - Duration::from_millis(25));
     assert!(busiest <= 20, "{busiest} requests within one window");
     // 50 calls at 20 per second, with 1 up front, need at least ~2.5 s.
-    assert!(
-        started.elapsed() >= Duration::from_secs(2),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() >= Duration::from_secs(2), "{:?}", started.elapsed());
 }
 
 /// One 429 pauses every caller for its Retry-After (no retry storm), slows the
@@ -193,9 +147,7 @@ async fn concurrent_callers_never_exceed_the_shared_caps() {
 async fn a_429_pauses_all_callers_and_slows_the_shared_limiter() {
     let (app, fake) = spawn_app_with_fake(Options::default()).await;
     fake.set_latency(Duration::from_millis(10));
-    fake.push_faults([Fault::RateLimited {
-        retry_after_secs: 0.6,
-    }]);
+    fake.push_faults([Fault::RateLimited { retry_after_secs: 0.6 }]);
     let callers: Vec<_> = (0..8)
         .map(|i| {
             let gateway = app.state.gateway.clone();
@@ -204,26 +156,17 @@ async fn a_429_pauses_all_callers_and_slows_the_shared_limiter() {
         })
         .collect();
     for caller in callers {
-        caller
-            .await
-            .unwrap()
-            .expect("every call succeeds after the pause");
+        caller.await.unwrap().expect("every call succeeds after the pause");
     }
     let arrivals = fake.embedding_arrivals();
-    let throttled: Vec<Instant> = arrivals
-        .iter()
-        .filter(|(_, s)| *s == 429)
-        .map(|(t, _)| *t)
-        .collect();
+    let throttled: Vec<Instant> = arrivals.iter().filter(|(_, s)| *s == 429).map(|(t, _)| *t).collect();
     assert_eq!(throttled.len(), 1);
     assert_eq!(arrivals.len(), 9, "8 calls and exactly one retry");
     // Nothing reached the provider during the pause, except requests already on the wire.
     let during_pause = arrivals
         .iter()
         .filter(|(t, s)| {
-            *s == 200
-                && *t > throttled[0] + Duration::from_millis(50)
-                && *t < throttled[0] + Duration::from_millis(600)
+            *s == 200 && *t > throttled[0] + Duration::from_millis(50) && *t < throttled[0] + Duration::from_millis(600)
         })
         .count();
     assert_eq!(during_pause, 0, "{arrivals:?}");
@@ -231,10 +174,7 @@ async fn a_429_pauses_all_callers_and_slows_the_shared_limiter() {
     assert_eq!(status.throttled_total, 1);
     assert_eq!(status.slowdown, 2, "the whole limiter slowed down");
     let rows = calls(&app).await;
-    assert_eq!(
-        rows.iter().filter(|r| r.outcome == "rate_limited").count(),
-        1
-    );
+    assert_eq!(rows.iter().filter(|r| r.outcome == "rate_limited").count(), 1);
     assert_eq!(rows.iter().filter(|r| r.outcome == "ok").count(), 8);
 }
 
@@ -243,30 +183,11 @@ async fn a_429_pauses_all_callers_and_slows_the_shared_limiter() {
 async fn an_exhausted_quota_fails_fast_and_shows_in_readyz() {
     let (app, fake) = spawn_app_with_fake(Options::default()).await;
     fake.push_faults([Fault::QuotaExhausted]);
-    let err = app
-        .state
-        .gateway
-        .embed(&ctx(&app, "r"), &["hello".into()])
-        .await
-        .unwrap_err();
+    let err = app.state.gateway.embed(&ctx(&app, "r"), &["hello".into()]).await.unwrap_err();
     assert!(matches!(err, LlmError::QuotaExhausted(_)), "{err:?}");
     assert_eq!(fake.embedding_arrivals().len(), 1, "no retries");
-    let ready: serde_json::Value = app
-        .client
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert!(
-        ready["model"]["quota_exhausted"]
-            .as_str()
-            .unwrap()
-            .contains("quota"),
-        "{ready}"
-    );
+    let ready: serde_json::Value = app.client.get(app.url("/readyz")).send().await.unwrap().json().await.unwrap();
+    assert!(ready["model"]["quota_exhausted"].as_str().unwrap().contains("quota"), "{ready}");
 }
 
 /// 5xx answers are retried with backoff, and the failed attempt is recorded as an error.
@@ -274,12 +195,7 @@ async fn an_exhausted_quota_fails_fast_and_shows_in_readyz() {
 async fn server_errors_are_retried_and_recorded() {
     let (app, fake) = spawn_app_with_fake(Options::default()).await;
     fake.push_faults([Fault::ServerError]);
-    let embedded = app
-        .state
-        .gateway
-        .embed(&ctx(&app, "r"), &["hello".into()])
-        .await
-        .unwrap();
+    let embedded = app.state.gateway.embed(&ctx(&app, "r"), &["hello".into()]).await.unwrap();
     assert_eq!(embedded.requests, 2);
     let outcomes: Vec<String> = calls(&app).await.into_iter().map(|r| r.outcome).collect();
     assert_eq!(outcomes, ["error", "ok"]);
@@ -289,27 +205,11 @@ async fn server_errors_are_retried_and_recorded() {
 #[tokio::test]
 async fn a_hanging_provider_times_out_and_is_retried() {
     let env = HashMap::from([("LLM_TIMEOUT_SECS", "1".to_string())]);
-    let (app, fake) = spawn_app_with_fake(Options {
-        env,
-        ..Default::default()
-    })
-    .await;
+    let (app, fake) = spawn_app_with_fake(Options { env, ..Default::default() }).await;
     fake.push_faults([Fault::Hang]);
     let started = Instant::now();
-    app.state
-        .gateway
-        .embed(&ctx(&app, "r"), &["hello".into()])
-        .await
-        .unwrap();
+    app.state.gateway.embed(&ctx(&app, "r"), &["hello".into()]).await.unwrap();
     assert!(started.elapsed() >= Duration::from_secs(1));
-    let statuses: Vec<u16> = fake
-        .embedding_arrivals()
-        .into_iter()
-        .map(|(_, s)| s)
-        .collect();
-    assert_eq!(
-        statuses,
-        [0, 200],
-        "the hung request never got an answer; the retry did"
-    );
+    let statuses: Vec<u16> = fake.embedding_arrivals().into_iter().map(|(_, s)| s).collect();
+    assert_eq!(statuses, [0, 200], "the hung request never got an answer; the retry did");
 }

@@ -56,8 +56,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     if let Some(base_url) = options.fake {
         env.insert("OPENAI_API_KEY", "sk-fake".into());
         env.insert("OPENAI_BASE_URL", base_url);
-        env.entry("EMBEDDING_DIMENSIONS")
-            .or_insert_with(|| "384".into());
+        env.entry("EMBEDDING_DIMENSIONS").or_insert_with(|| "384".into());
         env.entry("LLM_TIMEOUT_SECS").or_insert_with(|| "5".into());
     }
     let mut config = Config::from_lookup(lookup(&env)).expect("test config");
@@ -65,30 +64,14 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     if let Some(tweak) = options.tweak {
         tweak(&mut config);
     }
-    let app = Application::build(config, Role::All, false)
-        .await
-        .expect("building the app");
+    let app = Application::build(config, Role::All, false).await.expect("building the app");
     let address = format!("http://127.0.0.1:{}", app.port().unwrap());
     let state = app.state().clone();
     let shutdown = CancellationToken::new();
     let stopped = tokio::spawn(app.run(shutdown.clone()));
-    let tenant_id = stolid::store::keys::ensure_tenant(&state.db, "acme")
-        .await
-        .unwrap();
-    let api_key = stolid::store::keys::create_key(&state.db, tenant_id)
-        .await
-        .unwrap()
-        .key;
-    TestApp {
-        address,
-        state,
-        infra,
-        api_key,
-        tenant_id,
-        client: reqwest::Client::new(),
-        shutdown,
-        stopped,
-    }
+    let tenant_id = stolid::store::keys::ensure_tenant(&state.db, "acme").await.unwrap();
+    let api_key = stolid::store::keys::create_key(&state.db, tenant_id).await.unwrap().key;
+    TestApp { address, state, infra, api_key, tenant_id, client: reqwest::Client::new(), shutdown, stopped }
 }
 
 /// A fake OpenAI server and an app whose `openai` provider talks to it.
@@ -113,33 +96,21 @@ impl TestApp {
 
     /// Another tenant with its own key, for isolation tests.
     pub async fn new_tenant(&self, name: &str) -> String {
-        let id = stolid::store::keys::ensure_tenant(&self.state.db, name)
-            .await
-            .unwrap();
-        stolid::store::keys::create_key(&self.state.db, id)
-            .await
-            .unwrap()
-            .key
+        let id = stolid::store::keys::ensure_tenant(&self.state.db, name).await.unwrap();
+        stolid::store::keys::create_key(&self.state.db, id).await.unwrap().key
     }
 
     /// Starts graceful shutdown and waits for it.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(30), self.stopped)
-            .await
-            .expect("shutdown finished in time")?
+        tokio::time::timeout(Duration::from_secs(30), self.stopped).await.expect("shutdown finished in time")?
     }
 }
 
 /// Parses a JSON error body and returns its code, checking the shape on the way.
 pub async fn error_code(response: reqwest::Response) -> String {
     let body: serde_json::Value = response.json().await.expect("error bodies are JSON");
-    let code = body["error"]["code"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no error.code in {body}"));
-    assert!(
-        body["error"]["message"].is_string(),
-        "no error.message in {body}"
-    );
+    let code = body["error"]["code"].as_str().unwrap_or_else(|| panic!("no error.code in {body}"));
+    assert!(body["error"]["message"].is_string(), "no error.message in {body}");
     code.to_string()
 }

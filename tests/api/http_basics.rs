@@ -8,22 +8,11 @@ async fn v1_routes_reject_requests_without_a_valid_key() {
     assert_eq!(no_key.status(), 401);
     assert_eq!(error_code(no_key).await, "unauthorized");
 
-    let not_bearer = app
-        .client
-        .get(app.url("/v1/me"))
-        .header("authorization", app.api_key.clone())
-        .send()
-        .await
-        .unwrap();
+    let not_bearer =
+        app.client.get(app.url("/v1/me")).header("authorization", app.api_key.clone()).send().await.unwrap();
     assert_eq!(not_bearer.status(), 401);
 
-    let unknown = app
-        .client
-        .get(app.url("/v1/me"))
-        .bearer_auth("stl_not_a_real_key")
-        .send()
-        .await
-        .unwrap();
+    let unknown = app.client.get(app.url("/v1/me")).bearer_auth("stl_not_a_real_key").send().await.unwrap();
     assert_eq!(unknown.status(), 401);
     assert_eq!(error_code(unknown).await, "unauthorized");
 }
@@ -44,20 +33,10 @@ async fn a_valid_key_identifies_its_tenant() {
 async fn a_revoked_key_is_rejected() {
     let app = spawn_app().await;
     let other = app.new_tenant("acme").await;
-    assert!(
-        stolid::store::keys::revoke(&app.state.db, &app.api_key)
-            .await
-            .unwrap()
-    );
+    assert!(stolid::store::keys::revoke(&app.state.db, &app.api_key).await.unwrap());
     let response = app.get("/v1/me").send().await.unwrap();
     assert_eq!(response.status(), 401);
-    let still_valid = app
-        .client
-        .get(app.url("/v1/me"))
-        .bearer_auth(other)
-        .send()
-        .await
-        .unwrap();
+    let still_valid = app.client.get(app.url("/v1/me")).bearer_auth(other).send().await.unwrap();
     assert_eq!(still_valid.status(), 200);
 }
 
@@ -65,11 +44,13 @@ async fn a_revoked_key_is_rejected() {
 #[tokio::test]
 async fn keys_are_never_stored_in_clear() {
     let app = spawn_app().await;
-    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM api_keys WHERE encode(key_hash, 'escape') LIKE '%' || $1 || '%' OR prefix = $1")
-        .bind(&app.api_key)
-        .fetch_one(&app.state.db)
-        .await
-        .unwrap();
+    let stored: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM api_keys WHERE encode(key_hash, 'escape') LIKE '%' || $1 || '%' OR prefix = $1",
+    )
+    .bind(&app.api_key)
+    .fetch_one(&app.state.db)
+    .await
+    .unwrap();
     assert_eq!(stored, 0);
 }
 
@@ -77,28 +58,13 @@ async fn keys_are_never_stored_in_clear() {
 #[tokio::test]
 async fn request_ids_are_echoed_or_generated() {
     let app = spawn_app().await;
-    let echoed = app
-        .client
-        .get(app.url("/healthz"))
-        .header("x-request-id", "req-abc-123")
-        .send()
-        .await
-        .unwrap();
+    let echoed = app.client.get(app.url("/healthz")).header("x-request-id", "req-abc-123").send().await.unwrap();
     assert_eq!(echoed.headers()["x-request-id"], "req-abc-123");
     let generated = app.client.get(app.url("/healthz")).send().await.unwrap();
-    let id = generated.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let id = generated.headers()["x-request-id"].to_str().unwrap().to_string();
     assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
     // Errors carry it too.
-    let error = app
-        .client
-        .get(app.url("/v1/me"))
-        .header("x-request-id", "req-err-1")
-        .send()
-        .await
-        .unwrap();
+    let error = app.client.get(app.url("/v1/me")).header("x-request-id", "req-err-1").send().await.unwrap();
     assert_eq!(error.headers()["x-request-id"], "req-err-1");
 }
 
@@ -118,23 +84,9 @@ async fn routing_errors_are_json() {
 #[tokio::test]
 async fn the_openapi_document_lists_the_routes_and_the_key_scheme() {
     let app = spawn_app().await;
-    let doc: serde_json::Value = app
-        .client
-        .get(app.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc: serde_json::Value = app.client.get(app.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
     for path in ["/healthz", "/readyz", "/v1/me"] {
-        assert!(
-            doc["paths"][path].is_object(),
-            "{path} missing from the OpenAPI document"
-        );
+        assert!(doc["paths"][path].is_object(), "{path} missing from the OpenAPI document");
     }
-    assert_eq!(
-        doc["components"]["securitySchemes"]["api_key"]["scheme"],
-        "bearer"
-    );
+    assert_eq!(doc["components"]["securitySchemes"]["api_key"]["scheme"], "bearer");
 }

@@ -13,11 +13,7 @@ async fn ingest_uploads_a_folder_and_waits_until_every_document_settles() {
     let dir = std::env::temp_dir().join(format!("stolid-ingest-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(dir.join("nested/.hidden")).unwrap();
     std::fs::write(dir.join("a.md"), "# A\n\nAlpha document about ownership.\n").unwrap();
-    std::fs::write(
-        dir.join("nested/b.html"),
-        "<h1>B</h1><p>Beta page about borrowing.</p>",
-    )
-    .unwrap();
+    std::fs::write(dir.join("nested/b.html"), "<h1>B</h1><p>Beta page about borrowing.</p>").unwrap();
     std::fs::write(dir.join("nested/c.txt"), "Gamma notes.").unwrap();
     std::fs::write(dir.join("nested/same.txt"), "Gamma notes.").unwrap();
     std::fs::write(dir.join("nested/bad.txt"), [0xffu8, 0xfe, 0xfd]).unwrap();
@@ -47,28 +43,15 @@ async fn ingest_uploads_a_folder_and_waits_until_every_document_settles() {
     .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !output.status.success(),
-        "a failed document makes the exit code non-zero\n{stdout}\n{stderr}"
-    );
-    assert!(
-        stdout.contains("5 files: 4 indexed (1 already present), 1 failed"),
-        "{stdout}\n{stderr}"
-    );
-    assert!(
-        stdout.contains("bad.txt") && stdout.contains("UTF-8"),
-        "{stdout}"
-    );
-    let docs: Vec<(String, String)> = sqlx::query_as(
-        "SELECT title, status FROM documents WHERE collection = 'cli' ORDER BY title",
-    )
-    .fetch_all(&app.state.db)
-    .await
-    .unwrap();
+    assert!(!output.status.success(), "a failed document makes the exit code non-zero\n{stdout}\n{stderr}");
+    assert!(stdout.contains("5 files: 4 indexed (1 already present), 1 failed"), "{stdout}\n{stderr}");
+    assert!(stdout.contains("bad.txt") && stdout.contains("UTF-8"), "{stdout}");
+    let docs: Vec<(String, String)> =
+        sqlx::query_as("SELECT title, status FROM documents WHERE collection = 'cli' ORDER BY title")
+            .fetch_all(&app.state.db)
+            .await
+            .unwrap();
     assert_eq!(docs.len(), 4, "{docs:?}");
-    assert!(
-        docs.iter()
-            .all(|(title, _)| title != "secret.md" && title != "image.png")
-    );
+    assert!(docs.iter().all(|(title, _)| title != "secret.md" && title != "image.png"));
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -10,9 +10,7 @@ use crate::helpers::{base_env, create_infra};
 /// A command with a clean environment, run from an empty folder so no `.env` is picked up.
 fn stolid() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_stolid"));
-    command
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    command.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
     command.current_dir(std::env::temp_dir());
     command
 }
@@ -28,20 +26,13 @@ fn invalid_configuration_fails_at_start_naming_the_variable() {
 
     let output = stolid()
         .arg("serve")
-        .envs([
-            ("DATABASE_URL", "postgres://x/y"),
-            ("S3_BUCKET", "b"),
-            ("SQS_QUEUE_URL", "q"),
-        ])
+        .envs([("DATABASE_URL", "postgres://x/y"), ("S3_BUCKET", "b"), ("SQS_QUEUE_URL", "q")])
         .env("EMBED_REQUESTS_PER_MINUTE", "lots")
         .output()
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8(output.stderr).unwrap();
-    assert!(
-        stderr.contains("EMBED_REQUESTS_PER_MINUTE=\"lots\" is invalid"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("EMBED_REQUESTS_PER_MINUTE=\"lots\" is invalid"), "{stderr}");
 }
 
 struct Server {
@@ -52,11 +43,7 @@ struct Server {
 
 impl Server {
     /// Waits for a log line satisfying `pred`, returning every line seen so far.
-    fn wait_for(
-        &self,
-        seen: &mut Vec<String>,
-        pred: impl Fn(&serde_json::Value) -> bool,
-    ) -> serde_json::Value {
+    fn wait_for(&self, seen: &mut Vec<String>, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
@@ -85,12 +72,7 @@ async fn start_server(seen: &mut Vec<String>) -> Server {
         .env("PORT", "0")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    for key in [
-        "AWS_ENDPOINT_URL",
-        "AWS_REGION",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-    ] {
+    for key in ["AWS_ENDPOINT_URL", "AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
         if let Some(value) = env.get(key) {
             command.env(key, value);
         }
@@ -103,11 +85,7 @@ async fn start_server(seen: &mut Vec<String>) -> Server {
             let _ = tx.send(line);
         }
     });
-    let mut server = Server {
-        child,
-        port: 0,
-        lines,
-    };
+    let mut server = Server { child, port: 0, lines };
     let listening = server.wait_for(seen, |j| j["message"] == "listening");
     server.port = listening["port"].as_u64().unwrap() as u16;
     server
@@ -135,23 +113,14 @@ async fn logs_are_json_with_request_ids_and_sigterm_shuts_down_cleanly() {
     assert_eq!(line["span"]["path"], "/readyz");
 
     let pid = server.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     server.wait_for(&mut seen, |j| j["message"] == "stopped");
     let started = Instant::now();
     let status = loop {
         if let Some(status) = server.child.try_wait().unwrap() {
             break status;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "did not exit after SIGTERM"
-        );
+        assert!(started.elapsed() < Duration::from_secs(10), "did not exit after SIGTERM");
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "{status:?}");

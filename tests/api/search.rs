@@ -8,20 +8,13 @@ use crate::helpers::{TestApp, spawn_app};
 async fn search(app: &TestApp, body: Value) -> Vec<Value> {
     let response = app.post("/v1/search").json(&body).send().await.unwrap();
     assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
-    response.json::<Value>().await.unwrap()["results"]
-        .as_array()
-        .unwrap()
-        .clone()
+    response.json::<Value>().await.unwrap()["results"].as_array().unwrap().clone()
 }
 
 async fn index(app: &TestApp, docs: &[(&str, &str, Value)]) -> Vec<String> {
     let mut ids = Vec::new();
     for (title, text, metadata) in docs {
-        let doc = upload_text(
-            app,
-            json!({"text": text, "title": title, "metadata": metadata}),
-        )
-        .await;
+        let doc = upload_text(app, json!({"text": text, "title": title, "metadata": metadata})).await;
         ids.push(doc["id"].as_str().unwrap().to_string());
     }
     for id in &ids {
@@ -48,38 +41,14 @@ async fn mrr(app: &TestApp, mode: &str, labelled: &[(&str, &str)]) -> f64 {
 async fn hybrid_search_beats_either_mode_alone() {
     let app = spawn_app().await;
     let corpus = [
-        (
-            "colour",
-            "Calibrating monitor colour profiles keeps photographs consistent across screens.",
-        ),
-        (
-            "borrow",
-            "The borrow checker enforces that references never outlive the data they point to.",
-        ),
-        (
-            "cargo",
-            "Cargo downloads dependencies, compiles packages and runs the test suite.",
-        ),
-        (
-            "tokio",
-            "Tokio is an asynchronous runtime: it schedules tasks on a small pool of threads.",
-        ),
-        (
-            "serde",
-            "Serde serializes and deserializes Rust data structures efficiently and generically.",
-        ),
-        (
-            "gardening",
-            "Tomatoes need full sun, deep watering and support stakes as they grow tall.",
-        ),
-        (
-            "decoy-runtime",
-            "Runtime runtime runtime: a page that repeats one word about schedules, threads and pools.",
-        ),
-        (
-            "decoy-monitor",
-            "Monitor stands, monitor arms and monitor cables for every desk setup.",
-        ),
+        ("colour", "Calibrating monitor colour profiles keeps photographs consistent across screens."),
+        ("borrow", "The borrow checker enforces that references never outlive the data they point to."),
+        ("cargo", "Cargo downloads dependencies, compiles packages and runs the test suite."),
+        ("tokio", "Tokio is an asynchronous runtime: it schedules tasks on a small pool of threads."),
+        ("serde", "Serde serializes and deserializes Rust data structures efficiently and generically."),
+        ("gardening", "Tomatoes need full sun, deep watering and support stakes as they grow tall."),
+        ("decoy-runtime", "Runtime runtime runtime: a page that repeats one word about schedules, threads and pools."),
+        ("decoy-monitor", "Monitor stands, monitor arms and monitor cables for every desk setup."),
     ];
     let docs: Vec<(&str, &str, Value)> = corpus.iter().map(|(t, x)| (*t, *x, json!({}))).collect();
     index(&app, &docs).await;
@@ -107,60 +76,31 @@ async fn hybrid_search_beats_either_mode_alone() {
 async fn filters_restrict_results() {
     let app = spawn_app().await;
     let docs = [
-        (
-            "en-guide",
-            "Ownership rules explained for beginners.",
-            json!({"lang": "en", "tier": "free"}),
-        ),
-        (
-            "de-guide",
-            "Ownership rules explained, German edition.",
-            json!({"lang": "de", "tier": "pro"}),
-        ),
-        (
-            "fr-guide",
-            "Ownership rules explained, French edition.",
-            json!({"lang": "fr", "tier": "team"}),
-        ),
+        ("en-guide", "Ownership rules explained for beginners.", json!({"lang": "en", "tier": "free"})),
+        ("de-guide", "Ownership rules explained, German edition.", json!({"lang": "de", "tier": "pro"})),
+        ("fr-guide", "Ownership rules explained, French edition.", json!({"lang": "fr", "tier": "team"})),
     ];
     index(&app, &docs).await;
     let titles = |results: Vec<Value>| {
-        let mut t: Vec<String> = results
-            .iter()
-            .map(|r| r["title"].as_str().unwrap().to_string())
-            .collect();
+        let mut t: Vec<String> = results.iter().map(|r| r["title"].as_str().unwrap().to_string()).collect();
         t.sort();
         t
     };
     for mode in ["vector", "keyword", "hybrid"] {
-        let en = search(
-            &app,
-            json!({"query": "ownership rules", "mode": mode, "filter": {"lang": "en"}}),
-        )
-        .await;
+        let en = search(&app, json!({"query": "ownership rules", "mode": mode, "filter": {"lang": "en"}})).await;
         assert_eq!(titles(en), ["en-guide"], "{mode}");
-        let paid = search(&app, json!({"query": "ownership rules", "mode": mode, "filter": {"tier": {"in": ["pro", "team"]}}})).await;
-        assert_eq!(titles(paid), ["de-guide", "fr-guide"], "{mode}");
-        let none = search(
+        let paid = search(
             &app,
-            json!({"query": "ownership rules", "mode": mode, "collection": "elsewhere"}),
+            json!({"query": "ownership rules", "mode": mode, "filter": {"tier": {"in": ["pro", "team"]}}}),
         )
         .await;
+        assert_eq!(titles(paid), ["de-guide", "fr-guide"], "{mode}");
+        let none = search(&app, json!({"query": "ownership rules", "mode": mode, "collection": "elsewhere"})).await;
         assert!(none.is_empty(), "{mode}");
     }
-    let bad = app
-        .post("/v1/search")
-        .json(&json!({"query": "x", "filter": {"n": {"gt": 1}}}))
-        .send()
-        .await
-        .unwrap();
+    let bad = app.post("/v1/search").json(&json!({"query": "x", "filter": {"n": {"gt": 1}}})).send().await.unwrap();
     assert_eq!(bad.status(), 422);
-    let bad_k = app
-        .post("/v1/search")
-        .json(&json!({"query": "x", "k": 0}))
-        .send()
-        .await
-        .unwrap();
+    let bad_k = app.post("/v1/search").json(&json!({"query": "x", "k": 0})).send().await.unwrap();
     assert_eq!(bad_k.status(), 422);
 }
 
@@ -168,15 +108,7 @@ async fn filters_restrict_results() {
 #[tokio::test]
 async fn search_never_crosses_tenants() {
     let app = spawn_app().await;
-    index(
-        &app,
-        &[(
-            "secret",
-            "The launch code is hidden in the quarterly plan.",
-            json!({}),
-        )],
-    )
-    .await;
+    index(&app, &[("secret", "The launch code is hidden in the quarterly plan.", json!({}))]).await;
     let other = app.new_tenant("globex").await;
     for mode in ["vector", "keyword", "hybrid"] {
         let response = app
@@ -188,11 +120,7 @@ async fn search_never_crosses_tenants() {
             .await
             .unwrap();
         let body: Value = response.json().await.unwrap();
-        assert_eq!(
-            body["results"].as_array().unwrap().len(),
-            0,
-            "{mode}: {body}"
-        );
+        assert_eq!(body["results"].as_array().unwrap().len(), 0, "{mode}: {body}");
     }
 }
 
@@ -201,9 +129,7 @@ async fn search_never_crosses_tenants() {
 #[tokio::test]
 async fn a_small_tenant_gets_k_results_through_the_hnsw_index() {
     let app = spawn_app().await;
-    let big = stolid::store::keys::ensure_tenant(&app.state.db, "big")
-        .await
-        .unwrap();
+    let big = stolid::store::keys::ensure_tenant(&app.state.db, "big").await.unwrap();
     let db = &app.state.db;
     // 4,950 chunks for the big tenant and 50 for ours (1%), random unit-ish vectors.
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
@@ -226,11 +152,7 @@ async fn a_small_tenant_gets_k_results_through_the_hnsw_index() {
     .await
     .unwrap();
     let results = search(&app, json!({"query": "chunk", "k": 10, "mode": "vector"})).await;
-    assert_eq!(
-        results.len(),
-        10,
-        "the selective tenant filter must not starve the result"
-    );
+    assert_eq!(results.len(), 10, "the selective tenant filter must not starve the result");
     assert!(results.iter().all(|r| r["title"] == "small"));
 
     let index = stolid::store::embeddings::index_name("local-hash-384", 384);
@@ -239,33 +161,25 @@ async fn a_small_tenant_gets_k_results_through_the_hnsw_index() {
         let vector = vector.clone();
         async move {
             let mut tx = db.begin().await.unwrap();
-            sqlx::query("SET LOCAL hnsw.iterative_scan = relaxed_order")
-                .execute(&mut *tx)
-                .await
-                .unwrap();
+            sqlx::query("SET LOCAL hnsw.iterative_scan = relaxed_order").execute(&mut *tx).await.unwrap();
             if force_index {
-                sqlx::query("SET LOCAL enable_sort = off")
-                    .execute(&mut *tx)
-                    .await
-                    .unwrap();
+                sqlx::query("SET LOCAL enable_sort = off").execute(&mut *tx).await.unwrap();
             }
             let sql = "FROM chunk_embeddings e JOIN chunks c ON c.id = e.chunk_id JOIN documents d ON d.id = c.document_id
                  WHERE e.model = 'local-hash-384' AND d.embedding_model = e.model AND e.tenant_id = $2 AND d.tenant_id = $2
                  ORDER BY e.embedding::vector(384) <=> $1::vector(384) LIMIT 10";
-            let plan: Vec<String> =
-                sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN SELECT c.id {sql}")))
-                    .bind(vector.clone())
-                    .bind(tenant)
-                    .fetch_all(&mut *tx)
-                    .await
-                    .unwrap();
-            let rows: Vec<uuid::Uuid> =
-                sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT c.id {sql}")))
-                    .bind(vector)
-                    .bind(tenant)
-                    .fetch_all(&mut *tx)
-                    .await
-                    .unwrap();
+            let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN SELECT c.id {sql}")))
+                .bind(vector.clone())
+                .bind(tenant)
+                .fetch_all(&mut *tx)
+                .await
+                .unwrap();
+            let rows: Vec<uuid::Uuid> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT c.id {sql}")))
+                .bind(vector)
+                .bind(tenant)
+                .fetch_all(&mut *tx)
+                .await
+                .unwrap();
             (plan.join("\n"), rows.len())
         }
     };
@@ -277,8 +191,5 @@ async fn a_small_tenant_gets_k_results_through_the_hnsw_index() {
     // keeps going until 10 rows pass the filter.
     let (plan, rows) = plan_for(app.tenant_id, true).await;
     assert!(plan.contains(&index), "plan does not use {index}:\n{plan}");
-    assert_eq!(
-        rows, 10,
-        "an HNSW scan followed by the filter starved the result"
-    );
+    assert_eq!(rows, 10, "an HNSW scan followed by the filter starved the result");
 }

@@ -18,27 +18,18 @@ use crate::ingest::{chunk, extract};
 use crate::llm::{CallContext, LlmError};
 use crate::store::{chunks, documents};
 
-pub async fn run(
-    state: &AppState,
-    tenant_id: Uuid,
-    document_id: Uuid,
-    last_attempt: bool,
-) -> Result<(), JobError> {
+pub async fn run(state: &AppState, tenant_id: Uuid, document_id: Uuid, last_attempt: bool) -> Result<(), JobError> {
     match index(state, tenant_id, document_id).await {
         Ok(()) => Ok(()),
         Err(Failure::Permanent(reason)) => {
             tracing::warn!(reason, "document cannot be indexed");
-            documents::mark_failed(&state.db, tenant_id, document_id, &reason)
-                .await
-                .context("marking failed")?;
+            documents::mark_failed(&state.db, tenant_id, document_id, &reason).await.context("marking failed")?;
             Err(JobError::Unprocessable(reason))
         }
         Err(Failure::Transient(err)) => {
             if last_attempt {
                 let reason = format!("gave up after repeated failures: {err:#}");
-                documents::mark_failed(&state.db, tenant_id, document_id, &reason)
-                    .await
-                    .context("marking failed")?;
+                documents::mark_failed(&state.db, tenant_id, document_id, &reason).await.context("marking failed")?;
             }
             Err(JobError::Retry(err))
         }
@@ -76,17 +67,13 @@ async fn index(state: &AppState, tenant_id: Uuid, document_id: Uuid) -> Result<(
     }
     documents::mark_processing(&state.db, tenant_id, document_id).await?;
     let Some(bytes) = state.blobs.get(&doc.s3_key).await? else {
-        if documents::get(&state.db, tenant_id, document_id)
-            .await?
-            .is_none()
-        {
+        if documents::get(&state.db, tenant_id, document_id).await?.is_none() {
             return Ok(()); // deleted while we looked
         }
         return Err(Failure::Permanent("the original is missing from S3".into()));
     };
-    let format = extract::Format::from_content_type(&doc.content_type).ok_or_else(|| {
-        Failure::Permanent(format!("unsupported content type {}", doc.content_type))
-    })?;
+    let format = extract::Format::from_content_type(&doc.content_type)
+        .ok_or_else(|| Failure::Permanent(format!("unsupported content type {}", doc.content_type)))?;
     let settings = state.config.chunking;
     let pieces = tokio::task::spawn_blocking(move || {
         extract::extract(format, &bytes).map(|e| chunk::chunk(&e.text, e.markdown, settings))
@@ -114,30 +101,19 @@ async fn index(state: &AppState, tenant_id: Uuid, document_id: Uuid) -> Result<(
             conversation_id: None,
             endpoint: "worker.index",
         };
-        let embedded = gateway
-            .embed(&ctx, &missing)
-            .await
-            .map_err(|err| match err {
-                LlmError::QuotaExhausted(m) => {
-                    Failure::Permanent(format!("embedding quota exhausted: {m}"))
-                }
-                LlmError::InputTooLong { .. } => Failure::Permanent(err.to_string()),
-                other => Failure::Transient(other.into()),
-            })?;
+        let embedded = gateway.embed(&ctx, &missing).await.map_err(|err| match err {
+            LlmError::QuotaExhausted(m) => Failure::Permanent(format!("embedding quota exhausted: {m}")),
+            LlmError::InputTooLong { .. } => Failure::Permanent(err.to_string()),
+            other => Failure::Transient(other.into()),
+        })?;
         for (text, vector) in missing.iter().zip(embedded.vectors) {
             known.insert(chunk::content_hash(text), Vector::from(vector));
         }
     }
-    let vectors: Vec<Vector> = pieces
-        .iter()
-        .map(|c| known[&c.content_hash].clone())
-        .collect();
+    let vectors: Vec<Vector> = pieces.iter().map(|c| known[&c.content_hash].clone()).collect();
 
     let mut tx = state.db.begin().await?;
-    if documents::lock(&mut *tx, tenant_id, document_id)
-        .await?
-        .is_none()
-    {
+    if documents::lock(&mut *tx, tenant_id, document_id).await?.is_none() {
         tracing::info!("document deleted during indexing; discarding the result");
         return Ok(());
     }
@@ -145,11 +121,6 @@ async fn index(state: &AppState, tenant_id: Uuid, document_id: Uuid) -> Result<(
     let tokens: i32 = pieces.iter().map(|c| c.token_count).sum();
     documents::mark_indexed(&mut *tx, document_id, pieces.len() as i32, tokens, &model).await?;
     tx.commit().await?;
-    tracing::info!(
-        chunks = pieces.len(),
-        tokens,
-        embeddings_reused = reused,
-        "document indexed"
-    );
+    tracing::info!(chunks = pieces.len(), tokens, embeddings_reused = reused, "document indexed");
     Ok(())
 }

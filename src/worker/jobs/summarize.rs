@@ -14,10 +14,7 @@ use crate::store::{chunks, documents};
 const INPUT_BUDGET: i32 = 6_000;
 
 pub async fn run(state: &AppState, tenant_id: Uuid, document_id: Uuid) -> Result<(), JobError> {
-    let Some(doc) = documents::get(&state.db, tenant_id, document_id)
-        .await
-        .context("loading the document")?
-    else {
+    let Some(doc) = documents::get(&state.db, tenant_id, document_id).await.context("loading the document")? else {
         return Ok(()); // deleted since
     };
     match doc.status.as_str() {
@@ -27,15 +24,11 @@ pub async fn run(state: &AppState, tenant_id: Uuid, document_id: Uuid) -> Result
             return Err(JobError::Retry(anyhow::anyhow!("document not indexed yet")));
         }
         _ => {
-            return Err(JobError::Unprocessable(format!(
-                "document is {}; nothing to summarize",
-                doc.status
-            )));
+            return Err(JobError::Unprocessable(format!("document is {}; nothing to summarize", doc.status)));
         }
     }
-    let all = chunks::list_for_document(&state.db, tenant_id, document_id, -1, 10_000)
-        .await
-        .context("loading chunks")?;
+    let all =
+        chunks::list_for_document(&state.db, tenant_id, document_id, -1, 10_000).await.context("loading chunks")?;
     let mut used = 0;
     let mut context = String::new();
     for (n, chunk) in all.iter().enumerate() {
@@ -64,14 +57,10 @@ pub async fn run(state: &AppState, tenant_id: Uuid, document_id: Uuid) -> Result
         conversation_id: None,
         endpoint: "worker.summarize",
     };
-    let response = state
-        .gateway
-        .chat(&ctx, &request)
-        .await
-        .map_err(|err| match err {
-            LlmError::QuotaExhausted(m) => JobError::Unprocessable(format!("quota exhausted: {m}")),
-            other => JobError::Retry(other.into()),
-        })?;
+    let response = state.gateway.chat(&ctx, &request).await.map_err(|err| match err {
+        LlmError::QuotaExhausted(m) => JobError::Unprocessable(format!("quota exhausted: {m}")),
+        other => JobError::Retry(other.into()),
+    })?;
     documents::set_summary(&state.db, tenant_id, document_id, response.content.trim())
         .await
         .context("storing the summary")?;
