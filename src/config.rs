@@ -40,6 +40,11 @@ pub const VARIABLES: &[&str] = &[
     "WORKER_VISIBILITY_TIMEOUT_SECS",
     "WORKER_WAIT_TIME_SECS",
     "HNSW_EF_SEARCH",
+    "CHAT_TOP_K",
+    "CHAT_CONTEXT_TOKENS",
+    "CHAT_HISTORY_TOKENS",
+    "CHAT_MAX_ANSWER_TOKENS",
+    "RETRIEVAL_MIN_SIMILARITY",
     "CHUNK_MAX_TOKENS",
     "CHUNK_OVERLAP_TOKENS",
     "PORT",
@@ -136,6 +141,18 @@ pub struct WorkerConfig {
     pub wait_time: Duration,
 }
 
+/// Retrieval-augmented chat: how much to retrieve and how to budget the prompt.
+#[derive(Debug, Clone)]
+pub struct ChatConfig {
+    pub top_k: usize,
+    pub context_tokens: usize,
+    /// Conversation history kept in the prompt (oldest turns go first).
+    pub history_tokens: usize,
+    pub max_answer_tokens: u32,
+    /// Vector hits below this cosine similarity are not context.
+    pub min_similarity: f64,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub database_url: String,
@@ -148,6 +165,7 @@ pub struct Config {
     pub chunking: crate::ingest::chunk::ChunkSettings,
     /// HNSW candidate list size per search: recall against latency.
     pub hnsw_ef_search: u32,
+    pub chat: ChatConfig,
     pub port: u16,
     pub log_level: String,
     pub shutdown_timeout: Duration,
@@ -251,6 +269,13 @@ impl Config {
                 overlap_tokens: env.parse("CHUNK_OVERLAP_TOKENS", 50)?,
             },
             hnsw_ef_search: env.parse_positive("HNSW_EF_SEARCH", 100)?,
+            chat: ChatConfig {
+                top_k: env.parse_positive("CHAT_TOP_K", 8)?,
+                context_tokens: env.parse_positive("CHAT_CONTEXT_TOKENS", 3_000)?,
+                history_tokens: env.parse("CHAT_HISTORY_TOKENS", 2_000)?,
+                max_answer_tokens: env.parse_positive("CHAT_MAX_ANSWER_TOKENS", 700)?,
+                min_similarity: env.parse("RETRIEVAL_MIN_SIMILARITY", 0.2)?,
+            },
             port: env.parse("PORT", 8080)?,
             log_level: env.string("LOG_LEVEL", "info"),
             shutdown_timeout: Duration::from_secs(env.parse_positive("SHUTDOWN_TIMEOUT_SECS", 30)?),

@@ -12,6 +12,7 @@
 
 pub mod app;
 pub mod blob;
+pub mod chat;
 pub mod cli;
 pub mod config;
 pub mod error;

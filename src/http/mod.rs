@@ -3,6 +3,7 @@
 //! JSON errors).
 
 pub mod auth;
+pub mod chat;
 pub mod documents;
 pub mod health;
 pub mod me;
@@ -32,6 +33,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
     info(title = "stolid", description = "Retrieval-augmented AI backend: documents, search, chat, suggest, agent, usage."),
     paths(
         health::healthz, health::readyz, me::me, search::search,
+        chat::chat, chat::list_conversations, chat::get_conversation, chat::delete_conversation,
         documents::create_documents, documents::list_documents, documents::get_document,
         documents::list_chunks, documents::get_content, documents::delete_document, documents::reindex_document,
         documents::summarize_document, documents::reindex_documents, documents::summarize_documents,
@@ -79,6 +81,7 @@ pub fn router(state: AppState) -> Router {
         .merge(me::router())
         .merge(documents::router())
         .merge(search::router())
+        .merge(chat::router())
         .route("/openapi.json", get(|| async { axum::Json(ApiDoc::openapi()) }))
         .fallback(|| async { error_response(StatusCode::NOT_FOUND, "not_found", "no such route") })
         // Innermost first: each `.layer` wraps everything above it.

@@ -105,7 +105,7 @@ pub struct ChatOutput {
     pub tool_calls: Vec<ToolCall>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TokenUsage {
     pub input_tokens: u32,
     pub output_tokens: u32,
@@ -356,6 +356,115 @@ impl Gateway {
         Err(LlmError::RateLimited { attempts: max_attempts })
     }
 
+    /// A streamed chat completion: `Delta`s, then one `Done` with usage. The
+    /// call is recorded when the stream ends, or, if the consumer drops it (a
+    /// client that went away), as cancelled with the tokens produced so far;
+    /// dropping it also drops the upstream request, which stops the model.
+    pub async fn chat_stream(
+        self: &Arc<Self>,
+        ctx: CallContext,
+        request: ChatRequest,
+    ) -> Result<futures::stream::BoxStream<'static, Result<StreamItem, LlmError>>, LlmError> {
+        let model = request.model.clone().unwrap_or_else(|| self.config.chat_model.clone());
+        let input_estimate = request.messages.iter().map(|m| count_tokens(&m.content) + 4).sum::<usize>() as u32;
+        let started = Instant::now();
+        let upstream: futures::stream::BoxStream<'static, Result<openai::StreamDelta, ProviderError>> = match &self
+            .provider
+        {
+            Provider::Local => {
+                let output = local::chat(&request);
+                let words: Vec<Result<openai::StreamDelta, ProviderError>> = output
+                    .content
+                    .split_inclusive(' ')
+                    .map(|w| Ok(openai::StreamDelta { content: Some(w.to_string()), usage: None }))
+                    .collect();
+                futures::stream::iter(words).boxed()
+            }
+            Provider::OpenAi(p) => {
+                let mut attempt = 0;
+                loop {
+                    match p.chat_stream(&model, &request).await {
+                        Ok(stream) => break stream,
+                        Err(err) => {
+                            let outcome = self.outcome_of(&err);
+                            self.record(
+                                &ctx,
+                                Operation::Chat,
+                                &model,
+                                0,
+                                0,
+                                started.elapsed(),
+                                outcome,
+                                Some(err.to_string()),
+                            );
+                            attempt += 1;
+                            match err {
+                                ProviderError::RateLimited { retry_after, .. }
+                                    if attempt < self.config.embedding_limits.max_attempts =>
+                                {
+                                    tokio::time::sleep(retry_after.unwrap_or_else(|| limiter::backoff(attempt))).await
+                                }
+                                ProviderError::Transient(_) if attempt < self.config.embedding_limits.max_attempts => {
+                                    sleep_backoff(attempt).await
+                                }
+                                other => return Err(self.give_up(other)),
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        let guard = StreamGuard {
+            gateway: self.clone(),
+            ctx,
+            model,
+            started,
+            input_estimate,
+            text: String::new(),
+            usage: None,
+            finished: false,
+        };
+        Ok(futures::stream::unfold((upstream, guard), |(mut upstream, mut guard)| async move {
+            if guard.finished {
+                return None;
+            }
+            loop {
+                match upstream.next().await {
+                    Some(Ok(delta)) => {
+                        if delta.usage.is_some() {
+                            guard.usage = delta.usage;
+                        }
+                        if let Some(text) = delta.content.filter(|t| !t.is_empty()) {
+                            guard.text.push_str(&text);
+                            return Some((Ok(StreamItem::Delta(text)), (upstream, guard)));
+                        }
+                    }
+                    Some(Err(err)) => {
+                        guard.finished = true;
+                        let latency = guard.started.elapsed();
+                        guard.gateway.record(
+                            &guard.ctx,
+                            Operation::Chat,
+                            &guard.model,
+                            0,
+                            0,
+                            latency,
+                            Outcome::Error,
+                            Some(err.to_string()),
+                        );
+                        return Some((Err(LlmError::Provider(err.to_string())), (upstream, guard)));
+                    }
+                    None => {
+                        guard.finished = true;
+                        let response = guard.complete();
+                        return Some((Ok(StreamItem::Done(response)), (upstream, guard)));
+                    }
+                }
+            }
+        })
+        .boxed())
+    }
+
     fn outcome_of(&self, err: &ProviderError) -> Outcome {
         match err {
             ProviderError::RateLimited { .. } => Outcome::RateLimited,
@@ -405,6 +514,75 @@ impl Gateway {
             created_at: chrono::Utc::now(),
         });
         cost_usd
+    }
+}
+
+/// One item of a streamed answer.
+#[derive(Debug)]
+pub enum StreamItem {
+    Delta(String),
+    Done(ChatResponse),
+}
+
+/// Records a streamed call exactly once, however the stream ends.
+struct StreamGuard {
+    gateway: Arc<Gateway>,
+    ctx: CallContext,
+    model: String,
+    started: Instant,
+    input_estimate: u32,
+    text: String,
+    /// Reported by the provider in the last chunk, when it does.
+    usage: Option<(u32, u32)>,
+    finished: bool,
+}
+
+impl StreamGuard {
+    fn tokens(&self) -> (u32, u32) {
+        self.usage.unwrap_or((self.input_estimate, count_tokens(&self.text) as u32))
+    }
+
+    fn complete(&mut self) -> ChatResponse {
+        let (input_tokens, output_tokens) = self.tokens();
+        let latency = self.started.elapsed();
+        let cost_usd = self.gateway.record(
+            &self.ctx,
+            Operation::Chat,
+            &self.model,
+            input_tokens,
+            output_tokens,
+            latency,
+            Outcome::Ok,
+            None,
+        );
+        ChatResponse {
+            content: std::mem::take(&mut self.text),
+            tool_calls: vec![],
+            model: self.model.clone(),
+            provider: self.gateway.provider_name(),
+            usage: TokenUsage { input_tokens, output_tokens, cost_usd },
+            latency,
+        }
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if !self.finished {
+            let (input_tokens, output_tokens) = self.tokens();
+            let latency = self.started.elapsed();
+            let error = Some("cancelled: the client went away".to_string());
+            self.gateway.record(
+                &self.ctx,
+                Operation::Chat,
+                &self.model,
+                input_tokens,
+                output_tokens,
+                latency,
+                Outcome::Error,
+                error,
+            );
+        }
     }
 }
 

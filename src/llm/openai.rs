@@ -100,6 +100,40 @@ impl OpenAiProvider {
     }
 }
 
+impl OpenAiProvider {
+    /// Starts a streamed completion: content deltas, and token usage in the final chunk.
+    pub async fn chat_stream(
+        &self,
+        model: &str,
+        request: &ChatRequest,
+    ) -> Result<futures::stream::BoxStream<'static, Result<StreamDelta, ProviderError>>, ProviderError> {
+        use futures::StreamExt;
+        let body = chat_body(model, request, true);
+        let stream = self.client.chat().create_stream_byot::<Value, Value>(body).await.map_err(classify)?;
+        Ok(stream
+            .map(|item| {
+                let chunk = item.map_err(classify)?;
+                let content = chunk["choices"][0]["delta"]["content"].as_str().map(str::to_string);
+                let usage = chunk.get("usage").filter(|u| u.is_object()).map(|u| {
+                    (
+                        u["prompt_tokens"].as_u64().unwrap_or(0) as u32,
+                        u["completion_tokens"].as_u64().unwrap_or(0) as u32,
+                    )
+                });
+                Ok(StreamDelta { content, usage })
+            })
+            .boxed())
+    }
+}
+
+/// One chunk of a streamed completion.
+#[derive(Debug, Default)]
+pub struct StreamDelta {
+    pub content: Option<String>,
+    /// (input, output) tokens, in the last chunk when the server reports them.
+    pub usage: Option<(u32, u32)>,
+}
+
 /// The Chat Completions request body for our message types.
 pub fn chat_body(model: &str, request: &ChatRequest, stream: bool) -> Value {
     let messages: Vec<Value> = request

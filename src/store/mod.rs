@@ -3,6 +3,7 @@
 //! about HTTP or workers.
 
 pub mod chunks;
+pub mod conversations;
 pub mod documents;
 pub mod embeddings;
 pub mod keys;

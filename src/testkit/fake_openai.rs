@@ -46,6 +46,8 @@ pub struct Stats {
     pub embedded_inputs: u64,
     pub embedded_tokens: u64,
     pub chat_requests: u64,
+    /// Streams the client closed before the last event.
+    pub chat_streams_cancelled: u64,
     pub rate_limited: u64,
     pub max_in_flight: u64,
     /// The largest number of embedding requests seen in any window of the cap's length.
@@ -58,6 +60,10 @@ struct Shared {
     faults: VecDeque<Fault>,
     cap: Option<RateCap>,
     default_dims: usize,
+    /// Pause between streamed chunks.
+    stream_gap: Duration,
+    /// The messages of the last chat request, as received.
+    last_chat_messages: Vec<Value>,
     stats: Stats,
     in_flight: u64,
     /// Arrival times of embedding requests that were served.
@@ -111,6 +117,15 @@ impl FakeOpenAi {
     /// Answer 429 whenever more than `cap.limit` embedding requests arrive within `cap.window`.
     pub fn set_rate_cap(&self, cap: Option<RateCap>) {
         self.shared.lock().unwrap().cap = cap;
+    }
+
+    pub fn set_stream_gap(&self, gap: Duration) {
+        self.shared.lock().unwrap().stream_gap = gap;
+    }
+
+    /// The messages of the most recent chat request.
+    pub fn last_chat_messages(&self) -> Vec<Value> {
+        self.shared.lock().unwrap().last_chat_messages.clone()
     }
 
     pub fn set_default_dimensions(&self, dims: usize) {
@@ -337,7 +352,11 @@ async fn chat(State(shared): State<Arc<Mutex<Shared>>>, _headers: HeaderMap, Jso
     if let Some(response) = before_serving(&shared, false).await {
         return response;
     }
-    shared.lock().unwrap().stats.chat_requests += 1;
+    {
+        let mut s = shared.lock().unwrap();
+        s.stats.chat_requests += 1;
+        s.last_chat_messages = body.messages.clone();
+    }
     let request = to_request(&body);
     let output = local::chat(&request);
     let prompt_tokens: usize = request.messages.iter().map(|m| count_tokens(&m.content) + 4).sum();
@@ -386,23 +405,41 @@ async fn chat(State(shared): State<Arc<Mutex<Shared>>>, _headers: HeaderMap, Jso
         last["usage"] = usage;
         events.push(last);
     }
-    let gap = Duration::from_millis(2);
-    let stream = async_stream(events, gap, in_flight);
+    let gap = shared.lock().unwrap().stream_gap.max(Duration::from_millis(1));
+    let stream = async_stream(events, gap, StreamWatch { shared: shared.clone(), done: false, _in_flight: in_flight });
     Sse::new(stream).into_response()
+}
+
+/// Counts a stream as cancelled if it is dropped before its last event.
+struct StreamWatch {
+    shared: Arc<Mutex<Shared>>,
+    done: bool,
+    _in_flight: InFlight,
+}
+
+impl Drop for StreamWatch {
+    fn drop(&mut self) {
+        if !self.done {
+            self.shared.lock().unwrap().stats.chat_streams_cancelled += 1;
+        }
+    }
 }
 
 fn async_stream(
     events: Vec<Value>,
     gap: Duration,
-    in_flight: InFlight,
+    watch: StreamWatch,
 ) -> impl futures::Stream<Item = Result<Event, std::convert::Infallible>> {
     let items = events
         .into_iter()
         .map(|e| Event::default().data(e.to_string()))
-        .chain(std::iter::once(Event::default().data("[DONE]")));
-    futures::stream::unfold((items, in_flight), move |(mut items, in_flight)| async move {
+        .chain(std::iter::once(Event::default().data("[DONE]")))
+        .peekable();
+    futures::stream::unfold((items, watch), move |(mut items, mut watch)| async move {
         tokio::time::sleep(gap).await;
-        items.next().map(|event| (Ok(event), (items, in_flight)))
+        let event = items.next()?;
+        watch.done = items.peek().is_none();
+        Some((Ok(event), (items, watch)))
     })
 }
 

@@ -1,0 +1,139 @@
+//! Retrieval-augmented chat: retrieve, build a prompt within budget, ask the
+//! model through the gateway, cite, and persist the turn in its conversation.
+
+pub mod prompt;
+pub mod stream;
+
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::app::AppState;
+use crate::error::{Error, Result};
+use crate::http::auth::Tenant;
+use crate::llm::{ChatRequest, Role, TokenUsage};
+use crate::retrieval::{self, Mode};
+use crate::store::conversations::{self, NewMessage};
+use crate::store::search::Scope;
+use prompt::{Budget, Citation, Prompt, Turn};
+
+/// What the user sees when retrieval finds nothing relevant: no model call, no invention.
+pub const NOT_FOUND: &str = "I could not find anything about this in your documents.";
+
+pub struct ChatInput {
+    pub message: String,
+    pub conversation_id: Option<Uuid>,
+    pub scope: Scope,
+}
+
+/// Everything decided before the model is called.
+pub struct Prepared {
+    pub conversation_id: Uuid,
+    pub prompt: Prompt,
+    pub request: ChatRequest,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ChatReply {
+    pub conversation_id: Uuid,
+    pub message_id: Uuid,
+    pub answer: String,
+    /// Sources cited in the answer, numbered as in its `[n]` markers.
+    pub citations: Vec<Citation>,
+    pub usage: TokenUsage,
+    pub model: String,
+    /// `openai` or `local`.
+    pub provider: &'static str,
+}
+
+/// Loads or starts the conversation, retrieves, and builds the prompt.
+pub async fn prepare(state: &AppState, tenant: &Tenant, input: &ChatInput) -> Result<Prepared> {
+    if input.message.trim().is_empty() {
+        return Err(Error::invalid("message is empty"));
+    }
+    let conversation_id = match input.conversation_id {
+        Some(id) => conversations::get(&state.db, tenant.id, id).await?.ok_or(Error::NotFound("conversation"))?.id,
+        None => {
+            let title: String = input.message.chars().take(80).collect();
+            conversations::create(&state.db, tenant.id, title.trim()).await?.id
+        }
+    };
+    let history: Vec<Turn> = conversations::messages(&state.db, tenant.id, conversation_id)
+        .await?
+        .into_iter()
+        .map(|m| Turn { role: if m.role == "assistant" { Role::Assistant } else { Role::User }, content: m.content })
+        .collect();
+    let chat = &state.config.chat;
+    let query = retrieval::Query {
+        text: &input.message,
+        k: chat.top_k,
+        mode: Mode::Hybrid,
+        scope: input.scope.clone(),
+        min_similarity: Some(chat.min_similarity),
+    };
+    let hits = retrieval::search(state, &tenant.call_context("chat", Some(conversation_id)), query).await?;
+    let budget = Budget { context_tokens: chat.context_tokens, history_tokens: chat.history_tokens };
+    let prompt = prompt::build(&hits, &history, &input.message, budget);
+    let request = ChatRequest {
+        messages: prompt.messages.clone(),
+        max_tokens: Some(chat.max_answer_tokens),
+        temperature: Some(0.2),
+        ..Default::default()
+    };
+    Ok(Prepared { conversation_id, prompt, request })
+}
+
+/// Answers one message (non-streaming).
+pub async fn respond(state: &AppState, tenant: &Tenant, input: ChatInput) -> Result<ChatReply> {
+    let prepared = prepare(state, tenant, &input).await?;
+    if prepared.prompt.passages.is_empty() {
+        let usage = TokenUsage { input_tokens: 0, output_tokens: 0, cost_usd: 0.0 };
+        let model = state.gateway.chat_model().to_string();
+        return finish(state, tenant, &input.message, prepared, NOT_FOUND.to_string(), usage, model).await;
+    }
+    let ctx = tenant.call_context("chat", Some(prepared.conversation_id));
+    let response = state.gateway.chat(&ctx, &prepared.request).await?;
+    finish(state, tenant, &input.message, prepared, response.content, response.usage, response.model).await
+}
+
+/// Cites and stores the turn (question and answer) in one transaction.
+pub async fn finish(
+    state: &AppState,
+    tenant: &Tenant,
+    question: &str,
+    prepared: Prepared,
+    answer: String,
+    usage: TokenUsage,
+    model: String,
+) -> Result<ChatReply> {
+    let citations = prompt::citations(&answer, &prepared.prompt.passages);
+    let mut tx = state.db.begin().await?;
+    let user = NewMessage {
+        role: "user",
+        content: question,
+        citations: serde_json::json!([]),
+        input_tokens: 0,
+        output_tokens: 0,
+        cost_usd: 0.0,
+    };
+    conversations::add_message(&mut *tx, tenant.id, prepared.conversation_id, user).await?;
+    let assistant = NewMessage {
+        role: "assistant",
+        content: &answer,
+        citations: serde_json::to_value(&citations).expect("citations serialize"),
+        input_tokens: usage.input_tokens as i32,
+        output_tokens: usage.output_tokens as i32,
+        cost_usd: usage.cost_usd,
+    };
+    let message_id = conversations::add_message(&mut *tx, tenant.id, prepared.conversation_id, assistant).await?;
+    tx.commit().await?;
+    Ok(ChatReply {
+        conversation_id: prepared.conversation_id,
+        message_id,
+        answer,
+        citations,
+        usage,
+        model,
+        provider: state.gateway.provider_name(),
+    })
+}

@@ -1,0 +1,89 @@
+//! Streaming chat: the same turn as [`super::respond`], delivered as Server-Sent
+//! Events: `delta` events (`{"text": ...}`) as the model writes, then one `done`
+//! event carrying the whole [`super::ChatReply`] (citations, usage), or an
+//! `error` event. If the client disconnects, the event stream is dropped, which
+//! drops the upstream model request: the model stops and the call is recorded
+//! as cancelled.
+
+use std::convert::Infallible;
+
+use axum::response::sse::Event;
+use futures::stream::{BoxStream, StreamExt};
+
+use super::{ChatInput, NOT_FOUND, Prepared};
+use crate::app::AppState;
+use crate::error::Result;
+use crate::http::auth::Tenant;
+use crate::llm::{LlmError, StreamItem, TokenUsage};
+
+fn event(name: &str, data: serde_json::Value) -> std::result::Result<Event, Infallible> {
+    Ok(Event::default().event(name).data(data.to_string()))
+}
+
+struct Turn {
+    state: AppState,
+    tenant: Tenant,
+    question: String,
+    prepared: Option<Prepared>,
+    upstream: BoxStream<'static, std::result::Result<StreamItem, LlmError>>,
+}
+
+pub async fn respond(
+    state: AppState,
+    tenant: Tenant,
+    input: ChatInput,
+) -> Result<BoxStream<'static, std::result::Result<Event, Infallible>>> {
+    let prepared = super::prepare(&state, &tenant, &input).await?;
+    let upstream = if prepared.prompt.passages.is_empty() {
+        // Nothing relevant: say so, without a model call.
+        let model = state.gateway.chat_model().to_string();
+        let done = crate::llm::ChatResponse {
+            content: NOT_FOUND.to_string(),
+            tool_calls: vec![],
+            model,
+            provider: state.gateway.provider_name(),
+            usage: TokenUsage { input_tokens: 0, output_tokens: 0, cost_usd: 0.0 },
+            latency: std::time::Duration::ZERO,
+        };
+        futures::stream::iter([Ok(StreamItem::Delta(NOT_FOUND.to_string())), Ok(StreamItem::Done(done))]).boxed()
+    } else {
+        let ctx = tenant.call_context("chat", Some(prepared.conversation_id));
+        state.gateway.chat_stream(ctx, prepared.request.clone()).await?
+    };
+    let turn = Turn { state, tenant, question: input.message, prepared: Some(prepared), upstream };
+    Ok(futures::stream::unfold(turn, |mut turn| async move {
+        // The turn ends after its `done` or `error` event.
+        turn.prepared.as_ref()?;
+        match turn.upstream.next().await {
+            Some(Ok(StreamItem::Delta(text))) => Some((event("delta", serde_json::json!({ "text": text })), turn)),
+            Some(Ok(StreamItem::Done(response))) => {
+                let prepared = turn.prepared.take().expect("checked above");
+                let reply = super::finish(
+                    &turn.state,
+                    &turn.tenant,
+                    &turn.question,
+                    prepared,
+                    response.content,
+                    response.usage,
+                    response.model,
+                )
+                .await;
+                let item = match reply {
+                    Ok(reply) => event("done", serde_json::to_value(reply).expect("reply serializes")),
+                    Err(err) => error_event(&err.to_string()),
+                };
+                Some((item, turn))
+            }
+            Some(Err(err)) => {
+                turn.prepared = None;
+                Some((error_event(&err.to_string()), turn))
+            }
+            None => None,
+        }
+    })
+    .boxed())
+}
+
+fn error_event(message: &str) -> std::result::Result<Event, Infallible> {
+    event("error", serde_json::json!({"error": {"code": "model_error", "message": message}}))
+}

@@ -1,0 +1,223 @@
+//! Retrieval-augmented chat against the fake model server: citations,
+//! conversations, budgets, streaming and cancellation, tenant isolation.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use crate::documents::{upload_text, wait_until_settled};
+use crate::helpers::{Options, TestApp, spawn_app_with_fake};
+
+const DOCS: [(&str, &str); 3] = [
+    ("ownership", "Each value in Rust has an owner. When the owner goes out of scope, the value is dropped."),
+    ("cargo", "Cargo is the Rust package manager. It downloads dependencies and builds packages."),
+    ("tokio", "Tokio is an asynchronous runtime that schedules tasks on a pool of worker threads."),
+];
+
+async fn index_docs(app: &TestApp) {
+    for (title, text) in DOCS {
+        let doc = upload_text(app, json!({"text": text, "title": title})).await;
+        assert_eq!(wait_until_settled(app, doc["id"].as_str().unwrap()).await["status"], "indexed");
+    }
+}
+
+async fn chat(app: &TestApp, body: Value) -> Value {
+    let response = app.post("/v1/chat").json(&body).send().await.unwrap();
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    response.json().await.unwrap()
+}
+
+/// The answer cites retrieved chunks only, numbered as in the text; the turn is
+/// kept with its citations, token usage and cost.
+#[tokio::test]
+async fn chat_answers_with_citations_and_keeps_the_conversation() {
+    let (app, fake) = spawn_app_with_fake(Options::default()).await;
+    index_docs(&app).await;
+    let reply = chat(&app, json!({"message": "What happens when the owner goes out of scope?"})).await;
+    let answer = reply["answer"].as_str().unwrap();
+    assert!(answer.contains("dropped"), "{reply}");
+    let citations = reply["citations"].as_array().unwrap();
+    assert!(!citations.is_empty(), "{reply}");
+    let chunk_ids: Vec<String> =
+        sqlx::query_scalar("SELECT id::text FROM chunks").fetch_all(&app.state.db).await.unwrap();
+    for citation in citations {
+        assert!(answer.contains(&format!("[{}]", citation["number"])), "cited number appears in the answer");
+        assert!(chunk_ids.contains(&citation["chunk_id"].as_str().unwrap().to_string()), "cites a real chunk");
+    }
+    assert_eq!(citations[0]["title"], "ownership");
+    assert!(reply["usage"]["input_tokens"].as_u64().unwrap() > 0);
+    assert_eq!(reply["provider"], "openai");
+    assert_eq!(fake.stats().chat_requests, 1);
+
+    let id = reply["conversation_id"].as_str().unwrap();
+    let follow_up = chat(&app, json!({"message": "And what does Cargo download?", "conversation_id": id})).await;
+    assert_eq!(follow_up["conversation_id"], id);
+    let history = fake.last_chat_messages();
+    assert!(
+        history.iter().any(|m| m["content"].as_str().unwrap().contains("owner goes out of scope")),
+        "history is sent"
+    );
+
+    let conversation: Value = app.get(&format!("/v1/conversations/{id}")).send().await.unwrap().json().await.unwrap();
+    let messages = conversation["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 4);
+    assert_eq!(messages[1]["role"], "assistant");
+    assert_eq!(messages[1]["citations"], reply["citations"]);
+    assert!(messages[1]["cost_usd"].as_f64().unwrap() > 0.0);
+    let list: Value = app.get("/v1/conversations").send().await.unwrap().json().await.unwrap();
+    assert_eq!(list["conversations"].as_array().unwrap().len(), 1);
+    app.state.gateway.recorder().flush().await;
+    let per_conversation: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM model_calls WHERE conversation_id = $1::uuid AND operation = 'chat'")
+            .bind(id)
+            .fetch_one(&app.state.db)
+            .await
+            .unwrap();
+    assert_eq!(per_conversation, 2, "model calls carry the conversation id");
+    let deleted =
+        app.client.delete(app.url(&format!("/v1/conversations/{id}"))).bearer_auth(&app.api_key).send().await.unwrap();
+    assert_eq!(deleted.status(), 204);
+    assert_eq!(app.get(&format!("/v1/conversations/{id}")).send().await.unwrap().status(), 404);
+}
+
+/// With nothing relevant in the documents, chat says so and does not call the model.
+#[tokio::test]
+async fn chat_says_so_when_nothing_relevant_is_found() {
+    let (app, fake) = spawn_app_with_fake(Options::default()).await;
+    index_docs(&app).await;
+    let reply = chat(&app, json!({"message": "Best pizza dough hydration percentage?"})).await;
+    assert_eq!(reply["answer"], stolid::chat::NOT_FOUND);
+    assert_eq!(reply["citations"].as_array().unwrap().len(), 0);
+    assert_eq!(fake.stats().chat_requests, 0);
+}
+
+/// History beyond the budget is dropped oldest first.
+#[tokio::test]
+async fn history_is_trimmed_to_the_budget_oldest_first() {
+    let env = HashMap::from([("CHAT_HISTORY_TOKENS", "60".to_string())]);
+    let (app, fake) = spawn_app_with_fake(Options { env, ..Default::default() }).await;
+    index_docs(&app).await;
+    let first =
+        chat(&app, json!({"message": "Tell me about ownership and the owner of a value, please, in detail"})).await;
+    let id = first["conversation_id"].as_str().unwrap().to_string();
+    for question in ["What does Cargo download?", "What does Tokio schedule?", "Who owns a value?"] {
+        chat(&app, json!({"message": question, "conversation_id": id})).await;
+    }
+    let sent = fake.last_chat_messages();
+    let texts: Vec<&str> = sent.iter().map(|m| m["content"].as_str().unwrap()).collect();
+    assert!(!texts.iter().any(|t| t.contains("in detail")), "the oldest turn was dropped: {texts:?}");
+    assert!(texts.iter().any(|t| t.contains("What does Tokio schedule?")), "recent turns are kept: {texts:?}");
+    assert_eq!(*texts.last().unwrap(), "Who owns a value?");
+}
+
+/// Reads an SSE response into (event, data) pairs.
+async fn sse_events(response: reqwest::Response) -> Vec<(String, Value)> {
+    let text = response.text().await.unwrap();
+    text.split("\n\n")
+        .filter_map(|block| {
+            let event = block.lines().find_map(|l| l.strip_prefix("event: "))?.to_string();
+            let data = block.lines().find_map(|l| l.strip_prefix("data: "))?;
+            Some((event, serde_json::from_str(data).unwrap()))
+        })
+        .collect()
+}
+
+/// `stream: true` sends token deltas, then one final event with citations and usage.
+#[tokio::test]
+async fn streaming_chat_sends_deltas_then_the_final_event() {
+    let (app, _fake) = spawn_app_with_fake(Options::default()).await;
+    index_docs(&app).await;
+    let response = app
+        .post("/v1/chat")
+        .json(&json!({"message": "What does Cargo download?", "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let events = sse_events(response).await;
+    let (last, done) = events.last().unwrap();
+    assert_eq!(last, "done", "{events:?}");
+    let deltas: String =
+        events.iter().filter(|(e, _)| e == "delta").map(|(_, d)| d["text"].as_str().unwrap()).collect();
+    assert!(events.iter().filter(|(e, _)| e == "delta").count() > 1, "several deltas");
+    assert_eq!(deltas, done["answer"].as_str().unwrap(), "the deltas add up to the answer");
+    assert!(!done["citations"].as_array().unwrap().is_empty());
+    assert!(done["usage"]["output_tokens"].as_u64().unwrap() > 0);
+    let id = done["conversation_id"].as_str().unwrap();
+    let conversation: Value = app.get(&format!("/v1/conversations/{id}")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(conversation["messages"].as_array().unwrap().len(), 2, "the streamed turn is kept too");
+}
+
+/// A client that disconnects mid-stream stops the upstream model call, and the
+/// call is recorded as cancelled.
+#[tokio::test]
+async fn a_client_disconnect_cancels_the_upstream_model_call() {
+    let (app, fake) = spawn_app_with_fake(Options::default()).await;
+    index_docs(&app).await;
+    fake.set_stream_gap(Duration::from_millis(300));
+    let response = app
+        .post("/v1/chat")
+        .json(&json!({"message": "What happens when the owner goes out of scope?", "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    let mut body = response.bytes_stream();
+    let first = body.next().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("delta"));
+    drop(body);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fake.stats().chat_streams_cancelled == 0 {
+        assert!(Instant::now() < deadline, "the upstream stream was never closed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.state.gateway.recorder().flush().await;
+    let errors: Vec<String> =
+        sqlx::query_scalar("SELECT error FROM model_calls WHERE operation = 'chat' AND outcome = 'error'")
+            .fetch_all(&app.state.db)
+            .await
+            .unwrap();
+    assert!(errors.iter().any(|e| e.contains("cancelled")), "{errors:?}");
+}
+
+/// Another tenant cannot read, continue, list or delete a conversation.
+#[tokio::test]
+async fn conversations_never_cross_tenants() {
+    let (app, _fake) = spawn_app_with_fake(Options::default()).await;
+    index_docs(&app).await;
+    let reply = chat(&app, json!({"message": "What does Cargo download?"})).await;
+    let id = reply["conversation_id"].as_str().unwrap();
+    let other = app.new_tenant("globex").await;
+    let get = app.client.get(app.url(&format!("/v1/conversations/{id}"))).bearer_auth(&other).send().await.unwrap();
+    assert_eq!(get.status(), 404);
+    let cont = app
+        .client
+        .post(app.url("/v1/chat"))
+        .bearer_auth(&other)
+        .json(&json!({"message": "hi", "conversation_id": id}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cont.status(), 404);
+    let list: Value =
+        app.client.get(app.url("/v1/conversations")).bearer_auth(&other).send().await.unwrap().json().await.unwrap();
+    assert_eq!(list["conversations"].as_array().unwrap().len(), 0);
+    let delete =
+        app.client.delete(app.url(&format!("/v1/conversations/{id}"))).bearer_auth(&other).send().await.unwrap();
+    assert_eq!(delete.status(), 404);
+    // Their chat does not see our documents either.
+    let theirs: Value = app
+        .client
+        .post(app.url("/v1/chat"))
+        .bearer_auth(&other)
+        .json(&json!({"message": "What does Cargo download?"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(theirs["answer"], stolid::chat::NOT_FOUND);
+}
