@@ -106,10 +106,11 @@ pub fn citations(answer: &str, passages: &[Hit]) -> Vec<Citation> {
     while let Some(open) = rest.find('[') {
         rest = &rest[open + 1..];
         let Some(close) = rest.find(']') else { break };
-        if let Ok(n) = rest[..close].trim().parse::<usize>() {
-            if (1..=passages.len()).contains(&n) && !numbers.contains(&n) {
-                numbers.push(n);
-            }
+        if let Ok(n) = rest[..close].trim().parse::<usize>()
+            && (1..=passages.len()).contains(&n)
+            && !numbers.contains(&n)
+        {
+            numbers.push(n);
         }
         rest = &rest[close..];
     }
