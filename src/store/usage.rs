@@ -120,3 +120,96 @@ pub async fn insert_model_calls(db: impl PgExecutor<'_>, calls: &[ModelCall]) ->
     .await?;
     Ok(())
 }
+
+/// What usage is grouped by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupBy {
+    Model,
+    Endpoint,
+    Day,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct UsageGroup {
+    /// The model, the endpoint, or the day (`YYYY-MM-DD`, UTC).
+    pub key: String,
+    pub calls: i64,
+    pub failed_calls: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cost_usd: f64,
+    /// Latency percentiles of successful calls, in milliseconds.
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p95_ms: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
+}
+
+pub async fn grouped(
+    db: impl PgExecutor<'_>,
+    tenant_id: uuid::Uuid,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    group_by: GroupBy,
+) -> sqlx::Result<Vec<UsageGroup>> {
+    let key = match group_by {
+        GroupBy::Model => "model",
+        GroupBy::Endpoint => "endpoint",
+        GroupBy::Day => "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+    };
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {key} AS key,
+                count(*) AS calls,
+                count(*) FILTER (WHERE outcome <> 'ok') AS failed_calls,
+                coalesce(sum(input_tokens), 0)::int8 AS input_tokens,
+                coalesce(sum(output_tokens), 0)::int8 AS output_tokens,
+                coalesce(sum(cost_usd), 0)::float8 AS cost_usd,
+                percentile_cont(0.50) WITHIN GROUP (ORDER BY latency_ms) FILTER (WHERE outcome = 'ok') AS latency_p50_ms,
+                percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) FILTER (WHERE outcome = 'ok') AS latency_p95_ms,
+                percentile_cont(0.99) WITHIN GROUP (ORDER BY latency_ms) FILTER (WHERE outcome = 'ok') AS latency_p99_ms
+         FROM model_calls
+         WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3
+         GROUP BY 1 ORDER BY 1"
+    )))
+    .bind(tenant_id)
+    .bind(from)
+    .bind(to)
+    .fetch_all(db)
+    .await
+}
+
+/// Cost per conversation: the distribution over conversations with model calls in the window.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct ConversationCosts {
+    pub count: i64,
+    pub mean_cost_usd: Option<f64>,
+    pub p50_cost_usd: Option<f64>,
+    pub p95_cost_usd: Option<f64>,
+    pub max_cost_usd: Option<f64>,
+}
+
+pub async fn conversation_costs(
+    db: impl PgExecutor<'_>,
+    tenant_id: uuid::Uuid,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> sqlx::Result<ConversationCosts> {
+    sqlx::query_as(
+        "WITH per_conversation AS (
+             SELECT conversation_id, sum(cost_usd) AS cost
+             FROM model_calls
+             WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3 AND conversation_id IS NOT NULL
+             GROUP BY conversation_id)
+         SELECT count(*) AS count,
+                avg(cost)::float8 AS mean_cost_usd,
+                percentile_cont(0.50) WITHIN GROUP (ORDER BY cost) AS p50_cost_usd,
+                percentile_cont(0.95) WITHIN GROUP (ORDER BY cost) AS p95_cost_usd,
+                max(cost)::float8 AS max_cost_usd
+         FROM per_conversation",
+    )
+    .bind(tenant_id)
+    .bind(from)
+    .bind(to)
+    .fetch_one(db)
+    .await
+}

@@ -13,3 +13,4 @@ mod http_basics;
 mod ingest_cli;
 mod process;
 mod search;
+mod usage;
