@@ -10,6 +10,7 @@
 //! - [`telemetry`]: JSON logs for CloudWatch.
 //! - [`testkit`]: a fake OpenAI-compatible server for tests and benchmarks.
 
+pub mod agent;
 pub mod app;
 pub mod blob;
 pub mod chat;

@@ -2,6 +2,7 @@
 //! middleware every route shares (request id, tracing, timeout, body limit,
 //! JSON errors).
 
+pub mod agent;
 pub mod auth;
 pub mod chat;
 pub mod documents;
@@ -34,7 +35,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
     info(title = "stolid", description = "Retrieval-augmented AI backend: documents, search, chat, suggest, agent, usage."),
     paths(
         health::healthz, health::readyz, me::me, search::search,
-        usage::get_usage,
+        usage::get_usage, agent::run_agent,
         chat::chat, chat::list_conversations, chat::get_conversation, chat::delete_conversation,
         documents::create_documents, documents::list_documents, documents::get_document,
         documents::list_chunks, documents::get_content, documents::delete_document, documents::reindex_document,
@@ -85,6 +86,7 @@ pub fn router(state: AppState) -> Router {
         .merge(search::router())
         .merge(chat::router())
         .merge(usage::router())
+        .merge(agent::router())
         .route("/openapi.json", get(|| async { axum::Json(ApiDoc::openapi()) }))
         .fallback(|| async { error_response(StatusCode::NOT_FOUND, "not_found", "no such route") })
         // Innermost first: each `.layer` wraps everything above it.

@@ -2,6 +2,7 @@
 //! real Postgres + pgvector, moto (S3/SQS) and, where a model is needed, the
 //! fake OpenAI-compatible server over real HTTP.
 
+mod agent;
 mod chat;
 mod deploy_files;
 pub mod documents;

@@ -1,0 +1,225 @@
+//! The agent: a bounded tool-using loop over the tenant's documents with the
+//! model's function calling. Tools always run inside the caller's scope
+//! (tenant, collection, metadata filter): their arguments can narrow a search,
+//! never widen it. Every step is a model call recorded under the request id.
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::app::AppState;
+use crate::chat::prompt::{self, Citation};
+use crate::error::{Error, Result};
+use crate::http::auth::Tenant;
+use crate::llm::{ChatMessage, ChatRequest, Role, TokenUsage, ToolSpec};
+use crate::retrieval::{self, Mode};
+use crate::store::conversations::{self, NewMessage};
+use crate::store::documents::{self, DocumentFilter};
+use crate::store::search::{Hit, Scope};
+
+const SYSTEM_PROMPT: &str = "You are a research assistant for the user's documents. Use the tools to find \
+evidence before answering. Search results are numbered passages like [3]; cite every claim with those numbers. \
+If the documents do not contain the answer, say so; do not guess.";
+
+pub fn tools() -> Vec<ToolSpec> {
+    vec![
+        ToolSpec {
+            name: "search_documents".into(),
+            description: "Search the user's documents; returns numbered passages to cite.".into(),
+            parameters: json!({"type": "object", "properties": {
+                "query": {"type": "string", "description": "what to look for"},
+                "k": {"type": "integer", "minimum": 1, "maximum": 10}
+            }, "required": ["query"]}),
+        },
+        ToolSpec {
+            name: "get_document".into(),
+            description: "Metadata and summary of one document by id.".into(),
+            parameters: json!({"type": "object", "properties": {"document_id": {"type": "string"}}, "required": ["document_id"]}),
+        },
+        ToolSpec {
+            name: "list_documents".into(),
+            description: "The most recent documents (id, title, status).".into(),
+            parameters: json!({"type": "object", "properties": {"limit": {"type": "integer", "minimum": 1, "maximum": 50}}}),
+        },
+    ]
+}
+
+pub struct AgentInput {
+    pub message: String,
+    pub conversation_id: Option<Uuid>,
+    pub max_steps: usize,
+    pub scope: Scope,
+}
+
+/// One tool call the agent made.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TraceStep {
+    pub step: usize,
+    pub tool: String,
+    #[schema(value_type = Object)]
+    pub arguments: Value,
+    /// A short account of what the tool returned.
+    pub result: String,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AgentReply {
+    pub conversation_id: Uuid,
+    pub answer: String,
+    pub citations: Vec<Citation>,
+    pub trace: Vec<TraceStep>,
+    /// Model calls made.
+    pub steps: usize,
+    /// `answered`, or `max_steps` when the loop was cut off.
+    pub stop_reason: &'static str,
+    pub usage: TokenUsage,
+}
+
+pub async fn run(state: &AppState, tenant: &Tenant, input: AgentInput) -> Result<AgentReply> {
+    if input.message.trim().is_empty() {
+        return Err(Error::invalid("message is empty"));
+    }
+    let conversation_id = match input.conversation_id {
+        Some(id) => conversations::get(&state.db, tenant.id, id).await?.ok_or(Error::NotFound("conversation"))?.id,
+        None => {
+            conversations::create(&state.db, tenant.id, input.message.chars().take(80).collect::<String>().trim())
+                .await?
+                .id
+        }
+    };
+    let ctx = tenant.call_context("agent", Some(conversation_id));
+    let mut messages = vec![ChatMessage::system(SYSTEM_PROMPT), ChatMessage::user(input.message.clone())];
+    let mut passages: Vec<Hit> = Vec::new();
+    let mut trace = Vec::new();
+    let mut usage = TokenUsage { input_tokens: 0, output_tokens: 0, cost_usd: 0.0 };
+    let mut answer = None;
+    let mut steps = 0;
+    while steps < input.max_steps {
+        steps += 1;
+        let request =
+            ChatRequest { messages: messages.clone(), tools: tools(), temperature: Some(0.2), ..Default::default() };
+        let response = state.gateway.chat(&ctx, &request).await?;
+        usage.input_tokens += response.usage.input_tokens;
+        usage.output_tokens += response.usage.output_tokens;
+        usage.cost_usd += response.usage.cost_usd;
+        if response.tool_calls.is_empty() {
+            answer = Some(response.content);
+            break;
+        }
+        messages.push(ChatMessage {
+            role: Role::Assistant,
+            content: response.content.clone(),
+            tool_calls: response.tool_calls.clone(),
+            tool_call_id: None,
+        });
+        for call in &response.tool_calls {
+            let arguments: Value = serde_json::from_str(&call.arguments).unwrap_or(Value::Null);
+            let (output, summary) =
+                run_tool(state, tenant, &input.scope, &call.name, &arguments, &mut passages).await?;
+            trace.push(TraceStep { step: steps, tool: call.name.clone(), arguments, result: summary });
+            messages.push(ChatMessage::tool(&call.id, output));
+        }
+    }
+    let (answer, stop_reason) = match answer {
+        Some(answer) => (answer, "answered"),
+        None => (format!("I stopped after {steps} steps without reaching an answer."), "max_steps"),
+    };
+    let citations = prompt::citations(&answer, &passages);
+    let mut tx = state.db.begin().await?;
+    let user = NewMessage {
+        role: "user",
+        content: &input.message,
+        citations: json!([]),
+        input_tokens: 0,
+        output_tokens: 0,
+        cost_usd: 0.0,
+    };
+    conversations::add_message(&mut *tx, tenant.id, conversation_id, user).await?;
+    let assistant = NewMessage {
+        role: "assistant",
+        content: &answer,
+        citations: serde_json::to_value(&citations).expect("citations serialize"),
+        input_tokens: usage.input_tokens as i32,
+        output_tokens: usage.output_tokens as i32,
+        cost_usd: usage.cost_usd,
+    };
+    conversations::add_message(&mut *tx, tenant.id, conversation_id, assistant).await?;
+    tx.commit().await?;
+    Ok(AgentReply { conversation_id, answer, citations, trace, steps, stop_reason, usage })
+}
+
+/// Runs one tool inside the caller's scope. Returns what the model sees and a
+/// one-line summary for the trace. Bad arguments are reported to the model, not
+/// raised: it can correct itself on the next step.
+async fn run_tool(
+    state: &AppState,
+    tenant: &Tenant,
+    scope: &Scope,
+    name: &str,
+    arguments: &Value,
+    passages: &mut Vec<Hit>,
+) -> Result<(String, String)> {
+    match name {
+        "search_documents" => {
+            let Some(query) = arguments["query"].as_str().filter(|q| !q.trim().is_empty()) else {
+                return Ok(("error: `query` is required".into(), "invalid arguments".into()));
+            };
+            let k = arguments["k"].as_u64().unwrap_or(5).clamp(1, 10) as usize;
+            let search = retrieval::Query {
+                text: query,
+                k,
+                mode: Mode::Hybrid,
+                scope: scope.clone(),
+                min_similarity: Some(state.config.chat.min_similarity),
+            };
+            let hits = retrieval::search(state, &tenant.call_context("agent", None), search).await?;
+            if hits.is_empty() {
+                return Ok(("no matching passages".into(), "0 passages".into()));
+            }
+            let mut output = String::new();
+            for hit in &hits {
+                passages.push(hit.clone());
+                output.push_str(&format!("[{}] {}\n{}\n\n", passages.len(), hit.title, hit.content));
+            }
+            Ok((output.trim_end().to_string(), format!("{} passages", hits.len())))
+        }
+        "get_document" => {
+            let Some(id) = arguments["document_id"].as_str().and_then(|s| s.parse::<Uuid>().ok()) else {
+                return Ok(("error: `document_id` must be a document id".into(), "invalid arguments".into()));
+            };
+            let filter =
+                DocumentFilter { collection: scope.collection.clone(), ids: Some(vec![id]), ..Default::default() };
+            let found = documents::list(&state.db, tenant.id, &filter, None, 1).await?.into_iter().next();
+            let in_scope =
+                found.filter(|d| scope.metadata_any.iter().all(|any| any.iter().any(|m| contains(&d.metadata, m))));
+            Ok(match in_scope {
+                Some(doc) => {
+                    let value = json!({"id": doc.id, "title": doc.title, "collection": doc.collection, "status": doc.status,
+                        "metadata": doc.metadata, "summary": doc.summary, "chunk_count": doc.chunk_count});
+                    (value.to_string(), format!("document {}", doc.title))
+                }
+                None => ("error: no such document".into(), "not found".into()),
+            })
+        }
+        "list_documents" => {
+            let limit = arguments["limit"].as_i64().unwrap_or(20).clamp(1, 50);
+            let filter = DocumentFilter { collection: scope.collection.clone(), ..Default::default() };
+            let docs: Vec<Value> = documents::list(&state.db, tenant.id, &filter, None, limit * 4)
+                .await?
+                .into_iter()
+                .filter(|d| scope.metadata_any.iter().all(|any| any.iter().any(|m| contains(&d.metadata, m))))
+                .take(limit as usize)
+                .map(|d| json!({"id": d.id, "title": d.title, "status": d.status}))
+                .collect();
+            let summary = format!("{} documents", docs.len());
+            Ok((Value::Array(docs).to_string(), summary))
+        }
+        other => Ok((format!("error: unknown tool `{other}`"), "unknown tool".into())),
+    }
+}
+
+/// JSON containment for one-level objects, as Postgres `@>` does for metadata filters.
+fn contains(metadata: &Value, wanted: &Value) -> bool {
+    wanted.as_object().is_some_and(|w| w.iter().all(|(k, v)| metadata.get(k) == Some(v)))
+}

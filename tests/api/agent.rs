@@ -1,0 +1,124 @@
+//! The agent's tool loop against the fake model server (function calling over
+//! HTTP) and on the local provider.
+
+use serde_json::{Value, json};
+
+use crate::documents::{upload_text, wait_until_settled};
+use crate::helpers::{Options, TestApp, spawn_app, spawn_app_with_fake};
+
+async fn index(app: &TestApp, docs: &[(&str, &str, &str)]) {
+    for (title, collection, text) in docs {
+        let doc = upload_text(app, json!({"text": text, "title": title, "collection": collection})).await;
+        assert_eq!(wait_until_settled(app, doc["id"].as_str().unwrap()).await["status"], "indexed");
+    }
+}
+
+const DOCS: [(&str, &str, &str); 2] = [
+    ("handbook", "hr", "Employees get twenty five vacation days per year. Vacation requests go to the team lead."),
+    ("secret-plan", "board", "The board plans twenty five vacation days for executives and a merger next year."),
+];
+
+/// The model searches, then answers from the results with citations; the trace
+/// shows the tool call, and every step is a recorded call under one request id.
+#[tokio::test]
+async fn the_agent_searches_then_answers_with_citations_and_a_trace() {
+    let (app, fake) = spawn_app_with_fake(Options::default()).await;
+    index(&app, &DOCS).await;
+    let response = app
+        .post("/v1/agent")
+        .header("x-request-id", "agent-req-1")
+        .json(&json!({"message": "How many vacation days do employees get?", "collection": "hr"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let reply: Value = response.json().await.unwrap();
+    assert_eq!(reply["stop_reason"], "answered", "{reply}");
+    assert_eq!(reply["steps"], 2);
+    assert_eq!(reply["trace"][0]["tool"], "search_documents");
+    assert!(reply["answer"].as_str().unwrap().contains("[1]"), "{reply}");
+    let citations = reply["citations"].as_array().unwrap();
+    assert!(!citations.is_empty());
+    assert!(citations.iter().all(|c| c["title"] == "handbook"), "tools stay inside the collection: {reply}");
+    assert_eq!(fake.stats().chat_requests, 2);
+    app.state.gateway.recorder().flush().await;
+    let steps: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM model_calls WHERE request_id = 'agent-req-1' AND operation = 'chat'")
+            .fetch_one(&app.state.db)
+            .await
+            .unwrap();
+    assert_eq!(steps, 2, "each step is a model call recorded under the request id");
+}
+
+/// The loop is bounded: with one step allowed, a model that still wants a tool is cut off.
+#[tokio::test]
+async fn the_agent_stops_at_max_steps() {
+    let (app, fake) = spawn_app_with_fake(Options::default()).await;
+    index(&app, &DOCS).await;
+    let reply: Value = app
+        .post("/v1/agent")
+        .json(&json!({"message": "vacation days?", "max_steps": 1}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(reply["stop_reason"], "max_steps", "{reply}");
+    assert_eq!(reply["steps"], 1);
+    assert_eq!(fake.stats().chat_requests, 1);
+    let too_many = app.post("/v1/agent").json(&json!({"message": "x", "max_steps": 50})).send().await.unwrap();
+    assert_eq!(too_many.status(), 422);
+}
+
+/// Tool calls run inside the caller's tenant and filter: another tenant's agent
+/// finds nothing, and a metadata filter holds for every tool call.
+#[tokio::test]
+async fn agent_tools_never_widen_the_callers_scope() {
+    let (app, _fake) = spawn_app_with_fake(Options::default()).await;
+    index(&app, &DOCS).await;
+    let other = app.new_tenant("globex").await;
+    let theirs: Value = app
+        .client
+        .post(app.url("/v1/agent"))
+        .bearer_auth(&other)
+        .json(&json!({"message": "How many vacation days?"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(theirs["citations"].as_array().unwrap().len(), 0, "{theirs}");
+    assert_eq!(theirs["trace"][0]["result"], "0 passages");
+    let board_only: Value = app
+        .post("/v1/agent")
+        .json(&json!({"message": "How many vacation days?", "collection": "board"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(board_only["citations"].as_array().unwrap().iter().all(|c| c["title"] == "secret-plan"), "{board_only}");
+}
+
+/// The local provider runs the same loop: one search step, then an extractive answer.
+#[tokio::test]
+async fn the_local_provider_runs_the_agent_loop_too() {
+    let app = spawn_app().await;
+    index(&app, &DOCS).await;
+    let reply: Value = app
+        .post("/v1/agent")
+        .json(&json!({"message": "Where do vacation requests go?", "collection": "hr"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(reply["stop_reason"], "answered", "{reply}");
+    assert_eq!(reply["trace"].as_array().unwrap().len(), 1);
+    assert!(reply["answer"].as_str().unwrap().contains("team lead"), "{reply}");
+    assert!(!reply["citations"].as_array().unwrap().is_empty());
+}
