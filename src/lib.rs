@@ -23,6 +23,7 @@ pub mod llm;
 pub mod queue;
 pub mod retrieval;
 pub mod store;
+pub mod suggest;
 pub mod telemetry;
 pub mod testkit;
 pub mod worker;

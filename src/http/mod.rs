@@ -9,6 +9,7 @@ pub mod documents;
 pub mod health;
 pub mod me;
 pub mod search;
+pub mod suggest;
 pub mod usage;
 
 use axum::Router;
@@ -35,7 +36,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
     info(title = "stolid", description = "Retrieval-augmented AI backend: documents, search, chat, suggest, agent, usage."),
     paths(
         health::healthz, health::readyz, me::me, search::search,
-        usage::get_usage, agent::run_agent,
+        usage::get_usage, agent::run_agent, suggest::suggest_questions,
         chat::chat, chat::list_conversations, chat::get_conversation, chat::delete_conversation,
         documents::create_documents, documents::list_documents, documents::get_document,
         documents::list_chunks, documents::get_content, documents::delete_document, documents::reindex_document,
@@ -87,6 +88,7 @@ pub fn router(state: AppState) -> Router {
         .merge(chat::router())
         .merge(usage::router())
         .merge(agent::router())
+        .merge(suggest::router())
         .route("/openapi.json", get(|| async { axum::Json(ApiDoc::openapi()) }))
         .fallback(|| async { error_response(StatusCode::NOT_FOUND, "not_found", "no such route") })
         // Innermost first: each `.layer` wraps everything above it.

@@ -86,9 +86,17 @@ fn stem(word: &str) -> &str {
 /// What a system prompt says when it asks for a summary (see `worker::jobs::summarize`).
 pub const SUMMARY_MARKER: &str = "Summarize the document";
 
+/// What a system prompt says when it asks for suggested questions (see `suggest`).
+pub const SUGGEST_MARKER: &str = "Suggest follow-up questions";
+
 pub fn chat(request: &ChatRequest) -> ChatOutput {
-    if request.messages.iter().any(|m| m.role == Role::System && m.content.contains(SUMMARY_MARKER)) {
+    let system_says =
+        |marker: &str| request.messages.iter().any(|m| m.role == Role::System && m.content.contains(marker));
+    if system_says(SUMMARY_MARKER) {
         return ChatOutput { content: lead_summary(&request.messages), tool_calls: vec![] };
+    }
+    if system_says(SUGGEST_MARKER) {
+        return ChatOutput { content: suggested_questions(&request.messages), tool_calls: vec![] };
     }
     let question =
         request.messages.iter().rev().find(|m| m.role == Role::User).map(|m| m.content.as_str()).unwrap_or("");
@@ -122,6 +130,28 @@ fn lead_summary(messages: &[ChatMessage]) -> String {
         return "The document has no summarizable text.".into();
     }
     leads.join(" ")
+}
+
+/// One question per passage about its most frequent content word, cited.
+fn suggested_questions(messages: &[ChatMessage]) -> String {
+    let mut lines = Vec::new();
+    for message in messages.iter().filter(|m| m.role == Role::System) {
+        for passage in passages(&message.content) {
+            let mut counts: Vec<(String, usize)> = Vec::new();
+            for word in content_words(passage.text).filter(|w| w.len() > 3 && w.chars().all(char::is_alphabetic)) {
+                match counts.iter_mut().find(|(w, _)| *w == word) {
+                    Some((_, n)) => *n += 1,
+                    None => counts.push((word, 1)),
+                }
+            }
+            // Most frequent first; ties keep the order of appearance.
+            counts.sort_by(|a, b| b.1.cmp(&a.1));
+            if let Some((topic, _)) = counts.first() {
+                lines.push(format!("What do the documents say about {topic}? [{}]", passage.number));
+            }
+        }
+    }
+    lines.join("\n")
 }
 
 /// The sentences of the context that best overlap the question, each cited.

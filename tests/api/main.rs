@@ -14,4 +14,5 @@ mod http_basics;
 mod ingest_cli;
 mod process;
 mod search;
+mod suggest;
 mod usage;

@@ -1,0 +1,54 @@
+//! `POST /v1/suggest`: grounded suggestions while a person types or between turns.
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::post;
+use serde::Deserialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::app::AppState;
+use crate::error::{AppJson, Error, Result};
+use crate::http::auth::Tenant;
+use crate::retrieval;
+use crate::store::search::Scope;
+use crate::suggest::{self, SuggestInput, SuggestReply};
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/suggest", post(suggest_questions))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SuggestRequest {
+    /// What the person has typed so far (may be empty between turns).
+    #[serde(default)]
+    text: String,
+    conversation_id: Option<Uuid>,
+    /// 1 to 5 (default 3).
+    n: Option<usize>,
+    collection: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    filter: Option<serde_json::Value>,
+}
+
+/// Likely follow-up questions that the tenant's documents can answer, each with its source.
+#[utoipa::path(post, path = "/v1/suggest", tag = "suggest", security(("api_key" = [])), request_body = SuggestRequest,
+    responses((status = 200, body = SuggestReply), (status = 422, body = crate::error::ErrorBody)))]
+pub async fn suggest_questions(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    AppJson(request): AppJson<SuggestRequest>,
+) -> Result<AppJson<SuggestReply>> {
+    let n = request.n.unwrap_or(3);
+    if !(1..=5).contains(&n) {
+        return Err(Error::invalid("n must be between 1 and 5"));
+    }
+    let scope = Scope {
+        tenant_id: tenant.id,
+        collection: request.collection,
+        metadata_any: request.filter.as_ref().map(retrieval::parse_filter).transpose()?.unwrap_or_default(),
+    };
+    let input = SuggestInput { text: request.text, conversation_id: request.conversation_id, n, scope };
+    Ok(AppJson(suggest::suggest(&state, &tenant, input).await?))
+}
