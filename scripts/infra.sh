@@ -4,7 +4,8 @@
 #   - role `stolid` (password auth works under trust, peer+scram alike), database `stolid`,
 #     the vector extension in template1 (so per-test databases have it: it is not a trusted
 #     extension, so only a superuser can create it)
-#   - moto's server (S3 + SQS wire protocol) in a project-local venv, pinned versions
+#   - a project-local Python venv (.local/venv, pinned: scripts/requirements-dev.txt) with
+#     moto's server (S3 + SQS wire protocol) and the official `openai` client (facade tests)
 #   - the bucket, the job queue and its dead-letter queue (redrive policy)
 #   - `.env` with the settings chosen here (other lines in it are kept)
 # Idempotent, and fast when everything is already up.
@@ -12,6 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MOTO_PORT="${MOTO_PORT:-4566}"
 MOTO_DIR="$PWD/.local/moto"
+VENV="$PWD/.local/venv"
 BUCKET="${S3_BUCKET:-stolid-dev}"
 QUEUE="${SQS_QUEUE_NAME:-stolid-jobs}"
 MAX_RECEIVES="${SQS_MAX_RECEIVE_COUNT:-5}"
@@ -49,14 +51,17 @@ psql_admin -d stolid -c "CREATE EXTENSION IF NOT EXISTS vector"
 
 # --- moto (S3 + SQS) -------------------------------------------------------
 mkdir -p "$MOTO_DIR"
-if [ ! -x "$MOTO_DIR/venv/bin/moto_server" ]; then
-  log "installing moto into $MOTO_DIR/venv"
-  python3 -m venv "$MOTO_DIR/venv" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$MOTO_DIR/venv"; }
-  "$MOTO_DIR/venv/bin/pip" install -q --disable-pip-version-check -r scripts/requirements-moto.txt
+# Reinstall whenever the pinned requirements change.
+want="$(sha256sum scripts/requirements-dev.txt | cut -d' ' -f1)"
+if [ "$(cat "$VENV/.requirements" 2>/dev/null)" != "$want" ]; then
+  log "installing the dev venv (moto, openai) into $VENV"
+  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$VENV"; }
+  "$VENV/bin/pip" install -q --disable-pip-version-check -r scripts/requirements-dev.txt
+  echo "$want" >"$VENV/.requirements"
 fi
 if ! curl -fs -o /dev/null "http://127.0.0.1:$MOTO_PORT/moto-api/"; then
   log "starting moto on 127.0.0.1:$MOTO_PORT"
-  setsid nohup "$MOTO_DIR/venv/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" \
+  setsid nohup "$VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" \
     >"$MOTO_DIR/moto.log" 2>&1 </dev/null &
   echo $! >"$MOTO_DIR/moto.pid"
   for _ in $(seq 1 100); do curl -fs -o /dev/null "http://127.0.0.1:$MOTO_PORT/moto-api/" && break; sleep 0.1; done
@@ -64,7 +69,7 @@ if ! curl -fs -o /dev/null "http://127.0.0.1:$MOTO_PORT/moto-api/"; then
 fi
 export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
 ENDPOINT="http://127.0.0.1:$MOTO_PORT"
-read -r QUEUE_URL DLQ_URL < <("$MOTO_DIR/venv/bin/python" - "$ENDPOINT" "$BUCKET" "$QUEUE" "$MAX_RECEIVES" <<'PY'
+read -r QUEUE_URL DLQ_URL < <("$VENV/bin/python" - "$ENDPOINT" "$BUCKET" "$QUEUE" "$MAX_RECEIVES" <<'PY'
 import json, sys, boto3
 endpoint, bucket, queue, max_receives = sys.argv[1:]
 s3 = boto3.client("s3", endpoint_url=endpoint)

@@ -24,19 +24,23 @@ pub struct ChatInput {
     pub message: String,
     pub conversation_id: Option<Uuid>,
     pub scope: Scope,
+    /// A stateless turn (the OpenAI-compatible facade): the client sends the
+    /// history, and nothing is stored.
+    pub history: Option<Vec<Turn>>,
 }
 
 /// Everything decided before the model is called.
 pub struct Prepared {
-    pub conversation_id: Uuid,
+    /// `None` for a stateless turn.
+    pub conversation_id: Option<Uuid>,
     pub prompt: Prompt,
     pub request: ChatRequest,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ChatReply {
-    pub conversation_id: Uuid,
-    pub message_id: Uuid,
+    pub conversation_id: Option<Uuid>,
+    pub message_id: Option<Uuid>,
     pub answer: String,
     /// Sources cited in the answer, numbered as in its `[n]` markers.
     pub citations: Vec<Citation>,
@@ -51,18 +55,25 @@ pub async fn prepare(state: &AppState, tenant: &Tenant, input: &ChatInput) -> Re
     if input.message.trim().is_empty() {
         return Err(Error::invalid("message is empty"));
     }
-    let conversation_id = match input.conversation_id {
-        Some(id) => conversations::get(&state.db, tenant.id, id).await?.ok_or(Error::NotFound("conversation"))?.id,
-        None => {
+    let (conversation_id, history) = match (&input.history, input.conversation_id) {
+        (Some(history), _) => (None, history.clone()),
+        (None, Some(id)) => {
+            let id = conversations::get(&state.db, tenant.id, id).await?.ok_or(Error::NotFound("conversation"))?.id;
+            let history = conversations::messages(&state.db, tenant.id, id)
+                .await?
+                .into_iter()
+                .map(|m| Turn {
+                    role: if m.role == "assistant" { Role::Assistant } else { Role::User },
+                    content: m.content,
+                })
+                .collect();
+            (Some(id), history)
+        }
+        (None, None) => {
             let title: String = input.message.chars().take(80).collect();
-            conversations::create(&state.db, tenant.id, title.trim()).await?.id
+            (Some(conversations::create(&state.db, tenant.id, title.trim()).await?.id), Vec::new())
         }
     };
-    let history: Vec<Turn> = conversations::messages(&state.db, tenant.id, conversation_id)
-        .await?
-        .into_iter()
-        .map(|m| Turn { role: if m.role == "assistant" { Role::Assistant } else { Role::User }, content: m.content })
-        .collect();
     let chat = &state.config.chat;
     let query = retrieval::Query {
         text: &input.message,
@@ -71,7 +82,7 @@ pub async fn prepare(state: &AppState, tenant: &Tenant, input: &ChatInput) -> Re
         scope: input.scope.clone(),
         min_similarity: Some(chat.min_similarity),
     };
-    let hits = retrieval::search(state, &tenant.call_context("chat", Some(conversation_id)), query).await?;
+    let hits = retrieval::search(state, &tenant.call_context("chat", conversation_id), query).await?;
     let budget = Budget { context_tokens: chat.context_tokens, history_tokens: chat.history_tokens };
     let prompt = prompt::build(&hits, &history, &input.message, budget);
     let request = ChatRequest {
@@ -91,7 +102,7 @@ pub async fn respond(state: &AppState, tenant: &Tenant, input: ChatInput) -> Res
         let model = state.gateway.chat_model().to_string();
         return finish(state, tenant, &input.message, prepared, NOT_FOUND.to_string(), usage, model).await;
     }
-    let ctx = tenant.call_context("chat", Some(prepared.conversation_id));
+    let ctx = tenant.call_context("chat", prepared.conversation_id);
     let response = state.gateway.chat(&ctx, &prepared.request).await?;
     finish(state, tenant, &input.message, prepared, response.content, response.usage, response.model).await
 }
@@ -107,6 +118,18 @@ pub async fn finish(
     model: String,
 ) -> Result<ChatReply> {
     let citations = prompt::citations(&answer, &prepared.prompt.passages);
+    let reply = |message_id| ChatReply {
+        conversation_id: prepared.conversation_id,
+        message_id,
+        answer: answer.clone(),
+        citations: citations.clone(),
+        usage: usage.clone(),
+        model: model.clone(),
+        provider: state.gateway.provider_name(),
+    };
+    let Some(conversation_id) = prepared.conversation_id else {
+        return Ok(reply(None));
+    };
     let mut tx = state.db.begin().await?;
     let user = NewMessage {
         role: "user",
@@ -116,7 +139,7 @@ pub async fn finish(
         output_tokens: 0,
         cost_usd: 0.0,
     };
-    conversations::add_message(&mut *tx, tenant.id, prepared.conversation_id, user).await?;
+    conversations::add_message(&mut *tx, tenant.id, conversation_id, user).await?;
     let assistant = NewMessage {
         role: "assistant",
         content: &answer,
@@ -125,15 +148,7 @@ pub async fn finish(
         output_tokens: usage.output_tokens as i32,
         cost_usd: usage.cost_usd,
     };
-    let message_id = conversations::add_message(&mut *tx, tenant.id, prepared.conversation_id, assistant).await?;
+    let message_id = conversations::add_message(&mut *tx, tenant.id, conversation_id, assistant).await?;
     tx.commit().await?;
-    Ok(ChatReply {
-        conversation_id: prepared.conversation_id,
-        message_id,
-        answer,
-        citations,
-        usage,
-        model,
-        provider: state.gateway.provider_name(),
-    })
+    Ok(reply(Some(message_id)))
 }

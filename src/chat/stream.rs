@@ -1,23 +1,22 @@
-//! Streaming chat: the same turn as [`super::respond`], delivered as Server-Sent
-//! Events: `delta` events (`{"text": ...}`) as the model writes, then one `done`
-//! event carrying the whole [`super::ChatReply`] (citations, usage), or an
-//! `error` event. If the client disconnects, the event stream is dropped, which
-//! drops the upstream model request: the model stops and the call is recorded
-//! as cancelled.
+//! Streaming chat: the same turn as [`super::respond`], as a stream of
+//! [`TurnEvent`]s: deltas as the model writes, then the whole [`ChatReply`]
+//! (citations, usage) once the turn is stored, or an error. HTTP handlers map
+//! them to their wire format. If the client disconnects, the stream is dropped,
+//! which drops the upstream model request: the model stops and the call is
+//! recorded as cancelled.
 
-use std::convert::Infallible;
-
-use axum::response::sse::Event;
 use futures::stream::{BoxStream, StreamExt};
 
-use super::{ChatInput, NOT_FOUND, Prepared};
+use super::{ChatInput, ChatReply, NOT_FOUND, Prepared};
 use crate::app::AppState;
 use crate::error::Result;
 use crate::http::auth::Tenant;
 use crate::llm::{LlmError, StreamItem, TokenUsage};
 
-fn event(name: &str, data: serde_json::Value) -> std::result::Result<Event, Infallible> {
-    Ok(Event::default().event(name).data(data.to_string()))
+pub enum TurnEvent {
+    Delta(String),
+    Done(Box<ChatReply>),
+    Error(String),
 }
 
 struct Turn {
@@ -28,11 +27,7 @@ struct Turn {
     upstream: BoxStream<'static, std::result::Result<StreamItem, LlmError>>,
 }
 
-pub async fn respond(
-    state: AppState,
-    tenant: Tenant,
-    input: ChatInput,
-) -> Result<BoxStream<'static, std::result::Result<Event, Infallible>>> {
+pub async fn respond(state: AppState, tenant: Tenant, input: ChatInput) -> Result<BoxStream<'static, TurnEvent>> {
     let prepared = super::prepare(&state, &tenant, &input).await?;
     let upstream = if prepared.prompt.passages.is_empty() {
         // Nothing relevant: say so, without a model call.
@@ -47,7 +42,7 @@ pub async fn respond(
         };
         futures::stream::iter([Ok(StreamItem::Delta(NOT_FOUND.to_string())), Ok(StreamItem::Done(done))]).boxed()
     } else {
-        let ctx = tenant.call_context("chat", Some(prepared.conversation_id));
+        let ctx = tenant.call_context("chat", prepared.conversation_id);
         state.gateway.chat_stream(ctx, prepared.request.clone()).await?
     };
     let turn = Turn { state, tenant, question: input.message, prepared: Some(prepared), upstream };
@@ -55,7 +50,7 @@ pub async fn respond(
         // The turn ends after its `done` or `error` event.
         turn.prepared.as_ref()?;
         match turn.upstream.next().await {
-            Some(Ok(StreamItem::Delta(text))) => Some((event("delta", serde_json::json!({ "text": text })), turn)),
+            Some(Ok(StreamItem::Delta(text))) => Some((TurnEvent::Delta(text), turn)),
             Some(Ok(StreamItem::Done(response))) => {
                 let prepared = turn.prepared.take().expect("checked above");
                 let reply = super::finish(
@@ -69,21 +64,17 @@ pub async fn respond(
                 )
                 .await;
                 let item = match reply {
-                    Ok(reply) => event("done", serde_json::to_value(reply).expect("reply serializes")),
-                    Err(err) => error_event(&err.to_string()),
+                    Ok(reply) => TurnEvent::Done(Box::new(reply)),
+                    Err(err) => TurnEvent::Error(err.to_string()),
                 };
                 Some((item, turn))
             }
             Some(Err(err)) => {
                 turn.prepared = None;
-                Some((error_event(&err.to_string()), turn))
+                Some((TurnEvent::Error(err.to_string()), turn))
             }
             None => None,
         }
     })
     .boxed())
-}
-
-fn error_event(message: &str) -> std::result::Result<Event, Infallible> {
-    event("error", serde_json::json!({"error": {"code": "model_error", "message": message}}))
 }

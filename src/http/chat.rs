@@ -3,14 +3,16 @@
 use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::sse::{KeepAlive, Sse};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::app::AppState;
+use crate::chat::stream::TurnEvent;
 use crate::chat::{self, ChatInput, ChatReply};
 use crate::error::{AppJson, Error, Result};
 use crate::http::auth::Tenant;
@@ -54,11 +56,20 @@ pub async fn chat(
         collection: request.collection,
         metadata_any: request.filter.as_ref().map(retrieval::parse_filter).transpose()?.unwrap_or_default(),
     };
-    let input = ChatInput { message: request.message, conversation_id: request.conversation_id, scope };
+    let input = ChatInput { message: request.message, conversation_id: request.conversation_id, scope, history: None };
     if !request.stream {
         return Ok(AppJson(chat::respond(&state, &tenant, input).await?).into_response());
     }
-    let events = chat::stream::respond(state, tenant, input).await?;
+    let events = chat::stream::respond(state, tenant, input).await?.map(|event| {
+        let (name, data) = match event {
+            TurnEvent::Delta(text) => ("delta", serde_json::json!({ "text": text })),
+            TurnEvent::Done(reply) => ("done", serde_json::to_value(reply).expect("reply serializes")),
+            TurnEvent::Error(message) => {
+                ("error", serde_json::json!({"error": {"code": "model_error", "message": message}}))
+            }
+        };
+        Ok::<_, std::convert::Infallible>(Event::default().event(name).data(data.to_string()))
+    });
     Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
 }
 

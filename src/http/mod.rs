@@ -8,6 +8,7 @@ pub mod chat;
 pub mod documents;
 pub mod health;
 pub mod me;
+pub mod openai_compat;
 pub mod search;
 pub mod suggest;
 pub mod usage;
@@ -36,7 +37,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
     info(title = "stolid", description = "Retrieval-augmented AI backend: documents, search, chat, suggest, agent, usage."),
     paths(
         health::healthz, health::readyz, me::me, search::search,
-        usage::get_usage, agent::run_agent, suggest::suggest_questions,
+        usage::get_usage, agent::run_agent, suggest::suggest_questions, openai_compat::chat_completions,
         chat::chat, chat::list_conversations, chat::get_conversation, chat::delete_conversation,
         documents::create_documents, documents::list_documents, documents::get_document,
         documents::list_chunks, documents::get_content, documents::delete_document, documents::reindex_document,
@@ -89,6 +90,7 @@ pub fn router(state: AppState) -> Router {
         .merge(usage::router())
         .merge(agent::router())
         .merge(suggest::router())
+        .merge(openai_compat::router())
         .route("/openapi.json", get(|| async { axum::Json(ApiDoc::openapi()) }))
         .fallback(|| async { error_response(StatusCode::NOT_FOUND, "not_found", "no such route") })
         // Innermost first: each `.layer` wraps everything above it.

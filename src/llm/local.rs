@@ -145,7 +145,7 @@ fn suggested_questions(messages: &[ChatMessage]) -> String {
                 }
             }
             // Most frequent first; ties keep the order of appearance.
-            counts.sort_by(|a, b| b.1.cmp(&a.1));
+            counts.sort_by_key(|c| std::cmp::Reverse(c.1));
             if let Some((topic, _)) = counts.first() {
                 lines.push(format!("What do the documents say about {topic}? [{}]", passage.number));
             }

@@ -12,6 +12,7 @@ mod health;
 mod helpers;
 mod http_basics;
 mod ingest_cli;
+mod openai_compat;
 mod process;
 mod search;
 mod suggest;
