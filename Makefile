@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PORT ?= 8080
 CARGO ?= cargo
 
-.PHONY: up infra build test bench-ingest lint fmt clean-test-dbs
+.PHONY: up infra build test bench-ingest bench-api lint fmt clean-test-dbs
 
 ## up: start the local stack, create a dev API key once (kept in .env), run stolid in the foreground
 up: infra build
@@ -37,3 +37,7 @@ fmt:
 ## bench-ingest: index a real corpus (the Rust book's HTML) against the fake model server with a cap; prints figures
 bench-ingest: infra
 	$(CARGO) run --release --locked --example bench_ingest -- $(BENCH_ARGS)
+
+## bench-api: API overhead against the fake model server on 100k chunks (chat minus model latency, search HTTP vs SQL, req/s, memory)
+bench-api: infra
+	$(CARGO) run --release --locked --example bench_api -- $(BENCH_ARGS)
