@@ -22,7 +22,10 @@ use tokio_util::sync::CancellationToken;
 
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == &format!("--{name}")).and_then(|i| args.get(i + 1)).map_or(default, |v| v.parse().expect(name))
+    args.iter()
+        .position(|a| a == &format!("--{name}"))
+        .and_then(|i| args.get(i + 1))
+        .map_or(default, |v| v.parse().expect(name))
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -55,7 +58,11 @@ where
 
 fn peak_rss_mb() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok()).unwrap_or(0.0)
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
         / 1024.0
 }
 
@@ -137,12 +144,19 @@ async fn main() -> anyhow::Result<()> {
             response.bytes().await.expect("body");
         }
     };
-    let queries = ["ownership lifetime", "async runtime task", "cargo crate registry", "error result panic", "search embed chunk"];
+    let queries = [
+        "ownership lifetime",
+        "async runtime task",
+        "cargo crate registry",
+        "error result panic",
+        "search embed chunk",
+    ];
 
     println!("--- search over HTTP vs the same query in SQL ({chunks} chunks, p50 / p99 ms) ---");
     fake.set_latency(Duration::ZERO);
     for mode in ["keyword", "vector"] {
-        let (http, _) = measure(requests, 1, |i| post("/v1/search", json!({"query": queries[i % 5], "k": 10, "mode": mode}))).await;
+        let (http, _) =
+            measure(requests, 1, |i| post("/v1/search", json!({"query": queries[i % 5], "k": 10, "mode": mode}))).await;
         let scope = stolid::store::search::Scope { tenant_id: tenant, ..Default::default() };
         let embedding = stolid::llm::local::embed(queries[0], 384);
         let (sql, _) = measure(requests, 1, |i| {
@@ -152,7 +166,9 @@ async fn main() -> anyhow::Result<()> {
                 if mode == "keyword" {
                     stolid::store::search::keyword(&mut tx, &scope, queries[i % 5], 10).await.unwrap();
                 } else {
-                    stolid::store::search::vector(&mut tx, &scope, "text-embedding-3-small", 384, &embedding, 10, 100).await.unwrap();
+                    stolid::store::search::vector(&mut tx, &scope, "text-embedding-3-small", 384, &embedding, 10, 100)
+                        .await
+                        .unwrap();
                 }
                 tx.commit().await.unwrap();
             }
@@ -170,15 +186,22 @@ async fn main() -> anyhow::Result<()> {
 
     println!("--- requests/s (keyword search) ---");
     for concurrency in [1, 4, 16] {
-        let (lat, rate) = measure(requests, concurrency, |i| post("/v1/search", json!({"query": queries[i % 5], "mode": "keyword"}))).await;
-        println!("concurrency {concurrency:>2}: {rate:>7.1} req/s, p50 {:.2} ms, p99 {:.2} ms", percentile(&lat, 0.5), percentile(&lat, 0.99));
+        let (lat, rate) =
+            measure(requests, concurrency, |i| post("/v1/search", json!({"query": queries[i % 5], "mode": "keyword"})))
+                .await;
+        println!(
+            "concurrency {concurrency:>2}: {rate:>7.1} req/s, p50 {:.2} ms, p99 {:.2} ms",
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99)
+        );
     }
 
     println!("--- chat: latency minus the model's {} ms x 2 calls (p50 / p99 ms) ---", model_latency.as_millis());
     fake.set_latency(model_latency);
     let model_ms = 2.0 * model_latency.as_secs_f64() * 1000.0;
     for concurrency in [1, 4, 16] {
-        let (lat, rate) = measure(requests / 2, concurrency, |i| post("/v1/chat", json!({"message": queries[i % 5]}))).await;
+        let (lat, rate) =
+            measure(requests / 2, concurrency, |i| post("/v1/chat", json!({"message": queries[i % 5]}))).await;
         println!(
             "concurrency {concurrency:>2}: overhead {:>6.2} / {:>6.2}   ({rate:.1} chats/s)",
             percentile(&lat, 0.5) - model_ms,

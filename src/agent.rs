@@ -126,16 +126,6 @@ pub async fn run(state: &AppState, tenant: &Tenant, input: AgentInput) -> Result
         None => (format!("I stopped after {steps} steps without reaching an answer."), "max_steps"),
     };
     let citations = prompt::citations(&answer, &passages);
-    let mut tx = state.db.begin().await?;
-    let user = NewMessage {
-        role: "user",
-        content: &input.message,
-        citations: json!([]),
-        input_tokens: 0,
-        output_tokens: 0,
-        cost_usd: 0.0,
-    };
-    conversations::add_message(&mut *tx, tenant.id, conversation_id, user).await?;
     let assistant = NewMessage {
         role: "assistant",
         content: &answer,
@@ -144,8 +134,7 @@ pub async fn run(state: &AppState, tenant: &Tenant, input: AgentInput) -> Result
         output_tokens: usage.output_tokens as i32,
         cost_usd: usage.cost_usd,
     };
-    conversations::add_message(&mut *tx, tenant.id, conversation_id, assistant).await?;
-    tx.commit().await?;
+    conversations::add_turn(&state.db, tenant.id, conversation_id, &input.message, assistant).await?;
     Ok(AgentReply { conversation_id, answer, citations, trace, steps, stop_reason, usage })
 }
 

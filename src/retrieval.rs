@@ -47,6 +47,13 @@ pub fn parse_filter(filter: &serde_json::Value) -> Result<Vec<Vec<serde_json::Va
         .collect()
 }
 
+/// The scope of a request: the tenant always, and the collection and metadata
+/// filter the caller gave. Every retrieval (search, chat, suggest, agent tools) runs inside it.
+pub fn scope(tenant_id: Uuid, collection: Option<String>, filter: Option<&serde_json::Value>) -> Result<Scope> {
+    let metadata_any = filter.map(parse_filter).transpose()?.unwrap_or_default();
+    Ok(Scope { tenant_id, collection, metadata_any })
+}
+
 /// Fuses ranked lists: each hit scores the sum of 1 / (60 + rank) over the lists it is in.
 pub fn reciprocal_rank_fusion(lists: Vec<Vec<Hit>>, k: usize) -> Vec<Hit> {
     let mut fused: HashMap<Uuid, Hit> = HashMap::new();

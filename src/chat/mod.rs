@@ -130,16 +130,6 @@ pub async fn finish(
     let Some(conversation_id) = prepared.conversation_id else {
         return Ok(reply(None));
     };
-    let mut tx = state.db.begin().await?;
-    let user = NewMessage {
-        role: "user",
-        content: question,
-        citations: serde_json::json!([]),
-        input_tokens: 0,
-        output_tokens: 0,
-        cost_usd: 0.0,
-    };
-    conversations::add_message(&mut *tx, tenant.id, conversation_id, user).await?;
     let assistant = NewMessage {
         role: "assistant",
         content: &answer,
@@ -148,7 +138,6 @@ pub async fn finish(
         output_tokens: usage.output_tokens as i32,
         cost_usd: usage.cost_usd,
     };
-    let message_id = conversations::add_message(&mut *tx, tenant.id, conversation_id, assistant).await?;
-    tx.commit().await?;
+    let message_id = conversations::add_turn(&state.db, tenant.id, conversation_id, question, assistant).await?;
     Ok(reply(Some(message_id)))
 }

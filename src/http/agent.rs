@@ -12,7 +12,6 @@ use crate::app::AppState;
 use crate::error::{AppJson, Error, Result};
 use crate::http::auth::Tenant;
 use crate::retrieval;
-use crate::store::search::Scope;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/agent", post(run_agent))
@@ -53,11 +52,7 @@ pub async fn run_agent(
     if !(1..=10).contains(&max_steps) {
         return Err(Error::invalid("max_steps must be between 1 and 10"));
     }
-    let scope = Scope {
-        tenant_id: tenant.id,
-        collection: request.collection,
-        metadata_any: request.filter.as_ref().map(retrieval::parse_filter).transpose()?.unwrap_or_default(),
-    };
+    let scope = retrieval::scope(tenant.id, request.collection, request.filter.as_ref())?;
     let input = AgentInput { message: request.message, conversation_id: request.conversation_id, max_steps, scope };
     Ok(AppJson(agent::run(&state, &tenant, input).await?))
 }

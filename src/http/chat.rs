@@ -18,7 +18,6 @@ use crate::error::{AppJson, Error, Result};
 use crate::http::auth::Tenant;
 use crate::retrieval;
 use crate::store::conversations::{self, Conversation, Message};
-use crate::store::search::Scope;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -51,11 +50,7 @@ pub async fn chat(
     tenant: Tenant,
     AppJson(request): AppJson<ChatRequest>,
 ) -> Result<Response> {
-    let scope = Scope {
-        tenant_id: tenant.id,
-        collection: request.collection,
-        metadata_any: request.filter.as_ref().map(retrieval::parse_filter).transpose()?.unwrap_or_default(),
-    };
+    let scope = retrieval::scope(tenant.id, request.collection, request.filter.as_ref())?;
     let input = ChatInput { message: request.message, conversation_id: request.conversation_id, scope, history: None };
     if !request.stream {
         return Ok(AppJson(chat::respond(&state, &tenant, input).await?).into_response());

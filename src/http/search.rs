@@ -10,7 +10,7 @@ use crate::app::AppState;
 use crate::error::{AppJson, Error, Result};
 use crate::http::auth::Tenant;
 use crate::retrieval::{self, Mode};
-use crate::store::search::{Hit, Scope};
+use crate::store::search::Hit;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/search", post(search))
@@ -51,11 +51,7 @@ pub async fn search(
     if request.query.trim().is_empty() {
         return Err(Error::invalid("query is empty"));
     }
-    let scope = Scope {
-        tenant_id: tenant.id,
-        collection: request.collection,
-        metadata_any: request.filter.as_ref().map(retrieval::parse_filter).transpose()?.unwrap_or_default(),
-    };
+    let scope = retrieval::scope(tenant.id, request.collection, request.filter.as_ref())?;
     let query = retrieval::Query { text: &request.query, k, mode: request.mode, scope, min_similarity: None };
     let results = retrieval::search(&state, &tenant.call_context("search", None), query).await?;
     Ok(AppJson(SearchResponse { results }))

@@ -11,7 +11,6 @@ use crate::app::AppState;
 use crate::error::{AppJson, Error, Result};
 use crate::http::auth::Tenant;
 use crate::retrieval;
-use crate::store::search::Scope;
 use crate::suggest::{self, SuggestInput, SuggestReply};
 
 pub fn router() -> Router<AppState> {
@@ -44,11 +43,7 @@ pub async fn suggest_questions(
     if !(1..=5).contains(&n) {
         return Err(Error::invalid("n must be between 1 and 5"));
     }
-    let scope = Scope {
-        tenant_id: tenant.id,
-        collection: request.collection,
-        metadata_any: request.filter.as_ref().map(retrieval::parse_filter).transpose()?.unwrap_or_default(),
-    };
+    let scope = retrieval::scope(tenant.id, request.collection, request.filter.as_ref())?;
     let input = SuggestInput { text: request.text, conversation_id: request.conversation_id, n, scope };
     Ok(AppJson(suggest::suggest(&state, &tenant, input).await?))
 }

@@ -110,3 +110,26 @@ pub async fn add_message(
     .await?;
     Ok(id)
 }
+
+/// Stores a question and its answer as one turn, in one transaction; returns the answer's id.
+pub async fn add_turn(
+    db: &sqlx::PgPool,
+    tenant_id: Uuid,
+    conversation_id: Uuid,
+    question: &str,
+    answer: NewMessage<'_>,
+) -> sqlx::Result<Uuid> {
+    let mut tx = db.begin().await?;
+    let user = NewMessage {
+        role: "user",
+        content: question,
+        citations: serde_json::json!([]),
+        input_tokens: 0,
+        output_tokens: 0,
+        cost_usd: 0.0,
+    };
+    add_message(&mut *tx, tenant_id, conversation_id, user).await?;
+    let id = add_message(&mut *tx, tenant_id, conversation_id, answer).await?;
+    tx.commit().await?;
+    Ok(id)
+}
