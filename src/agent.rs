@@ -76,7 +76,13 @@ pub struct AgentReply {
     pub usage: TokenUsage,
 }
 
-pub async fn run(state: &AppState, tenant: &Tenant, input: AgentInput) -> Result<AgentReply> {
+/// Runs the loop. With `progress`, each tool step is also sent there as it happens (streaming).
+pub async fn run(
+    state: &AppState,
+    tenant: &Tenant,
+    input: AgentInput,
+    progress: Option<tokio::sync::mpsc::Sender<TraceStep>>,
+) -> Result<AgentReply> {
     if input.message.trim().is_empty() {
         return Err(Error::invalid("message is empty"));
     }
@@ -117,7 +123,12 @@ pub async fn run(state: &AppState, tenant: &Tenant, input: AgentInput) -> Result
             let arguments: Value = serde_json::from_str(&call.arguments).unwrap_or(Value::Null);
             let (output, summary) =
                 run_tool(state, tenant, &input.scope, &call.name, &arguments, &mut passages).await?;
-            trace.push(TraceStep { step: steps, tool: call.name.clone(), arguments, result: summary });
+            let step = TraceStep { step: steps, tool: call.name.clone(), arguments, result: summary };
+            if let Some(progress) = &progress {
+                // A closed receiver (client gone) is handled by the caller, which drops this future.
+                let _ = progress.send(step.clone()).await;
+            }
+            trace.push(step);
             messages.push(ChatMessage::tool(&call.id, output));
         }
     }

@@ -7,7 +7,11 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::agent::{self, AgentInput, AgentReply};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+
+use crate::agent::{self, AgentInput, AgentReply, TraceStep};
 use crate::app::AppState;
 use crate::error::{AppJson, Error, Result};
 use crate::http::auth::Tenant;
@@ -29,7 +33,7 @@ pub struct AgentRequest {
     /// Every tool call stays inside this metadata filter.
     #[schema(value_type = Option<Object>)]
     filter: Option<serde_json::Value>,
-    /// Streaming is not implemented for the agent yet; `true` is refused.
+    /// Server-Sent Events: a `step` event per tool call as it happens, then `done` with the whole reply.
     #[serde(default)]
     stream: bool,
 }
@@ -41,18 +45,43 @@ pub async fn run_agent(
     State(state): State<AppState>,
     tenant: Tenant,
     AppJson(request): AppJson<AgentRequest>,
-) -> Result<AppJson<AgentReply>> {
-    if request.stream {
-        return Err(Error::Unprocessable {
-            code: "stream_unsupported",
-            message: "the agent does not stream yet; send stream: false".into(),
-        });
-    }
+) -> Result<Response> {
     let max_steps = request.max_steps.unwrap_or(4);
     if !(1..=10).contains(&max_steps) {
         return Err(Error::invalid("max_steps must be between 1 and 10"));
     }
     let scope = retrieval::scope(tenant.id, request.collection, request.filter.as_ref())?;
     let input = AgentInput { message: request.message, conversation_id: request.conversation_id, max_steps, scope };
-    Ok(AppJson(agent::run(&state, &tenant, input).await?))
+    if !request.stream {
+        return Ok(AppJson(agent::run(&state, &tenant, input, None).await?).into_response());
+    }
+    let (steps_tx, steps_rx) = tokio::sync::mpsc::channel::<TraceStep>(16);
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let steps_closed = steps_tx.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            reply = agent::run(&state, &tenant, input, Some(steps_tx)) => { let _ = done_tx.send(reply); }
+            // The client went away: dropping the loop cancels its in-flight model call.
+            _ = steps_closed.closed() => tracing::info!("agent stream closed by the client; stopping"),
+        }
+    });
+    let steps = tokio_stream::wrappers::ReceiverStream::new(steps_rx)
+        .map(|step| Event::default().event("step").data(serde_json::to_string(&step).expect("step serializes")));
+    let done = futures::stream::once(async move {
+        match done_rx.await {
+            Ok(Ok(reply)) => {
+                Event::default().event("done").data(serde_json::to_string(&reply).expect("reply serializes"))
+            }
+            Ok(Err(err)) => {
+                let (_, code) = err.status_and_code();
+                let body = serde_json::json!({"error": {"code": code, "message": err.to_string()}});
+                Event::default().event("error").data(body.to_string())
+            }
+            Err(_) => {
+                Event::default().event("error").data(r#"{"error":{"code":"internal","message":"agent stopped"}}"#)
+            }
+        }
+    });
+    let events = steps.chain(done).map(Ok::<_, std::convert::Infallible>);
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
 }

@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use crate::documents::{upload_text, wait_until_settled};
-use crate::helpers::{Options, TestApp, spawn_app, spawn_app_with_fake};
+use crate::helpers::{Options, TestApp, spawn_app, spawn_app_with_fake, sse_events};
 
 async fn index(app: &TestApp, docs: &[(&str, &str, &str)]) {
     for (title, collection, text) in docs {
@@ -121,4 +121,24 @@ async fn the_local_provider_runs_the_agent_loop_too() {
     assert_eq!(reply["trace"].as_array().unwrap().len(), 1);
     assert!(reply["answer"].as_str().unwrap().contains("team lead"), "{reply}");
     assert!(!reply["citations"].as_array().unwrap().is_empty());
+}
+
+/// `stream: true` sends a `step` event per tool call as it happens, then `done`.
+#[tokio::test]
+async fn the_agent_streams_its_steps_then_the_reply() {
+    let (app, _fake) = spawn_app_with_fake(Options::default()).await;
+    index(&app, &DOCS).await;
+    let response = app
+        .post("/v1/agent")
+        .json(&json!({"message": "How many vacation days?", "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let events = sse_events(response).await;
+    let names: Vec<&str> = events.iter().map(|(e, _)| e.as_str()).collect();
+    assert_eq!(names, ["step", "done"], "{events:?}");
+    assert_eq!(events[0].1["tool"], "search_documents");
+    assert_eq!(events[1].1["stop_reason"], "answered");
+    assert_eq!(events[1].1["trace"][0], events[0].1);
 }

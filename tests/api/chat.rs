@@ -8,7 +8,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 use crate::documents::{upload_text, wait_until_settled};
-use crate::helpers::{Options, TestApp, spawn_app_with_fake};
+use crate::helpers::{Options, TestApp, spawn_app_with_fake, sse_events};
 
 const DOCS: [(&str, &str); 3] = [
     ("ownership", "Each value in Rust has an owner. When the owner goes out of scope, the value is dropped."),
@@ -110,18 +110,6 @@ async fn history_is_trimmed_to_the_budget_oldest_first() {
     assert!(!texts.iter().any(|t| t.contains("in detail")), "the oldest turn was dropped: {texts:?}");
     assert!(texts.iter().any(|t| t.contains("What does Tokio schedule?")), "recent turns are kept: {texts:?}");
     assert_eq!(*texts.last().unwrap(), "Who owns a value?");
-}
-
-/// Reads an SSE response into (event, data) pairs.
-async fn sse_events(response: reqwest::Response) -> Vec<(String, Value)> {
-    let text = response.text().await.unwrap();
-    text.split("\n\n")
-        .filter_map(|block| {
-            let event = block.lines().find_map(|l| l.strip_prefix("event: "))?.to_string();
-            let data = block.lines().find_map(|l| l.strip_prefix("data: "))?;
-            Some((event, serde_json::from_str(data).unwrap()))
-        })
-        .collect()
 }
 
 /// `stream: true` sends token deltas, then one final event with citations and usage.

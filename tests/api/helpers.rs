@@ -114,3 +114,15 @@ pub async fn error_code(response: reqwest::Response) -> String {
     assert!(body["error"]["message"].is_string(), "no error.message in {body}");
     code.to_string()
 }
+
+/// Reads an SSE response into (event, data) pairs.
+pub async fn sse_events(response: reqwest::Response) -> Vec<(String, serde_json::Value)> {
+    let text = response.text().await.unwrap();
+    text.split("\n\n")
+        .filter_map(|block| {
+            let event = block.lines().find_map(|l| l.strip_prefix("event: "))?.to_string();
+            let data = block.lines().find_map(|l| l.strip_prefix("data: "))?;
+            Some((event, serde_json::from_str(data).unwrap()))
+        })
+        .collect()
+}
