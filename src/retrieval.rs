@@ -88,20 +88,22 @@ pub async fn search(state: &AppState, ctx: &CallContext, query: Query<'_>) -> Re
         Vec::new()
     } else {
         let gateway = &state.gateway;
-        let embedded = gateway.embed(ctx, &[query.text.to_string()]).await?;
-        search::vector(
-            &mut tx,
-            &query.scope,
-            gateway.embedding_model(),
-            gateway.embedding_dimensions(),
-            &embedded.vectors[0],
-            depth,
-            state.config.hnsw_ef_search,
-        )
-        .await?
-        .into_iter()
-        .filter(|hit| query.min_similarity.is_none_or(|min| hit.score >= min))
-        .collect()
+        // Documents still indexed with an earlier model (a re-index in progress)
+        // are searched with the query embedded by that model, so they stay findable.
+        let mut models = vec![(gateway.embedding_model().to_string(), gateway.embedding_dimensions())];
+        let others = search::other_models(&mut tx, query.scope.tenant_id, gateway.embedding_model()).await?;
+        models.extend(others.into_iter().map(|(model, dims)| (model, dims as usize)));
+        let mut lists = Vec::with_capacity(models.len());
+        for (model, dims) in &models {
+            let embedded = gateway.embed_with(ctx, model, *dims, &[query.text.to_string()]).await?;
+            let hits = search::vector(&mut tx, &query.scope, model, *dims, &embedded.vectors[0], depth, state.config.hnsw_ef_search)
+                .await?
+                .into_iter()
+                .filter(|hit| query.min_similarity.is_none_or(|min| hit.score >= min))
+                .collect();
+            lists.push(hits);
+        }
+        if lists.len() == 1 { lists.pop().unwrap_or_default() } else { reciprocal_rank_fusion(lists, depth as usize) }
     };
     let keyword_hits = if query.mode == Mode::Vector {
         Vec::new()

@@ -223,6 +223,14 @@ impl Gateway {
     /// Embeds `inputs` with the configured model, batching by count and tokens
     /// and sending at most `max_in_flight` batches at once through the shared limiter.
     pub async fn embed(&self, ctx: &CallContext, inputs: &[String]) -> Result<Embeddings, LlmError> {
+        let (model, dims) = (self.config.embedding_model.clone(), self.config.embedding_dimensions);
+        self.embed_with(ctx, &model, dims, inputs).await
+    }
+
+    /// Embeds with another model than the configured one: while documents are
+    /// being re-indexed to a new model, queries must also be embedded with the
+    /// old one to search the old vectors.
+    pub async fn embed_with(&self, ctx: &CallContext, model: &str, dims: usize, inputs: &[String]) -> Result<Embeddings, LlmError> {
         let limits = &self.config.embedding_limits;
         let tokens: Vec<usize> = inputs.iter().map(|t| count_tokens(t)).collect();
         if let Some((index, &n)) = tokens.iter().enumerate().find(|(_, n)| **n > limits.max_input_tokens) {
@@ -233,14 +241,14 @@ impl Gateway {
         let results: Vec<(Vec<Vec<f32>>, u32, u32)> = futures::stream::iter(batches)
             .map(|range| {
                 let batch_tokens: usize = tokens[range.clone()].iter().sum();
-                self.embed_batch(ctx, &inputs[range], batch_tokens)
+                self.embed_batch(ctx, model, dims, &inputs[range], batch_tokens)
             })
             .buffered(limits.max_in_flight)
             .try_collect()
             .await?;
         let mut out = Embeddings {
             vectors: Vec::with_capacity(inputs.len()),
-            model: self.config.embedding_model.clone(),
+            model: model.to_string(),
             input_tokens: 0,
             requests: 0,
         };
@@ -256,11 +264,11 @@ impl Gateway {
     async fn embed_batch(
         &self,
         ctx: &CallContext,
+        model: &str,
+        dims: usize,
         inputs: &[String],
         estimated_tokens: usize,
     ) -> Result<(Vec<Vec<f32>>, u32, u32), LlmError> {
-        let model = &self.config.embedding_model;
-        let dims = self.config.embedding_dimensions;
         let max_attempts = self.config.embedding_limits.max_attempts;
         for attempt in 0..max_attempts {
             let permit = self.limiter.acquire(estimated_tokens).await;

@@ -98,3 +98,20 @@ pub async fn keyword(conn: &mut PgConnection, scope: &Scope, query: &str, k: i64
     q.push(" ORDER BY score DESC, c.id LIMIT ").push_bind(k);
     q.build_query_as().fetch_all(&mut *conn).await
 }
+
+/// Embedding models other than `current` that some of the tenant's documents
+/// are still indexed with, and their dimensions.
+pub async fn other_models(conn: &mut PgConnection, tenant_id: Uuid, current: &str) -> sqlx::Result<Vec<(String, i32)>> {
+    // Two range conditions instead of `<>`, so both halves use the index.
+    sqlx::query_as(
+        "SELECT m.model, (SELECT vector_dims(e.embedding) FROM chunk_embeddings e
+                          WHERE e.model = m.model AND e.tenant_id = $1 LIMIT 1) AS dims
+         FROM (SELECT DISTINCT embedding_model AS model FROM documents
+               WHERE tenant_id = $1 AND (embedding_model < $2 OR embedding_model > $2)) m",
+    )
+    .bind(tenant_id)
+    .bind(current)
+    .fetch_all(&mut *conn)
+    .await
+    .map(|rows: Vec<(String, Option<i32>)>| rows.into_iter().filter_map(|(m, d)| d.map(|d| (m, d))).collect())
+}

@@ -423,6 +423,19 @@ async fn reindexing_with_a_new_embedding_model_switches_atomically() {
         HashMap::from([("EMBEDDING_MODEL", "local-hash-256".to_string()), ("EMBEDDING_DIMENSIONS", "256".to_string())]);
     let new = spawn_app_with(Options { env, infra: Some(infra), ..Default::default() }).await;
     let key = new.new_tenant("acme").await; // same tenant, a fresh key for the new app
+    // Before the re-index, the old vectors keep serving vector searches.
+    let before: Value = new
+        .client
+        .post(new.url("/v1/search"))
+        .bearer_auth(&key)
+        .json(&json!({"query": "who owns a value", "mode": "vector"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(before["results"].as_array().is_some_and(|r| !r.is_empty()), "old vectors must stay searchable: {before}");
     let reindex = new
         .client
         .post(new.url("/v1/documents/reindex"))
