@@ -94,6 +94,8 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(|| async { axum::Json(ApiDoc::openapi()) }))
         .fallback(|| async { error_response(StatusCode::NOT_FOUND, "not_found", "no such route") })
         // Innermost first: each `.layer` wraps everything above it.
+        // MAX_BODY_BYTES is the one limit: axum's own 2 MB extractor default is off.
+        .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(StatusCode::GATEWAY_TIMEOUT, config.request_timeout))
         .layer(CatchPanicLayer::new())

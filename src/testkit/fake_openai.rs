@@ -94,6 +94,8 @@ impl FakeOpenAi {
             .route("/v1/embeddings", post(embeddings))
             .route("/v1/chat/completions", post(chat))
             .route("/stats", get(stats))
+            // Like the real API, accept large batches (axum's default is 2 MB).
+            .layer(axum::extract::DefaultBodyLimit::max(64 * 1024 * 1024))
             .with_state(shared.clone());
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;

@@ -168,6 +168,16 @@ async fn bad_uploads_are_refused_clearly() {
     assert_eq!(count, 0);
 }
 
+/// Uploads up to MAX_BODY_BYTES are accepted, well past axum's 2 MB extractor default.
+#[tokio::test]
+async fn large_uploads_up_to_the_configured_limit_are_accepted() {
+    let app = spawn_app().await;
+    let paragraph = "A large handbook paragraph about ownership, borrowing and lifetimes in Rust programs.\n\n";
+    let big = paragraph.repeat(3 * 1024 * 1024 / paragraph.len());
+    let response = upload_file(&app, "handbook.md", "text/markdown", big.into_bytes()).await;
+    assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
+}
+
 /// Invalid content fails permanently with a reason instead of being retried; other documents still index.
 #[tokio::test]
 async fn a_poison_document_fails_with_a_reason_while_others_index() {
