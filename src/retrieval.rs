@@ -96,11 +96,19 @@ pub async fn search(state: &AppState, ctx: &CallContext, query: Query<'_>) -> Re
         let mut lists = Vec::with_capacity(models.len());
         for (model, dims) in &models {
             let embedded = gateway.embed_with(ctx, model, *dims, &[query.text.to_string()]).await?;
-            let hits = search::vector(&mut tx, &query.scope, model, *dims, &embedded.vectors[0], depth, state.config.hnsw_ef_search)
-                .await?
-                .into_iter()
-                .filter(|hit| query.min_similarity.is_none_or(|min| hit.score >= min))
-                .collect();
+            let hits = search::vector(
+                &mut tx,
+                &query.scope,
+                model,
+                *dims,
+                &embedded.vectors[0],
+                depth,
+                state.config.hnsw_ef_search,
+            )
+            .await?
+            .into_iter()
+            .filter(|hit| query.min_similarity.is_none_or(|min| hit.score >= min))
+            .collect();
             lists.push(hits);
         }
         if lists.len() == 1 { lists.pop().unwrap_or_default() } else { reciprocal_rank_fusion(lists, depth as usize) }

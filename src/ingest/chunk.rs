@@ -7,6 +7,8 @@
 use sha2::{Digest, Sha256};
 use text_splitter::{ChunkConfig, MarkdownSplitter, TextSplitter};
 
+use crate::llm::{TokenCounter, count_tokens};
+
 #[derive(Debug, Clone, Copy)]
 pub struct ChunkSettings {
     pub max_tokens: usize,
@@ -38,10 +40,9 @@ pub fn content_hash(text: &str) -> String {
 }
 
 pub fn chunk(text: &str, markdown: bool, settings: ChunkSettings) -> Vec<Chunk> {
-    let tokenizer = tiktoken_rs::cl100k_base_singleton();
     let overlap = settings.overlap_tokens.min(settings.max_tokens.saturating_sub(1));
     let config = ChunkConfig::new(settings.max_tokens)
-        .with_sizer(tokenizer)
+        .with_sizer(TokenCounter)
         .with_overlap(overlap)
         .expect("overlap is below the chunk size");
     let pieces: Vec<(usize, &str)> = if markdown {
@@ -57,7 +58,7 @@ pub fn chunk(text: &str, markdown: bool, settings: ChunkSettings) -> Vec<Chunk> 
             ordinal: ordinal as i32,
             content: content.to_string(),
             content_hash: content_hash(content),
-            token_count: tokenizer.count_ordinary(content) as i32,
+            token_count: count_tokens(content) as i32,
             heading_path: heading_path_at(&headings, offset),
             start_offset: offset as i32,
             end_offset: (offset + content.len()) as i32,
