@@ -85,7 +85,28 @@ async fn routing_errors_are_json() {
 async fn the_openapi_document_lists_the_routes_and_the_key_scheme() {
     let app = spawn_app().await;
     let doc: serde_json::Value = app.client.get(app.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
-    for path in ["/healthz", "/readyz", "/v1/me"] {
+    let paths = [
+        "/healthz",
+        "/readyz",
+        "/v1/me",
+        "/v1/documents",
+        "/v1/documents/{id}",
+        "/v1/documents/{id}/chunks",
+        "/v1/documents/{id}/content",
+        "/v1/documents/{id}/reindex",
+        "/v1/documents/{id}/summarize",
+        "/v1/documents/reindex",
+        "/v1/documents/summarize",
+        "/v1/search",
+        "/v1/chat",
+        "/v1/conversations",
+        "/v1/conversations/{id}",
+        "/v1/suggest",
+        "/v1/agent",
+        "/v1/usage",
+        "/v1/chat/completions",
+    ];
+    for path in paths {
         assert!(doc["paths"][path].is_object(), "{path} missing from the OpenAPI document");
     }
     assert_eq!(doc["components"]["securitySchemes"]["api_key"]["scheme"], "bearer");
