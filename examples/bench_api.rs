@@ -14,11 +14,9 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde_json::json;
-use stolid::app::{Application, Role};
-use stolid::config::Config;
+use stolid::app::Role;
 use stolid::testkit::fake_openai::FakeOpenAi;
-use stolid::testkit::infra::{create_infra, lookup};
-use tokio_util::sync::CancellationToken;
+use stolid::testkit::infra::{create_infra, start_app};
 
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
@@ -75,9 +73,6 @@ async fn main() -> anyhow::Result<()> {
     let fake = FakeOpenAi::start().await;
     let infra = create_infra().await;
     let env = HashMap::from([
-        ("DATABASE_URL", infra.database_url.clone()),
-        ("S3_BUCKET", infra.bucket.clone()),
-        ("SQS_QUEUE_URL", infra.queue_url.clone()),
         ("OPENAI_API_KEY", "sk-bench".to_string()),
         ("OPENAI_BASE_URL", fake.base_url()),
         ("EMBEDDING_DIMENSIONS", "384".to_string()),
@@ -85,15 +80,9 @@ async fn main() -> anyhow::Result<()> {
         ("DATABASE_MAX_CONNECTIONS", "32".to_string()),
         ("LOG_LEVEL", "warn".to_string()),
     ]);
-    let mut config = Config::from_lookup(lookup(&env))?;
-    config.port = 0;
-    let app = Application::build(config, Role::Api, false).await?;
-    let base = format!("http://127.0.0.1:{}", app.port().unwrap());
-    let state = app.state().clone();
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn(app.run(shutdown.clone()));
-    let tenant = stolid::store::keys::ensure_tenant(&state.db, "bench").await?;
-    let key = stolid::store::keys::create_key(&state.db, tenant).await?.key;
+    let app = start_app(infra, env, |_| {}, Role::Api, "bench").await?;
+    let (base, state, key, tenant, shutdown, running) =
+        (app.address, app.state, app.api_key, app.tenant_id, app.shutdown, app.stopped);
 
     eprintln!("bench-api: loading {chunks} synthetic chunks (random 384-d vectors, text from a 60-word vocabulary)...");
     let setup = Instant::now();

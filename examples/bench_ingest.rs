@@ -16,11 +16,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use stolid::app::{Application, Role};
-use stolid::config::{Config, RateCap};
+use stolid::app::Role;
+use stolid::config::RateCap;
 use stolid::testkit::fake_openai::FakeOpenAi;
-use stolid::testkit::infra::{create_infra, lookup};
-use tokio_util::sync::CancellationToken;
+use stolid::testkit::infra::{create_infra, start_app};
 
 struct Args {
     corpus: PathBuf,
@@ -66,9 +65,6 @@ async fn main() -> anyhow::Result<()> {
     fake.set_rate_cap(Some(RateCap { limit: args.provider_cap.unwrap_or(args.cap), window: args.window }));
     let infra = create_infra().await;
     let env = HashMap::from([
-        ("DATABASE_URL", infra.database_url.clone()),
-        ("S3_BUCKET", infra.bucket.clone()),
-        ("SQS_QUEUE_URL", infra.queue_url.clone()),
         ("OPENAI_API_KEY", "sk-bench".to_string()),
         ("OPENAI_BASE_URL", fake.base_url()),
         ("EMBEDDING_DIMENSIONS", "384".to_string()),
@@ -78,16 +74,9 @@ async fn main() -> anyhow::Result<()> {
         // Small batches, so the request cap (not the token cap) is what binds.
         ("EMBED_MAX_BATCH_INPUTS", "16".to_string()),
     ]);
-    let mut config = Config::from_lookup(lookup(&env))?;
-    config.port = 0;
-    config.llm.embedding_limits.requests = RateCap { limit: args.cap, window: args.window };
-    let app = Application::build(config, Role::All, false).await?;
-    let base = format!("http://127.0.0.1:{}", app.port().unwrap());
-    let state = app.state().clone();
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn(app.run(shutdown.clone()));
-    let tenant = stolid::store::keys::ensure_tenant(&state.db, "bench").await?;
-    let key = stolid::store::keys::create_key(&state.db, tenant).await?.key;
+    let cap = RateCap { limit: args.cap, window: args.window };
+    let app = start_app(infra, env, |config| config.llm.embedding_limits.requests = cap, Role::All, "bench").await?;
+    let (base, state, key, shutdown, running) = (app.address, app.state, app.api_key, app.shutdown, app.stopped);
 
     eprintln!(
         "bench-ingest: {} documents ({:.1} MB) from {}; cap {} requests / {:?}; fake latency {:?}",

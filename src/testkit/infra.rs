@@ -95,3 +95,40 @@ pub fn lookup(overrides: &HashMap<&str, String>) -> impl Fn(&str) -> Option<Stri
     }
     move |k| map.get(k).cloned()
 }
+
+/// The app running in this process on throwaway infrastructure, with one tenant and its key.
+pub struct RunningApp {
+    pub address: String,
+    pub state: crate::app::AppState,
+    pub infra: Infra,
+    pub api_key: String,
+    pub tenant_id: Uuid,
+    pub shutdown: tokio_util::sync::CancellationToken,
+    pub stopped: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Builds the app on `infra` with `env` over `.env` (the infrastructure's own
+/// settings filled in), lets `tweak` adjust the parsed config, serves it on a
+/// free port, and creates `tenant` with a key.
+pub async fn start_app(
+    infra: Infra,
+    mut env: HashMap<&'static str, String>,
+    tweak: impl FnOnce(&mut Config),
+    role: crate::app::Role,
+    tenant: &str,
+) -> anyhow::Result<RunningApp> {
+    env.insert("DATABASE_URL", infra.database_url.clone());
+    env.insert("S3_BUCKET", infra.bucket.clone());
+    env.insert("SQS_QUEUE_URL", infra.queue_url.clone());
+    let mut config = Config::from_lookup(lookup(&env))?;
+    config.port = 0;
+    tweak(&mut config);
+    let app = crate::app::Application::build(config, role, false).await?;
+    let address = format!("http://127.0.0.1:{}", app.port().expect("the API role listens"));
+    let state = app.state().clone();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let stopped = tokio::spawn(app.run(shutdown.clone()));
+    let tenant_id = crate::store::keys::ensure_tenant(&state.db, tenant).await?;
+    let api_key = crate::store::keys::create_key(&state.db, tenant_id).await?.key;
+    Ok(RunningApp { address, state, infra, api_key, tenant_id, shutdown, stopped })
+}

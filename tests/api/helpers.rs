@@ -5,10 +5,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use stolid::app::{AppState, Application, Role};
+use stolid::app::{AppState, Role};
 use stolid::config::Config;
 use stolid::testkit::fake_openai::FakeOpenAi;
-pub use stolid::testkit::infra::{Infra, MAX_RECEIVES, base_env, create_infra, lookup};
+pub use stolid::testkit::infra::{Infra, MAX_RECEIVES, base_env, create_infra, start_app};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -48,9 +48,6 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         None => create_infra().await,
     };
     let mut env = options.env;
-    env.insert("DATABASE_URL", infra.database_url.clone());
-    env.insert("S3_BUCKET", infra.bucket.clone());
-    env.insert("SQS_QUEUE_URL", infra.queue_url.clone());
     env.insert("DATABASE_MAX_CONNECTIONS", "5".into());
     env.insert("WORKER_WAIT_TIME_SECS", "1".into());
     if let Some(base_url) = options.fake {
@@ -59,22 +56,24 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         env.entry("EMBEDDING_DIMENSIONS").or_insert_with(|| "384".into());
         env.entry("LLM_TIMEOUT_SECS").or_insert_with(|| "5".into());
     }
-    let mut config = Config::from_lookup(lookup(&env)).expect("test config");
-    config.port = 0;
-    if let Some(tweak) = options.tweak {
-        tweak(&mut config);
+    let tweak = |config: &mut Config| {
+        if let Some(tweak) = options.tweak {
+            tweak(config);
+        }
+    };
+    let app = start_app(infra, env, tweak, Role::All, "acme").await.expect("starting the app");
+    TestApp {
+        address: app.address,
+        state: app.state,
+        infra: app.infra,
+        api_key: app.api_key,
+        tenant_id: app.tenant_id,
+        client: reqwest::Client::new(),
+        shutdown: app.shutdown,
+        stopped: app.stopped,
     }
-    let app = Application::build(config, Role::All, false).await.expect("building the app");
-    let address = format!("http://127.0.0.1:{}", app.port().unwrap());
-    let state = app.state().clone();
-    let shutdown = CancellationToken::new();
-    let stopped = tokio::spawn(app.run(shutdown.clone()));
-    let tenant_id = stolid::store::keys::ensure_tenant(&state.db, "acme").await.unwrap();
-    let api_key = stolid::store::keys::create_key(&state.db, tenant_id).await.unwrap().key;
-    TestApp { address, state, infra, api_key, tenant_id, client: reqwest::Client::new(), shutdown, stopped }
 }
 
-/// A fake OpenAI server and an app whose `openai` provider talks to it.
 pub async fn spawn_app_with_fake(mut options: Options) -> (TestApp, FakeOpenAi) {
     let fake = FakeOpenAi::start().await;
     options.fake = Some(fake.base_url());
