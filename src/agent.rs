@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::http::auth::Tenant;
 use crate::llm::{ChatMessage, ChatRequest, Role, TokenUsage, ToolSpec};
 use crate::retrieval::{self, Mode};
-use crate::store::conversations::{self, NewMessage};
+use crate::store::conversations;
 use crate::store::documents::{self, DocumentFilter};
 use crate::store::search::{Hit, Scope};
 
@@ -137,14 +137,7 @@ pub async fn run(
         None => (format!("I stopped after {steps} steps without reaching an answer."), "max_steps"),
     };
     let citations = prompt::citations(&answer, &passages);
-    let assistant = NewMessage {
-        role: "assistant",
-        content: &answer,
-        citations: serde_json::to_value(&citations).expect("citations serialize"),
-        input_tokens: usage.input_tokens as i32,
-        output_tokens: usage.output_tokens as i32,
-        cost_usd: usage.cost_usd,
-    };
+    let assistant = crate::chat::answer_message(&answer, &citations, &usage);
     conversations::add_turn(&state.db, tenant.id, conversation_id, &input.message, assistant).await?;
     Ok(AgentReply { conversation_id, answer, citations, trace, steps, stop_reason, usage })
 }

@@ -130,14 +130,19 @@ pub async fn finish(
     let Some(conversation_id) = prepared.conversation_id else {
         return Ok(reply(None));
     };
-    let assistant = NewMessage {
+    let assistant = answer_message(&answer, &citations, &usage);
+    let message_id = conversations::add_turn(&state.db, tenant.id, conversation_id, question, assistant).await?;
+    Ok(reply(Some(message_id)))
+}
+
+/// An assistant message as stored: the answer with its citations and what it cost.
+pub fn answer_message<'a>(answer: &'a str, citations: &[Citation], usage: &TokenUsage) -> NewMessage<'a> {
+    NewMessage {
         role: "assistant",
-        content: &answer,
-        citations: serde_json::to_value(&citations).expect("citations serialize"),
+        content: answer,
+        citations: serde_json::to_value(citations).expect("citations serialize"),
         input_tokens: usage.input_tokens as i32,
         output_tokens: usage.output_tokens as i32,
         cost_usd: usage.cost_usd,
-    };
-    let message_id = conversations::add_turn(&state.db, tenant.id, conversation_id, question, assistant).await?;
-    Ok(reply(Some(message_id)))
+    }
 }
