@@ -194,8 +194,12 @@ async fn main() -> anyhow::Result<()> {
     fake.set_latency(model_latency);
     let model_ms = 2.0 * model_latency.as_secs_f64() * 1000.0;
     for concurrency in [1, 4, 16] {
-        let (lat, rate) =
-            measure(requests / 2, concurrency, |i| post("/v1/chat", json!({"message": queries[i % 5]}))).await;
+        // One word per question, so every turn retrieves passages and makes both model calls.
+        let (lat, rate) = measure(requests / 2, concurrency, |i| {
+            let word = queries[i % 5].split(' ').next().unwrap_or("w1");
+            post("/v1/chat", json!({"message": word}))
+        })
+        .await;
         println!(
             "concurrency {concurrency:>2}: overhead {:>6.2} / {:>6.2}   ({rate:.1} chats/s)",
             percentile(&lat, 0.5) - model_ms,
