@@ -395,12 +395,7 @@ pub async fn reindex_document(
     Path(id): Path<Uuid>,
 ) -> Result<(StatusCode, AppJson<Document>)> {
     let doc = documents::mark_queued(&state.db, tenant.id, id).await?.ok_or(Error::NotFound("document"))?;
-    let job = Job::IndexDocument { tenant_id: tenant.id, document_id: id };
-    state
-        .queue
-        .send(job.to_message())
-        .await
-        .map_err(|_| Error::Unavailable("the job queue is unavailable; try again".into()))?;
+    enqueue_all(&state, vec![Job::IndexDocument { tenant_id: tenant.id, document_id: id }]).await?;
     Ok((StatusCode::ACCEPTED, AppJson(doc)))
 }
 
@@ -416,12 +411,7 @@ pub async fn summarize_document(
     if doc.status == "failed" {
         return Err(Error::Conflict("the document failed to index; nothing to summarize".into()));
     }
-    let job = Job::SummarizeDocument { tenant_id: tenant.id, document_id: id };
-    state
-        .queue
-        .send(job.to_message())
-        .await
-        .map_err(|_| Error::Unavailable("the job queue is unavailable; try again".into()))?;
+    enqueue_all(&state, vec![Job::SummarizeDocument { tenant_id: tenant.id, document_id: id }]).await?;
     Ok((StatusCode::ACCEPTED, AppJson(doc)))
 }
 
