@@ -59,13 +59,14 @@ impl Application {
     /// Connects, migrates, prepares the embedding index and binds the port
     /// (`config.port`, 0 for any free port).
     pub async fn build(config: Config, role: Role, usage_log: bool) -> anyhow::Result<Self> {
-        let db = store::connect(&config.database_url, config.database_max_connections).await?;
+        let db = store::connect(&config.database_url, config.database_max_connections, config.database_acquire_timeout)
+            .await?;
         store::MIGRATOR.run(&db).await.context("running migrations")?;
         store::embeddings::ensure_index(&db, &config.llm.embedding_model, config.llm.embedding_dimensions)
             .await
             .context("creating the embedding index")?;
         let sdk = aws_sdk_config(&config).await;
-        let blobs = Blobs::new(&sdk, config.aws.endpoint_url.is_some(), &config.s3_bucket);
+        let blobs = Blobs::new(&sdk, config.aws.endpoint_url.is_some(), &config.s3_bucket, config.aws.s3_timeout);
         let queue = Queue::new(&sdk, &config.sqs_queue_url);
         let (recorder, usage_writer) = UsageRecorder::spawn(db.clone(), usage_log);
         let gateway = Arc::new(Gateway::new(config.llm.clone(), recorder)?);

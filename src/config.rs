@@ -14,8 +14,10 @@ use crate::llm::pricing::{ModelPrice, PriceTable};
 pub const VARIABLES: &[&str] = &[
     "DATABASE_URL",
     "DATABASE_MAX_CONNECTIONS",
+    "DATABASE_ACQUIRE_TIMEOUT_SECS",
     "S3_BUCKET",
     "SQS_QUEUE_URL",
+    "S3_TIMEOUT_SECS",
     "AWS_ENDPOINT_URL",
     "AWS_REGION",
     "AWS_ACCESS_KEY_ID",
@@ -39,6 +41,8 @@ pub const VARIABLES: &[&str] = &[
     "WORKER_CONCURRENCY",
     "WORKER_VISIBILITY_TIMEOUT_SECS",
     "WORKER_WAIT_TIME_SECS",
+    "JOB_TIMEOUT_SECS",
+    "MAX_EXTRACTED_BYTES",
     "HNSW_EF_SEARCH",
     "CHAT_TOP_K",
     "CHAT_CONTEXT_TOKENS",
@@ -125,6 +129,10 @@ pub struct AwsConfig {
     /// Set for local emulators (moto); the SDK then uses path-style S3 addressing.
     pub endpoint_url: Option<String>,
     pub region: String,
+    /// Per-attempt deadline of an S3 call (the whole call, with retries, gets
+    /// 2.5 times as long): an S3 that accepts and never answers must not hold a
+    /// request or a job for minutes.
+    pub s3_timeout: Duration,
     /// Static credentials (`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`), e.g. for
     /// emulators; without them the SDK's default chain (ECS task role) applies.
     pub credentials: Option<(String, String)>,
@@ -139,6 +147,12 @@ pub struct WorkerConfig {
     /// Visibility timeout set on received messages and extended by the heartbeat.
     pub visibility_timeout: Duration,
     pub wait_time: Duration,
+    /// A job running longer than this is stopped and retried (the last attempt
+    /// marks its document failed with the reason).
+    pub job_timeout: Duration,
+    /// Extracted text above this many bytes fails the document with a clear
+    /// reason instead of chunking and embedding without bound.
+    pub max_extracted_bytes: usize,
 }
 
 /// Retrieval-augmented chat: how much to retrieve and how to budget the prompt.
@@ -157,6 +171,8 @@ pub struct ChatConfig {
 pub struct Config {
     pub database_url: String,
     pub database_max_connections: u32,
+    /// How long a request waits for a pooled connection before answering 503.
+    pub database_acquire_timeout: Duration,
     pub s3_bucket: String,
     pub sqs_queue_url: String,
     pub aws: AwsConfig,
@@ -247,11 +263,15 @@ impl Config {
         Ok(Config {
             database_url: env.required("DATABASE_URL")?,
             database_max_connections: env.parse_positive("DATABASE_MAX_CONNECTIONS", 20)?,
+            database_acquire_timeout: Duration::from_secs_f64(
+                env.parse_positive("DATABASE_ACQUIRE_TIMEOUT_SECS", 2.0)?,
+            ),
             s3_bucket: env.required("S3_BUCKET")?,
             sqs_queue_url: env.required("SQS_QUEUE_URL")?,
             aws: AwsConfig {
                 endpoint_url: env.optional("AWS_ENDPOINT_URL").filter(|s| !s.is_empty()),
                 region: env.string("AWS_REGION", "us-east-1"),
+                s3_timeout: Duration::from_secs_f64(env.parse_positive("S3_TIMEOUT_SECS", 10.0)?),
                 credentials: env
                     .optional("AWS_ACCESS_KEY_ID")
                     .filter(|s| !s.is_empty())
@@ -263,6 +283,8 @@ impl Config {
                 concurrency: env.parse_positive("WORKER_CONCURRENCY", 8)?,
                 visibility_timeout: Duration::from_secs(env.parse_positive("WORKER_VISIBILITY_TIMEOUT_SECS", 60)?),
                 wait_time: Duration::from_secs(env.parse("WORKER_WAIT_TIME_SECS", 10)?),
+                job_timeout: Duration::from_secs_f64(env.parse_positive("JOB_TIMEOUT_SECS", 600.0)?),
+                max_extracted_bytes: env.parse_positive("MAX_EXTRACTED_BYTES", 10 * 1024 * 1024)?,
             },
             chunking: crate::ingest::chunk::ChunkSettings {
                 max_tokens: env.parse_positive("CHUNK_MAX_TOKENS", 400)?,

@@ -5,16 +5,23 @@
 //! are stable strings clients may match on. 5xx bodies are generic; the cause is
 //! logged once here, inside the request's span (so with its request id).
 
+use axum::body::Bytes;
 use axum::extract::FromRequest;
+use axum::extract::Request;
 use axum::extract::rejection::JsonRejection;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use utoipa::ToSchema;
 
 use crate::llm::LlmError;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What a 503 tells the client to wait before retrying: outages we answer 503
+/// for (a saturated pool, a restarting database, a slow S3) usually pass in seconds.
+const RETRY_AFTER_SECS: &str = "2";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -22,6 +29,8 @@ pub enum Error {
     BadRequest { code: &'static str, message: String },
     #[error("missing or invalid API key")]
     Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("{0}")]
@@ -38,6 +47,8 @@ pub enum Error {
     Llm(#[from] LlmError),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Storage(#[from] crate::blob::StorageError),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -65,10 +76,19 @@ impl Error {
         Error::Unprocessable { code: "invalid_request", message: message.into() }
     }
 
+    /// Caller text with a NUL (U+0000) in it.
+    pub fn nul_character() -> Self {
+        Error::Unprocessable {
+            code: "invalid_character",
+            message: "text must not contain NUL (U+0000) characters".into(),
+        }
+    }
+
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             Error::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
             Error::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Error::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Error::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Error::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
@@ -79,6 +99,11 @@ impl Error {
             Error::Llm(LlmError::QuotaExhausted(_)) => (StatusCode::SERVICE_UNAVAILABLE, "model_quota_exhausted"),
             Error::Llm(LlmError::InputTooLong { .. }) => (StatusCode::UNPROCESSABLE_ENTITY, "input_too_long"),
             Error::Llm(LlmError::Provider(_)) => (StatusCode::BAD_GATEWAY, "model_error"),
+            // An outage or a saturated pool is the caller's cue to come back, not a bug.
+            Error::Database(err) if crate::store::is_unavailable(err) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
+            Error::Storage(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Error::Database(_) | Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -99,12 +124,20 @@ impl IntoResponse for Error {
             match &self {
                 // These say nothing internal and tell the caller what to do.
                 Error::Unavailable(_) | Error::Llm(_) => self.to_string(),
+                // Which dependency failed is in the log line above, not in the body.
+                Error::Database(_) | Error::Storage(_) if status == StatusCode::SERVICE_UNAVAILABLE => {
+                    "a dependency is temporarily unavailable; try again shortly".to_string()
+                }
                 _ => "internal server error".to_string(),
             }
         } else {
             self.to_string()
         };
-        error_response(status, code, message)
+        let mut response = error_response(status, code, message);
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+        }
+        response
     }
 }
 
@@ -122,10 +155,64 @@ impl From<JsonRejection> for Error {
     }
 }
 
-/// `Json` whose rejections come back in our error format.
-#[derive(Debug, Clone, Copy, Default, FromRequest)]
-#[from_request(via(axum::Json), rejection(Error))]
+/// `Json` whose rejections come back in our error format, and which refuses
+/// NUL characters (`\u0000`) anywhere in the body: Postgres text cannot hold
+/// them, and no honest caller sends them.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct AppJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for AppJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Error;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if !is_json(request.headers()) {
+            return Err(Error::UnsupportedMediaType("expected `Content-Type: application/json`".into()));
+        }
+        let bytes = Bytes::from_request(request, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                Error::PayloadTooLarge
+            } else {
+                Error::bad_request(e.body_text())
+            }
+        })?;
+        if contains_escaped_nul(&bytes) {
+            return Err(Error::nul_character());
+        }
+        let axum::Json(value) = axum::Json::<T>::from_bytes(&bytes)?;
+        Ok(AppJson(value))
+    }
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(content_type) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+}
+
+/// Whether JSON text holds an escaped NUL. A raw NUL byte is already a syntax
+/// error, so the escape is the only way one arrives. Backslashes only occur
+/// inside strings, where each starts a two-character escape (`\\` included),
+/// so skipping pairs never misreads `\\u0000` (a backslash, then `u0000`).
+pub fn contains_escaped_nul(json: &[u8]) -> bool {
+    let mut i = 0;
+    while i < json.len() {
+        if json[i] == b'\\' {
+            if json[i + 1..].starts_with(b"u0000") {
+                return true;
+            }
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    false
+}
 
 impl<T: Serialize> IntoResponse for AppJson<T> {
     fn into_response(self) -> Response {
@@ -142,6 +229,7 @@ mod tests {
         let cases: Vec<(Error, StatusCode, &str)> = vec![
             (Error::bad_request("x"), StatusCode::BAD_REQUEST, "bad_request"),
             (Error::Unauthorized, StatusCode::UNAUTHORIZED, "unauthorized"),
+            (Error::Forbidden("x".into()), StatusCode::FORBIDDEN, "forbidden"),
             (Error::NotFound("document"), StatusCode::NOT_FOUND, "not_found"),
             (Error::PayloadTooLarge, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             (Error::UnsupportedMediaType("x".into()), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
@@ -153,6 +241,26 @@ mod tests {
         for (error, status, code) in cases {
             assert_eq!(error.status_and_code(), (status, code), "{error:?}");
         }
+    }
+
+    #[test]
+    fn escaped_nul_is_found_and_escaped_backslashes_are_not_mistaken_for_it() {
+        assert!(contains_escaped_nul(br#"{"q": "a\u0000b"}"#));
+        assert!(contains_escaped_nul(br#"{"a\u0000": 1}"#));
+        assert!(contains_escaped_nul(br#"{"q": "\\\u0000"}"#));
+        assert!(!contains_escaped_nul(br#"{"q": "\\u0000"}"#));
+        assert!(!contains_escaped_nul(br#"{"q": "\u0001"}"#));
+        assert!(!contains_escaped_nul(br#"{"q": "plain \"quoted\" \n"}"#));
+    }
+
+    #[tokio::test]
+    async fn unavailable_dependencies_answer_503_with_retry_after_and_no_detail() {
+        let response = Error::Database(sqlx::Error::PoolTimedOut).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+        let body = axum::body::to_bytes(response.into_body(), 1024).await.unwrap();
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        assert!(text.contains("\"code\":\"unavailable\"") && !text.contains("pool"), "{text}");
     }
 
     #[tokio::test]

@@ -7,7 +7,11 @@ fn main() -> std::process::ExitCode {
     let _ = dotenvy::dotenv();
     let cli = stolid::cli::Cli::parse();
     let runtime = tokio::runtime::Runtime::new().expect("starting the tokio runtime");
-    match runtime.block_on(stolid::cli::run(cli)) {
+    let result = runtime.block_on(stolid::cli::run(cli));
+    // Dropping the runtime would wait for blocking threads (a long extraction
+    // cannot be cancelled); the process must exit within its stop timeout.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("stolid: {err:#}");

@@ -83,32 +83,32 @@ pub async fn search(state: &AppState, ctx: &CallContext, query: Query<'_>) -> Re
     let k = query.k as i64;
     // Hybrid fuses deeper candidate lists than it returns.
     let depth = if query.mode == Mode::Hybrid { (k * 4).max(20) } else { k };
-    let mut tx = state.db.begin().await?;
-    let vector_hits = if query.mode == Mode::Keyword {
-        Vec::new()
-    } else {
+    // Embed before taking a connection: a slow model must never hold one of
+    // the pool's few connections idle in a transaction.
+    let mut embedded_queries = Vec::new();
+    if query.mode != Mode::Keyword {
         let gateway = &state.gateway;
         // Documents still indexed with an earlier model (a re-index in progress)
         // are searched with the query embedded by that model, so they stay findable.
         let mut models = vec![(gateway.embedding_model().to_string(), gateway.embedding_dimensions())];
-        let others = search::other_models(&mut tx, query.scope.tenant_id, gateway.embedding_model()).await?;
+        let others = search::other_models(&state.db, query.scope.tenant_id, gateway.embedding_model()).await?;
         models.extend(others.into_iter().map(|(model, dims)| (model, dims as usize)));
-        let mut lists = Vec::with_capacity(models.len());
-        for (model, dims) in &models {
-            let embedded = gateway.embed_with(ctx, model, *dims, &[query.text.to_string()]).await?;
-            let hits = search::vector(
-                &mut tx,
-                &query.scope,
-                model,
-                *dims,
-                &embedded.vectors[0],
-                depth,
-                state.config.hnsw_ef_search,
-            )
-            .await?
-            .into_iter()
-            .filter(|hit| query.min_similarity.is_none_or(|min| hit.score >= min))
-            .collect();
+        for (model, dims) in models {
+            let mut embedded = gateway.embed_with(ctx, &model, dims, &[query.text.to_string()]).await?;
+            embedded_queries.push((model, dims, embedded.vectors.swap_remove(0)));
+        }
+    }
+    let mut tx = state.db.begin().await?;
+    let vector_hits = if query.mode == Mode::Keyword {
+        Vec::new()
+    } else {
+        let mut lists = Vec::with_capacity(embedded_queries.len());
+        for (model, dims, vector) in &embedded_queries {
+            let hits = search::vector(&mut tx, &query.scope, model, *dims, vector, depth, state.config.hnsw_ef_search)
+                .await?
+                .into_iter()
+                .filter(|hit| query.min_similarity.is_none_or(|min| hit.score >= min))
+                .collect();
             lists.push(hits);
         }
         if lists.len() == 1 { lists.pop().unwrap_or_default() } else { reciprocal_rank_fusion(lists, depth as usize) }

@@ -39,7 +39,8 @@ pub fn router() -> Router<AppState> {
         .route("/v1/documents/summarize", post(summarize_documents))
 }
 
-/// JSON upload: inline `text`, or `s3_uri` of an object in stolid's bucket.
+/// JSON upload: inline `text`, or `s3_uri` of an object under the caller's
+/// import prefix, `s3://<bucket>/imports/<tenant id>/...`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateDocumentRequest {
@@ -86,7 +87,7 @@ pub async fn create_documents(State(state): State<AppState>, tenant: Tenant, req
         read_multipart(multipart).await?
     } else if content_type.starts_with("application/json") {
         let AppJson(body) = AppJson::<CreateDocumentRequest>::from_request(request, &state).await?;
-        let upload = read_json(&state, &body).await?;
+        let upload = read_json(&state, &tenant, &body).await?;
         (vec![upload], body.collection, body.metadata)
     } else {
         return Err(Error::UnsupportedMediaType("send multipart/form-data or application/json".into()));
@@ -120,6 +121,9 @@ async fn read_multipart(mut multipart: Multipart) -> Result<(Vec<Upload>, Option
         match (name.as_str(), file_name) {
             ("collection", None) => collection = Some(text_field(&bytes)?),
             ("metadata", None) => {
+                if crate::error::contains_escaped_nul(&bytes) {
+                    return Err(Error::nul_character());
+                }
                 metadata = Some(
                     serde_json::from_slice(&bytes).map_err(|e| Error::invalid(format!("metadata is not JSON: {e}")))?,
                 )
@@ -131,7 +135,12 @@ async fn read_multipart(mut multipart: Multipart) -> Result<(Vec<Upload>, Option
                         declared.as_deref().unwrap_or("(none)")
                     ))
                 })?;
-                uploads.push(Upload { bytes: bytes.to_vec(), format, title: file_name });
+                if bytes.is_empty() {
+                    return Err(Error::invalid(format!("{file_name}: the file is empty")));
+                }
+                // A NUL can arrive percent-encoded in `filename*`; titles are stored as text.
+                let title = file_name.replace('\0', "");
+                uploads.push(Upload { bytes: bytes.to_vec(), format, title });
             }
             (other, None) => {
                 return Err(Error::invalid(format!("unexpected form field `{other}`")));
@@ -150,10 +159,39 @@ fn multipart_error(err: axum::extract::multipart::MultipartError) -> Error {
 }
 
 fn text_field(bytes: &Bytes) -> Result<String> {
-    String::from_utf8(bytes.to_vec()).map_err(|_| Error::invalid("form fields must be UTF-8"))
+    let text = String::from_utf8(bytes.to_vec()).map_err(|_| Error::invalid("form fields must be UTF-8"))?;
+    if text.contains('\0') {
+        return Err(Error::nul_character());
+    }
+    Ok(text)
 }
 
-async fn read_json(state: &AppState, body: &CreateDocumentRequest) -> Result<Upload> {
+/// The key an `s3_uri` may name: only objects under the caller's own import
+/// prefix, `s3://<bucket>/imports/<tenant id>/`. Never stolid's stored originals
+/// (`tenants/...`), never another tenant's imports. The check is made before S3
+/// is asked anything, so a refusal says nothing about whether the object exists.
+fn importable_key<'a>(bucket: &str, tenant: &Tenant, uri: &'a str) -> Result<&'a str> {
+    let (uri_bucket, key) = uri
+        .strip_prefix("s3://")
+        .and_then(|rest| rest.split_once('/'))
+        .ok_or_else(|| Error::invalid("s3_uri must look like s3://<bucket>/<key>"))?;
+    let prefix = import_prefix(tenant.id);
+    let allowed = uri_bucket == bucket
+        && key.len() > prefix.len()
+        && key.starts_with(&prefix)
+        && !key.split('/').any(|segment| segment == ".." || segment == ".");
+    if !allowed {
+        return Err(Error::Forbidden(format!("s3_uri may only name objects under s3://{bucket}/{prefix}")));
+    }
+    Ok(key)
+}
+
+/// Where operators (or a pipeline with S3 access) put files a tenant then registers by `s3_uri`.
+pub fn import_prefix(tenant_id: Uuid) -> String {
+    format!("imports/{tenant_id}/")
+}
+
+async fn read_json(state: &AppState, tenant: &Tenant, body: &CreateDocumentRequest) -> Result<Upload> {
     match (&body.text, &body.s3_uri) {
         (Some(text), None) => {
             let format = match body.content_type.as_deref() {
@@ -170,12 +208,7 @@ async fn read_json(state: &AppState, body: &CreateDocumentRequest) -> Result<Upl
             Ok(Upload { bytes: text.as_bytes().to_vec(), format, title })
         }
         (None, Some(uri)) => {
-            let key = uri
-                .strip_prefix("s3://")
-                .and_then(|rest| rest.split_once('/'))
-                .filter(|(bucket, key)| *bucket == state.blobs.bucket() && !key.is_empty())
-                .map(|(_, key)| key)
-                .ok_or_else(|| Error::invalid(format!("s3_uri must be s3://{}/<key>", state.blobs.bucket())))?;
+            let key = importable_key(state.blobs.bucket(), tenant, uri)?;
             let format = Format::detect(body.content_type.as_deref(), Some(key)).ok_or_else(|| {
                 Error::UnsupportedMediaType(format!("{key}: unsupported type; send text, Markdown, HTML or PDF"))
             })?;
@@ -394,9 +427,26 @@ pub async fn reindex_document(
     tenant: Tenant,
     Path(id): Path<Uuid>,
 ) -> Result<(StatusCode, AppJson<Document>)> {
-    let doc = documents::mark_queued(&state.db, tenant.id, id).await?.ok_or(Error::NotFound("document"))?;
-    enqueue_all(&state, vec![Job::IndexDocument { tenant_id: tenant.id, document_id: id }]).await?;
-    Ok((StatusCode::ACCEPTED, AppJson(doc)))
+    let queued = requeue_for_index(&state, &tenant, &[id]).await?;
+    if queued.is_empty() {
+        return Err(Error::NotFound("document"));
+    }
+    Ok((StatusCode::ACCEPTED, AppJson(find(&state, &tenant, id).await?)))
+}
+
+/// Marks the documents `queued` and sends their jobs; if SQS refuses, puts each
+/// back as it was, so no document is left `queued` with no message to finish it.
+async fn requeue_for_index(state: &AppState, tenant: &Tenant, ids: &[Uuid]) -> Result<Vec<Uuid>> {
+    let prior = documents::mark_many_queued(&state.db, tenant.id, ids).await?;
+    let ids: Vec<Uuid> = prior.iter().map(|p| p.id).collect();
+    let jobs = ids.iter().map(|&document_id| Job::IndexDocument { tenant_id: tenant.id, document_id }).collect();
+    if let Err(err) = enqueue_all(state, jobs).await {
+        if let Err(undo) = documents::restore_status(&state.db, tenant.id, &prior).await {
+            tracing::error!(error = %undo, "could not restore the documents' status; the sweeper will re-enqueue them");
+        }
+        return Err(err);
+    }
+    Ok(ids)
 }
 
 /// Queues a summary of the document (written to its `summary` field when done).
@@ -460,12 +510,7 @@ pub async fn reindex_documents(
     AppJson(request): AppJson<BatchRequest>,
 ) -> Result<(StatusCode, AppJson<BatchResponse>)> {
     let ids = select(&state, &tenant, request, None).await?;
-    let ids = documents::mark_many_queued(&state.db, tenant.id, &ids).await?;
-    enqueue_all(
-        &state,
-        ids.iter().map(|&document_id| Job::IndexDocument { tenant_id: tenant.id, document_id }).collect(),
-    )
-    .await?;
+    let ids = requeue_for_index(&state, &tenant, &ids).await?;
     Ok((StatusCode::ACCEPTED, AppJson(BatchResponse { queued: ids.len(), ids })))
 }
 

@@ -69,7 +69,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         check(timeout, async {
             sqlx::query("SELECT 1").execute(&state.db).await.map(|_| ()).map_err(anyhow::Error::from)
         }),
-        check(timeout, state.blobs.ping()),
+        check(timeout, async { state.blobs.ping().await.map_err(anyhow::Error::from) }),
         check(timeout, state.queue.ping()),
     );
     let failed: Vec<&str> = [("postgres", &postgres), ("s3", &s3), ("sqs", &sqs)]

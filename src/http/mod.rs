@@ -15,7 +15,7 @@ pub mod usage;
 
 use axum::Router;
 use axum::http::{HeaderName, Request, StatusCode, header};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -43,8 +43,8 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
         documents::list_chunks, documents::get_content, documents::delete_document, documents::reindex_document,
         documents::summarize_document, documents::reindex_documents, documents::summarize_documents,
     ),
-    components(schemas(crate::error::ErrorBody)),
-    modifiers(&ApiKeyAuth),
+    components(schemas(crate::error::ErrorBody, crate::store::usage::GroupBy)),
+    modifiers(&ApiKeyAuth, &CommonResponses),
 )]
 pub struct ApiDoc;
 
@@ -57,6 +57,60 @@ impl utoipa::Modify for ApiKeyAuth {
             "api_key",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// The responses every route can give besides its own: the middleware's and the
+/// extractors' errors (all in the `ErrorBody` shape), and the event streams of
+/// the streaming endpoints. Added here once rather than on every handler.
+struct CommonResponses;
+
+impl utoipa::Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build(),
+                )
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let authenticated = path.starts_with("/v1/");
+            let streams = ["/v1/chat", "/v1/agent", "/v1/chat/completions"].contains(&path.as_str());
+            let operations = [&mut item.get, &mut item.post, &mut item.put, &mut item.delete, &mut item.patch];
+            for operation in operations.into_iter().flatten() {
+                let has_body = operation.request_body.is_some();
+                let responses = &mut operation.responses.responses;
+                let mut add = |status: &str, description: &str| {
+                    responses.entry(status.to_string()).or_insert_with(|| error(description).into());
+                };
+                add("400", "malformed request (`bad_request`, `invalid_json`, `invalid_cursor`)");
+                add("422", "invalid input (`invalid_request`, `invalid_body`, `invalid_character`)");
+                add("503", "a dependency is unavailable (`unavailable`); see `Retry-After`");
+                add("504", "the request took longer than REQUEST_TIMEOUT_SECS (`timeout`)");
+                if authenticated {
+                    add("401", "missing or invalid API key (`unauthorized`)");
+                    add("429", "the model provider is rate limiting (`model_rate_limited`)");
+                    add("502", "the model provider failed (`model_error`)");
+                }
+                if path.contains('{') {
+                    add("404", "no such resource for this tenant (`not_found`)");
+                }
+                if has_body {
+                    add("413", "body above MAX_BODY_BYTES (`payload_too_large`)");
+                    add("415", "unsupported content type (`unsupported_media_type`)");
+                }
+                if streams && let Some(utoipa::openapi::RefOr::T(ok)) = responses.get_mut("200") {
+                    let events = ContentBuilder::new()
+                        .schema(Some(utoipa::openapi::schema::Object::with_type(utoipa::openapi::schema::Type::String)))
+                        .build();
+                    ok.content.insert("text/event-stream".to_string(), events);
+                }
+            }
+        }
     }
 }
 
@@ -97,11 +151,22 @@ pub fn router(state: AppState) -> Router {
         // MAX_BODY_BYTES is the one limit: axum's own 2 MB extractor default is off.
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
+        .layer(axum::middleware::from_fn(reject_nul_in_url))
         .layer(TimeoutLayer::with_status_code(StatusCode::GATEWAY_TIMEOUT, config.request_timeout))
         .layer(CatchPanicLayer::new())
         .layer(axum::middleware::map_response(json_errors))
         .layer(middleware)
         .with_state(state)
+}
+
+/// A `%00` in the path or query would reach SQL as a NUL, which Postgres text
+/// cannot hold: refuse it here, once, for every route.
+async fn reject_nul_in_url(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let uri = request.uri();
+    if uri.path().contains("%00") || uri.query().is_some_and(|q| q.contains("%00")) {
+        return crate::error::Error::nul_character().into_response();
+    }
+    next.run(request).await
 }
 
 /// Errors produced outside handlers (body limit, timeout, method not allowed,

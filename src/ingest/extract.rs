@@ -61,6 +61,10 @@ pub enum ExtractError {
     Pdf(String),
     #[error("the document contains no text")]
     Empty,
+    #[error("the document looks like binary data, not {0}")]
+    Binary(&'static str),
+    #[error("the extracted text is {bytes} bytes, above the limit of {limit} (MAX_EXTRACTED_BYTES)")]
+    TooLarge { bytes: usize, limit: usize },
 }
 
 /// Extracted text, and whether it is Markdown (headings as `#` lines).
@@ -70,8 +74,14 @@ pub struct Extracted {
     pub markdown: bool,
 }
 
-pub fn extract(format: Format, bytes: &[u8]) -> Result<Extracted, ExtractError> {
-    let extracted = match format {
+/// Extracts the text of `bytes`, refusing binary data and text longer than
+/// `max_text_bytes` (chunking and embedding cost grow with it). NUL characters,
+/// which Postgres text cannot hold, are dropped.
+pub fn extract(format: Format, bytes: &[u8], max_text_bytes: usize) -> Result<Extracted, ExtractError> {
+    if format != Format::Pdf && looks_binary(bytes) {
+        return Err(ExtractError::Binary(format.content_type()));
+    }
+    let mut extracted = match format {
         Format::Text => Extracted { text: utf8(bytes)?, markdown: false },
         Format::Markdown => Extracted { text: utf8(bytes)?, markdown: true },
         Format::Html => Extracted { text: html_to_text(bytes), markdown: true },
@@ -80,10 +90,33 @@ pub fn extract(format: Format, bytes: &[u8]) -> Result<Extracted, ExtractError> 
             Extracted { text: normalize_whitespace(&text), markdown: false }
         }
     };
+    if extracted.text.contains('\0') {
+        extracted.text.retain(|c| c != '\0');
+    }
     if extracted.text.trim().is_empty() {
         return Err(ExtractError::Empty);
     }
+    if extracted.text.len() > max_text_bytes {
+        return Err(ExtractError::TooLarge { bytes: extracted.text.len(), limit: max_text_bytes });
+    }
     Ok(extracted)
+}
+
+/// Whether the start of a supposedly textual file is mostly not text: bytes
+/// that are not valid UTF-8, or control characters other than whitespace.
+/// A stray NUL in a real text file stays far below the threshold.
+fn looks_binary(bytes: &[u8]) -> bool {
+    let sample = &bytes[..bytes.len().min(64 * 1024)];
+    let text = String::from_utf8_lossy(sample);
+    let (mut total, mut odd) = (0usize, 0usize);
+    for c in text.chars() {
+        total += 1;
+        if c == char::REPLACEMENT_CHARACTER || (c.is_control() && !matches!(c, '\t' | '\n' | '\r' | '\x0c' | '\x1b')) {
+            odd += 1;
+        }
+    }
+    // The last character of the sample may be a multi-byte sequence cut in half.
+    odd > 16 && odd * 10 > total
 }
 
 fn utf8(bytes: &[u8]) -> Result<String, ExtractError> {
@@ -130,6 +163,8 @@ fn normalize_whitespace(text: &str) -> String {
 mod tests {
     use super::*;
 
+    const LIMIT: usize = 10 * 1024 * 1024;
+
     #[test]
     fn formats_are_detected_from_type_then_extension() {
         assert_eq!(Format::detect(Some("text/html; charset=utf-8"), None), Some(Format::Html));
@@ -144,7 +179,7 @@ mod tests {
         let html = b"<html><head><style>p{}</style><script>var secret = 1;</script></head>
             <body><h1>Ownership</h1><p>Each value has an <a href='x'>owner</a>.</p>
             <h2>Borrowing</h2><p>References borrow.</p></body></html>";
-        let text = extract(Format::Html, html).unwrap().text;
+        let text = extract(Format::Html, html, LIMIT).unwrap().text;
         assert!(text.contains("# Ownership"), "{text}");
         assert!(text.contains("## Borrowing"), "{text}");
         assert!(text.contains("Each value has an owner."), "{text}");
@@ -155,19 +190,52 @@ mod tests {
     fn tables_keep_their_cells_without_padding_to_the_page_width() {
         let html = b"<h2>Keywords</h2><table><tr><th>Word</th><th>Meaning</th></tr>\
             <tr><td>fn</td><td>declares a function</td></tr><tr><td>let</td><td>binds a value</td></tr></table>";
-        let text = extract(Format::Html, html).unwrap().text;
+        let text = extract(Format::Html, html, LIMIT).unwrap().text;
         assert!(text.contains("declares a function") && text.contains("binds a value"), "{text}");
         assert!(text.len() < 200, "padded table: {} bytes", text.len());
     }
 
     #[test]
     fn invalid_utf8_and_empty_documents_are_rejected() {
-        assert_eq!(extract(Format::Text, &[0xff, 0xfe, 0x00]).unwrap_err(), ExtractError::NotUtf8);
-        assert_eq!(extract(Format::Markdown, b"  \n ").unwrap_err(), ExtractError::Empty);
+        assert_eq!(extract(Format::Text, &[0xff, 0xfe, 0x00, b'a'], LIMIT).unwrap_err(), ExtractError::NotUtf8);
+        assert_eq!(extract(Format::Markdown, b"  \n ", LIMIT).unwrap_err(), ExtractError::Empty);
     }
 
     #[test]
     fn a_broken_pdf_is_an_error_not_a_panic() {
-        assert!(matches!(extract(Format::Pdf, b"%PDF-1.4 garbage"), Err(ExtractError::Pdf(_))));
+        assert!(matches!(extract(Format::Pdf, b"%PDF-1.4 garbage", LIMIT), Err(ExtractError::Pdf(_))));
+    }
+
+    #[test]
+    fn nul_characters_are_dropped_from_text() {
+        let text = extract(Format::Text, b"before\0after and more words", LIMIT).unwrap().text;
+        assert_eq!(text, "beforeafter and more words");
+        let html = extract(Format::Html, b"<p>a\0b and c</p>", LIMIT).unwrap().text;
+        assert!(!html.contains('\0'), "{html:?}");
+    }
+
+    #[test]
+    fn random_bytes_labelled_as_text_are_refused_as_binary() {
+        // A fixed pseudo-random sequence (xorshift), so the test is repeatable.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let noise: Vec<u8> = (0..100_000)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        assert_eq!(extract(Format::Html, &noise, LIMIT).unwrap_err(), ExtractError::Binary("text/html"));
+        assert_eq!(extract(Format::Text, &noise, LIMIT).unwrap_err(), ExtractError::Binary("text/plain"));
+        // Real text in another script is not binary.
+        assert!(extract(Format::Text, "Ünïcödé тексты 文本 ".repeat(1000).as_bytes(), LIMIT).is_ok());
+    }
+
+    #[test]
+    fn text_above_the_limit_is_refused_with_its_size() {
+        let err = extract(Format::Text, "word ".repeat(100).as_bytes(), 100).unwrap_err();
+        assert_eq!(err, ExtractError::TooLarge { bytes: 500, limit: 100 });
+        assert!(err.to_string().contains("MAX_EXTRACTED_BYTES"));
     }
 }

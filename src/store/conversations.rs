@@ -20,7 +20,8 @@ pub struct Message {
     /// `user` or `assistant`.
     pub role: String,
     pub content: String,
-    #[schema(value_type = Object)]
+    /// The answer's citations, numbered as its `[n]` markers.
+    #[schema(value_type = Vec<Object>)]
     pub citations: serde_json::Value,
     pub input_tokens: i32,
     pub output_tokens: i32,

@@ -234,13 +234,62 @@ pub async fn ids(db: impl PgExecutor<'_>, tenant_id: Uuid, filter: &DocumentFilt
 }
 
 /// Queues many documents again (re-index); returns their ids.
-pub async fn mark_many_queued(db: impl PgExecutor<'_>, tenant_id: Uuid, ids: &[Uuid]) -> sqlx::Result<Vec<Uuid>> {
-    sqlx::query_scalar(
-        "UPDATE documents SET status = 'queued', error = NULL, updated_at = now()
-         WHERE tenant_id = $1 AND id = ANY($2) RETURNING id",
+/// A document's status before a re-index queued it, so a failed enqueue can put it back.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PriorStatus {
+    pub id: Uuid,
+    pub status: String,
+    pub error: Option<String>,
+}
+
+/// Marks the documents `queued` for re-indexing and returns what each was before.
+pub async fn mark_many_queued(
+    db: impl PgExecutor<'_>,
+    tenant_id: Uuid,
+    ids: &[Uuid],
+) -> sqlx::Result<Vec<PriorStatus>> {
+    sqlx::query_as(
+        "UPDATE documents d SET status = 'queued', error = NULL, updated_at = now()
+         FROM (SELECT id, status, error FROM documents WHERE tenant_id = $1 AND id = ANY($2) FOR UPDATE) prior
+         WHERE d.id = prior.id
+         RETURNING d.id, prior.status, prior.error",
     )
     .bind(tenant_id)
     .bind(ids)
     .fetch_all(db)
     .await
+}
+
+/// Undoes [`mark_many_queued`] for documents no job has touched since (still `queued`).
+pub async fn restore_status(db: impl PgExecutor<'_>, tenant_id: Uuid, prior: &[PriorStatus]) -> sqlx::Result<()> {
+    let ids: Vec<Uuid> = prior.iter().map(|p| p.id).collect();
+    let statuses: Vec<&str> = prior.iter().map(|p| p.status.as_str()).collect();
+    let errors: Vec<Option<&str>> = prior.iter().map(|p| p.error.as_deref()).collect();
+    sqlx::query(
+        "UPDATE documents d SET status = p.status, error = p.error, updated_at = now()
+         FROM unnest($2::uuid[], $3::text[], $4::text[]) AS p(id, status, error)
+         WHERE d.tenant_id = $1 AND d.id = p.id AND d.status = 'queued'",
+    )
+    .bind(tenant_id)
+    .bind(&ids)
+    .bind(&statuses)
+    .bind(&errors)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// A job was interrupted (shutdown, deadline): the document waits for the
+/// message's next delivery, so say `queued`, with why the last attempt stopped.
+pub async fn requeue(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid, reason: Option<&str>) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE documents SET status = 'queued', error = $3, updated_at = now()
+         WHERE tenant_id = $1 AND id = $2 AND status = 'processing'",
+    )
+    .bind(tenant_id)
+    .bind(id)
+    .bind(reason)
+    .execute(db)
+    .await?;
+    Ok(())
 }

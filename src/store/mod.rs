@@ -15,14 +15,31 @@ use sqlx::postgres::PgPoolOptions;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+/// The pool. `acquire_timeout` bounds how long anything waits for a connection,
+/// so a database outage or a saturated pool turns into a quick 503, not a hang.
+pub async fn connect(url: &str, max_connections: u32, acquire_timeout: std::time::Duration) -> anyhow::Result<PgPool> {
     use anyhow::Context;
     PgPoolOptions::new()
         .max_connections(max_connections)
-        .acquire_timeout(std::time::Duration::from_secs(5))
+        .acquire_timeout(acquire_timeout)
         .connect(url)
         .await
         .with_context(|| format!("connecting to the database at {}", redact(url)))
+}
+
+/// Whether the error means the database cannot be reached or has no connection
+/// to spare right now (down, restarting, pool exhausted), as opposed to a bad
+/// query or bad data: the former is worth a retry and answers 503.
+pub fn is_unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => true,
+        sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 08: connection exception; 57P01-03: shutting down or starting up; 53300: too many connections.
+            code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => false,
+    }
 }
 
 /// The URL without its password, for messages.

@@ -101,7 +101,11 @@ pub async fn keyword(conn: &mut PgConnection, scope: &Scope, query: &str, k: i64
 
 /// Embedding models other than `current` that some of the tenant's documents
 /// are still indexed with, and their dimensions.
-pub async fn other_models(conn: &mut PgConnection, tenant_id: Uuid, current: &str) -> sqlx::Result<Vec<(String, i32)>> {
+pub async fn other_models(
+    db: impl sqlx::PgExecutor<'_>,
+    tenant_id: Uuid,
+    current: &str,
+) -> sqlx::Result<Vec<(String, i32)>> {
     // Two range conditions instead of `<>`, so both halves use the index.
     sqlx::query_as(
         "SELECT m.model, (SELECT vector_dims(e.embedding) FROM chunk_embeddings e
@@ -111,7 +115,7 @@ pub async fn other_models(conn: &mut PgConnection, tenant_id: Uuid, current: &st
     )
     .bind(tenant_id)
     .bind(current)
-    .fetch_all(&mut *conn)
+    .fetch_all(db)
     .await
     .map(|rows: Vec<(String, Option<i32>)>| rows.into_iter().filter_map(|(m, d)| d.map(|d| (m, d))).collect())
 }

@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use crate::app::AppState;
 use crate::queue::Received;
+use crate::store::documents;
 
 pub mod index;
 pub mod summarize;
@@ -34,6 +35,24 @@ pub enum Job {
 impl Job {
     pub fn to_message(&self) -> String {
         serde_json::to_string(self).expect("jobs always serialize")
+    }
+}
+
+/// After a job was stopped before finishing (shutdown, or its deadline): the
+/// document goes back to `queued` with the reason, since the message will be
+/// delivered again; on the last delivery the document is marked failed instead.
+pub async fn interrupted(state: &AppState, message: &Received, reason: &str, last_attempt: bool) {
+    let Ok(Job::IndexDocument { tenant_id, document_id }) = serde_json::from_str(&message.body) else {
+        return;
+    };
+    let result = if last_attempt {
+        let reason = format!("gave up after repeated failures: {reason}");
+        documents::mark_failed(&state.db, tenant_id, document_id, &reason).await
+    } else {
+        documents::requeue(&state.db, tenant_id, document_id, Some(reason)).await
+    };
+    if let Err(err) = result {
+        tracing::warn!(error = %err, %document_id, "could not record the interrupted job on its document");
     }
 }
 

@@ -33,13 +33,8 @@ pub async fn run(state: AppState, shutdown: CancellationToken, deadline: Duratio
     if config.pollers == 0 {
         return;
     }
-    let max_receives = match state.queue.max_receive_count().await {
-        Ok(max) => max,
-        Err(err) => {
-            tracing::warn!(error = format!("{err:#}"), "could not read the queue's redrive policy");
-            None
-        }
-    };
+    // Read lazily and again until it succeeds: SQS may be unreachable at start.
+    let max_receives = Arc::new(tokio::sync::OnceCell::new());
     let slots = Arc::new(Semaphore::new(config.concurrency));
     let jobs = TaskTracker::new();
     // Jobs get their own token: cancelled only once the drain deadline passes.
@@ -49,7 +44,7 @@ pub async fn run(state: AppState, shutdown: CancellationToken, deadline: Duratio
         pollers.spawn(poll(
             state.clone(),
             poller,
-            max_receives,
+            max_receives.clone(),
             slots.clone(),
             jobs.clone(),
             shutdown.clone(),
@@ -70,7 +65,7 @@ pub async fn run(state: AppState, shutdown: CancellationToken, deadline: Duratio
 async fn poll(
     state: AppState,
     poller: usize,
-    max_receives: Option<u32>,
+    max_receives: Arc<tokio::sync::OnceCell<Option<u32>>>,
     slots: Arc<Semaphore>,
     jobs: TaskTracker,
     shutdown: CancellationToken,
@@ -109,6 +104,7 @@ async fn poll(
                 continue;
             }
         };
+        let max_receives = redrive_limit(&state, &max_receives).await;
         // Give back the slots this batch did not fill.
         permits.truncate(messages.len());
         for (message, permit) in messages.into_iter().zip(permits) {
@@ -128,6 +124,19 @@ async fn poll(
     }
 }
 
+/// The queue's `maxReceiveCount`, read once it can be; `None` while SQS cannot
+/// say (no redrive policy, or unreachable: then tried again on the next batch).
+async fn redrive_limit(state: &AppState, cell: &tokio::sync::OnceCell<Option<u32>>) -> Option<u32> {
+    let read = cell.get_or_try_init(|| state.queue.max_receive_count()).await;
+    match read {
+        Ok(max) => *max,
+        Err(err) => {
+            tracing::warn!(error = format!("{err:#}"), "could not read the queue's redrive policy; will retry");
+            None
+        }
+    }
+}
+
 /// Runs one message's job with a heartbeat, then deletes it or leaves it for retry.
 async fn process(state: &AppState, message: Received, last_attempt: bool, abort: CancellationToken) {
     let visibility = state.config.worker.visibility_timeout;
@@ -142,29 +151,42 @@ async fn process(state: &AppState, message: Received, last_attempt: bool, abort:
         }
     };
     let started = std::time::Instant::now();
+    let deadline = state.config.worker.job_timeout;
     let outcome = tokio::select! {
-        outcome = jobs::handle(state, &message, last_attempt) => Some(outcome),
+        outcome = tokio::time::timeout(deadline, jobs::handle(state, &message, last_attempt)) => Some(outcome),
         _ = heartbeat => unreachable!("the heartbeat never ends"),
         _ = abort.cancelled() => None,
     };
     let elapsed_ms = started.elapsed().as_millis() as u64;
     match outcome {
-        Some(Ok(())) => {
+        Some(Ok(Ok(()))) => {
             if let Err(err) = state.queue.delete(&message.receipt_handle).await {
                 // Harmless: the job is idempotent and will be skipped when redelivered.
                 tracing::warn!(error = format!("{err:#}"), "deleting a finished message failed");
             }
             tracing::info!(duration_ms = elapsed_ms, "job done");
         }
-        Some(Err(jobs::JobError::Unprocessable(reason))) => {
+        Some(Ok(Err(jobs::JobError::Unprocessable(reason)))) => {
             tracing::error!(reason, "message can never be processed; deleting it");
             let _ = state.queue.delete(&message.receipt_handle).await;
         }
-        Some(Err(jobs::JobError::Retry(err))) => {
+        Some(Ok(Err(jobs::JobError::Retry(err)))) => {
             tracing::warn!(error = format!("{err:#}"), duration_ms = elapsed_ms, "job failed; it will be retried");
+        }
+        Some(Err(_elapsed)) => {
+            // CPU work on a blocking thread cannot be cancelled; it ends on its own
+            // (input sizes are capped), and its result is discarded.
+            let reason = format!("the job ran past its deadline of {} s (JOB_TIMEOUT_SECS)", deadline.as_secs());
+            tracing::error!(duration_ms = elapsed_ms, reason, "job timed out; it will be retried");
+            jobs::interrupted(state, &message, &reason, last_attempt).await;
+            if !last_attempt {
+                // Make it visible again now rather than after a full visibility timeout.
+                let _ = state.queue.set_visibility(&message.receipt_handle, Duration::ZERO).await;
+            }
         }
         None => {
             tracing::warn!("job interrupted by shutdown; releasing its message");
+            jobs::interrupted(state, &message, "interrupted by a shutdown; will be retried", false).await;
             let _ = state.queue.set_visibility(&message.receipt_handle, Duration::ZERO).await;
         }
     }

@@ -7,6 +7,7 @@ mod chat;
 mod deploy_files;
 pub mod documents;
 mod gateway;
+mod hardening;
 mod health;
 #[allow(dead_code)] // shared by every module; not each uses every helper
 mod helpers;

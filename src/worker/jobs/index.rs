@@ -48,9 +48,23 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
+impl From<crate::blob::StorageError> for Failure {
+    fn from(err: crate::blob::StorageError) -> Self {
+        Failure::Transient(err.into())
+    }
+}
+
 impl From<sqlx::Error> for Failure {
     fn from(err: sqlx::Error) -> Self {
-        Failure::Transient(err.into())
+        // Class 22 (data exception: a character Postgres cannot store, a value
+        // out of range) comes from the content itself; another delivery would
+        // fail the same way after embedding it all again.
+        let data_exception = err.as_database_error().and_then(|e| e.code()).is_some_and(|code| code.starts_with("22"));
+        if data_exception {
+            Failure::Permanent(format!("the document's content cannot be stored: {err}"))
+        } else {
+            Failure::Transient(err.into())
+        }
     }
 }
 
@@ -75,8 +89,9 @@ async fn index(state: &AppState, tenant_id: Uuid, document_id: Uuid) -> Result<(
     let format = extract::Format::from_content_type(&doc.content_type)
         .ok_or_else(|| Failure::Permanent(format!("unsupported content type {}", doc.content_type)))?;
     let settings = state.config.chunking;
+    let max_text = state.config.worker.max_extracted_bytes;
     let pieces = tokio::task::spawn_blocking(move || {
-        extract::extract(format, &bytes).map(|e| chunk::chunk(&e.text, e.markdown, settings))
+        extract::extract(format, &bytes, max_text).map(|e| chunk::chunk(&e.text, e.markdown, settings))
     })
     .await
     .context("chunking task")?
