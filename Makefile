@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PORT ?= 8080
 CARGO ?= cargo
 
-.PHONY: up infra build test bench-ingest bench-api lint fmt clean-test-dbs
+.PHONY: up infra build test bench-ingest bench-api bench-chunk lint fmt clean-test-dbs
 
 ## up: start the local stack, create a dev API key once (kept in .env), run stolid in the foreground
 up: infra build
@@ -41,3 +41,7 @@ bench-ingest: infra
 ## bench-api: API overhead against the fake model server on 100k chunks (chat minus model latency, search HTTP vs SQL, req/s, memory)
 bench-api: infra
 	$(CARGO) run --release --locked --example bench_api -- $(BENCH_ARGS)
+
+## bench-chunk: extraction + chunking MB/s for prose, code, whitespace-free text and nested HTML (linearity check)
+bench-chunk:
+	$(CARGO) run --release --locked --example bench_chunk -- $(BENCH_ARGS)

@@ -1,0 +1,116 @@
+//! `make bench-chunk`: extraction and chunking throughput (MB/s) for prose,
+//! code, whitespace-free text, and HTML flat and nested as deep as extraction
+//! allows, at growing sizes. Linear
+//! work shows as a flat MB/s column; the last column is each size's time per
+//! MB over the smallest size's (1.0 = perfectly linear).
+//!
+//! Options: --sizes-kb 256,1024,4096 (default)
+
+use std::time::Instant;
+
+use stolid::ingest::chunk::{ChunkSettings, chunk};
+use stolid::ingest::extract::{Format, extract};
+
+fn prose(bytes: usize) -> String {
+    let words = ["ownership", "borrow", "the", "value", "a", "moves", "into", "function", "reference", "lifetime"];
+    let mut out = String::with_capacity(bytes + 64);
+    let mut i = 0usize;
+    while out.len() < bytes {
+        if i % 97 == 0 {
+            out.push_str("\n\n## Section ");
+            out.push_str(&(i / 97).to_string());
+            out.push_str("\n\n");
+        }
+        out.push_str(words[(i * 7 + i / 3) % words.len()]);
+        out.push(if i % 13 == 12 { '.' } else { ' ' });
+        if i % 13 == 12 {
+            out.push(' ');
+        }
+        i += 1;
+    }
+    out
+}
+
+fn code(bytes: usize) -> String {
+    let mut out = String::with_capacity(bytes + 128);
+    let mut i = 0usize;
+    while out.len() < bytes {
+        out.push_str(&format!(
+            "fn handler_{i}(state: &AppState, id: u64) -> Result<Value, Error> {{\n    let row = state.db.get(id)?;\n    Ok(row.into())\n}}\n\n"
+        ));
+        i += 1;
+    }
+    out
+}
+
+fn no_whitespace(bytes: usize) -> String {
+    "abcdefghij0123456789".repeat(bytes / 20 + 1)[..bytes].to_string()
+}
+
+/// Nested as deep as extraction allows, with prose paragraphs at the bottom.
+fn nested_html(bytes: usize) -> Vec<u8> {
+    let depth = stolid::ingest::extract::MAX_HTML_DEPTH / 2;
+    let mut out = String::with_capacity(bytes + depth * 30);
+    for _ in 0..depth {
+        out.push_str("<div><span>");
+    }
+    for paragraph in prose(bytes).split("\n\n") {
+        out.push_str("<p>");
+        out.push_str(paragraph);
+        out.push_str("</p>");
+    }
+    for _ in 0..depth {
+        out.push_str("</span></div>");
+    }
+    out.into_bytes()
+}
+
+/// The same prose as flat HTML, the baseline for the nested case.
+fn flat_html(bytes: usize) -> Vec<u8> {
+    let mut out = String::with_capacity(bytes + 1024);
+    for paragraph in prose(bytes).split("\n\n") {
+        out.push_str("<p>");
+        out.push_str(paragraph);
+        out.push_str("</p>");
+    }
+    out.into_bytes()
+}
+
+fn main() {
+    let sizes: Vec<usize> = std::env::args()
+        .skip_while(|a| a != "--sizes-kb")
+        .nth(1)
+        .unwrap_or_else(|| "256,1024,4096".into())
+        .split(',')
+        .map(|s| s.trim().parse::<usize>().expect("--sizes-kb takes numbers") * 1024)
+        .collect();
+    let settings = ChunkSettings::default();
+    println!("{:<16} {:>9} {:>9} {:>8} {:>9} {:>12}", "input", "size_kb", "secs", "chunks", "MB/s", "s/MB vs min");
+    type Make = fn(usize) -> (Format, Vec<u8>);
+    let kinds: [(&str, Make); 5] = [
+        ("prose (md)", |n| (Format::Markdown, prose(n).into_bytes())),
+        ("code (text)", |n| (Format::Text, code(n).into_bytes())),
+        ("no whitespace", |n| (Format::Text, no_whitespace(n).into_bytes())),
+        ("flat html", |n| (Format::Html, flat_html(n))),
+        ("html 1000 deep", |n| (Format::Html, nested_html(n))),
+    ];
+    for (name, make) in kinds {
+        let mut base: Option<f64> = None;
+        for &size in &sizes {
+            let (format, bytes) = make(size);
+            let started = Instant::now();
+            let chunks = match extract(format, &bytes, usize::MAX) {
+                Ok(extracted) => chunk(&extracted.text, extracted.markdown, settings).len(),
+                Err(err) => {
+                    println!("{name:<16} {:>9} extraction failed: {err}", size / 1024);
+                    continue;
+                }
+            };
+            let secs = started.elapsed().as_secs_f64();
+            let mb = bytes.len() as f64 / (1024.0 * 1024.0);
+            let per_mb = secs / mb;
+            let ratio = per_mb / *base.get_or_insert(per_mb);
+            println!("{name:<16} {:>9} {secs:>9.3} {chunks:>8} {:>9.2} {ratio:>12.2}", bytes.len() / 1024, mb / secs);
+        }
+    }
+}
