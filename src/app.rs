@@ -66,8 +66,8 @@ impl Application {
             .await
             .context("creating the embedding index")?;
         let sdk = aws_sdk_config(&config).await;
-        let blobs = Blobs::new(&sdk, config.aws.endpoint_url.is_some(), &config.s3_bucket, config.aws.s3_timeout);
-        let queue = Queue::new(&sdk, &config.sqs_queue_url);
+        let blobs = Blobs::new(&sdk, config.aws.endpoint_url.is_some(), &config.s3_bucket, config.aws.call_timeout);
+        let queue = Queue::new(&sdk, &config.sqs_queue_url, config.aws.call_timeout);
         let (recorder, usage_writer) = UsageRecorder::spawn(db.clone(), usage_log);
         let gateway = Arc::new(Gateway::new(config.llm.clone(), recorder)?);
         let listener = if role == Role::Worker {

@@ -1,7 +1,7 @@
 //! S3: where original documents and artifacts live. A thin wrapper so the rest
 //! of the code says `blobs.put(key, bytes)` and never sees the SDK's builders.
 //!
-//! Every call has a deadline (`S3_TIMEOUT_SECS` per attempt): an S3 that
+//! Every call has a deadline (`AWS_TIMEOUT_SECS` per attempt): an S3 that
 //! accepts connections and never answers fails the call in seconds, which the
 //! API answers with 503 and a job retries, instead of hanging for minutes.
 
@@ -18,6 +18,16 @@ pub struct StorageError(#[from] anyhow::Error);
 
 pub type Result<T> = std::result::Result<T, StorageError>;
 
+/// Deadlines for an AWS call: `attempt` per try, 2.5 times that for the whole
+/// call with the SDK's retries, and a quick connect.
+pub fn call_timeouts(attempt: Duration) -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(attempt.min(Duration::from_secs(3)))
+        .operation_attempt_timeout(attempt)
+        .operation_timeout(attempt.mul_f64(2.5))
+        .build()
+}
+
 #[derive(Clone)]
 pub struct Blobs {
     client: aws_sdk_s3::Client,
@@ -28,14 +38,11 @@ pub struct Blobs {
 
 impl Blobs {
     pub fn new(sdk: &aws_config::SdkConfig, path_style: bool, bucket: &str, attempt_timeout: Duration) -> Self {
-        let timeouts = TimeoutConfig::builder()
-            .connect_timeout(attempt_timeout.min(Duration::from_secs(3)))
-            .operation_attempt_timeout(attempt_timeout)
-            .operation_timeout(attempt_timeout.mul_f64(2.5))
-            .build();
         // Emulators answer on one host, so buckets go in the path, not the host name.
-        let config =
-            aws_sdk_s3::config::Builder::from(sdk).force_path_style(path_style).timeout_config(timeouts).build();
+        let config = aws_sdk_s3::config::Builder::from(sdk)
+            .force_path_style(path_style)
+            .timeout_config(call_timeouts(attempt_timeout))
+            .build();
         Self {
             client: aws_sdk_s3::Client::from_conf(config),
             bucket: bucket.to_string(),

@@ -17,7 +17,7 @@ pub const VARIABLES: &[&str] = &[
     "DATABASE_ACQUIRE_TIMEOUT_SECS",
     "S3_BUCKET",
     "SQS_QUEUE_URL",
-    "S3_TIMEOUT_SECS",
+    "AWS_TIMEOUT_SECS",
     "AWS_ENDPOINT_URL",
     "AWS_REGION",
     "AWS_ACCESS_KEY_ID",
@@ -129,10 +129,10 @@ pub struct AwsConfig {
     /// Set for local emulators (moto); the SDK then uses path-style S3 addressing.
     pub endpoint_url: Option<String>,
     pub region: String,
-    /// Per-attempt deadline of an S3 call (the whole call, with retries, gets
-    /// 2.5 times as long): an S3 that accepts and never answers must not hold a
-    /// request or a job for minutes.
-    pub s3_timeout: Duration,
+    /// Per-attempt deadline of an S3 or SQS call (the whole call, with retries,
+    /// gets 2.5 times as long; an SQS long poll gets its wait on top): a service
+    /// that accepts and never answers must not hold a request or a job for minutes.
+    pub call_timeout: Duration,
     /// Static credentials (`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`), e.g. for
     /// emulators; without them the SDK's default chain (ECS task role) applies.
     pub credentials: Option<(String, String)>,
@@ -271,7 +271,7 @@ impl Config {
             aws: AwsConfig {
                 endpoint_url: env.optional("AWS_ENDPOINT_URL").filter(|s| !s.is_empty()),
                 region: env.string("AWS_REGION", "us-east-1"),
-                s3_timeout: Duration::from_secs_f64(env.parse_positive("S3_TIMEOUT_SECS", 10.0)?),
+                call_timeout: Duration::from_secs_f64(env.parse_positive("AWS_TIMEOUT_SECS", 10.0)?),
                 credentials: env
                     .optional("AWS_ACCESS_KEY_ID")
                     .filter(|s| !s.is_empty())

@@ -10,6 +10,8 @@ use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 #[derive(Clone)]
 pub struct Queue {
     client: aws_sdk_sqs::Client,
+    /// The same, with the long-poll wait added to its deadlines.
+    poll_client: aws_sdk_sqs::Client,
     url: String,
 }
 
@@ -24,8 +26,19 @@ pub struct Received {
 }
 
 impl Queue {
-    pub fn new(sdk: &aws_config::SdkConfig, url: &str) -> Self {
-        Self { client: aws_sdk_sqs::Client::new(sdk), url: url.to_string() }
+    /// `attempt_timeout` bounds each call (an SQS that hangs fails the call in
+    /// seconds); receives get SQS's longest wait (20 s) on top.
+    pub fn new(sdk: &aws_config::SdkConfig, url: &str, attempt_timeout: Duration) -> Self {
+        let client = |timeout| {
+            let config =
+                aws_sdk_sqs::config::Builder::from(sdk).timeout_config(crate::blob::call_timeouts(timeout)).build();
+            aws_sdk_sqs::Client::from_conf(config)
+        };
+        Self {
+            client: client(attempt_timeout),
+            poll_client: client(attempt_timeout + Duration::from_secs(20)),
+            url: url.to_string(),
+        }
     }
 
     pub fn url(&self) -> &str {
@@ -68,7 +81,7 @@ impl Queue {
     /// Long-polls for up to `max` (at most 10) messages, hiding them for `visibility`.
     pub async fn receive(&self, max: i32, wait: Duration, visibility: Duration) -> anyhow::Result<Vec<Received>> {
         let output = self
-            .client
+            .poll_client
             .receive_message()
             .queue_url(&self.url)
             .max_number_of_messages(max.clamp(1, 10))

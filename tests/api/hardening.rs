@@ -4,7 +4,13 @@
 use serde_json::{Value, json};
 
 use crate::documents::{upload_text, wait_until_settled};
-use crate::helpers::{error_code, spawn_app};
+use std::time::Duration;
+
+use stolid::testkit::proxy::{FaultProxy, ProxyMode, upstream_of, via};
+
+use crate::helpers::{
+    Options, TestApp, base_env, create_infra, error_code, spawn_app, spawn_app_with, spawn_app_with_fake,
+};
 
 /// `s3_uri` names only objects under the caller's own import prefix: another
 /// tenant's original is refused exactly like a key that does not exist, so
@@ -57,4 +63,292 @@ async fn s3_uri_cannot_read_another_tenants_objects_or_probe_for_them() {
     assert_eq!(response.status(), 202);
     let missing = post_as_b(format!("s3://{bucket}/imports/{b_id}/absent.txt")).await.unwrap();
     assert_eq!(error_code(missing).await, "not_found");
+}
+
+/// A NUL (U+0000) in any text a caller sends is refused with 422
+/// `invalid_character` (Postgres text cannot hold one; it used to be a 500),
+/// and a refused upload leaves nothing behind in S3.
+#[tokio::test]
+async fn nul_characters_in_caller_input_are_refused_with_422_everywhere() {
+    let app = spawn_app().await;
+    let nul = "a\u{0}b";
+    let bodies: Vec<(&str, Value)> = vec![
+        ("/v1/search", json!({"query": nul})),
+        ("/v1/search", json!({"query": "ok", "collection": nul})),
+        ("/v1/search", json!({"query": "ok", "filter": {"lang": nul}})),
+        ("/v1/search", json!({"query": "ok", "filter": {nul: "en"}})),
+        ("/v1/chat", json!({"message": nul})),
+        ("/v1/suggest", json!({"text": nul})),
+        ("/v1/agent", json!({"message": nul})),
+        ("/v1/chat/completions", json!({"model": "stolid", "messages": [{"role": "user", "content": nul}]})),
+        ("/v1/documents", json!({"text": nul})),
+        ("/v1/documents", json!({"text": "fine", "title": nul})),
+        ("/v1/documents", json!({"text": "fine", "metadata": {"k": nul}})),
+        ("/v1/documents", json!({"text": "fine", "collection": nul})),
+        ("/v1/documents/reindex", json!({"collection": nul})),
+    ];
+    for (path, body) in bodies {
+        let response = app.post(path).json(&body).send().await.unwrap();
+        assert_eq!(response.status(), 422, "{path} {body}");
+        assert_eq!(error_code(response).await, "invalid_character", "{path} {body}");
+    }
+    for path in ["/v1/documents?collection=a%00b", "/v1/documents?status=queued%00", "/v1/conversations?x=%00"] {
+        let response = app.get(path).send().await.unwrap();
+        assert_eq!(response.status(), 422, "{path}");
+        assert_eq!(error_code(response).await, "invalid_character", "{path}");
+    }
+    let form = reqwest::multipart::Form::new()
+        .part("file", reqwest::multipart::Part::bytes(b"words".to_vec()).file_name("a.txt"))
+        .text("collection", nul);
+    let response = app.post("/v1/documents").multipart(form).send().await.unwrap();
+    assert_eq!(error_code(response).await, "invalid_character");
+
+    let objects = app.bucket_keys().await;
+    assert!(objects.is_empty(), "refused uploads left objects: {objects:?}");
+}
+
+/// A stray NUL inside an uploaded text file is dropped from the extracted text:
+/// the document indexes on its first delivery instead of failing five times.
+#[tokio::test]
+async fn a_text_file_with_nul_bytes_indexes_without_them() {
+    let app = spawn_app().await;
+    let part = reqwest::multipart::Part::bytes(b"Ownership rules\0 apply to every value.\0".to_vec())
+        .file_name("nul.txt")
+        .mime_str("text/plain")
+        .unwrap();
+    let response = app.post("/v1/documents").multipart(reqwest::multipart::Form::new().part("file", part)).send().await;
+    let body: Value = response.unwrap().json().await.unwrap();
+    let doc = wait_until_settled(&app, body["documents"][0]["id"].as_str().unwrap()).await;
+    assert_eq!(doc["status"], "indexed", "{doc}");
+    let chunks: Value = app
+        .get(&format!("/v1/documents/{}/chunks", doc["id"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(chunks["chunks"][0]["content"], "Ownership rules apply to every value.");
+}
+
+/// Content that can never index fails at once with its reason, and the
+/// message is not retried (nothing reaches the dead-letter queue): binary data
+/// labelled as HTML, HTML nested 5,000 deep, text above MAX_EXTRACTED_BYTES, a
+/// corrupt PDF. An empty file is refused at upload.
+#[tokio::test]
+async fn poison_documents_fail_at_once_with_their_reason() {
+    let mut env = std::collections::HashMap::new();
+    env.insert("MAX_EXTRACTED_BYTES", (256 * 1024).to_string());
+    let app = spawn_app_with(Options { env, ..Default::default() }).await;
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let noise: Vec<u8> = (0..200_000)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    let deep = format!("{}text{}", "<div>".repeat(5000), "</div>".repeat(5000)).into_bytes();
+    let long_line = "x".repeat(512 * 1024).into_bytes();
+    let cases: Vec<(&str, &str, Vec<u8>, &str)> = vec![
+        ("noise.html", "text/html", noise, "binary"),
+        ("deep.html", "text/html", deep, "5000 levels deep"),
+        ("line.txt", "text/plain", long_line, "MAX_EXTRACTED_BYTES"),
+        ("broken.pdf", "application/pdf", b"%PDF-1.4 not really".to_vec(), "PDF could not be read"),
+    ];
+    let mut ids = Vec::new();
+    for (name, mime, bytes, _) in &cases {
+        let part = reqwest::multipart::Part::bytes(bytes.clone()).file_name(name.to_string()).mime_str(mime).unwrap();
+        let response = app.post("/v1/documents").multipart(reqwest::multipart::Form::new().part("file", part)).send();
+        let body: Value = response.await.unwrap().json().await.unwrap();
+        ids.push(body["documents"][0]["id"].as_str().unwrap().to_string());
+    }
+    for ((name, _, _, reason), id) in cases.iter().zip(&ids) {
+        let doc = wait_until_settled(&app, id).await;
+        assert_eq!(doc["status"], "failed", "{name}: {doc}");
+        assert!(doc["error"].as_str().unwrap().contains(reason), "{name}: {doc}");
+    }
+    assert_eq!(dead_letters(&app).await, 0);
+
+    let empty = reqwest::multipart::Part::bytes(Vec::new()).file_name("empty.txt").mime_str("text/plain").unwrap();
+    let response = app.post("/v1/documents").multipart(reqwest::multipart::Form::new().part("file", empty)).send();
+    assert_eq!(error_code(response.await.unwrap()).await, "invalid_request");
+}
+
+async fn dead_letters(app: &TestApp) -> usize {
+    let sqs = aws_sdk_sqs::Client::new(&app.infra.sdk);
+    let attributes = sqs
+        .get_queue_attributes()
+        .queue_url(&app.infra.dlq_url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+        .send()
+        .await
+        .unwrap();
+    attributes.attributes().unwrap()[&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages]
+        .parse()
+        .unwrap()
+}
+
+/// Searches wait on a slow model without holding a pooled connection: many
+/// more concurrent searches than connections all succeed, and other requests
+/// are served meanwhile (before, the pool ran dry and they got 500s).
+#[tokio::test]
+async fn slow_model_calls_do_not_hold_database_connections() {
+    let mut env = std::collections::HashMap::new();
+    env.insert("EMBED_MAX_IN_FLIGHT", "32".to_string());
+    let (app, fake) = spawn_app_with_fake(Options { env, ..Default::default() }).await;
+    fake.set_latency(Duration::from_millis(1500));
+    let searches = (0..24)
+        .map(|i| app.post("/v1/search").json(&json!({"query": format!("question {i}"), "mode": "vector"})).send());
+    let me = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        app.get("/v1/me").send().await.unwrap().status()
+    };
+    let (results, me) = tokio::join!(futures::future::join_all(searches), me);
+    assert_eq!(me, 200);
+    for response in results {
+        let response = response.unwrap();
+        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    }
+    let idle_in_transaction: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'idle in transaction'",
+    )
+    .fetch_one(&app.state.db)
+    .await
+    .unwrap();
+    assert_eq!(idle_in_transaction, 0);
+}
+
+/// Postgres going away answers 503 `unavailable` with `Retry-After` (not a 500
+/// after a long wait), says nothing about which dependency in the body, and
+/// the same process serves again once Postgres is back.
+#[tokio::test]
+async fn a_database_outage_answers_503_and_recovers_without_a_restart() {
+    let mut infra = create_infra().await;
+    let proxy = FaultProxy::start(upstream_of(&infra.database_url).await).await;
+    infra.database_url = via(&infra.database_url, proxy.addr());
+    let app = spawn_app_with(Options { infra: Some(infra), ..Default::default() }).await;
+    upload_text(&app, json!({"text": "Written before the outage."})).await;
+
+    proxy.set_mode(ProxyMode::Refuse);
+    let requests = [
+        app.get("/v1/documents"),
+        app.post("/v1/search").json(&json!({"query": "outage", "mode": "keyword"})),
+        app.post("/v1/documents").json(&json!({"text": "Written during the outage."})),
+    ];
+    for request in requests {
+        let started = std::time::Instant::now();
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 503);
+        assert!(response.headers().contains_key("retry-after"));
+        let body = response.text().await.unwrap();
+        assert!(body.contains("\"unavailable\""), "{body}");
+        assert!(!body.to_lowercase().contains("postgres") && !body.contains("pool"), "{body}");
+        println!("503 after {:?}", started.elapsed());
+    }
+
+    proxy.set_mode(ProxyMode::Pass);
+    let list: Value = app.get("/v1/documents").send().await.unwrap().json().await.unwrap();
+    assert_eq!(list["documents"].as_array().unwrap().len(), 1, "{list}");
+}
+
+/// An S3 (and SQS) that accepts connections and never answers fails calls
+/// within AWS_TIMEOUT_SECS: uploads and `/content` answer 503, `/readyz` says
+/// S3 is not ready; all recover when it answers again.
+#[tokio::test]
+async fn a_hanging_s3_answers_503_quickly_and_readyz_reports_it() {
+    let endpoint = base_env()["AWS_ENDPOINT_URL"].clone();
+    let proxy = FaultProxy::start(upstream_of(&endpoint).await).await;
+    let mut env = std::collections::HashMap::new();
+    env.insert("AWS_ENDPOINT_URL", via(&endpoint, proxy.addr()));
+    env.insert("AWS_TIMEOUT_SECS", "1".to_string());
+    let app = spawn_app_with(Options { env, ..Default::default() }).await;
+    let doc = upload_text(&app, json!({"text": "Stored before the hang."})).await;
+    let content_path = format!("/v1/documents/{}/content", doc["id"].as_str().unwrap());
+
+    proxy.set_mode(ProxyMode::Hang);
+    let upload = app.post("/v1/documents").json(&json!({"text": "Written during the hang."})).send().await.unwrap();
+    assert_eq!(upload.status(), 503);
+    assert_eq!(error_code(upload).await, "unavailable");
+    let content = app.get(&content_path).send().await.unwrap();
+    assert_eq!(content.status(), 503);
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let ready: Value = ready.json().await.unwrap();
+    assert!(ready["checks"]["s3"].as_str().unwrap().starts_with("error"), "{ready}");
+
+    proxy.set_mode(ProxyMode::Pass);
+    assert_eq!(app.get(&content_path).send().await.unwrap().status(), 200);
+    let again = app.post("/v1/documents").json(&json!({"text": "Written after the hang."})).send().await.unwrap();
+    assert_eq!(again.status(), 202);
+}
+
+/// Re-indexing when SQS refuses answers 503 and leaves every document as it
+/// was: none is left `queued` with no message that will ever finish it.
+#[tokio::test]
+async fn reindex_with_the_queue_down_leaves_documents_as_they_were() {
+    let app = spawn_app().await;
+    let mut ids = Vec::new();
+    for text in ["First indexed page.", "Second indexed page."] {
+        let doc = upload_text(&app, json!({"text": text})).await;
+        let id = doc["id"].as_str().unwrap().to_string();
+        assert_eq!(wait_until_settled(&app, &id).await["status"], "indexed");
+        ids.push(id);
+    }
+    let mut state = app.state.clone();
+    state.queue =
+        stolid::queue::Queue::new(&app.infra.sdk, &format!("{}-gone", app.infra.queue_url), Duration::from_secs(2));
+    let router = stolid::http::router(state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+
+    let batch = app.client.post(format!("{address}/v1/documents/reindex")).bearer_auth(&app.api_key);
+    let response = batch.json(&json!({"all": true})).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    let single = app.client.post(format!("{address}/v1/documents/{}/reindex", ids[0])).bearer_auth(&app.api_key);
+    assert_eq!(single.send().await.unwrap().status(), 503);
+    for id in &ids {
+        let doc: Value = app.get(&format!("/v1/documents/{id}")).send().await.unwrap().json().await.unwrap();
+        assert_eq!(doc["status"], "indexed", "{doc}");
+    }
+}
+
+/// A job that runs past JOB_TIMEOUT_SECS is stopped and retried; after the
+/// queue's last delivery its document is `failed` with that reason.
+#[tokio::test]
+async fn a_job_past_its_deadline_is_retried_then_failed_with_the_reason() {
+    let mut env = std::collections::HashMap::new();
+    env.insert("JOB_TIMEOUT_SECS", "1".to_string());
+    let (app, fake) = spawn_app_with_fake(Options { env, ..Default::default() }).await;
+    fake.set_latency(Duration::from_secs(3));
+    let doc = upload_text(&app, json!({"text": "Embedding this takes longer than the job may."})).await;
+    let doc = wait_until_settled(&app, doc["id"].as_str().unwrap()).await;
+    assert_eq!(doc["status"], "failed", "{doc}");
+    let error = doc["error"].as_str().unwrap();
+    assert!(error.contains("JOB_TIMEOUT_SECS"), "{error}");
+    // Written on the last delivery only: the earlier ones were retried.
+    assert!(error.starts_with("gave up after repeated failures"), "{error}");
+}
+
+/// A job still running when the drain deadline passes is released, and its
+/// document goes back to `queued` (with why) rather than staying `processing`.
+#[tokio::test]
+async fn a_job_released_at_shutdown_leaves_its_document_queued() {
+    let mut env = std::collections::HashMap::new();
+    env.insert("SHUTDOWN_TIMEOUT_SECS", "1".to_string());
+    let (app, fake) = spawn_app_with_fake(Options { env, ..Default::default() }).await;
+    fake.set_latency(Duration::from_secs(4));
+    let doc = upload_text(&app, json!({"text": "Still embedding when the task stops."})).await;
+    let id: uuid::Uuid = doc["id"].as_str().unwrap().parse().unwrap();
+    let (db, tenant) = (app.state.db.clone(), app.tenant_id);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while stolid::store::documents::get(&db, tenant, id).await.unwrap().unwrap().status != "processing" {
+        assert!(std::time::Instant::now() < deadline, "never started processing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.stop().await.unwrap();
+    let doc = stolid::store::documents::get(&db, tenant, id).await.unwrap().unwrap();
+    assert_eq!(doc.status, "queued", "{doc:?}");
 }

@@ -99,6 +99,18 @@ impl TestApp {
         stolid::store::keys::create_key(&self.state.db, id).await.unwrap().key
     }
 
+    /// Every key in the test's bucket.
+    pub async fn bucket_keys(&self) -> Vec<String> {
+        let config = aws_sdk_s3::config::Builder::from(&self.infra.sdk).force_path_style(true).build();
+        let listed = aws_sdk_s3::Client::from_conf(config)
+            .list_objects_v2()
+            .bucket(&self.infra.bucket)
+            .send()
+            .await
+            .expect("listing the test bucket");
+        listed.contents().iter().filter_map(|o| o.key().map(str::to_string)).collect()
+    }
+
     /// Starts graceful shutdown and waits for it.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
