@@ -16,7 +16,7 @@ fn prose(bytes: usize) -> String {
     let mut out = String::with_capacity(bytes + 64);
     let mut i = 0usize;
     while out.len() < bytes {
-        if i % 97 == 0 {
+        if i.is_multiple_of(97) {
             out.push_str("\n\n## Section ");
             out.push_str(&(i / 97).to_string());
             out.push_str("\n\n");

@@ -114,6 +114,7 @@ impl Application {
             )
         });
         let workers = (role != Role::Api).then(|| {
+            tokio::spawn(worker::sweeper::run(state.clone(), shutdown.clone()));
             // A little less than the whole deadline, so usage can still be flushed after.
             tokio::spawn(worker::run(state.clone(), shutdown.clone(), deadline.mul_f64(0.8)))
         });

@@ -18,6 +18,13 @@ pub struct StorageError(#[from] anyhow::Error);
 
 pub type Result<T> = std::result::Result<T, StorageError>;
 
+/// A key found by [`Blobs::list`].
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub key: String,
+    pub modified: chrono::DateTime<chrono::Utc>,
+}
+
 /// Deadlines for an AWS call: `attempt` per try, 2.5 times that for the whole
 /// call with the SDK's retries, and a quick connect.
 pub fn call_timeouts(attempt: Duration) -> TimeoutConfig {
@@ -92,6 +99,31 @@ impl Blobs {
             .await
             .with_context(|| format!("deleting s3://{}/{key}", self.bucket))?;
         Ok(())
+    }
+
+    /// One page (up to 1,000) of the keys under `prefix` with their last-modified
+    /// time, and the token for the next page.
+    pub async fn list(&self, prefix: &str, token: Option<String>) -> Result<(Vec<Listed>, Option<String>)> {
+        let output = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .set_continuation_token(token)
+            .send()
+            .await
+            .with_context(|| format!("listing s3://{}/{prefix}", self.bucket))?;
+        let listed = output
+            .contents()
+            .iter()
+            .filter_map(|object| {
+                let modified = object.last_modified()?;
+                let modified = chrono::DateTime::from_timestamp(modified.secs(), modified.subsec_nanos())?;
+                Some(Listed { key: object.key()?.to_string(), modified })
+            })
+            .collect();
+        let next = if output.is_truncated() == Some(true) { output.next_continuation_token } else { None };
+        Ok((listed, next))
     }
 
     /// Whether the bucket is reachable, for `/readyz`.

@@ -42,6 +42,9 @@ pub const VARIABLES: &[&str] = &[
     "WORKER_VISIBILITY_TIMEOUT_SECS",
     "WORKER_WAIT_TIME_SECS",
     "JOB_TIMEOUT_SECS",
+    "SWEEP_INTERVAL_SECS",
+    "SWEEP_STUCK_AFTER_SECS",
+    "SWEEP_MAX_REQUEUES",
     "MAX_EXTRACTED_BYTES",
     "HNSW_EF_SEARCH",
     "CHAT_TOP_K",
@@ -153,6 +156,19 @@ pub struct WorkerConfig {
     /// Extracted text above this many bytes fails the document with a clear
     /// reason instead of chunking and embedding without bound.
     pub max_extracted_bytes: usize,
+    pub sweeper: SweeperConfig,
+}
+
+/// The sweeper: finds documents no job will ever finish (see `worker::sweeper`).
+#[derive(Debug, Clone)]
+pub struct SweeperConfig {
+    /// How often the fleet looks for stuck documents (one task per period); zero turns it off.
+    pub interval: Duration,
+    /// A document `queued` or `processing` and untouched this long is stuck.
+    /// Longer than `JOB_TIMEOUT_SECS`, so a job still running is never taken for stuck.
+    pub stuck_after: Duration,
+    /// Re-sends before a stuck document is failed for good.
+    pub max_requeues: u32,
 }
 
 /// Retrieval-augmented chat: how much to retrieve and how to budget the prompt.
@@ -260,7 +276,7 @@ impl Config {
             return Err(ConfigError::Missing { var: "OPENAI_API_KEY" });
         }
 
-        Ok(Config {
+        let config = Config {
             database_url: env.required("DATABASE_URL")?,
             database_max_connections: env.parse_positive("DATABASE_MAX_CONNECTIONS", 20)?,
             database_acquire_timeout: Duration::from_secs_f64(
@@ -285,6 +301,11 @@ impl Config {
                 wait_time: Duration::from_secs(env.parse("WORKER_WAIT_TIME_SECS", 10)?),
                 job_timeout: Duration::from_secs_f64(env.parse_positive("JOB_TIMEOUT_SECS", 600.0)?),
                 max_extracted_bytes: env.parse_positive("MAX_EXTRACTED_BYTES", 10 * 1024 * 1024)?,
+                sweeper: SweeperConfig {
+                    interval: Duration::from_secs_f64(env.parse("SWEEP_INTERVAL_SECS", 60.0)?),
+                    stuck_after: Duration::from_secs_f64(env.parse_positive("SWEEP_STUCK_AFTER_SECS", 900.0)?),
+                    max_requeues: env.parse("SWEEP_MAX_REQUEUES", 3)?,
+                },
             },
             chunking: crate::ingest::chunk::ChunkSettings {
                 max_tokens: env.parse_positive("CHUNK_MAX_TOKENS", 400)?,
@@ -303,7 +324,11 @@ impl Config {
             shutdown_timeout: Duration::from_secs(env.parse_positive("SHUTDOWN_TIMEOUT_SECS", 30)?),
             request_timeout: Duration::from_secs(env.parse_positive("REQUEST_TIMEOUT_SECS", 120)?),
             max_body_bytes: env.parse_positive("MAX_BODY_BYTES", 50 * 1024 * 1024)?,
-        })
+        };
+        if config.worker.sweeper.stuck_after <= config.worker.job_timeout {
+            return Err(env.invalid("SWEEP_STUCK_AFTER_SECS", "must be longer than JOB_TIMEOUT_SECS"));
+        }
+        Ok(config)
     }
 }
 

@@ -155,6 +155,23 @@ impl Queue {
         }))
     }
 
+    /// Messages waiting plus messages being worked on (both approximate, as SQS reports them).
+    pub async fn depth(&self) -> anyhow::Result<u64> {
+        let output = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .context("get_queue_attributes")?;
+        let attributes = output.attributes.unwrap_or_default();
+        let count = |name| attributes.get(&name).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        Ok(count(QueueAttributeName::ApproximateNumberOfMessages)
+            + count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible))
+    }
+
     /// Whether the queue is reachable, for `/readyz`.
     pub async fn ping(&self) -> anyhow::Result<()> {
         self.client

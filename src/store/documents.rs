@@ -193,7 +193,7 @@ pub async fn mark_indexed(
 ) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE documents SET status = 'indexed', error = NULL, chunk_count = $2, token_count = $3,
-                embedding_model = $4, indexed_at = now(), updated_at = now()
+                embedding_model = $4, indexed_at = now(), updated_at = now(), sweeps = 0
          WHERE id = $1",
     )
     .bind(id)
@@ -249,7 +249,7 @@ pub async fn mark_many_queued(
     ids: &[Uuid],
 ) -> sqlx::Result<Vec<PriorStatus>> {
     sqlx::query_as(
-        "UPDATE documents d SET status = 'queued', error = NULL, updated_at = now()
+        "UPDATE documents d SET status = 'queued', error = NULL, updated_at = now(), sweeps = 0
          FROM (SELECT id, status, error FROM documents WHERE tenant_id = $1 AND id = ANY($2) FOR UPDATE) prior
          WHERE d.id = prior.id
          RETURNING d.id, prior.status, prior.error",
@@ -292,4 +292,56 @@ pub async fn requeue(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid, reason:
     .execute(db)
     .await?;
     Ok(())
+}
+
+/// A document the sweeper looks at: unfinished and untouched for a while.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Unfinished {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub sweeps: i32,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Documents `queued` or `processing` and not updated for `idle_secs`, oldest first.
+pub async fn unfinished(db: impl PgExecutor<'_>, idle_secs: f64, limit: i64) -> sqlx::Result<Vec<Unfinished>> {
+    sqlx::query_as(
+        "SELECT id, tenant_id, sweeps, updated_at FROM documents
+         WHERE status IN ('queued', 'processing') AND updated_at < now() - make_interval(secs => $1)
+         ORDER BY updated_at LIMIT $2",
+    )
+    .bind(idle_secs)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// Records that the sweeper sent these documents' jobs again.
+pub async fn record_sweep(db: impl PgExecutor<'_>, ids: &[Uuid]) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE documents SET status = 'queued', sweeps = sweeps + 1, updated_at = now()
+         WHERE id = ANY($1) AND status IN ('queued', 'processing')",
+    )
+    .bind(ids)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Fails unfinished documents for good, with the reason.
+pub async fn fail_unfinished(db: impl PgExecutor<'_>, ids: &[Uuid], reason: &str) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE documents SET status = 'failed', error = $2, updated_at = now()
+         WHERE id = ANY($1) AND status IN ('queued', 'processing')",
+    )
+    .bind(ids)
+    .bind(reason)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Which of these ids have a document row (in any tenant).
+pub async fn existing(db: impl PgExecutor<'_>, ids: &[Uuid]) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar("SELECT id FROM documents WHERE id = ANY($1)").bind(ids).fetch_all(db).await
 }

@@ -7,6 +7,7 @@ pub mod conversations;
 pub mod documents;
 pub mod embeddings;
 pub mod keys;
+pub mod leases;
 pub mod search;
 pub mod usage;
 

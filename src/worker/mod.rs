@@ -15,6 +15,7 @@
 //!   another task to pick up at once.
 
 pub mod jobs;
+pub mod sweeper;
 
 use std::sync::Arc;
 use std::time::Duration;

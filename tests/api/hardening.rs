@@ -352,3 +352,89 @@ async fn a_job_released_at_shutdown_leaves_its_document_queued() {
     let doc = stolid::store::documents::get(&db, tenant, id).await.unwrap().unwrap();
     assert_eq!(doc.status, "queued", "{doc:?}");
 }
+
+/// The sweeper re-sends the job of a document nothing will finish (here:
+/// re-indexes whose message was lost), which then indexes; it leaves alone one
+/// that may simply be waiting in a backlog; and it fails for good a document
+/// sent too many times, with the reason.
+#[tokio::test]
+async fn the_sweeper_finishes_or_fails_documents_left_unfinished() {
+    let app = spawn_app().await;
+    let mut ids = Vec::new();
+    for text in ["A re-index whose message was lost.", "A document that never finishes.", "One in a backlog."] {
+        let doc = upload_text(&app, json!({"text": text})).await;
+        let id = doc["id"].as_str().unwrap().to_string();
+        assert_eq!(wait_until_settled(&app, &id).await["status"], "indexed");
+        ids.push(id.parse::<uuid::Uuid>().unwrap());
+    }
+    let set = |id: uuid::Uuid, status: &'static str, sweeps: i32, idle_minutes: f64| {
+        sqlx::query(
+            "UPDATE documents SET status = $2, sweeps = $3, updated_at = now() - make_interval(secs => $4 * 60) WHERE id = $1",
+        )
+        .bind(id)
+        .bind(status)
+        .bind(sweeps)
+        .bind(idle_minutes)
+        .execute(&app.state.db)
+    };
+    // While the queue holds messages, a document idle for a while may just be
+    // waiting in that backlog: it is left alone.
+    set(ids[2], "queued", 0, 20.0).await.unwrap();
+    let mut busy = app.state.clone();
+    busy.queue = stolid::queue::Queue::new(&app.infra.sdk, &app.infra.dlq_url, Duration::from_secs(5));
+    busy.queue.send("{}".to_string()).await.unwrap();
+    let report = stolid::worker::sweeper::sweep_stuck(&busy).await.unwrap();
+    assert_eq!((report.requeued, report.failed, report.deferred), (0, 0, 1), "{report:?}");
+
+    // With the queue empty nothing can be waiting in it: stuck documents are
+    // sent again, and one sent too often already fails.
+    set(ids[0], "queued", 0, 120.0).await.unwrap();
+    set(ids[1], "processing", 3, 120.0).await.unwrap();
+    let report = stolid::worker::sweeper::sweep_stuck(&app.state).await.unwrap();
+    assert_eq!((report.requeued, report.failed, report.deferred), (2, 1, 0), "{report:?}");
+    for id in [ids[0], ids[2]] {
+        assert_eq!(wait_until_settled(&app, &id.to_string()).await["status"], "indexed");
+    }
+    let failed = wait_until_settled(&app, &ids[1].to_string()).await;
+    assert_eq!(failed["status"], "failed");
+    assert!(failed["error"].as_str().unwrap().contains("sent again 3 times"), "{failed}");
+}
+
+/// Originals whose document row is gone are deleted; live originals and the
+/// operators' `imports/` objects are kept.
+#[tokio::test]
+async fn the_sweeper_deletes_orphaned_originals_only() {
+    let app = spawn_app_with(Options {
+        tweak: Some(Box::new(|config| config.worker.sweeper.stuck_after = Duration::ZERO)),
+        ..Default::default()
+    })
+    .await;
+    let live = upload_text(&app, json!({"text": "A live document."})).await;
+    let live_key = format!("tenants/{}/documents/{}/original", app.tenant_id, live["id"].as_str().unwrap());
+    let orphan_key = format!("tenants/{}/documents/{}/original", app.tenant_id, uuid::Uuid::now_v7());
+    let import_key = format!("imports/{}/later.txt", app.tenant_id);
+    for key in [&orphan_key, &import_key] {
+        app.state.blobs.put(key, b"bytes".to_vec(), "text/plain").await.unwrap();
+    }
+    let report = stolid::worker::sweeper::sweep_orphans(&app.state).await.unwrap();
+    assert_eq!(report.deleted, 1, "{report:?}");
+    let mut keys = app.bucket_keys().await;
+    keys.sort();
+    let mut expected = vec![import_key, live_key];
+    expected.sort();
+    assert_eq!(keys, expected);
+}
+
+/// Periodic passes are paced fleet-wide: of several tasks asking for a pass's
+/// lease in one period, one gets it; once it expires, the next asker does.
+#[tokio::test]
+async fn one_task_of_the_fleet_runs_each_maintenance_pass() {
+    let app = spawn_app().await;
+    let tasks: Vec<uuid::Uuid> = (0..3).map(|_| uuid::Uuid::new_v4()).collect();
+    let take = |holder, ttl| stolid::store::leases::try_take(&app.state.db, "test_pass", holder, ttl);
+    let attempts = futures::future::join_all(tasks.iter().map(|&task| take(task, 0.5))).await;
+    assert_eq!(attempts.into_iter().filter(|taken| *taken.as_ref().unwrap()).count(), 1);
+    assert!(!take(tasks[0], 0.5).await.unwrap(), "nobody takes it again within the period");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(take(tasks[1], 0.5).await.unwrap());
+}

@@ -1,0 +1,201 @@
+//! The sweeper: makes sure no document stays unfinished forever and no
+//! original outlives its document.
+//!
+//! Documents can be left `queued` or `processing` with no SQS message that
+//! will ever finish them: a task killed between its database write and its
+//! enqueue, an enqueue that failed after the undo failed too, a message
+//! purged by an operator. Originals can outlive their rows: an S3 delete that
+//! failed after the row was deleted, an upload refused after its put.
+//!
+//! Two passes, each run by one task of the fleet at a time and paced through
+//! `maintenance_leases` (no connection is held while a pass runs):
+//! - **stuck documents**, every `SWEEP_INTERVAL_SECS`: documents untouched
+//!   for `SWEEP_STUCK_AFTER_SECS` (longer than any job may run) get their
+//!   index job sent again; after `SWEEP_MAX_REQUEUES` sends a document is
+//!   `failed` with the reason. SQS cannot say whether a message exists for a
+//!   document, so while the queue holds messages (a backlog the document may
+//!   simply be waiting in) only documents idle six times as long are re-sent.
+//!   A duplicate message costs little: jobs are idempotent and reuse embeddings.
+//! - **orphaned originals**, hourly: objects under `tenants/` older than the
+//!   stuck threshold whose document row does not exist are deleted. Objects
+//!   elsewhere (the `imports/` prefix) belong to operators and are never touched.
+//!
+//! Each pass logs one `sweep` event with its counts (CloudWatch EMF metrics).
+
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::app::AppState;
+use crate::store::{documents, leases};
+use crate::worker::jobs::Job;
+
+/// How often the fleet lists the bucket for orphans: listing is billed per page.
+const ORPHAN_PASS_EVERY: Duration = Duration::from_secs(3600);
+/// Documents looked at per pass; the rest wait for the next one.
+const BATCH: i64 = 500;
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StuckReport {
+    pub requeued: usize,
+    pub failed: usize,
+    /// Idle past the threshold, but left alone while the queue has a backlog.
+    pub deferred: usize,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct OrphanReport {
+    pub listed: usize,
+    pub deleted: usize,
+}
+
+/// Runs both passes on their periods until `shutdown`.
+pub async fn run(state: AppState, shutdown: tokio_util::sync::CancellationToken) {
+    let config = state.config.worker.sweeper.clone();
+    if config.interval.is_zero() {
+        return;
+    }
+    let holder = Uuid::new_v4();
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + config.interval, config.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(err) = run_due_passes(&state, holder).await {
+            tracing::warn!(error = format!("{err:#}"), "sweep failed; trying again next period");
+        }
+    }
+}
+
+async fn run_due_passes(state: &AppState, holder: Uuid) -> anyhow::Result<()> {
+    // A little under the period, so the task whose tick comes next finds it free.
+    let period = state.config.worker.sweeper.interval.mul_f64(0.9).as_secs_f64();
+    if leases::try_take(&state.db, "sweep_stuck", holder, period).await? {
+        let report = sweep_stuck(state).await?;
+        log_pass(
+            "stuck_documents",
+            json!({"requeued": report.requeued, "failed": report.failed, "deferred": report.deferred}),
+        );
+    }
+    let orphan_period = ORPHAN_PASS_EVERY.mul_f64(0.9).as_secs_f64();
+    if leases::try_take(&state.db, "sweep_orphans", holder, orphan_period).await? {
+        let report = sweep_orphans(state).await?;
+        log_pass("orphaned_originals", json!({"listed": report.listed, "deleted": report.deleted}));
+    }
+    Ok(())
+}
+
+/// Re-sends the index job of documents nothing will finish; fails those sent too often.
+pub async fn sweep_stuck(state: &AppState) -> anyhow::Result<StuckReport> {
+    let config = &state.config.worker.sweeper;
+    let threshold = config.stuck_after.as_secs_f64();
+    let candidates = documents::unfinished(&state.db, threshold, BATCH).await?;
+    if candidates.is_empty() {
+        return Ok(StuckReport::default());
+    }
+    let backlog = state.queue.depth().await.context("reading the queue depth")? > 0;
+    let long_idle = chrono::Utc::now() - chrono::Duration::from_std(config.stuck_after * 6)?;
+    let mut report = StuckReport::default();
+    let (mut resend, mut give_up) = (Vec::new(), Vec::new());
+    for doc in candidates {
+        if backlog && doc.updated_at > long_idle {
+            report.deferred += 1;
+        } else if doc.sweeps as u32 >= config.max_requeues {
+            give_up.push(doc.id);
+        } else {
+            resend.push(doc);
+        }
+    }
+    if !give_up.is_empty() {
+        let reason = format!("never finished indexing: its job was sent again {} times", config.max_requeues);
+        documents::fail_unfinished(&state.db, &give_up, &reason).await?;
+        report.failed = give_up.len();
+    }
+    if !resend.is_empty() {
+        let jobs = resend
+            .iter()
+            .map(|doc| Job::IndexDocument { tenant_id: doc.tenant_id, document_id: doc.id }.to_message())
+            .collect();
+        state.queue.send_many(jobs).await.context("re-sending stuck documents' jobs")?;
+        let ids: Vec<Uuid> = resend.iter().map(|doc| doc.id).collect();
+        documents::record_sweep(&state.db, &ids).await?;
+        report.requeued = ids.len();
+    }
+    Ok(report)
+}
+
+/// Deletes originals under `tenants/` whose document no longer exists.
+pub async fn sweep_orphans(state: &AppState) -> anyhow::Result<OrphanReport> {
+    let settled_before = chrono::Utc::now() - chrono::Duration::from_std(state.config.worker.sweeper.stuck_after)?;
+    let mut report = OrphanReport::default();
+    let mut token = None;
+    loop {
+        let (page, next) = state.blobs.list("tenants/", token).await?;
+        report.listed += page.len();
+        // Only objects old enough that no upload can still be writing their row.
+        let candidates: Vec<(Uuid, String)> = page
+            .into_iter()
+            .filter(|object| object.modified < settled_before)
+            .filter_map(|object| Some((document_id_of(&object.key)?, object.key)))
+            .collect();
+        let ids: Vec<Uuid> = candidates.iter().map(|(id, _)| *id).collect();
+        let existing: std::collections::HashSet<Uuid> =
+            documents::existing(&state.db, &ids).await?.into_iter().collect();
+        for (id, key) in candidates {
+            if !existing.contains(&id) {
+                state.blobs.delete(&key).await?;
+                report.deleted += 1;
+            }
+        }
+        match next {
+            Some(next) => token = Some(next),
+            None => return Ok(report),
+        }
+    }
+}
+
+/// The document id in `tenants/<tenant>/documents/<id>/original`.
+fn document_id_of(key: &str) -> Option<Uuid> {
+    match key.split('/').collect::<Vec<_>>()[..] {
+        ["tenants", _, "documents", id, "original"] => id.parse().ok(),
+        _ => None,
+    }
+}
+
+/// One log line per pass, in CloudWatch Embedded Metric Format so the counts
+/// are metrics an alarm can watch (namespace `stolid`, dimension `pass`).
+fn log_pass(pass: &str, counts: serde_json::Value) {
+    let metrics: Vec<serde_json::Value> =
+        counts.as_object().map(|o| o.keys().map(|k| json!({"Name": k, "Unit": "Count"})).collect()).unwrap_or_default();
+    let mut line = json!({
+        "_aws": {
+            "Timestamp": chrono::Utc::now().timestamp_millis(),
+            "CloudWatchMetrics": [{"Namespace": "stolid", "Dimensions": [["pass"]], "Metrics": metrics}]
+        },
+        "timestamp": chrono::Utc::now().to_rfc3339(),
+        "level": "INFO",
+        "target": "stolid::sweeper",
+        "message": "sweep",
+        "event": "sweep",
+        "pass": pass,
+    });
+    if let (Some(line), Some(counts)) = (line.as_object_mut(), counts.as_object()) {
+        line.extend(counts.clone());
+    }
+    println!("{line}");
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_stolid_original_keys_name_a_document() {
+        let id = uuid::Uuid::now_v7();
+        assert_eq!(super::document_id_of(&format!("tenants/t/documents/{id}/original")), Some(id));
+        assert_eq!(super::document_id_of(&format!("imports/t/documents/{id}/original")), None);
+        assert_eq!(super::document_id_of("tenants/t/documents/not-a-uuid/original"), None);
+    }
+}
