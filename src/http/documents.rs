@@ -231,7 +231,9 @@ async fn store_one(
     upload: Upload,
 ) -> Result<UploadedDocument> {
     let content_hash = hex::encode(Sha256::digest(&upload.bytes));
-    if let Some(existing) = documents::find_by_hash(&state.db, tenant.id, collection, &content_hash).await? {
+    if let Some(existing) =
+        documents::find_by_hash(&state.db, tenant.id, collection, &content_hash, upload.format.content_type()).await?
+    {
         return Ok(UploadedDocument { document: existing, duplicate: true });
     }
     let id = Uuid::now_v7();
@@ -252,7 +254,7 @@ async fn store_one(
     let Some(document) = documents::insert(&state.db, &new).await? else {
         // A concurrent upload of the same content won; drop our copy.
         let _ = state.blobs.delete(&s3_key).await;
-        let existing = documents::find_by_hash(&state.db, tenant.id, collection, &content_hash)
+        let existing = documents::find_by_hash(&state.db, tenant.id, collection, &content_hash, new.content_type)
             .await?
             .ok_or(Error::Conflict("retry the upload".into()))?;
         return Ok(UploadedDocument { document: existing, duplicate: true });

@@ -1,5 +1,5 @@
 //! `documents`: one row per uploaded original, tenant-scoped, deduplicated by
-//! content hash within a tenant and collection.
+//! content hash and type within a tenant and collection.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -53,7 +53,7 @@ pub async fn insert(db: impl PgExecutor<'_>, doc: &NewDocument<'_>) -> sqlx::Res
     sqlx::query_as(
         "INSERT INTO documents (id, tenant_id, collection, title, content_type, s3_key, content_hash, size_bytes, metadata)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-         ON CONFLICT (tenant_id, collection, content_hash) DO NOTHING
+         ON CONFLICT (tenant_id, collection, content_hash, content_type) DO NOTHING
          RETURNING *",
     )
     .bind(doc.id)
@@ -74,13 +74,18 @@ pub async fn find_by_hash(
     tenant_id: Uuid,
     collection: &str,
     content_hash: &str,
+    content_type: &str,
 ) -> sqlx::Result<Option<Document>> {
-    sqlx::query_as("SELECT * FROM documents WHERE tenant_id = $1 AND collection = $2 AND content_hash = $3")
-        .bind(tenant_id)
-        .bind(collection)
-        .bind(content_hash)
-        .fetch_optional(db)
-        .await
+    sqlx::query_as(
+        "SELECT * FROM documents
+         WHERE tenant_id = $1 AND collection = $2 AND content_hash = $3 AND content_type = $4",
+    )
+    .bind(tenant_id)
+    .bind(collection)
+    .bind(content_hash)
+    .bind(content_type)
+    .fetch_optional(db)
+    .await
 }
 
 pub async fn get(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid) -> sqlx::Result<Option<Document>> {

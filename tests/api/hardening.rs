@@ -438,3 +438,27 @@ async fn one_task_of_the_fleet_runs_each_maintenance_pass() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert!(take(tasks[1], 0.5).await.unwrap());
 }
+
+/// The same bytes declared as another type are another document, not a
+/// duplicate of the first: dedupe looks at the content type too.
+#[tokio::test]
+async fn the_same_bytes_with_another_type_are_not_a_duplicate() {
+    let app = spawn_app().await;
+    let bytes = b"<h1>Title</h1><p>Body text.</p>".to_vec();
+    let mut ids = Vec::new();
+    for (name, mime) in [("page.html", "text/html"), ("page.pdf", "application/pdf"), ("again.html", "text/html")] {
+        let part = reqwest::multipart::Part::bytes(bytes.clone()).file_name(name).mime_str(mime).unwrap();
+        let response = app.post("/v1/documents").multipart(reqwest::multipart::Form::new().part("file", part)).send();
+        let body: Value = response.await.unwrap().json().await.unwrap();
+        let doc = &body["documents"][0];
+        ids.push((
+            doc["id"].as_str().unwrap().to_string(),
+            doc["duplicate"].as_bool().unwrap(),
+            doc["content_type"].clone(),
+        ));
+    }
+    assert_eq!(ids[0].2, "text/html");
+    assert_eq!((ids[1].1, &ids[1].2), (false, &json!("application/pdf")));
+    assert_ne!(ids[0].0, ids[1].0);
+    assert_eq!((ids[2].1, &ids[2].0), (true, &ids[0].0));
+}

@@ -111,3 +111,48 @@ async fn the_openapi_document_lists_the_routes_and_the_key_scheme() {
     }
     assert_eq!(doc["components"]["securitySchemes"]["api_key"]["scheme"], "bearer");
 }
+
+/// The OpenAPI document is self-consistent and honest about errors: every
+/// `$ref` resolves, every operation documents the errors any request can get,
+/// and the streaming endpoints declare their event streams.
+#[tokio::test]
+async fn the_openapi_document_resolves_and_documents_errors_and_streams() {
+    let app = spawn_app().await;
+    let doc: serde_json::Value = app.client.get(app.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    fn refs(value: &serde_json::Value, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::String(r)) = map.get("$ref") {
+                    out.push(r.clone());
+                }
+                map.values().for_each(|v| refs(v, out));
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    refs(&doc, &mut all);
+    assert!(!all.is_empty());
+    for r in all {
+        let name = r.strip_prefix("#/components/schemas/").unwrap_or_else(|| panic!("unexpected ref {r}"));
+        assert!(doc["components"]["schemas"][name].is_object(), "dangling $ref {r}");
+    }
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let responses = &operation["responses"];
+            for status in ["400", "422", "503"] {
+                assert!(responses[status].is_object(), "{method} {path} does not document {status}");
+            }
+            if path.starts_with("/v1/") {
+                assert!(responses["401"].is_object(), "{method} {path} does not document 401");
+            }
+        }
+    }
+    for path in ["/v1/chat", "/v1/agent", "/v1/chat/completions"] {
+        let content = &doc["paths"][path]["post"]["responses"]["200"]["content"];
+        assert!(content["text/event-stream"].is_object(), "{path}: {content}");
+    }
+    let message = &doc["components"]["schemas"]["Message"]["properties"]["citations"];
+    assert_eq!(message["type"], "array", "{message}");
+}
