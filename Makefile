@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PORT ?= 8080
 CARGO ?= cargo
 
-.PHONY: up infra build test bench-ingest bench-api bench-chunk lint fmt clean-test-dbs
+.PHONY: up infra build test bench-ingest bench-api bench-chunk chaos lint fmt clean-test-dbs
 
 ## up: start the local stack, create a dev API key once (kept in .env), run stolid in the foreground
 up: infra build
@@ -45,3 +45,15 @@ bench-api: infra
 ## bench-chunk: extraction + chunking MB/s for prose, code, whitespace-free text and nested HTML (linearity check)
 bench-chunk:
 	$(CARGO) run --release --locked --example bench_chunk -- $(BENCH_ARGS)
+
+## chaos: replay faults (kill -9, SIGTERM, provider storms, Postgres/S3 outages, poison files, schemathesis)
+## against the release binary on loopback; prints a table; exit 1 on any lost, stuck or duplicated document or non-503 5xx
+CHAOS_VENV := .local/chaos-venv
+chaos: infra
+	@want="$$(sha256sum scripts/requirements-chaos.txt | cut -d' ' -f1)"; \
+	 if [ "$$(cat $(CHAOS_VENV)/.requirements 2>/dev/null)" != "$$want" ]; then \
+	   echo "[chaos] installing schemathesis into $(CHAOS_VENV)"; \
+	   python3 -m venv $(CHAOS_VENV) && $(CHAOS_VENV)/bin/pip install -q --disable-pip-version-check -r scripts/requirements-chaos.txt && \
+	   echo "$$want" > $(CHAOS_VENV)/.requirements; fi
+	$(CARGO) build --release --locked --bins --example chaos
+	target/release/examples/chaos --schemathesis $(CHAOS_VENV)/bin/st $(CHAOS_ARGS)

@@ -24,9 +24,11 @@ pub fn router() -> Router<AppState> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AgentRequest {
+    #[schema(pattern = r"\S")]
     message: String,
     conversation_id: Option<Uuid>,
     /// Model calls allowed, 1 to 10 (default 4).
+    #[schema(minimum = 1, maximum = 10)]
     max_steps: Option<usize>,
     /// Every tool call stays inside this collection.
     collection: Option<String>,
@@ -51,6 +53,12 @@ pub async fn run_agent(
         return Err(Error::invalid("max_steps must be between 1 and 10"));
     }
     let scope = retrieval::scope(tenant.id, request.collection, request.filter.as_ref())?;
+    if request.stream
+        && let Some(id) = request.conversation_id
+    {
+        // Settle what can be refused before the stream's 200 is sent.
+        crate::store::conversations::get(&state.db, tenant.id, id).await?.ok_or(Error::NotFound("conversation"))?;
+    }
     let input = AgentInput { message: request.message, conversation_id: request.conversation_id, max_steps, scope };
     if !request.stream {
         return Ok(AppJson(agent::run(&state, &tenant, input, None).await?).into_response());

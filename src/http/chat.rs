@@ -29,6 +29,7 @@ pub fn router() -> Router<AppState> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChatRequest {
+    #[schema(pattern = r"\S")]
     message: String,
     /// Continue this conversation; a new one starts without it.
     conversation_id: Option<Uuid>,
@@ -71,6 +72,7 @@ pub async fn chat(
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct ListParams {
     /// 1 to 200, default 50.
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
 }
 

@@ -279,9 +279,11 @@ async fn enqueue(state: &AppState, document: &Document) -> Result<()> {
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct ListParams {
     /// `queued`, `processing`, `indexed` or `failed`.
+    #[param(pattern = "^(queued|processing|indexed|failed)?$")]
     status: Option<String>,
     collection: Option<String>,
     /// 1 to 200, default 50.
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
     /// `next_cursor` from the previous page.
     cursor: Option<String>,
@@ -317,8 +319,12 @@ fn decode_cursor(cursor: &str) -> Result<(DateTime<Utc>, Uuid)> {
 pub async fn list_documents(
     State(state): State<AppState>,
     tenant: Tenant,
-    Query(params): Query<ListParams>,
+    Query(mut params): Query<ListParams>,
 ) -> Result<AppJson<DocumentList>> {
+    // An empty value (`?status=`) means the parameter was not given.
+    for value in [&mut params.status, &mut params.collection, &mut params.cursor, &mut params.ids] {
+        value.take_if(|v| v.is_empty());
+    }
     if let Some(status) = &params.status
         && !["queued", "processing", "indexed", "failed"].contains(&status.as_str())
     {
@@ -370,6 +376,7 @@ pub struct ChunkParams {
     /// Return chunks after this ordinal (the last one of the previous page).
     after: Option<i32>,
     /// 1 to 500, default 100.
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
 }
 

@@ -96,7 +96,8 @@ impl utoipa::Modify for CommonResponses {
                     add("429", "the model provider is rate limiting (`model_rate_limited`)");
                     add("502", "the model provider failed (`model_error`)");
                 }
-                if path.contains('{') {
+                if authenticated {
+                    // A path id, or an id in the body (a conversation), may name nothing of this tenant's.
                     add("404", "no such resource for this tenant (`not_found`)");
                 }
                 if has_body {
@@ -104,9 +105,14 @@ impl utoipa::Modify for CommonResponses {
                     add("415", "unsupported content type (`unsupported_media_type`)");
                 }
                 if streams && let Some(utoipa::openapi::RefOr::T(ok)) = responses.get_mut("200") {
-                    let events = ContentBuilder::new()
-                        .schema(Some(utoipa::openapi::schema::Object::with_type(utoipa::openapi::schema::Type::String)))
-                        .build();
+                    use utoipa::openapi::schema::{ObjectBuilder, Type};
+                    // One Server-Sent Event: its name and its JSON payload as text.
+                    let event = ObjectBuilder::new()
+                        .property("event", ObjectBuilder::new().schema_type(Type::String))
+                        .property("data", ObjectBuilder::new().schema_type(Type::String))
+                        .property("id", ObjectBuilder::new().schema_type(Type::String))
+                        .property("retry", ObjectBuilder::new().schema_type(Type::Integer));
+                    let events = ContentBuilder::new().schema(Some(event)).build();
                     ok.content.insert("text/event-stream".to_string(), events);
                 }
             }

@@ -19,8 +19,10 @@ pub fn router() -> Router<AppState> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SearchRequest {
+    #[schema(pattern = r"\S")]
     query: String,
     /// Results to return, 1 to 100 (default 10).
+    #[schema(minimum = 1, maximum = 100)]
     k: Option<usize>,
     collection: Option<String>,
     /// Metadata filter: `{"key": value}` or `{"key": {"in": [...]}}`, all keys must match.

@@ -25,6 +25,7 @@ pub struct SuggestRequest {
     text: String,
     conversation_id: Option<Uuid>,
     /// 1 to 5 (default 3).
+    #[schema(minimum = 1, maximum = 5)]
     n: Option<usize>,
     collection: Option<String>,
     #[schema(value_type = Option<Object>)]
