@@ -115,10 +115,13 @@ impl Application {
         });
         let workers = (role != Role::Api).then(|| {
             tokio::spawn(worker::sweeper::run(state.clone(), shutdown.clone()));
-            // A little less than the whole deadline, so usage can still be flushed after.
-            tokio::spawn(worker::run(state.clone(), shutdown.clone(), deadline.mul_f64(0.8)))
+            // Jobs get 70% of the deadline, then their messages are released.
+            tokio::spawn(worker::run(state.clone(), shutdown.clone(), deadline.mul_f64(0.7)))
         });
         shutdown.cancelled().await;
+        // Everything below fits in the deadline, so the process always exits
+        // within SHUTDOWN_TIMEOUT_SECS (ECS's stopTimeout is set above it).
+        let stop_by = tokio::time::Instant::now() + deadline.mul_f64(0.95);
         tracing::info!(deadline_s = deadline.as_secs(), "shutting down");
         let drain = async {
             if let Some(api) = api {
@@ -132,16 +135,18 @@ impl Application {
                 let _ = workers.await;
             }
         };
-        if tokio::time::timeout(deadline, drain).await.is_err() {
+        if tokio::time::timeout(deadline.mul_f64(0.85), drain).await.is_err() {
             tracing::warn!("in-flight work did not finish before the shutdown deadline");
         }
         let recorder = state.gateway.recorder().clone();
-        recorder.flush().await;
+        if tokio::time::timeout_at(stop_by, recorder.flush()).await.is_err() {
+            tracing::warn!("usage rows not flushed before the deadline; they remain in the logs");
+        }
         drop(recorder);
         drop(state);
         // The writer ends when the last recorder handle is gone; in-flight
-        // request tasks may still hold one, so do not wait for it forever.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), usage_writer).await;
+        // request tasks may still hold one, so do not wait for it past the deadline.
+        let _ = tokio::time::timeout_at(stop_by, usage_writer).await;
         tracing::info!("stopped");
         Ok(())
     }

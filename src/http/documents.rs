@@ -76,7 +76,9 @@ struct Upload {
 /// Upload one or many documents.
 #[utoipa::path(post, path = "/v1/documents", tag = "documents", security(("api_key" = [])),
     request_body(content = CreateDocumentRequest, description = "JSON, or multipart/form-data with `file` parts and optional `collection` and `metadata` (JSON) fields"),
-    responses((status = 202, body = UploadResponse), (status = 413, body = crate::error::ErrorBody),
+    responses((status = 202, body = UploadResponse),
+              (status = 200, body = UploadResponse, description = "every file was already there (`duplicate: true`)"),
+              (status = 413, body = crate::error::ErrorBody),
               (status = 415, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
 pub async fn create_documents(State(state): State<AppState>, tenant: Tenant, request: Request) -> Result<Response> {
     let content_type =

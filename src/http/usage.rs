@@ -53,9 +53,20 @@ pub async fn get_usage(
     Query(params): Query<UsageParams>,
 ) -> Result<AppJson<UsageReport>> {
     // An empty value (`?from=`) means the parameter was not given.
-    let to = params.to.as_deref().filter(|t| !t.is_empty()).map(|t| parse_time("to", t)).transpose()?.unwrap_or_else(Utc::now);
-    let from =
-        params.from.as_deref().filter(|t| !t.is_empty()).map(|t| parse_time("from", t)).transpose()?.unwrap_or(to - chrono::Duration::days(30));
+    let to = params
+        .to
+        .as_deref()
+        .filter(|t| !t.is_empty())
+        .map(|t| parse_time("to", t))
+        .transpose()?
+        .unwrap_or_else(Utc::now);
+    let from = params
+        .from
+        .as_deref()
+        .filter(|t| !t.is_empty())
+        .map(|t| parse_time("from", t))
+        .transpose()?
+        .unwrap_or(to - chrono::Duration::days(30));
     if from >= to {
         return Err(Error::invalid("from must be before to"));
     }

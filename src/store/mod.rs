@@ -34,7 +34,9 @@ pub async fn connect(url: &str, max_connections: u32, acquire_timeout: std::time
 pub fn is_unavailable(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => true,
-        sqlx::Error::WorkerCrashed => true,
+        // A server going away mid-handshake (shutting down, a proxy restarting)
+        // shows up as a protocol error rather than an I/O one.
+        sqlx::Error::WorkerCrashed | sqlx::Error::Protocol(_) => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
             // 08: connection exception; 57P01-03: shutting down or starting up; 53300: too many connections.
             code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "53300")

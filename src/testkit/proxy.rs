@@ -1,8 +1,8 @@
 //! A loopback TCP proxy for fault tests: it passes traffic to one upstream
-//! (Postgres, the S3/SQS emulator) until told to refuse connections (each is
-//! closed at once, as a stopped server's would be) or to hang (each is accepted
-//! and never answered, as a wedged server's would be). Changing the mode cuts
-//! every open connection, so pooled clients notice too.
+//! (Postgres, the S3/SQS emulator) until told to refuse connections (it stops
+//! listening, as a stopped server does) or to hang (connections are accepted
+//! and never answered, as a wedged server's are). Changing the mode cuts every
+//! open connection, so pooled clients notice too.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,31 +25,10 @@ pub struct FaultProxy {
 
 impl FaultProxy {
     pub async fn start(upstream: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding the proxy");
+        let listener = listen(None).expect("binding the proxy");
         let addr = listener.local_addr().expect("proxy address");
         let mode = Arc::new(watch::channel(ProxyMode::Pass).0);
-        let modes = mode.clone();
-        let accept_loop = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let mut changes = modes.subscribe();
-                let current = *changes.borrow_and_update();
-                tokio::spawn(async move {
-                    match current {
-                        ProxyMode::Refuse => drop(client),
-                        ProxyMode::Hang => {
-                            let _ = changes.changed().await;
-                            drop(client);
-                        }
-                        ProxyMode::Pass => {
-                            tokio::select! {
-                                _ = pass(client, upstream) => {}
-                                _ = changes.changed() => {}
-                            }
-                        }
-                    }
-                });
-            }
-        });
+        let accept_loop = tokio::spawn(accept_loop(listener, addr, upstream, mode.clone()));
         Self { addr, mode, accept_loop }
     }
 
@@ -65,6 +44,65 @@ impl FaultProxy {
 impl Drop for FaultProxy {
     fn drop(&mut self) {
         self.accept_loop.abort();
+    }
+}
+
+/// A listener on `addr` (a free port when `None`), reusable right after it closed.
+fn listen(addr: Option<SocketAddr>) -> std::io::Result<TcpListener> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))))?;
+    socket.listen(1024)
+}
+
+/// Serves connections in the current mode. `Refuse` closes the listening
+/// socket itself, so clients get "connection refused" as from a stopped server.
+async fn accept_loop(
+    mut listener: TcpListener,
+    addr: SocketAddr,
+    upstream: SocketAddr,
+    modes: Arc<watch::Sender<ProxyMode>>,
+) {
+    let mut changes = modes.subscribe();
+    loop {
+        let current = *changes.borrow_and_update();
+        if current == ProxyMode::Refuse {
+            drop(listener);
+            while *changes.borrow_and_update() == ProxyMode::Refuse {
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+            listener = loop {
+                match listen(Some(addr)) {
+                    Ok(listener) => break listener,
+                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+                }
+            };
+            continue;
+        }
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = changes.changed() => continue,
+        };
+        let Ok((client, _)) = accepted else { continue };
+        let mut connection_changes = modes.subscribe();
+        connection_changes.borrow_and_update();
+        tokio::spawn(async move {
+            match current {
+                ProxyMode::Refuse => drop(client),
+                ProxyMode::Hang => {
+                    let _ = connection_changes.changed().await;
+                    drop(client);
+                }
+                ProxyMode::Pass => {
+                    tokio::select! {
+                        _ = pass(client, upstream) => {}
+                        _ = connection_changes.changed() => {}
+                    }
+                }
+            }
+        });
     }
 }
 
