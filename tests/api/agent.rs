@@ -55,15 +55,7 @@ async fn the_agent_searches_then_answers_with_citations_and_a_trace() {
 async fn the_agent_stops_at_max_steps() {
     let (app, fake) = spawn_app_with_fake(Options::default()).await;
     index(&app, &DOCS).await;
-    let reply: Value = app
-        .post("/v1/agent")
-        .json(&json!({"message": "vacation days?", "max_steps": 1}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let reply: Value = app.post_json("/v1/agent", &json!({"message": "vacation days?", "max_steps": 1})).await;
     assert_eq!(reply["stop_reason"], "max_steps", "{reply}");
     assert_eq!(reply["steps"], 1);
     assert_eq!(fake.stats().chat_requests, 1);
@@ -91,15 +83,8 @@ async fn agent_tools_never_widen_the_callers_scope() {
         .unwrap();
     assert_eq!(theirs["citations"].as_array().unwrap().len(), 0, "{theirs}");
     assert_eq!(theirs["trace"][0]["result"], "0 passages");
-    let board_only: Value = app
-        .post("/v1/agent")
-        .json(&json!({"message": "How many vacation days?", "collection": "board"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let board_only: Value =
+        app.post_json("/v1/agent", &json!({"message": "How many vacation days?", "collection": "board"})).await;
     assert!(board_only["citations"].as_array().unwrap().iter().all(|c| c["title"] == "secret-plan"), "{board_only}");
 }
 
@@ -108,15 +93,8 @@ async fn agent_tools_never_widen_the_callers_scope() {
 async fn the_local_provider_runs_the_agent_loop_too() {
     let app = spawn_app().await;
     index(&app, &DOCS).await;
-    let reply: Value = app
-        .post("/v1/agent")
-        .json(&json!({"message": "Where do vacation requests go?", "collection": "hr"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let reply: Value =
+        app.post_json("/v1/agent", &json!({"message": "Where do vacation requests go?", "collection": "hr"})).await;
     assert_eq!(reply["stop_reason"], "answered", "{reply}");
     assert_eq!(reply["trace"].as_array().unwrap().len(), 1);
     assert!(reply["answer"].as_str().unwrap().contains("team lead"), "{reply}");

@@ -60,13 +60,13 @@ async fn chat_answers_with_citations_and_keeps_the_conversation() {
         "history is sent"
     );
 
-    let conversation: Value = app.get(&format!("/v1/conversations/{id}")).send().await.unwrap().json().await.unwrap();
+    let conversation: Value = app.get_json(&format!("/v1/conversations/{id}")).await;
     let messages = conversation["messages"].as_array().unwrap();
     assert_eq!(messages.len(), 4);
     assert_eq!(messages[1]["role"], "assistant");
     assert_eq!(messages[1]["citations"], reply["citations"]);
     assert!(messages[1]["cost_usd"].as_f64().unwrap() > 0.0);
-    let list: Value = app.get("/v1/conversations").send().await.unwrap().json().await.unwrap();
+    let list: Value = app.get_json("/v1/conversations").await;
     assert_eq!(list["conversations"].as_array().unwrap().len(), 1);
     app.state.gateway.recorder().flush().await;
     let per_conversation: i64 =
@@ -135,7 +135,7 @@ async fn streaming_chat_sends_deltas_then_the_final_event() {
     assert!(!done["citations"].as_array().unwrap().is_empty());
     assert!(done["usage"]["output_tokens"].as_u64().unwrap() > 0);
     let id = done["conversation_id"].as_str().unwrap();
-    let conversation: Value = app.get(&format!("/v1/conversations/{id}")).send().await.unwrap().json().await.unwrap();
+    let conversation: Value = app.get_json(&format!("/v1/conversations/{id}")).await;
     assert_eq!(conversation["messages"].as_array().unwrap().len(), 2, "the streamed turn is kept too");
 }
 

@@ -13,7 +13,7 @@ use crate::helpers::{Options, TestApp, error_code, spawn_app, spawn_app_with, sp
 pub async fn wait_until_settled(app: &TestApp, id: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let doc: Value = app.get(&format!("/v1/documents/{id}")).send().await.unwrap().json().await.unwrap();
+        let doc: Value = app.get_json(&format!("/v1/documents/{id}")).await;
         if doc["status"] == "indexed" || doc["status"] == "failed" {
             return doc;
         }
@@ -36,7 +36,7 @@ async fn upload_file(app: &TestApp, name: &str, mime: &str, bytes: Vec<u8>) -> r
 }
 
 async fn chunks(app: &TestApp, id: &str) -> Vec<Value> {
-    let body: Value = app.get(&format!("/v1/documents/{id}/chunks")).send().await.unwrap().json().await.unwrap();
+    let body: Value = app.get_json(&format!("/v1/documents/{id}/chunks")).await;
     body["chunks"].as_array().unwrap().clone()
 }
 
@@ -286,19 +286,18 @@ async fn listing_filters_and_pages_within_the_tenant() {
         )
         .await;
     }
-    let page: Value = app.get("/v1/documents?limit=2").send().await.unwrap().json().await.unwrap();
+    let page: Value = app.get_json("/v1/documents?limit=2").await;
     assert_eq!(page["documents"].as_array().unwrap().len(), 2);
     let cursor = page["next_cursor"].as_str().unwrap();
     let mut seen: Vec<String> =
         page["documents"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap().to_string()).collect();
-    let rest: Value =
-        app.get(&format!("/v1/documents?limit=10&cursor={cursor}")).send().await.unwrap().json().await.unwrap();
+    let rest: Value = app.get_json(&format!("/v1/documents?limit=10&cursor={cursor}")).await;
     assert!(rest["next_cursor"].is_null());
     seen.extend(rest["documents"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap().to_string()));
     seen.sort();
     seen.dedup();
     assert_eq!(seen.len(), 5);
-    let even: Value = app.get("/v1/documents?collection=even").send().await.unwrap().json().await.unwrap();
+    let even: Value = app.get_json("/v1/documents?collection=even").await;
     assert_eq!(even["documents"].as_array().unwrap().len(), 3);
     let bad = app.get("/v1/documents?status=done").send().await.unwrap();
     assert_eq!(bad.status(), 422);
@@ -398,7 +397,7 @@ async fn documents_can_be_summarized_one_by_one_or_in_batch() {
     for doc in [&one, &two] {
         let id = doc["id"].as_str().unwrap();
         let summary = loop {
-            let d: Value = app.get(&format!("/v1/documents/{id}")).send().await.unwrap().json().await.unwrap();
+            let d: Value = app.get_json(&format!("/v1/documents/{id}")).await;
             if let Some(summary) = d["summary"].as_str() {
                 break summary.to_string();
             }

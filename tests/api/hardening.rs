@@ -120,14 +120,7 @@ async fn a_text_file_with_nul_bytes_indexes_without_them() {
     let body: Value = response.unwrap().json().await.unwrap();
     let doc = wait_until_settled(&app, body["documents"][0]["id"].as_str().unwrap()).await;
     assert_eq!(doc["status"], "indexed", "{doc}");
-    let chunks: Value = app
-        .get(&format!("/v1/documents/{}/chunks", doc["id"].as_str().unwrap()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let chunks: Value = app.get_json(&format!("/v1/documents/{}/chunks", doc["id"].as_str().unwrap())).await;
     assert_eq!(chunks["chunks"][0]["content"], "Ownership rules apply to every value.");
 }
 
@@ -249,7 +242,7 @@ async fn a_database_outage_answers_503_and_recovers_without_a_restart() {
     }
 
     proxy.set_mode(ProxyMode::Pass);
-    let list: Value = app.get("/v1/documents").send().await.unwrap().json().await.unwrap();
+    let list: Value = app.get_json("/v1/documents").await;
     assert_eq!(list["documents"].as_array().unwrap().len(), 1, "{list}");
 }
 
@@ -310,7 +303,7 @@ async fn reindex_with_the_queue_down_leaves_documents_as_they_were() {
     let single = app.client.post(format!("{address}/v1/documents/{}/reindex", ids[0])).bearer_auth(&app.api_key);
     assert_eq!(single.send().await.unwrap().status(), 503);
     for id in &ids {
-        let doc: Value = app.get(&format!("/v1/documents/{id}")).send().await.unwrap().json().await.unwrap();
+        let doc: Value = app.get_json(&format!("/v1/documents/{id}")).await;
         assert_eq!(doc["status"], "indexed", "{doc}");
     }
 }

@@ -93,6 +93,16 @@ impl TestApp {
         self.client.post(self.url(path)).bearer_auth(&self.api_key)
     }
 
+    /// GET with the key; the JSON body, whatever the status.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        self.get(path).send().await.unwrap().json().await.unwrap()
+    }
+
+    /// POST `body` as JSON with the key; the JSON body, whatever the status.
+    pub async fn post_json(&self, path: &str, body: &impl serde::Serialize) -> serde_json::Value {
+        self.post(path).json(body).send().await.unwrap().json().await.unwrap()
+    }
+
     /// Another tenant with its own key, for isolation tests.
     pub async fn new_tenant(&self, name: &str) -> String {
         let id = stolid::store::keys::ensure_tenant(&self.state.db, name).await.unwrap();

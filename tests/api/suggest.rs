@@ -19,15 +19,8 @@ async fn suggestions_are_grounded_in_the_tenants_documents() {
         ids.push(doc["id"].as_str().unwrap().to_string());
         wait_until_settled(&app, ids.last().unwrap()).await;
     }
-    let reply: Value = app
-        .post("/v1/suggest")
-        .json(&json!({"text": "how does cargo fetch dependencies", "n": 2}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let reply: Value =
+        app.post_json("/v1/suggest", &json!({"text": "how does cargo fetch dependencies", "n": 2})).await;
     let suggestions = reply["suggestions"].as_array().unwrap();
     assert!(!suggestions.is_empty() && suggestions.len() <= 2, "{reply}");
     for s in suggestions {
@@ -40,37 +33,13 @@ async fn suggestions_are_grounded_in_the_tenants_documents() {
     assert!(sent[0]["content"].as_str().unwrap().len() < 6_000, "a small prompt");
 
     // Between turns: no text, the conversation's last question is the topic.
-    let chat: Value = app
-        .post("/v1/chat")
-        .json(&json!({"message": "What does Tokio schedule?"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let between: Value = app
-        .post("/v1/suggest")
-        .json(&json!({"conversation_id": chat["conversation_id"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let chat: Value = app.post_json("/v1/chat", &json!({"message": "What does Tokio schedule?"})).await;
+    let between: Value = app.post_json("/v1/suggest", &json!({"conversation_id": chat["conversation_id"]})).await;
     assert_eq!(between["suggestions"][0]["title"], "tokio", "{between}");
 
     // Nothing relevant: no suggestions and no model call.
     let before = fake.stats().chat_requests;
-    let none: Value = app
-        .post("/v1/suggest")
-        .json(&json!({"text": "sourdough starter feeding"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let none: Value = app.post_json("/v1/suggest", &json!({"text": "sourdough starter feeding"})).await;
     assert_eq!(none["suggestions"].as_array().unwrap().len(), 0);
     assert_eq!(fake.stats().chat_requests, before);
     let bad = app.post("/v1/suggest").json(&json!({"text": "", "n": 3})).send().await.unwrap();

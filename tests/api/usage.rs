@@ -53,7 +53,7 @@ async fn usage_reports_sums_and_per_conversation_percentiles() {
     calls.push(call(app.tenant_id, None, "gpt-4o-mini", "worker.summarize", 0.0, 99_999.0, Outcome::RateLimited));
     insert_model_calls(&app.state.db, &calls).await.unwrap();
 
-    let report: Value = app.get("/v1/usage?group_by=model").send().await.unwrap().json().await.unwrap();
+    let report: Value = app.get_json("/v1/usage?group_by=model").await;
     let groups = report["groups"].as_array().unwrap();
     let total_calls: i64 = groups.iter().map(|g| g["calls"].as_i64().unwrap()).sum();
     let total_cost: f64 = groups.iter().map(|g| g["cost_usd"].as_f64().unwrap()).sum();
@@ -75,14 +75,14 @@ async fn usage_reports_sums_and_per_conversation_percentiles() {
     assert!((conversations["p95_cost_usd"].as_f64().unwrap() - 19.05).abs() < 1e-9, "{conversations}");
     assert!((conversations["max_cost_usd"].as_f64().unwrap() - 20.0).abs() < 1e-9);
 
-    let by_endpoint: Value = app.get("/v1/usage?group_by=endpoint").send().await.unwrap().json().await.unwrap();
+    let by_endpoint: Value = app.get_json("/v1/usage?group_by=endpoint").await;
     let keys: Vec<&str> =
         by_endpoint["groups"].as_array().unwrap().iter().map(|g| g["key"].as_str().unwrap()).collect();
     assert_eq!(keys, ["chat", "worker.index", "worker.summarize"]);
-    let by_day: Value = app.get("/v1/usage?group_by=day").send().await.unwrap().json().await.unwrap();
+    let by_day: Value = app.get_json("/v1/usage?group_by=day").await;
     let today = chrono::Utc::now() - chrono::Duration::minutes(5);
     assert_eq!(by_day["groups"][0]["key"], today.format("%Y-%m-%d").to_string());
-    let earlier: Value = app.get("/v1/usage?from=2020-01-01&to=2020-02-01").send().await.unwrap().json().await.unwrap();
+    let earlier: Value = app.get_json("/v1/usage?from=2020-01-01&to=2020-02-01").await;
     assert_eq!(earlier["groups"].as_array().unwrap().len(), 0);
     assert_eq!(earlier["conversations"]["count"], 0);
 
