@@ -522,15 +522,7 @@ async fn poison(client: &reqwest::Client) -> Row {
     let mut stack = Stack::new("poison").await;
     let tally = Tally::default();
     let proc = stack.start(&[]).await;
-    let mut noise_state = 0x2545_f491_4f6c_dd1du64;
-    let noise: Vec<u8> = (0..2_000_000)
-        .map(|_| {
-            noise_state ^= noise_state << 13;
-            noise_state ^= noise_state >> 7;
-            noise_state ^= noise_state << 17;
-            noise_state as u8
-        })
-        .collect();
+    let noise = stolid::testkit::noise(2_000_000, 0x2545_f491_4f6c_dd1du64);
     let files: Vec<(&str, &str, Vec<u8>)> = vec![
         ("nul.txt", "text/plain", b"Text with a NUL\0 inside it, which Postgres cannot store.".to_vec()),
         ("noise.html", "text/html", noise),

@@ -274,16 +274,7 @@ mod tests {
 
     #[test]
     fn random_bytes_labelled_as_text_are_refused_as_binary() {
-        // A fixed pseudo-random sequence (xorshift), so the test is repeatable.
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let noise: Vec<u8> = (0..100_000)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect();
+        let noise = crate::testkit::noise(100_000, 0x2545_f491_4f6c_dd1du64);
         assert_eq!(extract(Format::Html, &noise, LIMIT).unwrap_err(), ExtractError::Binary("text/html"));
         assert_eq!(extract(Format::Text, &noise, LIMIT).unwrap_err(), ExtractError::Binary("text/plain"));
         // Real text in another script is not binary.

@@ -133,15 +133,7 @@ async fn poison_documents_fail_at_once_with_their_reason() {
     let mut env = std::collections::HashMap::new();
     env.insert("MAX_EXTRACTED_BYTES", (256 * 1024).to_string());
     let app = spawn_app_with(Options { env, ..Default::default() }).await;
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let noise: Vec<u8> = (0..200_000)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect();
+    let noise = stolid::testkit::noise(200_000, 0x9e37_79b9_7f4a_7c15u64);
     let deep = format!("{}text{}", "<div>".repeat(5000), "</div>".repeat(5000)).into_bytes();
     let long_line = "x".repeat(512 * 1024).into_bytes();
     let cases: Vec<(&str, &str, Vec<u8>, &str)> = vec![
