@@ -176,7 +176,7 @@ fn log_pass(pass: &str, counts: serde_json::Value) {
             "Timestamp": chrono::Utc::now().timestamp_millis(),
             "CloudWatchMetrics": [{"Namespace": "stolid", "Dimensions": [["pass"]], "Metrics": metrics}]
         },
-        "timestamp": chrono::Utc::now().to_rfc3339(),
+        "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
         "level": "INFO",
         "target": "stolid::sweeper",
         "message": "sweep",
