@@ -29,18 +29,18 @@ clean-test-dbs:
 
 lint:
 	$(CARGO) fmt --check
-	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(CARGO) clippy --locked --all-targets --all-features -- -D warnings
 
 fmt:
 	$(CARGO) fmt
 
 ## bench-ingest: index a real corpus (the Rust book's HTML) against the fake model server with a cap; prints figures
 bench-ingest: infra
-	$(CARGO) run --release --locked --example bench_ingest -- $(BENCH_ARGS)
+	$(CARGO) run --release --locked --features testkit --example bench_ingest -- $(BENCH_ARGS)
 
 ## bench-api: API overhead against the fake model server on 100k chunks (chat minus model latency, search HTTP vs SQL, req/s, memory)
 bench-api: infra
-	$(CARGO) run --release --locked --example bench_api -- $(BENCH_ARGS)
+	$(CARGO) run --release --locked --features testkit --example bench_api -- $(BENCH_ARGS)
 
 ## bench-chunk: extraction + chunking MB/s for prose, code, whitespace-free text and nested HTML (linearity check)
 bench-chunk:
@@ -55,5 +55,5 @@ chaos: infra
 	   echo "[chaos] installing schemathesis into $(CHAOS_VENV)"; \
 	   python3 -m venv $(CHAOS_VENV) && $(CHAOS_VENV)/bin/pip install -q --disable-pip-version-check -r scripts/requirements-chaos.txt && \
 	   echo "$$want" > $(CHAOS_VENV)/.requirements; fi
-	$(CARGO) build --release --locked --bins --example chaos
+	$(CARGO) build --release --locked --features testkit --bins --example chaos
 	target/release/examples/chaos --schemathesis $(CHAOS_VENV)/bin/st $(CHAOS_ARGS)

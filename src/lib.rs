@@ -8,7 +8,8 @@
 //! - [`llm`]: the model gateway; every chat and embedding call, its rate limiting and its usage record.
 //! - [`store`]: SQL by table; [`blob`] and [`queue`]: thin S3 and SQS wrappers.
 //! - [`telemetry`]: JSON logs for CloudWatch.
-//! - [`testkit`]: a fake OpenAI-compatible server for tests and benchmarks.
+//! - `testkit` (cargo feature `testkit`, not in the product): the fake OpenAI-compatible
+//!   server, throwaway infrastructure and a fault proxy for tests, benchmarks and `make chaos`.
 
 pub mod agent;
 pub mod app;
@@ -25,5 +26,6 @@ pub mod retrieval;
 pub mod store;
 pub mod suggest;
 pub mod telemetry;
+#[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod worker;
