@@ -7,7 +7,7 @@
 //! - [`worker`]: SQS receive loops, visibility heartbeats, and the jobs they run.
 //! - [`llm`]: the model gateway; every chat and embedding call, its rate limiting and its usage record.
 //! - [`store`]: SQL by table; [`blob`] and [`queue`]: thin S3 and SQS wrappers.
-//! - [`telemetry`]: JSON logs for CloudWatch.
+//! - [`telemetry`]: JSON logs for CloudWatch; [`tokens`]: token counting (cl100k), shared by all.
 //! - `testkit` (cargo feature `testkit`, not in the product): the fake OpenAI-compatible
 //!   server, throwaway infrastructure and a fault proxy for tests, benchmarks and `make chaos`.
 
@@ -28,4 +28,5 @@ pub mod suggest;
 pub mod telemetry;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod tokens;
 pub mod worker;

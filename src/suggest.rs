@@ -11,10 +11,11 @@ use crate::app::AppState;
 use crate::error::{Error, Result};
 use crate::http::auth::Tenant;
 use crate::llm::local::SUGGEST_MARKER;
-use crate::llm::{ChatMessage, ChatRequest, TokenUsage, count_tokens};
+use crate::llm::{ChatMessage, ChatRequest, TokenUsage};
 use crate::retrieval::{self, Mode};
 use crate::store::conversations;
 use crate::store::search::{Hit, Scope};
+use crate::tokens::count_tokens;
 
 /// Passage text sent per suggestion request at most, in tokens: suggestions need gist, not detail.
 const CONTEXT_BUDGET: usize = 900;

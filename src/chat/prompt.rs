@@ -5,8 +5,9 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::llm::{ChatMessage, Role, count_tokens};
+use crate::llm::{ChatMessage, Role};
 use crate::store::search::Hit;
+use crate::tokens::count_tokens;
 
 pub const SYSTEM_PROMPT: &str = "You answer questions using only the numbered context passages below. \
 Cite every claim with the passage number in square brackets, like [1] or [2][3]. \

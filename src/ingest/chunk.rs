@@ -7,7 +7,7 @@
 use sha2::{Digest, Sha256};
 use text_splitter::{ChunkConfig, MarkdownSplitter, TextSplitter};
 
-use crate::llm::{TokenCounter, count_tokens};
+use crate::tokens::{TokenCounter, count_tokens};
 
 #[derive(Debug, Clone, Copy)]
 pub struct ChunkSettings {

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::config::{LlmConfig, ProviderKind};
+use crate::tokens::count_tokens;
 use limiter::EmbedLimiter;
 use usage::{ModelCall, Operation, Outcome, UsageRecorder};
 
@@ -172,40 +173,6 @@ pub struct Gateway {
     recorder: UsageRecorder,
     /// Set when the provider answered `insufficient_quota`; reported by `/readyz`.
     quota_exhausted: Mutex<Option<String>>,
-}
-
-/// Longest whitespace-free run counted in one piece. BPE merging is quadratic in
-/// the length of a piece, so one pathological "word" (a 300 kB line of
-/// box-drawing characters, a base64 blob) would otherwise stall a worker for minutes.
-const MAX_RUN_CHARS: usize = 256;
-
-/// Tokens as OpenAI's current models count them (cl100k_base); close enough for
-/// budgets and batching with other providers. Very long runs without whitespace
-/// are counted in slices, which can overcount them slightly, never undercount much.
-pub fn count_tokens(text: &str) -> usize {
-    let bpe = tiktoken_rs::cl100k_base_singleton();
-    let has_long_run = text.split(char::is_whitespace).any(|run| run.len() > MAX_RUN_CHARS);
-    if !has_long_run {
-        return bpe.count_ordinary(text);
-    }
-    text.split_inclusive(char::is_whitespace)
-        .map(|word| {
-            if word.len() <= MAX_RUN_CHARS {
-                return bpe.count_ordinary(word);
-            }
-            let chars: Vec<char> = word.chars().collect();
-            chars.chunks(MAX_RUN_CHARS).map(|slice| bpe.count_ordinary(&slice.iter().collect::<String>())).sum()
-        })
-        .sum()
-}
-
-/// [`count_tokens`] as a text-splitter chunk sizer.
-pub struct TokenCounter;
-
-impl text_splitter::ChunkSizer for TokenCounter {
-    fn size(&self, chunk: &str) -> usize {
-        count_tokens(chunk)
-    }
 }
 
 impl Gateway {
@@ -660,22 +627,6 @@ pub type SharedGateway = Arc<Gateway>;
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn token_counts_match_tiktoken_on_ordinary_text() {
-        let text = "Ownership is Rust's most unique feature, and it has deep implications.";
-        assert_eq!(count_tokens(text), tiktoken_rs::cl100k_base_singleton().count_ordinary(text));
-    }
-
-    #[test]
-    fn pathological_runs_are_counted_in_slices() {
-        // Counted whole, this run takes minutes (quadratic BPE merging); sliced,
-        // its count stays within a few percent of the exact rate measured on a short run.
-        let exact_per_char = tiktoken_rs::cl100k_base_singleton().count_ordinary(&"─".repeat(2_560)) as f64 / 2_560.0;
-        let counted = count_tokens(&"─".repeat(200_000)) as f64;
-        let expected = exact_per_char * 200_000.0;
-        assert!((counted - expected).abs() / expected < 0.05, "{counted} vs {expected}");
-    }
 
     #[test]
     fn batches_respect_both_the_input_count_and_the_token_budget() {

@@ -26,7 +26,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::config::RateCap;
-use crate::llm::{ChatMessage, ChatRequest, Role, ToolSpec, count_tokens, local};
+use crate::llm::{ChatMessage, ChatRequest, Role, ToolSpec, local};
+use crate::tokens::count_tokens;
 
 #[derive(Debug, Clone)]
 pub enum Fault {
