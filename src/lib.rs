@@ -7,7 +7,8 @@
 //! - [`worker`]: SQS receive loops, visibility heartbeats, and the jobs they run.
 //! - [`llm`]: the model gateway; every chat and embedding call, its rate limiting and its usage record.
 //! - [`store`]: SQL by table; [`blob`] and [`queue`]: thin S3 and SQS wrappers.
-//! - [`telemetry`]: JSON logs for CloudWatch; [`tokens`]: token counting (cl100k), shared by all.
+//! - [`telemetry`]: JSON logs for CloudWatch; [`tokens`]: token counting (cl100k); [`retry`]: the
+//!   one backoff policy. These three import nothing of stolid's.
 //! - `testkit` (cargo feature `testkit`, not in the product): the fake OpenAI-compatible
 //!   server, throwaway infrastructure and a fault proxy for tests, benchmarks and `make chaos`.
 
@@ -23,6 +24,7 @@ pub mod ingest;
 pub mod llm;
 pub mod queue;
 pub mod retrieval;
+pub mod retry;
 pub mod store;
 pub mod suggest;
 pub mod telemetry;

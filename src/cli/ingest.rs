@@ -197,7 +197,7 @@ async fn upload(
         // 429/503 are worth another try; anything else is this file's problem.
         if matches!(status.as_u16(), 429 | 503) && attempt < 5 {
             attempt += 1;
-            tokio::time::sleep(crate::llm::limiter::backoff(attempt)).await;
+            tokio::time::sleep(crate::retry::jittered_backoff(attempt)).await;
             continue;
         }
         let message = body["error"]["message"].as_str().unwrap_or("request failed");

@@ -21,7 +21,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use rand::Rng;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 
@@ -125,9 +124,7 @@ impl EmbedLimiter {
     /// together, and doubles the slowdown. Returns the pause.
     pub fn on_throttled(&self, retry_after: Option<Duration>, attempt: u32) -> Duration {
         self.throttled_total.fetch_add(1, Ordering::Relaxed);
-        let base = retry_after.unwrap_or_else(|| backoff(attempt));
-        let jitter = rand::rng().random_range(0.0..=0.25) * base.as_secs_f64();
-        let pause = base + Duration::from_secs_f64(jitter);
+        let pause = crate::retry::at_least(retry_after.unwrap_or_else(|| crate::retry::backoff(attempt)));
         let now = Instant::now();
         let mut t = self.throttle.lock().unwrap();
         let until = now + pause;
@@ -161,11 +158,6 @@ impl EmbedLimiter {
             throttled_total: self.throttled_total.load(Ordering::Relaxed),
         }
     }
-}
-
-/// Exponential backoff from 500 ms, capped at 30 s.
-pub fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(500u64.saturating_mul(1 << attempt.min(6))).min(Duration::from_secs(30))
 }
 
 /// A quota whose every window of `cap.window` holds at most `cap.limit` cells:
@@ -227,12 +219,5 @@ mod tests {
         assert_eq!(limiter.status().slowdown, 2);
         limiter.on_success();
         assert_eq!(limiter.status().slowdown, 2, "each halving needs its own quiet period");
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        assert_eq!(backoff(0), Duration::from_millis(500));
-        assert_eq!(backoff(1), Duration::from_secs(1));
-        assert_eq!(backoff(20), Duration::from_secs(30));
     }
 }

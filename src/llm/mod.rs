@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
-use rand::Rng;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -354,7 +353,7 @@ impl Gateway {
                     self.record(ctx, Operation::Chat, &model, 0, 0, latency, outcome, Some(err.to_string()));
                     match err {
                         ProviderError::RateLimited { retry_after, .. } => {
-                            tokio::time::sleep(retry_after.unwrap_or_else(|| limiter::backoff(attempt))).await
+                            tokio::time::sleep(retry_after.unwrap_or_else(|| crate::retry::backoff(attempt))).await
                         }
                         ProviderError::Transient(_) => sleep_backoff(attempt).await,
                         other => return Err(self.give_up(other)),
@@ -411,7 +410,8 @@ impl Gateway {
                                 ProviderError::RateLimited { retry_after, .. }
                                     if attempt < self.config.embedding_limits.max_attempts =>
                                 {
-                                    tokio::time::sleep(retry_after.unwrap_or_else(|| limiter::backoff(attempt))).await
+                                    tokio::time::sleep(retry_after.unwrap_or_else(|| crate::retry::backoff(attempt)))
+                                        .await
                                 }
                                 ProviderError::Transient(_) if attempt < self.config.embedding_limits.max_attempts => {
                                     sleep_backoff(attempt).await
@@ -596,9 +596,7 @@ impl Drop for StreamGuard {
 }
 
 async fn sleep_backoff(attempt: u32) {
-    let base = limiter::backoff(attempt);
-    let jittered = base.mul_f64(rand::rng().random_range(0.5..=1.0));
-    tokio::time::sleep(jittered).await;
+    tokio::time::sleep(crate::retry::jittered_backoff(attempt)).await;
 }
 
 /// Splits inputs (by their token counts) into consecutive ranges of at most

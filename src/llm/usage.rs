@@ -4,7 +4,6 @@
 //! the request path never waits on it.
 
 use std::io::Write;
-use std::time::Duration;
 
 use serde_json::json;
 use sqlx::PgPool;
@@ -89,7 +88,7 @@ async fn store_with_retry(pool: &PgPool, batch: &[ModelCall]) {
             Ok(()) => return,
             Err(err) => {
                 tracing::warn!(error = %err, rows = batch.len(), attempt, "storing model calls failed; retrying");
-                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                tokio::time::sleep(crate::retry::jittered_backoff(attempt)).await;
             }
         }
     }

@@ -100,7 +100,7 @@ async fn poll(
             Err(err) => {
                 failures += 1;
                 tracing::warn!(error = format!("{err:#}"), poller, "receiving from SQS failed; backing off");
-                let pause = crate::llm::limiter::backoff(failures.min(5));
+                let pause = crate::retry::jittered_backoff(failures.min(5));
                 tokio::select! { _ = shutdown.cancelled() => return, _ = tokio::time::sleep(pause) => {} }
                 continue;
             }
