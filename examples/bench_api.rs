@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde_json::json;
-use stolid::app::Role;
+use stolid::app::ProcessRole;
 use stolid::testkit::fake_openai::FakeOpenAi;
 use stolid::testkit::infra::{create_infra, start_app};
 
@@ -84,7 +84,7 @@ async fn main() -> anyhow::Result<()> {
         ("EMBED_REQUESTS_PER_MINUTE", "10000000".to_string()),
         ("EMBED_TOKENS_PER_MINUTE", "1000000000".to_string()),
     ]);
-    let app = start_app(infra, env, |_| {}, Role::Api, "bench").await?;
+    let app = start_app(infra, env, |_| {}, ProcessRole::Api, "bench").await?;
     let (base, state, key, tenant, shutdown, running) =
         (app.address, app.state, app.api_key, app.tenant_id, app.shutdown, app.stopped);
 

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use stolid::app::Role;
+use stolid::app::ProcessRole;
 use stolid::config::RateCap;
 use stolid::testkit::fake_openai::FakeOpenAi;
 use stolid::testkit::infra::{create_infra, start_app};
@@ -75,7 +75,8 @@ async fn main() -> anyhow::Result<()> {
         ("EMBED_MAX_BATCH_INPUTS", "16".to_string()),
     ]);
     let cap = RateCap { limit: args.cap, window: args.window };
-    let app = start_app(infra, env, |config| config.llm.embedding_limits.requests = cap, Role::All, "bench").await?;
+    let app =
+        start_app(infra, env, |config| config.llm.embedding_limits.requests = cap, ProcessRole::All, "bench").await?;
     let (base, state, key, shutdown, running) = (app.address, app.state, app.api_key, app.shutdown, app.stopped);
 
     eprintln!(

@@ -8,12 +8,12 @@ use serde_json::{Value, json};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::app::AppState;
 use crate::chat::prompt::{self, Citation};
 use crate::error::{Error, Result};
 use crate::http::auth::Tenant;
 use crate::llm::{ChatMessage, ChatRequest, Role, TokenUsage, ToolSpec};
 use crate::retrieval::{self, Mode};
+use crate::state::AppState;
 use crate::store::conversations;
 use crate::store::documents::{self, DocumentFilter};
 use crate::store::search::{Hit, Scope};

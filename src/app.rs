@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -14,22 +13,13 @@ use crate::config::Config;
 use crate::llm::Gateway;
 use crate::llm::usage::UsageRecorder;
 use crate::queue::Queue;
+use crate::state::AppState;
 use crate::{http, store, worker};
-
-/// Everything a handler or job needs; cheap to clone (all handles are shared).
-#[derive(Clone)]
-pub struct AppState {
-    pub db: PgPool,
-    pub blobs: Blobs,
-    pub queue: Queue,
-    pub gateway: Arc<Gateway>,
-    pub config: Arc<Config>,
-}
 
 /// Which parts of stolid this process runs: the same image can be split into an
 /// API service and a worker service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Role {
+pub enum ProcessRole {
     All,
     Api,
     Worker,
@@ -39,7 +29,7 @@ pub struct Application {
     state: AppState,
     listener: Option<TcpListener>,
     usage_writer: tokio::task::JoinHandle<()>,
-    role: Role,
+    role: ProcessRole,
 }
 
 pub async fn aws_sdk_config(config: &Config) -> aws_config::SdkConfig {
@@ -58,7 +48,7 @@ pub async fn aws_sdk_config(config: &Config) -> aws_config::SdkConfig {
 impl Application {
     /// Connects, migrates, prepares the embedding index and binds the port
     /// (`config.port`, 0 for any free port).
-    pub async fn build(config: Config, role: Role, usage_log: bool) -> anyhow::Result<Self> {
+    pub async fn build(config: Config, role: ProcessRole, usage_log: bool) -> anyhow::Result<Self> {
         let db = store::connect(&config.database_url, config.database_max_connections, config.database_acquire_timeout)
             .await?;
         store::MIGRATOR.run(&db).await.context("running migrations")?;
@@ -70,7 +60,7 @@ impl Application {
         let queue = Queue::new(&sdk, &config.sqs_queue_url, config.aws.call_timeout);
         let (recorder, usage_writer) = UsageRecorder::spawn(db.clone(), usage_log);
         let gateway = Arc::new(Gateway::new(config.llm.clone(), recorder)?);
-        let listener = if role == Role::Worker {
+        let listener = if role == ProcessRole::Worker {
             None
         } else {
             let addr = SocketAddr::from(([0, 0, 0, 0], config.port));
@@ -113,7 +103,7 @@ impl Application {
                 async move { axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await },
             )
         });
-        let workers = (role != Role::Api).then(|| {
+        let workers = (role != ProcessRole::Api).then(|| {
             tokio::spawn(worker::sweeper::run(state.clone(), shutdown.clone()));
             // Jobs get 70% of the deadline, then their messages are released.
             tokio::spawn(worker::run(state.clone(), shutdown.clone(), deadline.mul_f64(0.7)))

@@ -2,7 +2,7 @@
 //!
 //! A tour, in the order a request or a job meets the code:
 //! - [`config`]: typed settings from the environment, checked once at start.
-//! - [`app`]: builds the shared [`app::AppState`] and runs the API and/or workers until shutdown.
+//! - [`app`]: builds the shared [`state::AppState`] and runs the API and/or workers until shutdown.
 //! - [`http`]: the axum API, one module per resource; [`error`] turns failures into JSON.
 //! - [`worker`]: SQS receive loops, visibility heartbeats, and the jobs they run.
 //! - [`llm`]: the model gateway; every chat and embedding call, its rate limiting and its usage record.
@@ -25,6 +25,7 @@ pub mod llm;
 pub mod queue;
 pub mod retrieval;
 pub mod retry;
+pub mod state;
 pub mod store;
 pub mod suggest;
 pub mod telemetry;

@@ -8,9 +8,9 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::app::AppState;
 use crate::error::{Error, Result};
 use crate::llm::CallContext;
+use crate::state::AppState;
 use crate::store::search::{self, Hit, Scope};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, ToSchema)]

@@ -7,12 +7,12 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::app::AppState;
 use crate::error::{Error, Result};
 use crate::http::auth::Tenant;
 use crate::llm::local::SUGGEST_MARKER;
 use crate::llm::{ChatMessage, ChatRequest, TokenUsage};
 use crate::retrieval::{self, Mode};
+use crate::state::AppState;
 use crate::store::conversations;
 use crate::store::search::{Hit, Scope};
 use crate::tokens::count_tokens;

@@ -8,11 +8,11 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::app::AppState;
 use crate::error::{Error, Result};
 use crate::http::auth::Tenant;
 use crate::llm::{ChatRequest, Role, TokenUsage};
 use crate::retrieval::{self, Mode};
+use crate::state::AppState;
 use crate::store::conversations::{self, NewMessage};
 use crate::store::search::Scope;
 use prompt::{Budget, Citation, Prompt, Turn};

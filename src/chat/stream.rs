@@ -8,10 +8,10 @@
 use futures::stream::{BoxStream, StreamExt};
 
 use super::{ChatInput, ChatReply, NOT_FOUND, Prepared};
-use crate::app::AppState;
 use crate::error::Result;
 use crate::http::auth::Tenant;
 use crate::llm::{LlmError, StreamItem, TokenUsage};
+use crate::state::AppState;
 
 pub enum TurnEvent {
     Delta(String),

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{Application, Role};
+use crate::app::{Application, ProcessRole};
 use crate::config::Config;
 use crate::{store, telemetry};
 
@@ -23,7 +23,7 @@ enum Command {
     Serve {
         /// `all` runs both in one process; `api` and `worker` split them (same image).
         #[arg(long, value_enum, default_value = "all")]
-        role: Role,
+        role: ProcessRole,
     },
     /// Apply database migrations (serve also does this at start).
     Migrate,

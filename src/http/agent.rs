@@ -12,10 +12,10 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 
 use crate::agent::{self, AgentInput, AgentReply, TraceStep};
-use crate::app::AppState;
 use crate::error::{AppJson, Error, Result};
 use crate::http::auth::Tenant;
 use crate::retrieval;
+use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/agent", post(run_agent))

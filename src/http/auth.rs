@@ -4,9 +4,9 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use uuid::Uuid;
 
-use crate::app::AppState;
 use crate::error::Error;
 use crate::llm::CallContext;
+use crate::state::AppState;
 use crate::store;
 
 /// The authenticated caller. Taking it as an extractor is what makes a route

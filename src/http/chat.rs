@@ -11,12 +11,12 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::app::AppState;
 use crate::chat::stream::TurnEvent;
 use crate::chat::{self, ChatInput, ChatReply};
 use crate::error::{AppJson, Error, Result};
 use crate::http::auth::Tenant;
 use crate::retrieval;
+use crate::state::AppState;
 use crate::store::conversations::{self, Conversation, Message};
 
 pub fn router() -> Router<AppState> {

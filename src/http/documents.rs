@@ -19,10 +19,10 @@ use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::app::AppState;
 use crate::error::{AppJson, Error, Result};
 use crate::http::auth::Tenant;
 use crate::ingest::extract::Format;
+use crate::state::AppState;
 use crate::store::chunks::{self, ChunkView};
 use crate::store::documents::{self, Document, DocumentFilter, NewDocument};
 use crate::worker::jobs::Job;

@@ -7,9 +7,9 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::app::AppState;
 use crate::error::{AppJson, Result};
 use crate::http::auth::Tenant;
+use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/me", get(me))

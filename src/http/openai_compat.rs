@@ -16,13 +16,13 @@ use serde_json::{Value, json};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::app::AppState;
 use crate::chat::prompt::Turn;
 use crate::chat::stream::TurnEvent;
 use crate::chat::{self, ChatInput, ChatReply};
 use crate::error::{AppJson, Error, Result};
 use crate::http::auth::Tenant;
 use crate::llm::Role;
+use crate::state::AppState;
 use crate::store::search::Scope;
 
 pub fn router() -> Router<AppState> {

@@ -6,10 +6,10 @@ use axum::routing::post;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::app::AppState;
 use crate::error::{AppJson, Error, Result};
 use crate::http::auth::Tenant;
 use crate::retrieval::{self, Mode};
+use crate::state::AppState;
 use crate::store::search::Hit;
 
 pub fn router() -> Router<AppState> {

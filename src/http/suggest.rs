@@ -7,10 +7,10 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::app::AppState;
 use crate::error::{AppJson, Error, Result};
 use crate::http::auth::Tenant;
 use crate::retrieval;
+use crate::state::AppState;
 use crate::suggest::{self, SuggestInput, SuggestReply};
 
 pub fn router() -> Router<AppState> {

@@ -8,9 +8,9 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::app::AppState;
 use crate::error::{AppJson, Error, Result};
 use crate::http::auth::Tenant;
+use crate::state::AppState;
 use crate::store::usage::{self, ConversationCosts, GroupBy, UsageGroup};
 
 pub fn router() -> Router<AppState> {

@@ -99,7 +99,7 @@ pub fn lookup(overrides: &HashMap<&str, String>) -> impl Fn(&str) -> Option<Stri
 /// The app running in this process on throwaway infrastructure, with one tenant and its key.
 pub struct RunningApp {
     pub address: String,
-    pub state: crate::app::AppState,
+    pub state: crate::state::AppState,
     pub infra: Infra,
     pub api_key: String,
     pub tenant_id: Uuid,
@@ -114,7 +114,7 @@ pub async fn start_app(
     infra: Infra,
     mut env: HashMap<&'static str, String>,
     tweak: impl FnOnce(&mut Config),
-    role: crate::app::Role,
+    role: crate::app::ProcessRole,
     tenant: &str,
 ) -> anyhow::Result<RunningApp> {
     env.insert("DATABASE_URL", infra.database_url.clone());

@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::app::AppState;
 use crate::queue::Received;
+use crate::state::AppState;
 use crate::store::documents;
 
 pub mod index;

@@ -25,8 +25,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::app::AppState;
 use crate::queue::Received;
+use crate::state::AppState;
 
 /// Runs the workers until `shutdown` is cancelled, then drains them within `deadline`.
 pub async fn run(state: AppState, shutdown: CancellationToken, deadline: Duration) {

@@ -28,7 +28,7 @@ use anyhow::Context;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::store::{documents, leases};
 use crate::worker::jobs::Job;
 

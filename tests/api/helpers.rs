@@ -5,8 +5,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use stolid::app::{AppState, Role};
+use stolid::app::ProcessRole;
 use stolid::config::Config;
+use stolid::state::AppState;
 use stolid::testkit::fake_openai::FakeOpenAi;
 pub use stolid::testkit::infra::{Infra, MAX_RECEIVES, base_env, create_infra, start_app};
 use tokio_util::sync::CancellationToken;
@@ -61,7 +62,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
             tweak(config);
         }
     };
-    let app = start_app(infra, env, tweak, Role::All, "acme").await.expect("starting the app");
+    let app = start_app(infra, env, tweak, ProcessRole::All, "acme").await.expect("starting the app");
     TestApp {
         address: app.address,
         state: app.state,

@@ -13,9 +13,9 @@ use pgvector::Vector;
 use uuid::Uuid;
 
 use super::JobError;
-use crate::app::AppState;
 use crate::ingest::{chunk, extract};
 use crate::llm::{CallContext, LlmError};
+use crate::state::AppState;
 use crate::store::{chunks, documents};
 
 pub async fn run(state: &AppState, tenant_id: Uuid, document_id: Uuid, last_attempt: bool) -> Result<(), JobError> {

@@ -5,9 +5,9 @@ use anyhow::Context;
 use uuid::Uuid;
 
 use super::JobError;
-use crate::app::AppState;
 use crate::llm::local::SUMMARY_MARKER;
 use crate::llm::{CallContext, ChatMessage, ChatRequest, LlmError};
+use crate::state::AppState;
 use crate::store::{chunks, documents};
 
 /// Document text sent to the model at most, in tokens.

@@ -1,0 +1,22 @@
+//! The state every handler and job shares, built once by [`crate::app`]: the
+//! pool, the S3 and SQS clients, the model gateway and the config. Every room
+//! of the house imports this; it imports only the rooms it holds.
+
+use std::sync::Arc;
+
+use sqlx::PgPool;
+
+use crate::blob::Blobs;
+use crate::config::Config;
+use crate::llm::Gateway;
+use crate::queue::Queue;
+
+/// Everything a handler or job needs; cheap to clone (all handles are shared).
+#[derive(Clone)]
+pub struct AppState {
+    pub db: PgPool,
+    pub blobs: Blobs,
+    pub queue: Queue,
+    pub gateway: Arc<Gateway>,
+    pub config: Arc<Config>,
+}
