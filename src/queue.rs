@@ -1,11 +1,30 @@
 //! SQS: the job queue between the API and the workers. A thin wrapper over
-//! aws-sdk-sqs; the dead-letter queue is configured on the queue itself
-//! (redrive policy), not here.
+//! aws-sdk-sqs, and the contract of its messages ([`Job`]): the API and the
+//! sweeper send them, the workers run them. The dead-letter queue is configured
+//! on the queue itself (redrive policy), not here.
 
 use std::time::Duration;
 
 use anyhow::Context;
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A queued job, as JSON: `{"type": "...", ...}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Job {
+    /// Extract, chunk, embed and store one document.
+    IndexDocument { tenant_id: Uuid, document_id: Uuid },
+    /// Write a model-made summary of an indexed document.
+    SummarizeDocument { tenant_id: Uuid, document_id: Uuid },
+}
+
+impl Job {
+    pub fn to_message(&self) -> String {
+        serde_json::to_string(self).expect("jobs always serialize")
+    }
+}
 
 #[derive(Clone)]
 pub struct Queue {

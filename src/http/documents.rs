@@ -22,10 +22,10 @@ use uuid::Uuid;
 use crate::error::{AppJson, Error, Result};
 use crate::http::auth::Tenant;
 use crate::ingest::extract::Format;
+use crate::queue::Job;
 use crate::state::AppState;
 use crate::store::chunks::{self, ChunkView};
 use crate::store::documents::{self, Document, DocumentFilter, NewDocument};
-use crate::worker::jobs::Job;
 
 pub fn router() -> Router<AppState> {
     Router::new()

@@ -1,11 +1,9 @@
 //! The jobs workers run, one variant per kind of SQS message. Handlers must be
 //! idempotent: SQS delivers at least once.
 
-use serde::{Deserialize, Serialize};
 use tracing::Instrument;
-use uuid::Uuid;
 
-use crate::queue::Received;
+use crate::queue::{Job, Received};
 use crate::state::AppState;
 use crate::store::documents;
 
@@ -20,22 +18,6 @@ pub enum JobError {
     /// Can never succeed (e.g. a malformed message): delete it, do not retry.
     #[error("{0}")]
     Unprocessable(String),
-}
-
-/// A queued job, as JSON: `{"type": "...", ...}`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Job {
-    /// Extract, chunk, embed and store one document.
-    IndexDocument { tenant_id: Uuid, document_id: Uuid },
-    /// Write a model-made summary of an indexed document.
-    SummarizeDocument { tenant_id: Uuid, document_id: Uuid },
-}
-
-impl Job {
-    pub fn to_message(&self) -> String {
-        serde_json::to_string(self).expect("jobs always serialize")
-    }
 }
 
 /// After a job was stopped before finishing (shutdown, or its deadline): the

@@ -28,9 +28,9 @@ use anyhow::Context;
 use serde_json::json;
 use uuid::Uuid;
 
+use crate::queue::Job;
 use crate::state::AppState;
 use crate::store::{documents, leases};
-use crate::worker::jobs::Job;
 
 /// How often the fleet lists the bucket for orphans: listing is billed per page.
 const ORPHAN_PASS_EVERY: Duration = Duration::from_secs(3600);
