@@ -25,7 +25,7 @@ use crate::ingest::extract::Format;
 use crate::queue::Job;
 use crate::state::AppState;
 use crate::store::chunks::{self, ChunkView};
-use crate::store::documents::{self, Document, DocumentFilter, NewDocument};
+use crate::store::documents::{self, Document, DocumentFilter, DocumentStatus, NewDocument};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -327,11 +327,12 @@ pub async fn list_documents(
     for value in [&mut params.status, &mut params.collection, &mut params.cursor, &mut params.ids] {
         value.take_if(|v| v.is_empty());
     }
-    if let Some(status) = &params.status
-        && !["queued", "processing", "indexed", "failed"].contains(&status.as_str())
-    {
-        return Err(Error::invalid("status must be queued, processing, indexed or failed"));
-    }
+    let status = params
+        .status
+        .as_deref()
+        .map(str::parse::<DocumentStatus>)
+        .transpose()
+        .map_err(|()| Error::invalid("status must be queued, processing, indexed or failed"))?;
     let limit = params.limit.unwrap_or(50);
     if !(1..=200).contains(&limit) {
         return Err(Error::invalid("limit must be between 1 and 200"));
@@ -347,7 +348,7 @@ pub async fn list_documents(
                 .ok_or_else(|| Error::invalid("ids must be at most 200 comma-separated UUIDs"))
         })
         .transpose()?;
-    let filter = DocumentFilter { status: params.status, collection: params.collection, ids };
+    let filter = DocumentFilter { status, collection: params.collection, ids };
     let mut docs = documents::list(&state.db, tenant.id, &filter, before, limit + 1).await?;
     let next_cursor = if docs.len() as i64 > limit {
         docs.truncate(limit as usize);
@@ -469,7 +470,7 @@ pub async fn summarize_document(
     Path(id): Path<Uuid>,
 ) -> Result<(StatusCode, AppJson<Document>)> {
     let doc = find(&state, &tenant, id).await?;
-    if doc.status == "failed" {
+    if doc.status == DocumentStatus::Failed {
         return Err(Error::Conflict("the document failed to index; nothing to summarize".into()));
     }
     enqueue_all(&state, vec![Job::SummarizeDocument { tenant_id: tenant.id, document_id: id }]).await?;
@@ -493,12 +494,16 @@ pub struct BatchResponse {
     ids: Vec<Uuid>,
 }
 
-async fn select(state: &AppState, tenant: &Tenant, request: BatchRequest, status: Option<&str>) -> Result<Vec<Uuid>> {
+async fn select(
+    state: &AppState,
+    tenant: &Tenant,
+    request: BatchRequest,
+    status: Option<DocumentStatus>,
+) -> Result<Vec<Uuid>> {
     if request.ids.is_none() && request.collection.is_none() && !request.all {
         return Err(Error::invalid("give `ids`, a `collection`, or `\"all\": true`"));
     }
-    let filter =
-        DocumentFilter { status: status.map(str::to_string), collection: request.collection, ids: request.ids };
+    let filter = DocumentFilter { status, collection: request.collection, ids: request.ids };
     Ok(documents::ids(&state.db, tenant.id, &filter).await?)
 }
 
@@ -533,7 +538,7 @@ pub async fn summarize_documents(
     tenant: Tenant,
     AppJson(request): AppJson<BatchRequest>,
 ) -> Result<(StatusCode, AppJson<BatchResponse>)> {
-    let ids = select(&state, &tenant, request, Some("indexed")).await?;
+    let ids = select(&state, &tenant, request, Some(DocumentStatus::Indexed)).await?;
     enqueue_all(
         &state,
         ids.iter().map(|&document_id| Job::SummarizeDocument { tenant_id: tenant.id, document_id }).collect(),

@@ -7,6 +7,40 @@ use sqlx::PgExecutor;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+/// Where a document is in its life cycle (the `documents.status` column, text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, sqlx::Type, ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+pub enum DocumentStatus {
+    /// Waiting for its index job.
+    Queued,
+    /// A worker is extracting, chunking and embedding it.
+    Processing,
+    /// Searchable.
+    Indexed,
+    /// Will not index; `error` says why.
+    Failed,
+}
+
+impl DocumentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DocumentStatus::Queued => "queued",
+            DocumentStatus::Processing => "processing",
+            DocumentStatus::Indexed => "indexed",
+            DocumentStatus::Failed => "failed",
+        }
+    }
+}
+
+impl std::str::FromStr for DocumentStatus {
+    type Err = ();
+
+    fn from_str(raw: &str) -> Result<Self, ()> {
+        [Self::Queued, Self::Processing, Self::Indexed, Self::Failed].into_iter().find(|s| s.as_str() == raw).ok_or(())
+    }
+}
+
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
 pub struct Document {
     pub id: Uuid,
@@ -21,8 +55,7 @@ pub struct Document {
     pub size_bytes: i64,
     #[schema(value_type = Object)]
     pub metadata: serde_json::Value,
-    /// `queued`, `processing`, `indexed` or `failed`.
-    pub status: String,
+    pub status: DocumentStatus,
     /// Why indexing failed, when it did.
     pub error: Option<String>,
     pub chunk_count: i32,
@@ -108,7 +141,7 @@ pub async fn lock(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid) -> sqlx::R
 /// Which documents a listing returns.
 #[derive(Debug, Default)]
 pub struct DocumentFilter {
-    pub status: Option<String>,
+    pub status: Option<DocumentStatus>,
     pub collection: Option<String>,
     /// Only these documents (e.g. a client following its own uploads).
     pub ids: Option<Vec<Uuid>>,
@@ -134,7 +167,7 @@ pub async fn list(
          LIMIT $6",
     )
     .bind(tenant_id)
-    .bind(&filter.status)
+    .bind(filter.status.map(DocumentStatus::as_str))
     .bind(&filter.collection)
     .bind(before_at)
     .bind(before_id)
@@ -231,7 +264,7 @@ pub async fn ids(db: impl PgExecutor<'_>, tenant_id: Uuid, filter: &DocumentFilt
          ORDER BY created_at",
     )
     .bind(tenant_id)
-    .bind(&filter.status)
+    .bind(filter.status.map(DocumentStatus::as_str))
     .bind(&filter.collection)
     .bind(&filter.ids)
     .fetch_all(db)
@@ -243,7 +276,7 @@ pub async fn ids(db: impl PgExecutor<'_>, tenant_id: Uuid, filter: &DocumentFilt
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct PriorStatus {
     pub id: Uuid,
-    pub status: String,
+    pub status: DocumentStatus,
     pub error: Option<String>,
 }
 

@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 use crate::documents::{upload_text, wait_until_settled};
 use std::time::Duration;
 
+use stolid::store::documents::DocumentStatus;
 use stolid::testkit::proxy::{FaultProxy, ProxyMode, upstream_of, via};
 
 use crate::helpers::{
@@ -329,13 +330,13 @@ async fn a_job_released_at_shutdown_leaves_its_document_queued() {
     let id: uuid::Uuid = doc["id"].as_str().unwrap().parse().unwrap();
     let (db, tenant) = (app.state.db.clone(), app.tenant_id);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while stolid::store::documents::get(&db, tenant, id).await.unwrap().unwrap().status != "processing" {
+    while stolid::store::documents::get(&db, tenant, id).await.unwrap().unwrap().status != DocumentStatus::Processing {
         assert!(std::time::Instant::now() < deadline, "never started processing");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     app.stop().await.unwrap();
     let doc = stolid::store::documents::get(&db, tenant, id).await.unwrap().unwrap();
-    assert_eq!(doc.status, "queued", "{doc:?}");
+    assert_eq!(doc.status, DocumentStatus::Queued, "{doc:?}");
 }
 
 /// The sweeper re-sends the job of a document nothing will finish (here:

@@ -5,6 +5,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use stolid::store::documents::DocumentStatus;
+
 use crate::helpers::{Infra, base_env, create_infra};
 
 /// A command with a clean environment, run from an empty folder so no `.env` is picked up.
@@ -171,7 +173,7 @@ async fn sigterm_during_a_long_extraction_exits_within_the_stop_timeout() {
     let body: serde_json::Value = response.json().await.unwrap();
     let id: uuid::Uuid = body["documents"][0]["id"].as_str().unwrap().parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while stolid::store::documents::get(&db, tenant, id).await.unwrap().unwrap().status != "processing" {
+    while stolid::store::documents::get(&db, tenant, id).await.unwrap().unwrap().status != DocumentStatus::Processing {
         assert!(Instant::now() < deadline, "never started processing");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -181,6 +183,6 @@ async fn sigterm_during_a_long_extraction_exits_within_the_stop_timeout() {
     let status = server.terminate(Duration::from_secs(8));
     assert!(status.success(), "{status:?}");
     let doc = stolid::store::documents::get(&db, tenant, id).await.unwrap().unwrap();
-    assert_eq!(doc.status, "queued", "{doc:?}");
+    assert_eq!(doc.status, DocumentStatus::Queued, "{doc:?}");
     assert!(doc.error.as_deref().unwrap_or("").contains("shutdown"), "{doc:?}");
 }

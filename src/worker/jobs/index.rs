@@ -75,7 +75,7 @@ async fn index(state: &AppState, tenant_id: Uuid, document_id: Uuid) -> Result<(
         tracing::info!("document no longer exists; nothing to do");
         return Ok(());
     };
-    if doc.status == "indexed" && doc.embedding_model.as_deref() == Some(model.as_str()) {
+    if doc.status == documents::DocumentStatus::Indexed && doc.embedding_model.as_deref() == Some(model.as_str()) {
         tracing::info!("already indexed with this model; skipping");
         return Ok(());
     }

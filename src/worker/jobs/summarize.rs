@@ -8,6 +8,7 @@ use super::JobError;
 use crate::llm::local::SUMMARY_MARKER;
 use crate::llm::{CallContext, ChatMessage, ChatRequest, LlmError};
 use crate::state::AppState;
+use crate::store::documents::DocumentStatus;
 use crate::store::{chunks, documents};
 
 /// Document text sent to the model at most, in tokens.
@@ -17,14 +18,14 @@ pub async fn run(state: &AppState, tenant_id: Uuid, document_id: Uuid) -> Result
     let Some(doc) = documents::get(&state.db, tenant_id, document_id).await.context("loading the document")? else {
         return Ok(()); // deleted since
     };
-    match doc.status.as_str() {
-        "indexed" => {}
+    match doc.status {
+        DocumentStatus::Indexed => {}
         // Not ready yet: let SQS redeliver after the visibility timeout.
-        "queued" | "processing" => {
+        DocumentStatus::Queued | DocumentStatus::Processing => {
             return Err(JobError::Retry(anyhow::anyhow!("document not indexed yet")));
         }
-        _ => {
-            return Err(JobError::Unprocessable(format!("document is {}; nothing to summarize", doc.status)));
+        DocumentStatus::Failed => {
+            return Err(JobError::Unprocessable("document failed to index; nothing to summarize".into()));
         }
     }
     let all =
