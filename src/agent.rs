@@ -10,13 +10,13 @@ use uuid::Uuid;
 
 use crate::chat::prompt::{self, Citation};
 use crate::error::{Error, Result};
-use crate::http::auth::Tenant;
 use crate::llm::{ChatMessage, ChatRequest, Role, TokenUsage, ToolSpec};
 use crate::retrieval::{self, Mode};
 use crate::state::AppState;
 use crate::store::conversations;
 use crate::store::documents::{self, DocumentFilter};
 use crate::store::search::{Hit, Scope};
+use crate::tenant::Tenant;
 
 const SYSTEM_PROMPT: &str = "You are a research assistant for the user's documents. Use the tools to find \
 evidence before answering. Search results are numbered passages like [3]; cite every claim with those numbers. \

@@ -3,7 +3,8 @@
 //! A tour, in the order a request or a job meets the code:
 //! - [`config`]: typed settings from the environment, checked once at start.
 //! - [`app`]: builds the shared [`state::AppState`] and runs the API and/or workers until shutdown.
-//! - [`http`]: the axum API, one module per resource; [`error`] turns failures into JSON.
+//! - [`http`]: the axum API, one module per resource; [`error`] turns failures into JSON;
+//!   [`tenant`]: the caller, which `http::auth` builds from the API key.
 //! - [`worker`]: SQS receive loops, visibility heartbeats, and the jobs they run.
 //! - [`llm`]: the model gateway; every chat and embedding call, its rate limiting and its usage record.
 //! - [`store`]: SQL by table; [`blob`] and [`queue`]: thin S3 and SQS wrappers.
@@ -29,6 +30,7 @@ pub mod state;
 pub mod store;
 pub mod suggest;
 pub mod telemetry;
+pub mod tenant;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod tokens;

@@ -8,13 +8,13 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::http::auth::Tenant;
 use crate::llm::local::SUGGEST_MARKER;
 use crate::llm::{ChatMessage, ChatRequest, TokenUsage};
 use crate::retrieval::{self, Mode};
 use crate::state::AppState;
 use crate::store::conversations;
 use crate::store::search::{Hit, Scope};
+use crate::tenant::Tenant;
 use crate::tokens::count_tokens;
 
 /// Passage text sent per suggestion request at most, in tokens: suggestions need gist, not detail.

@@ -9,12 +9,12 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::http::auth::Tenant;
 use crate::llm::{ChatRequest, Role, TokenUsage};
 use crate::retrieval::{self, Mode};
 use crate::state::AppState;
 use crate::store::conversations::{self, NewMessage};
 use crate::store::search::Scope;
+use crate::tenant::Tenant;
 use prompt::{Budget, Citation, Prompt, Turn};
 
 /// What the user sees when retrieval finds nothing relevant: no model call, no invention.

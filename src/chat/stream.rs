@@ -9,9 +9,9 @@ use futures::stream::{BoxStream, StreamExt};
 
 use super::{ChatInput, ChatReply, NOT_FOUND, Prepared};
 use crate::error::Result;
-use crate::http::auth::Tenant;
 use crate::llm::{LlmError, StreamItem, TokenUsage};
 use crate::state::AppState;
+use crate::tenant::Tenant;
 
 pub enum TurnEvent {
     Delta(String),

@@ -13,9 +13,9 @@ use futures::StreamExt;
 
 use crate::agent::{self, AgentInput, AgentReply, TraceStep};
 use crate::error::{AppJson, Error, Result};
-use crate::http::auth::Tenant;
 use crate::retrieval;
 use crate::state::AppState;
+use crate::tenant::Tenant;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/agent", post(run_agent))

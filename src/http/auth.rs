@@ -1,28 +1,13 @@
 //! API-key authentication: `Authorization: Bearer <key>` on every `/v1` route.
+//! Taking a [`Tenant`] as an extractor is what makes a route require a key.
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use uuid::Uuid;
 
 use crate::error::Error;
-use crate::llm::CallContext;
 use crate::state::AppState;
 use crate::store;
-
-/// The authenticated caller. Taking it as an extractor is what makes a route
-/// require a key; every query then filters by `tenant.id`.
-#[derive(Debug, Clone)]
-pub struct Tenant {
-    pub id: Uuid,
-    pub request_id: String,
-}
-
-impl Tenant {
-    /// The usage context for model calls made on this request.
-    pub fn call_context(&self, endpoint: &'static str, conversation_id: Option<Uuid>) -> CallContext {
-        CallContext { tenant_id: Some(self.id), request_id: Some(self.request_id.clone()), conversation_id, endpoint }
-    }
-}
+use crate::tenant::Tenant;
 
 impl FromRequestParts<AppState> for Tenant {
     type Rejection = Error;

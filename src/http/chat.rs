@@ -14,10 +14,10 @@ use uuid::Uuid;
 use crate::chat::stream::TurnEvent;
 use crate::chat::{self, ChatInput, ChatReply};
 use crate::error::{AppJson, Error, Result};
-use crate::http::auth::Tenant;
 use crate::retrieval;
 use crate::state::AppState;
 use crate::store::conversations::{self, Conversation, Message};
+use crate::tenant::Tenant;
 
 pub fn router() -> Router<AppState> {
     Router::new()

@@ -20,12 +20,12 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::error::{AppJson, Error, Result};
-use crate::http::auth::Tenant;
 use crate::ingest::extract::Format;
 use crate::queue::Job;
 use crate::state::AppState;
 use crate::store::chunks::{self, ChunkView};
 use crate::store::documents::{self, Document, DocumentFilter, DocumentStatus, NewDocument};
+use crate::tenant::Tenant;
 
 pub fn router() -> Router<AppState> {
     Router::new()

@@ -8,8 +8,8 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::error::{AppJson, Result};
-use crate::http::auth::Tenant;
 use crate::state::AppState;
+use crate::tenant::Tenant;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/me", get(me))

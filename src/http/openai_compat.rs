@@ -20,10 +20,10 @@ use crate::chat::prompt::Turn;
 use crate::chat::stream::TurnEvent;
 use crate::chat::{self, ChatInput, ChatReply};
 use crate::error::{AppJson, Error, Result};
-use crate::http::auth::Tenant;
 use crate::llm::Role;
 use crate::state::AppState;
 use crate::store::search::Scope;
+use crate::tenant::Tenant;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/chat/completions", post(chat_completions))

@@ -7,10 +7,10 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::error::{AppJson, Error, Result};
-use crate::http::auth::Tenant;
 use crate::retrieval::{self, Mode};
 use crate::state::AppState;
 use crate::store::search::Hit;
+use crate::tenant::Tenant;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/search", post(search))

@@ -8,10 +8,10 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::error::{AppJson, Error, Result};
-use crate::http::auth::Tenant;
 use crate::retrieval;
 use crate::state::AppState;
 use crate::suggest::{self, SuggestInput, SuggestReply};
+use crate::tenant::Tenant;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/suggest", post(suggest_questions))

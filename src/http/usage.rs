@@ -9,9 +9,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{AppJson, Error, Result};
-use crate::http::auth::Tenant;
 use crate::state::AppState;
 use crate::store::usage::{self, ConversationCosts, GroupBy, UsageGroup};
+use crate::tenant::Tenant;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/usage", get(get_usage))
