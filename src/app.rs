@@ -32,19 +32,6 @@ pub struct Application {
     role: ProcessRole,
 }
 
-pub async fn aws_sdk_config(config: &Config) -> aws_config::SdkConfig {
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new(config.aws.region.clone()));
-    if let Some(endpoint) = &config.aws.endpoint_url {
-        loader = loader.endpoint_url(endpoint);
-    }
-    if let Some((id, secret)) = &config.aws.credentials {
-        loader =
-            loader.credentials_provider(aws_sdk_s3::config::Credentials::new(id, secret, None, None, "stolid-config"));
-    }
-    loader.load().await
-}
-
 impl Application {
     /// Connects, migrates, prepares the embedding index and binds the port
     /// (`config.port`, 0 for any free port).
@@ -55,7 +42,7 @@ impl Application {
         store::embeddings::ensure_index(&db, &config.llm.embedding_model, config.llm.embedding_dimensions)
             .await
             .context("creating the embedding index")?;
-        let sdk = aws_sdk_config(&config).await;
+        let sdk = crate::aws::sdk_config(&config.aws).await;
         let blobs = Blobs::new(&sdk, config.aws.endpoint_url.is_some(), &config.s3_bucket, config.aws.call_timeout);
         let queue = Queue::new(&sdk, &config.sqs_queue_url, config.aws.call_timeout);
         let (recorder, usage_writer) = UsageRecorder::spawn(db.clone(), usage_log);

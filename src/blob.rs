@@ -8,7 +8,6 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::primitives::ByteStream;
 
 /// S3 could not be reached or failed; the cause is in the chain (for the log).
@@ -25,16 +24,6 @@ pub struct Listed {
     pub modified: chrono::DateTime<chrono::Utc>,
 }
 
-/// Deadlines for an AWS call: `attempt` per try, 2.5 times that for the whole
-/// call with the SDK's retries, and a quick connect.
-pub fn call_timeouts(attempt: Duration) -> TimeoutConfig {
-    TimeoutConfig::builder()
-        .connect_timeout(attempt.min(Duration::from_secs(3)))
-        .operation_attempt_timeout(attempt)
-        .operation_timeout(attempt.mul_f64(2.5))
-        .build()
-}
-
 #[derive(Clone)]
 pub struct Blobs {
     client: aws_sdk_s3::Client,
@@ -48,7 +37,7 @@ impl Blobs {
         // Emulators answer on one host, so buckets go in the path, not the host name.
         let config = aws_sdk_s3::config::Builder::from(sdk)
             .force_path_style(path_style)
-            .timeout_config(call_timeouts(attempt_timeout))
+            .timeout_config(crate::aws::call_timeouts(attempt_timeout))
             .build();
         Self {
             client: aws_sdk_s3::Client::from_conf(config),

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::llm::pricing::{ModelPrice, PriceTable};
+use crate::pricing::{ModelPrice, PriceTable};
 
 /// Every variable stolid reads, so deployment files can be checked against it.
 pub const VARIABLES: &[&str] = &[
@@ -183,6 +183,19 @@ pub struct ChatConfig {
     pub min_similarity: f64,
 }
 
+/// How documents are cut into chunks (cl100k tokens).
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkSettings {
+    pub max_tokens: usize,
+    pub overlap_tokens: usize,
+}
+
+impl Default for ChunkSettings {
+    fn default() -> Self {
+        Self { max_tokens: 400, overlap_tokens: 50 }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub database_url: String,
@@ -194,7 +207,7 @@ pub struct Config {
     pub aws: AwsConfig,
     pub llm: LlmConfig,
     pub worker: WorkerConfig,
-    pub chunking: crate::ingest::chunk::ChunkSettings,
+    pub chunking: ChunkSettings,
     /// HNSW candidate list size per search: recall against latency.
     pub hnsw_ef_search: u32,
     pub chat: ChatConfig,
@@ -307,7 +320,7 @@ impl Config {
                     max_requeues: env.parse("SWEEP_MAX_REQUEUES", 3)?,
                 },
             },
-            chunking: crate::ingest::chunk::ChunkSettings {
+            chunking: ChunkSettings {
                 max_tokens: env.parse_positive("CHUNK_MAX_TOKENS", 400)?,
                 overlap_tokens: env.parse("CHUNK_OVERLAP_TOKENS", 50)?,
             },

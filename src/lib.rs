@@ -6,8 +6,10 @@
 //! - [`http`]: the axum API, one module per resource; [`error`] turns failures into JSON;
 //!   [`tenant`]: the caller, which `http::auth` builds from the API key.
 //! - [`worker`]: SQS receive loops, visibility heartbeats, and the jobs they run.
-//! - [`llm`]: the model gateway; every chat and embedding call, its rate limiting and its usage record.
-//! - [`store`]: SQL by table; [`blob`] and [`queue`]: thin S3 and SQS wrappers.
+//! - [`llm`]: the model gateway; every chat and embedding call, its rate limiting and its usage record;
+//!   [`pricing`]: what a call costs.
+//! - [`store`]: SQL by table; [`blob`] and [`queue`]: thin S3 and SQS wrappers (the queue also
+//!   holds the job contract), built from [`aws`]'s shared settings and deadlines.
 //! - [`telemetry`]: JSON logs for CloudWatch; [`tokens`]: token counting (cl100k); [`retry`]: the
 //!   one backoff policy. These three import nothing of stolid's.
 //! - `testkit` (cargo feature `testkit`, not in the product): the fake OpenAI-compatible
@@ -15,6 +17,7 @@
 
 pub mod agent;
 pub mod app;
+pub mod aws;
 pub mod blob;
 pub mod chat;
 pub mod cli;
@@ -23,6 +26,7 @@ pub mod error;
 pub mod http;
 pub mod ingest;
 pub mod llm;
+pub mod pricing;
 pub mod queue;
 pub mod retrieval;
 pub mod retry;

@@ -50,7 +50,7 @@ impl Queue {
     pub fn new(sdk: &aws_config::SdkConfig, url: &str, attempt_timeout: Duration) -> Self {
         let client = |timeout| {
             let config =
-                aws_sdk_sqs::config::Builder::from(sdk).timeout_config(crate::blob::call_timeouts(timeout)).build();
+                aws_sdk_sqs::config::Builder::from(sdk).timeout_config(crate::aws::call_timeouts(timeout)).build();
             aws_sdk_sqs::Client::from_conf(config)
         };
         Self {

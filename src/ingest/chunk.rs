@@ -7,33 +7,9 @@
 use sha2::{Digest, Sha256};
 use text_splitter::{ChunkConfig, MarkdownSplitter, TextSplitter};
 
+pub use crate::config::ChunkSettings;
+pub use crate::store::chunks::Chunk;
 use crate::tokens::{TokenCounter, count_tokens};
-
-#[derive(Debug, Clone, Copy)]
-pub struct ChunkSettings {
-    pub max_tokens: usize,
-    pub overlap_tokens: usize,
-}
-
-impl Default for ChunkSettings {
-    fn default() -> Self {
-        Self { max_tokens: 400, overlap_tokens: 50 }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Chunk {
-    pub ordinal: i32,
-    pub content: String,
-    /// SHA-256 of `content`: embeddings are reused across re-indexing by it.
-    pub content_hash: String,
-    pub token_count: i32,
-    /// The Markdown headings this chunk sits under, outermost first.
-    pub heading_path: Vec<String>,
-    /// Byte offsets into the extracted text.
-    pub start_offset: i32,
-    pub end_offset: i32,
-}
 
 pub fn content_hash(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))

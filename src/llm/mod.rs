@@ -10,7 +10,6 @@
 pub mod limiter;
 pub mod local;
 pub mod openai;
-pub mod pricing;
 pub mod usage;
 
 use std::sync::{Arc, Mutex};

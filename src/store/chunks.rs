@@ -10,7 +10,20 @@ use sqlx::{PgConnection, PgExecutor};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::ingest::chunk::Chunk;
+/// A chunk of a document's extracted text, as chunking makes it and this table stores it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chunk {
+    pub ordinal: i32,
+    pub content: String,
+    /// SHA-256 of `content`: embeddings are reused across re-indexing by it.
+    pub content_hash: String,
+    pub token_count: i32,
+    /// The Markdown headings this chunk sits under, outermost first.
+    pub heading_path: Vec<String>,
+    /// Byte offsets into the extracted text.
+    pub start_offset: i32,
+    pub end_offset: i32,
+}
 
 /// Existing embeddings of this tenant, by chunk content hash, for `model`.
 pub async fn embeddings_by_hash(

@@ -53,7 +53,7 @@ pub async fn create_infra() -> Infra {
     let database_url = format!("{base}/{name}");
 
     let config = Config::from_lookup(lookup(&HashMap::new())).expect("base config");
-    let sdk = crate::app::aws_sdk_config(&config).await;
+    let sdk = crate::aws::sdk_config(&config.aws).await;
     let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&sdk).force_path_style(true).build());
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let suffix = Uuid::new_v4().simple().to_string();
