@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::chat::prompt::{self, Citation};
-use crate::error::{Error, Result};
+use crate::domain_error::{DomainError, Result};
 use crate::llm::{ChatMessage, ChatRequest, Role, TokenUsage, ToolSpec};
 use crate::retrieval::{self, Mode};
 use crate::state::AppState;
@@ -84,10 +84,12 @@ pub async fn run(
     progress: Option<tokio::sync::mpsc::Sender<TraceStep>>,
 ) -> Result<AgentReply> {
     if input.message.trim().is_empty() {
-        return Err(Error::invalid("message is empty"));
+        return Err(DomainError::invalid("message is empty"));
     }
     let conversation_id = match input.conversation_id {
-        Some(id) => conversations::get(&state.db, tenant.id, id).await?.ok_or(Error::NotFound("conversation"))?.id,
+        Some(id) => {
+            conversations::get(&state.db, tenant.id, id).await?.ok_or(DomainError::NotFound("conversation"))?.id
+        }
         None => {
             conversations::create(&state.db, tenant.id, input.message.chars().take(80).collect::<String>().trim())
                 .await?

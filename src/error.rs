@@ -84,6 +84,24 @@ impl Error {
         }
     }
 
+    /// What the caller is told: the whole message for client errors; for
+    /// server errors only what says nothing internal (the cause is logged).
+    pub fn public_message(&self) -> String {
+        let (status, _) = self.status_and_code();
+        if !status.is_server_error() {
+            return self.to_string();
+        }
+        match self {
+            // These say nothing internal and tell the caller what to do.
+            Error::Unavailable(_) | Error::Llm(_) => self.to_string(),
+            // Which dependency failed goes to the log, not to the caller.
+            Error::Database(_) | Error::Storage(_) if status == StatusCode::SERVICE_UNAVAILABLE => {
+                "a dependency is temporarily unavailable; try again shortly".to_string()
+            }
+            _ => "internal server error".to_string(),
+        }
+    }
+
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             Error::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
@@ -119,25 +137,39 @@ pub fn error_response(status: StatusCode, code: &str, message: impl Into<String>
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        let message = if status.is_server_error() {
+        if status.is_server_error() {
             tracing::error!(error = ?self, "request failed");
-            match &self {
-                // These say nothing internal and tell the caller what to do.
-                Error::Unavailable(_) | Error::Llm(_) => self.to_string(),
-                // Which dependency failed is in the log line above, not in the body.
-                Error::Database(_) | Error::Storage(_) if status == StatusCode::SERVICE_UNAVAILABLE => {
-                    "a dependency is temporarily unavailable; try again shortly".to_string()
-                }
-                _ => "internal server error".to_string(),
-            }
-        } else {
-            self.to_string()
-        };
+        }
+        let message = self.public_message();
         let mut response = error_response(status, code, message);
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
         }
         response
+    }
+}
+
+impl Error {
+    /// The `{"error": {...}}` body for a failure that happens after a stream's
+    /// 200 was sent (an SSE `error` event); server errors are logged here.
+    pub fn event_body(self) -> serde_json::Value {
+        let (status, code) = self.status_and_code();
+        if status.is_server_error() {
+            tracing::error!(error = ?self, "stream failed");
+        }
+        serde_json::json!({"error": {"code": code, "message": self.public_message()}})
+    }
+}
+
+impl From<crate::domain_error::DomainError> for Error {
+    fn from(err: crate::domain_error::DomainError) -> Self {
+        use crate::domain_error::DomainError;
+        match err {
+            DomainError::Invalid(message) => Error::invalid(message),
+            DomainError::NotFound(what) => Error::NotFound(what),
+            DomainError::Llm(err) => Error::Llm(err),
+            DomainError::Database(err) => Error::Database(err),
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::error::{Error, Result};
+use crate::domain_error::{DomainError, Result};
 use crate::llm::CallContext;
 use crate::state::AppState;
 use crate::store::search::{self, Hit, Scope};
@@ -28,7 +28,7 @@ const RRF_K: f64 = 60.0;
 /// Parses a metadata filter: `{"key": value}` for equality, `{"key": {"in": [v1, v2]}}`
 /// for membership. Every key must match.
 pub fn parse_filter(filter: &serde_json::Value) -> Result<Vec<Vec<serde_json::Value>>> {
-    let object = filter.as_object().ok_or_else(|| Error::invalid("filter must be a JSON object"))?;
+    let object = filter.as_object().ok_or_else(|| DomainError::invalid("filter must be a JSON object"))?;
     object
         .iter()
         .map(|(key, condition)| match condition {
@@ -36,11 +36,11 @@ pub fn parse_filter(filter: &serde_json::Value) -> Result<Vec<Vec<serde_json::Va
                 let values = op["in"]
                     .as_array()
                     .filter(|v| !v.is_empty() && op.len() == 1)
-                    .ok_or_else(|| Error::invalid(format!("filter.{key}.in must be a non-empty array")))?;
+                    .ok_or_else(|| DomainError::invalid(format!("filter.{key}.in must be a non-empty array")))?;
                 Ok(values.iter().map(|v| serde_json::json!({ key: v })).collect())
             }
             serde_json::Value::Object(_) => {
-                Err(Error::invalid(format!("filter.{key}: only equality and `in` are supported")))
+                Err(DomainError::invalid(format!("filter.{key}: only equality and `in` are supported")))
             }
             value => Ok(vec![serde_json::json!({ key: value })]),
         })

@@ -7,7 +7,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::error::{Error, Result};
+use crate::domain_error::{DomainError, Result};
 use crate::llm::local::SUGGEST_MARKER;
 use crate::llm::{ChatMessage, ChatRequest, TokenUsage};
 use crate::retrieval::{self, Mode};
@@ -45,14 +45,14 @@ pub async fn suggest(state: &AppState, tenant: &Tenant, input: SuggestInput) -> 
     // Between turns the text may be empty: the conversation's last message is the topic.
     let mut topic = input.text.trim().to_string();
     if let Some(id) = input.conversation_id {
-        conversations::get(&state.db, tenant.id, id).await?.ok_or(Error::NotFound("conversation"))?;
+        conversations::get(&state.db, tenant.id, id).await?.ok_or(DomainError::NotFound("conversation"))?;
         if topic.is_empty() {
             let messages = conversations::messages(&state.db, tenant.id, id).await?;
             topic = messages.iter().rev().find(|m| m.role == "user").map(|m| m.content.clone()).unwrap_or_default();
         }
     }
     if topic.is_empty() {
-        return Err(Error::invalid("give `text`, or a `conversation_id` with messages"));
+        return Err(DomainError::invalid("give `text`, or a `conversation_id` with messages"));
     }
     let empty = TokenUsage { input_tokens: 0, output_tokens: 0, cost_usd: 0.0 };
     let ctx = tenant.call_context("suggest", input.conversation_id);

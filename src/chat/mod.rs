@@ -8,7 +8,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::error::{Error, Result};
+use crate::domain_error::{DomainError, Result};
 use crate::llm::{ChatRequest, Role, TokenUsage};
 use crate::retrieval::{self, Mode};
 use crate::state::AppState;
@@ -53,12 +53,13 @@ pub struct ChatReply {
 /// Loads or starts the conversation, retrieves, and builds the prompt.
 pub async fn prepare(state: &AppState, tenant: &Tenant, input: &ChatInput) -> Result<Prepared> {
     if input.message.trim().is_empty() {
-        return Err(Error::invalid("message is empty"));
+        return Err(DomainError::invalid("message is empty"));
     }
     let (conversation_id, history) = match (&input.history, input.conversation_id) {
         (Some(history), _) => (None, history.clone()),
         (None, Some(id)) => {
-            let id = conversations::get(&state.db, tenant.id, id).await?.ok_or(Error::NotFound("conversation"))?.id;
+            let id =
+                conversations::get(&state.db, tenant.id, id).await?.ok_or(DomainError::NotFound("conversation"))?.id;
             let history = conversations::messages(&state.db, tenant.id, id)
                 .await?
                 .into_iter()

@@ -8,7 +8,7 @@
 use futures::stream::{BoxStream, StreamExt};
 
 use super::{ChatInput, ChatReply, NOT_FOUND, Prepared};
-use crate::error::Result;
+use crate::domain_error::{DomainError, Result};
 use crate::llm::{LlmError, StreamItem, TokenUsage};
 use crate::state::AppState;
 use crate::tenant::Tenant;
@@ -16,7 +16,8 @@ use crate::tenant::Tenant;
 pub enum TurnEvent {
     Delta(String),
     Done(Box<ChatReply>),
-    Error(String),
+    /// The turn failed after the stream started; the HTTP layer words it.
+    Error(DomainError),
 }
 
 struct Turn {
@@ -65,13 +66,13 @@ pub async fn respond(state: AppState, tenant: Tenant, input: ChatInput) -> Resul
                 .await;
                 let item = match reply {
                     Ok(reply) => TurnEvent::Done(Box::new(reply)),
-                    Err(err) => TurnEvent::Error(err.to_string()),
+                    Err(err) => TurnEvent::Error(err),
                 };
                 Some((item, turn))
             }
             Some(Err(err)) => {
                 turn.prepared = None;
-                Some((TurnEvent::Error(err.to_string()), turn))
+                Some((TurnEvent::Error(err.into()), turn))
             }
             None => None,
         }

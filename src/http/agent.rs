@@ -80,11 +80,7 @@ pub async fn run_agent(
             Ok(Ok(reply)) => {
                 Event::default().event("done").data(serde_json::to_string(&reply).expect("reply serializes"))
             }
-            Ok(Err(err)) => {
-                let (_, code) = err.status_and_code();
-                let body = serde_json::json!({"error": {"code": code, "message": err.to_string()}});
-                Event::default().event("error").data(body.to_string())
-            }
+            Ok(Err(err)) => Event::default().event("error").data(Error::from(err).event_body().to_string()),
             Err(_) => {
                 Event::default().event("error").data(r#"{"error":{"code":"internal","message":"agent stopped"}}"#)
             }

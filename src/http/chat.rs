@@ -60,9 +60,7 @@ pub async fn chat(
         let (name, data) = match event {
             TurnEvent::Delta(text) => ("delta", serde_json::json!({ "text": text })),
             TurnEvent::Done(reply) => ("done", serde_json::to_value(reply).expect("reply serializes")),
-            TurnEvent::Error(message) => {
-                ("error", serde_json::json!({"error": {"code": "model_error", "message": message}}))
-            }
+            TurnEvent::Error(err) => ("error", Error::from(err).event_body()),
         };
         Ok::<_, std::convert::Infallible>(Event::default().event(name).data(data.to_string()))
     });

@@ -96,8 +96,11 @@ pub async fn chat_completions(
             last["citations"] = json!(reply.citations);
             last
         }
-        TurnEvent::Error(message) => {
-            json!({"error": {"message": message, "type": "model_error", "code": "model_error"}})
+        TurnEvent::Error(err) => {
+            // OpenAI's stream error shape: `type` beside `code` and `message`.
+            let mut body = Error::from(err).event_body();
+            body["error"]["type"] = body["error"]["code"].clone();
+            body
         }
     });
     let sse = futures::stream::once(async move { first })

@@ -1,0 +1,27 @@
+//! What the domain's operations (retrieval, chat, suggest, agent) can fail
+//! with, in the domain's words. The HTTP layer turns these into responses
+//! (`crate::error`, the one place with status codes); the domain never sees HTTP.
+
+use crate::llm::LlmError;
+
+pub type Result<T, E = DomainError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DomainError {
+    /// The caller's input cannot be acted on (a bad filter, an empty message).
+    #[error("{0}")]
+    Invalid(String),
+    /// Something the caller named does not exist for this tenant.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error(transparent)]
+    Llm(#[from] LlmError),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+impl DomainError {
+    pub fn invalid(message: impl Into<String>) -> Self {
+        DomainError::Invalid(message.into())
+    }
+}
