@@ -14,6 +14,17 @@ pub enum DomainError {
     /// Something the caller named does not exist for this tenant.
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// The caller may not name this (another tenant's object, say).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The state of things does not allow it (retrying may).
+    #[error("{0}")]
+    Conflict(String),
+    /// A dependency (the queue) refused; nothing was left half-done.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Storage(#[from] crate::blob::StorageError),
     #[error(transparent)]
     Llm(#[from] LlmError),
     #[error(transparent)]

@@ -167,6 +167,10 @@ impl From<crate::domain_error::DomainError> for Error {
         match err {
             DomainError::Invalid(message) => Error::invalid(message),
             DomainError::NotFound(what) => Error::NotFound(what),
+            DomainError::Forbidden(message) => Error::Forbidden(message),
+            DomainError::Conflict(message) => Error::Conflict(message),
+            DomainError::Unavailable(message) => Error::Unavailable(message),
+            DomainError::Storage(err) => Error::Storage(err),
             DomainError::Llm(err) => Error::Llm(err),
             DomainError::Database(err) => Error::Database(err),
         }

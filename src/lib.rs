@@ -22,6 +22,7 @@ pub mod blob;
 pub mod chat;
 pub mod cli;
 pub mod config;
+pub mod documents;
 pub mod domain_error;
 pub mod error;
 pub mod http;

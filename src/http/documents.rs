@@ -1,10 +1,7 @@
-//! Documents: upload (multipart, inline text, or an object already in the
-//! bucket), list, inspect, read back, delete, re-index.
-//!
-//! An upload stores the original in S3 under a key derived from tenant and
-//! document id (never the file name), inserts the row as `queued` and sends one
-//! SQS message. The same content uploaded again to the same tenant and
-//! collection returns the existing document instead of indexing it twice.
+//! Documents over HTTP: upload (multipart, inline text, or an object under the
+//! caller's import prefix), list, inspect, read back, delete, re-index,
+//! summarize. Handlers parse and answer; what an upload or a re-index does
+//! (dedupe, S3, the row, the job, the undo) is `crate::documents`.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -15,16 +12,16 @@ use axum::routing::{get, post};
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use crate::documents::{self as domain, Upload};
 use crate::error::{AppJson, Error, Result};
 use crate::ingest::extract::Format;
 use crate::queue::Job;
 use crate::state::AppState;
 use crate::store::chunks::{self, ChunkView};
-use crate::store::documents::{self, Document, DocumentFilter, DocumentStatus, NewDocument};
+use crate::store::documents::{self, Document, DocumentFilter, DocumentStatus};
 use crate::tenant::Tenant;
 
 pub fn router() -> Router<AppState> {
@@ -67,12 +64,6 @@ pub struct UploadResponse {
     documents: Vec<UploadedDocument>,
 }
 
-struct Upload {
-    bytes: Vec<u8>,
-    format: Format,
-    title: String,
-}
-
 /// Upload one or many documents.
 #[utoipa::path(post, path = "/v1/documents", tag = "documents", security(("api_key" = [])),
     request_body(content = CreateDocumentRequest, description = "JSON, or multipart/form-data with `file` parts and optional `collection` and `metadata` (JSON) fields"),
@@ -107,7 +98,8 @@ pub async fn create_documents(State(state): State<AppState>, tenant: Tenant, req
     }
     let mut documents = Vec::with_capacity(uploads.len());
     for upload in uploads {
-        documents.push(store_one(&state, &tenant, &collection, &metadata, upload).await?);
+        let stored = domain::store(&state, &tenant, &collection, &metadata, upload).await?;
+        documents.push(UploadedDocument { document: stored.document, duplicate: stored.duplicate });
     }
     let status = if documents.iter().all(|d| d.duplicate) { StatusCode::OK } else { StatusCode::ACCEPTED };
     Ok((status, AppJson(UploadResponse { documents })).into_response())
@@ -168,31 +160,6 @@ fn text_field(bytes: &Bytes) -> Result<String> {
     Ok(text)
 }
 
-/// The key an `s3_uri` may name: only objects under the caller's own import
-/// prefix, `s3://<bucket>/imports/<tenant id>/`. Never stolid's stored originals
-/// (`tenants/...`), never another tenant's imports. The check is made before S3
-/// is asked anything, so a refusal says nothing about whether the object exists.
-fn importable_key<'a>(bucket: &str, tenant: &Tenant, uri: &'a str) -> Result<&'a str> {
-    let (uri_bucket, key) = uri
-        .strip_prefix("s3://")
-        .and_then(|rest| rest.split_once('/'))
-        .ok_or_else(|| Error::invalid("s3_uri must look like s3://<bucket>/<key>"))?;
-    let prefix = import_prefix(tenant.id);
-    let allowed = uri_bucket == bucket
-        && key.len() > prefix.len()
-        && key.starts_with(&prefix)
-        && !key.split('/').any(|segment| segment == ".." || segment == ".");
-    if !allowed {
-        return Err(Error::Forbidden(format!("s3_uri may only name objects under s3://{bucket}/{prefix}")));
-    }
-    Ok(key)
-}
-
-/// Where operators (or a pipeline with S3 access) put files a tenant then registers by `s3_uri`.
-pub fn import_prefix(tenant_id: Uuid) -> String {
-    format!("imports/{tenant_id}/")
-}
-
 async fn read_json(state: &AppState, tenant: &Tenant, body: &CreateDocumentRequest) -> Result<Upload> {
     match (&body.text, &body.s3_uri) {
         (Some(text), None) => {
@@ -210,7 +177,7 @@ async fn read_json(state: &AppState, tenant: &Tenant, body: &CreateDocumentReque
             Ok(Upload { bytes: text.as_bytes().to_vec(), format, title })
         }
         (None, Some(uri)) => {
-            let key = importable_key(state.blobs.bucket(), tenant, uri)?;
+            let key = domain::importable_key(state.blobs.bucket(), tenant, uri)?;
             let format = Format::detect(body.content_type.as_deref(), Some(key)).ok_or_else(|| {
                 Error::UnsupportedMediaType(format!("{key}: unsupported type; send text, Markdown, HTML or PDF"))
             })?;
@@ -223,59 +190,6 @@ async fn read_json(state: &AppState, tenant: &Tenant, body: &CreateDocumentReque
         }
         _ => Err(Error::invalid("send exactly one of `text` and `s3_uri`")),
     }
-}
-
-async fn store_one(
-    state: &AppState,
-    tenant: &Tenant,
-    collection: &str,
-    metadata: &serde_json::Value,
-    upload: Upload,
-) -> Result<UploadedDocument> {
-    let content_hash = hex::encode(Sha256::digest(&upload.bytes));
-    if let Some(existing) =
-        documents::find_by_hash(&state.db, tenant.id, collection, &content_hash, upload.format.content_type()).await?
-    {
-        return Ok(UploadedDocument { document: existing, duplicate: true });
-    }
-    let id = Uuid::now_v7();
-    let s3_key = format!("tenants/{}/documents/{id}/original", tenant.id);
-    let size_bytes = upload.bytes.len() as i64;
-    state.blobs.put(&s3_key, upload.bytes, upload.format.content_type()).await?;
-    let new = NewDocument {
-        id,
-        tenant_id: tenant.id,
-        collection,
-        title: &upload.title,
-        content_type: upload.format.content_type(),
-        s3_key: &s3_key,
-        content_hash: &content_hash,
-        size_bytes,
-        metadata,
-    };
-    let Some(document) = documents::insert(&state.db, &new).await? else {
-        // A concurrent upload of the same content won; drop our copy.
-        let _ = state.blobs.delete(&s3_key).await;
-        let existing = documents::find_by_hash(&state.db, tenant.id, collection, &content_hash, new.content_type)
-            .await?
-            .ok_or(Error::Conflict("retry the upload".into()))?;
-        return Ok(UploadedDocument { document: existing, duplicate: true });
-    };
-    enqueue(state, &document).await?;
-    tracing::info!(document.id = %id, size_bytes, "document queued");
-    Ok(UploadedDocument { document, duplicate: false })
-}
-
-/// Sends the index job; if SQS refuses, undoes the upload so nothing is left half-done.
-async fn enqueue(state: &AppState, document: &Document) -> Result<()> {
-    let job = Job::IndexDocument { tenant_id: document.tenant_id, document_id: document.id };
-    if let Err(err) = state.queue.send(job.to_message()).await {
-        tracing::error!(error = format!("{err:#}"), "could not queue the document");
-        let _ = documents::delete(&state.db, document.tenant_id, document.id).await;
-        let _ = state.blobs.delete(&document.s3_key).await;
-        return Err(Error::Unavailable("the job queue is unavailable; try again".into()));
-    }
-    Ok(())
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -423,11 +337,7 @@ pub async fn delete_document(
     tenant: Tenant,
     Path(id): Path<Uuid>,
 ) -> Result<StatusCode> {
-    // The row goes first (chunks cascade): a job in flight then finds nothing to write to.
-    let s3_key = documents::delete(&state.db, tenant.id, id).await?.ok_or(Error::NotFound("document"))?;
-    if let Err(err) = state.blobs.delete(&s3_key).await {
-        tracing::warn!(error = format!("{err:#}"), s3_key, "deleting the original failed; the object is orphaned");
-    }
+    domain::delete(&state, tenant.id, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -439,26 +349,11 @@ pub async fn reindex_document(
     tenant: Tenant,
     Path(id): Path<Uuid>,
 ) -> Result<(StatusCode, AppJson<Document>)> {
-    let queued = requeue_for_index(&state, &tenant, &[id]).await?;
+    let queued = domain::requeue_for_index(&state, tenant.id, &[id]).await?;
     if queued.is_empty() {
         return Err(Error::NotFound("document"));
     }
     Ok((StatusCode::ACCEPTED, AppJson(find(&state, &tenant, id).await?)))
-}
-
-/// Marks the documents `queued` and sends their jobs; if SQS refuses, puts each
-/// back as it was, so no document is left `queued` with no message to finish it.
-async fn requeue_for_index(state: &AppState, tenant: &Tenant, ids: &[Uuid]) -> Result<Vec<Uuid>> {
-    let prior = documents::mark_many_queued(&state.db, tenant.id, ids).await?;
-    let ids: Vec<Uuid> = prior.iter().map(|p| p.id).collect();
-    let jobs = ids.iter().map(|&document_id| Job::IndexDocument { tenant_id: tenant.id, document_id }).collect();
-    if let Err(err) = enqueue_all(state, jobs).await {
-        if let Err(undo) = documents::restore_status(&state.db, tenant.id, &prior).await {
-            tracing::error!(error = %undo, "could not restore the documents' status; the sweeper will re-enqueue them");
-        }
-        return Err(err);
-    }
-    Ok(ids)
 }
 
 /// Queues a summary of the document (written to its `summary` field when done).
@@ -473,7 +368,7 @@ pub async fn summarize_document(
     if doc.status == DocumentStatus::Failed {
         return Err(Error::Conflict("the document failed to index; nothing to summarize".into()));
     }
-    enqueue_all(&state, vec![Job::SummarizeDocument { tenant_id: tenant.id, document_id: id }]).await?;
+    domain::enqueue_all(&state, vec![Job::SummarizeDocument { tenant_id: tenant.id, document_id: id }]).await?;
     Ok((StatusCode::ACCEPTED, AppJson(doc)))
 }
 
@@ -507,14 +402,6 @@ async fn select(
     Ok(documents::ids(&state.db, tenant.id, &filter).await?)
 }
 
-async fn enqueue_all(state: &AppState, jobs: Vec<Job>) -> Result<()> {
-    let bodies = jobs.iter().map(Job::to_message).collect();
-    state.queue.send_many(bodies).await.map_err(|err| {
-        tracing::error!(error = format!("{err:#}"), "could not queue jobs");
-        Error::Unavailable("the job queue is unavailable; try again".into())
-    })
-}
-
 /// Re-indexes many documents, e.g. all of a tenant's after an embedding model
 /// change. Searches keep using each document's current vectors until its new
 /// ones are committed.
@@ -526,7 +413,7 @@ pub async fn reindex_documents(
     AppJson(request): AppJson<BatchRequest>,
 ) -> Result<(StatusCode, AppJson<BatchResponse>)> {
     let ids = select(&state, &tenant, request, None).await?;
-    let ids = requeue_for_index(&state, &tenant, &ids).await?;
+    let ids = domain::requeue_for_index(&state, tenant.id, &ids).await?;
     Ok((StatusCode::ACCEPTED, AppJson(BatchResponse { queued: ids.len(), ids })))
 }
 
@@ -539,7 +426,7 @@ pub async fn summarize_documents(
     AppJson(request): AppJson<BatchRequest>,
 ) -> Result<(StatusCode, AppJson<BatchResponse>)> {
     let ids = select(&state, &tenant, request, Some(DocumentStatus::Indexed)).await?;
-    enqueue_all(
+    domain::enqueue_all(
         &state,
         ids.iter().map(|&document_id| Job::SummarizeDocument { tenant_id: tenant.id, document_id }).collect(),
     )
