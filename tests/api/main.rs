@@ -13,6 +13,7 @@ mod health;
 mod helpers;
 mod http_basics;
 mod ingest_cli;
+mod layout;
 mod openai_compat;
 mod process;
 mod search;
