@@ -8,8 +8,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::domain_error::{DomainError, Result};
-use crate::llm::local::SUGGEST_MARKER;
-use crate::llm::{ChatMessage, ChatRequest, TokenUsage};
+use crate::llm::{ChatMessage, ChatRequest, Task, TokenUsage};
 use crate::retrieval::{self, Mode};
 use crate::state::AppState;
 use crate::store::conversations;
@@ -82,9 +81,10 @@ pub async fn suggest(state: &AppState, tenant: &Tenant, input: SuggestInput) -> 
         return Ok(SuggestReply { suggestions: vec![], usage: empty });
     }
     let request = ChatRequest {
+        task: Task::Suggest,
         messages: vec![
             ChatMessage::system(format!(
-                "{SUGGEST_MARKER} that the passages below can answer, at most {n}, one per line, each under 15 words \
+                "Suggest follow-up questions that the passages below can answer, at most {n}, one per line, each under 15 words \
                  and ending with the number of the passage that answers it, like [2]. Nothing else.\n\n{context}",
                 n = input.n
             )),

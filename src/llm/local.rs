@@ -8,7 +8,7 @@
 //!   that the documents do not cover it. With tools offered and no tool result
 //!   yet, it asks for one `search_documents` call first, so the agent loop runs.
 
-use super::{ChatMessage, ChatOutput, ChatRequest, Role, ToolCall};
+use super::{ChatMessage, ChatOutput, ChatRequest, Role, Task, ToolCall};
 
 const STOPWORDS: &[&str] = &[
     "a", "an", "and", "are", "as", "at", "be", "by", "can", "do", "does", "for", "from", "how", "i", "in", "is", "it",
@@ -83,20 +83,11 @@ fn stem(word: &str) -> &str {
     word.strip_suffix('s').filter(|w| w.len() > 2).unwrap_or(word)
 }
 
-/// What a system prompt says when it asks for a summary (see `worker::jobs::summarize`).
-pub const SUMMARY_MARKER: &str = "Summarize the document";
-
-/// What a system prompt says when it asks for suggested questions (see `suggest`).
-pub const SUGGEST_MARKER: &str = "Suggest follow-up questions";
-
 pub fn chat(request: &ChatRequest) -> ChatOutput {
-    let system_says =
-        |marker: &str| request.messages.iter().any(|m| m.role == Role::System && m.content.contains(marker));
-    if system_says(SUMMARY_MARKER) {
-        return ChatOutput { content: lead_summary(&request.messages), tool_calls: vec![] };
-    }
-    if system_says(SUGGEST_MARKER) {
-        return ChatOutput { content: suggested_questions(&request.messages), tool_calls: vec![] };
+    match request.task {
+        Task::Summarize => return ChatOutput { content: lead_summary(&request.messages), tool_calls: vec![] },
+        Task::Suggest => return ChatOutput { content: suggested_questions(&request.messages), tool_calls: vec![] },
+        Task::Answer => {}
     }
     let question =
         request.messages.iter().rev().find(|m| m.role == Role::User).map(|m| m.content.as_str()).unwrap_or("");

@@ -89,12 +89,27 @@ pub struct ToolSpec {
 
 #[derive(Debug, Clone, Default)]
 pub struct ChatRequest {
+    /// What the caller wants done. Remote models read it from the prompt; the
+    /// local provider, which cannot, is told here.
+    pub task: Task,
     pub messages: Vec<ChatMessage>,
     pub tools: Vec<ToolSpec>,
     pub max_tokens: Option<u32>,
     pub temperature: Option<f32>,
     /// Overrides the configured chat model.
     pub model: Option<String>,
+}
+
+/// The kind of answer a chat request asks for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Task {
+    /// Answer the last user message from the context (or call a tool).
+    #[default]
+    Answer,
+    /// Summarize the document in the system prompt.
+    Summarize,
+    /// Suggest follow-up questions the passages in the system prompt answer.
+    Suggest,
 }
 
 /// What a provider produced; token counts are added by the gateway.

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::config::RateCap;
-use crate::llm::{ChatMessage, ChatRequest, Role, ToolSpec, local};
+use crate::llm::{ChatMessage, ChatRequest, Role, Task, ToolSpec, local};
 use crate::tokens::count_tokens;
 
 #[derive(Debug, Clone)]
@@ -317,7 +317,7 @@ struct ChatBody {
 }
 
 fn to_request(body: &ChatBody) -> ChatRequest {
-    let messages = body
+    let messages: Vec<ChatMessage> = body
         .messages
         .iter()
         .map(|m| {
@@ -347,7 +347,20 @@ fn to_request(body: &ChatBody) -> ChatRequest {
             parameters: t["function"]["parameters"].clone(),
         })
         .collect();
-    ChatRequest { messages, tools, ..Default::default() }
+    ChatRequest { task: task_of(&messages), messages, tools, ..Default::default() }
+}
+
+/// Like a real model, the fake reads what is asked from the prompt: the
+/// opening words of stolid's summary and suggestion prompts.
+fn task_of(messages: &[ChatMessage]) -> Task {
+    let system_starts = |words: &str| messages.iter().any(|m| m.role == Role::System && m.content.starts_with(words));
+    if system_starts("Summarize the document") {
+        Task::Summarize
+    } else if system_starts("Suggest follow-up questions") {
+        Task::Suggest
+    } else {
+        Task::Answer
+    }
 }
 
 async fn chat(State(shared): State<Arc<Mutex<Shared>>>, _headers: HeaderMap, Json(body): Json<ChatBody>) -> Response {

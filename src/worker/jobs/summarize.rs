@@ -5,8 +5,7 @@ use anyhow::Context;
 use uuid::Uuid;
 
 use super::JobError;
-use crate::llm::local::SUMMARY_MARKER;
-use crate::llm::{CallContext, ChatMessage, ChatRequest, LlmError};
+use crate::llm::{CallContext, ChatMessage, ChatRequest, LlmError, Task};
 use crate::state::AppState;
 use crate::store::documents::DocumentStatus;
 use crate::store::{chunks, documents};
@@ -40,9 +39,10 @@ pub async fn run(state: &AppState, tenant_id: Uuid, document_id: Uuid) -> Result
         context.push_str(&format!("\n[{}] {}\n", n + 1, chunk.content));
     }
     let request = ChatRequest {
+        task: Task::Summarize,
         messages: vec![
             ChatMessage::system(format!(
-                "{SUMMARY_MARKER} below in 3 to 5 sentences, using only its content. \
+                "Summarize the document below in 3 to 5 sentences, using only its content. \
                  Say what it is about and its main points. No preamble.\n\nDocument \"{}\":\n{context}",
                 doc.title
             )),
