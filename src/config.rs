@@ -29,7 +29,8 @@ pub const VARIABLES: &[&str] = &[
     "EMBEDDING_MODEL",
     "EMBEDDING_DIMENSIONS",
     "LLM_TIMEOUT_SECS",
-    "LLM_MAX_ATTEMPTS",
+    "EMBED_MAX_ATTEMPTS",
+    "CHAT_MAX_ATTEMPTS",
     "MODEL_PRICES",
     "EMBED_REQUESTS_PER_MINUTE",
     "EMBED_TOKENS_PER_MINUTE",
@@ -110,7 +111,7 @@ pub struct EmbeddingLimits {
     pub max_batch_inputs: usize,
     pub max_batch_tokens: usize,
     pub max_input_tokens: usize,
-    /// Attempts per call before a rate-limited or failing call gives up.
+    /// Attempts per embedding request before a rate-limited or failing one gives up.
     pub max_attempts: u32,
 }
 
@@ -123,6 +124,8 @@ pub struct LlmConfig {
     pub embedding_model: String,
     pub embedding_dimensions: usize,
     pub request_timeout: Duration,
+    /// Attempts per chat call: fewer than embeddings, since a person is waiting.
+    pub chat_max_attempts: u32,
     pub prices: PriceTable,
     pub embedding_limits: EmbeddingLimits,
 }
@@ -274,6 +277,7 @@ impl Config {
             embedding_model: env.string("EMBEDDING_MODEL", default_embed),
             embedding_dimensions,
             request_timeout: Duration::from_secs(env.parse_positive("LLM_TIMEOUT_SECS", 120)?),
+            chat_max_attempts: env.parse_positive("CHAT_MAX_ATTEMPTS", 3)?,
             prices,
             embedding_limits: EmbeddingLimits {
                 requests: RateCap::per_minute(env.parse_positive("EMBED_REQUESTS_PER_MINUTE", 3_000)?),
@@ -282,7 +286,7 @@ impl Config {
                 max_batch_inputs: env.parse_positive("EMBED_MAX_BATCH_INPUTS", 2_048)?,
                 max_batch_tokens: env.parse_positive("EMBED_MAX_BATCH_TOKENS", 300_000)?,
                 max_input_tokens: env.parse_positive("EMBED_MAX_INPUT_TOKENS", 8_192)?,
-                max_attempts: env.parse_positive("LLM_MAX_ATTEMPTS", 6)?,
+                max_attempts: env.parse_positive("EMBED_MAX_ATTEMPTS", 6)?,
             },
         };
         if llm.provider == ProviderKind::OpenAi && llm.api_key.is_none() {

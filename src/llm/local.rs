@@ -9,6 +9,7 @@
 //!   yet, it asks for one `search_documents` call first, so the agent loop runs.
 
 use super::{ChatMessage, ChatOutput, ChatRequest, Role, Task, ToolCall};
+use crate::tokens::count_tokens;
 
 const STOPWORDS: &[&str] = &[
     "a", "an", "and", "are", "as", "at", "be", "by", "can", "do", "does", "for", "from", "how", "i", "in", "is", "it",
@@ -81,6 +82,15 @@ fn sentences(text: &str) -> impl Iterator<Item = &str> {
 
 fn stem(word: &str) -> &str {
     word.strip_suffix('s').filter(|w| w.len() > 2).unwrap_or(word)
+}
+
+/// [`chat`] with token counts as a remote provider would report them.
+pub fn chat_counted(request: &ChatRequest) -> (ChatOutput, u32, u32) {
+    let output = chat(request);
+    let input_tokens = request.messages.iter().map(|m| count_tokens(&m.content) + 4).sum::<usize>();
+    let output_tokens =
+        count_tokens(&output.content) + output.tool_calls.iter().map(|c| count_tokens(&c.arguments)).sum::<usize>();
+    (output, input_tokens as u32, output_tokens as u32)
 }
 
 pub fn chat(request: &ChatRequest) -> ChatOutput {

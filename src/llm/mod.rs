@@ -10,6 +10,7 @@
 pub mod limiter;
 pub mod local;
 pub mod openai;
+pub mod provider;
 pub mod usage;
 
 use std::sync::{Arc, Mutex};
@@ -22,6 +23,7 @@ use uuid::Uuid;
 use crate::config::{LlmConfig, ProviderKind};
 use crate::tokens::count_tokens;
 use limiter::EmbedLimiter;
+use provider::Provider;
 use usage::{ModelCall, Operation, Outcome, UsageRecorder};
 
 /// Who a call is made for; carried into every usage record.
@@ -173,12 +175,6 @@ pub enum LlmError {
     Provider(String),
 }
 
-#[allow(clippy::large_enum_variant)] // one per process, never moved around
-pub enum Provider {
-    OpenAi(openai::OpenAiProvider),
-    Local,
-}
-
 pub struct Gateway {
     provider: Provider,
     config: LlmConfig,
@@ -283,99 +279,40 @@ impl Gateway {
         inputs: &[String],
         estimated_tokens: usize,
     ) -> Result<(Vec<Vec<f32>>, u32, u32), LlmError> {
-        let max_attempts = self.config.embedding_limits.max_attempts;
-        for attempt in 0..max_attempts {
-            let permit = self.limiter.acquire(estimated_tokens).await;
-            let started = Instant::now();
-            let result = match &self.provider {
-                Provider::OpenAi(p) => p.embed(model, dims, inputs).await,
-                Provider::Local => {
-                    Ok((inputs.iter().map(|t| local::embed(t, dims)).collect(), estimated_tokens as u32))
-                }
-            };
-            drop(permit);
-            let latency = started.elapsed();
-            match result {
-                Ok((vectors, input_tokens)) => {
-                    self.limiter.on_success();
-                    self.record(ctx, Operation::Embed, model, input_tokens, 0, latency, Outcome::Ok, None);
-                    if let Some(bad) = vectors.iter().find(|v| v.len() != dims) {
-                        return Err(LlmError::Provider(format!(
-                            "model {model} returned {} dimensions but EMBEDDING_DIMENSIONS is {dims}",
-                            bad.len()
-                        )));
-                    }
-                    return Ok((vectors, input_tokens, attempt + 1));
-                }
-                Err(err) => {
-                    let outcome = self.outcome_of(&err);
-                    self.record(ctx, Operation::Embed, model, 0, 0, latency, outcome, Some(err.to_string()));
-                    match err {
-                        ProviderError::RateLimited { retry_after, .. } => {
-                            // Wait inside the limiter: every other caller waits too.
-                            self.limiter.on_throttled(retry_after, attempt);
-                        }
-                        ProviderError::Transient(_) => sleep_backoff(attempt).await,
-                        other => return Err(self.give_up(other)),
-                    }
-                }
-            }
+        let attempts = self.config.embedding_limits.max_attempts;
+        let pacing = Pacing::SharedLimiter { tokens: estimated_tokens };
+        let ((vectors, input_tokens), latency, tries) = self
+            .retrying(ctx, Operation::Embed, model, attempts, pacing, || {
+                self.provider.embed(model, dims, inputs, estimated_tokens)
+            })
+            .await?;
+        self.record(ctx, Attempt::succeeded(Operation::Embed, model, latency, input_tokens, 0));
+        if let Some(bad) = vectors.iter().find(|v| v.len() != dims) {
+            return Err(LlmError::Provider(format!(
+                "model {model} returned {} dimensions but EMBEDDING_DIMENSIONS is {dims}",
+                bad.len()
+            )));
         }
-        Err(LlmError::RateLimited { attempts: max_attempts })
+        Ok((vectors, input_tokens, tries))
     }
 
     /// A chat completion with the configured (or requested) model.
     pub async fn chat(&self, ctx: &CallContext, request: &ChatRequest) -> Result<ChatResponse, LlmError> {
         let model = request.model.clone().unwrap_or_else(|| self.config.chat_model.clone());
-        let max_attempts = self.config.embedding_limits.max_attempts;
-        for attempt in 0..max_attempts {
-            let started = Instant::now();
-            let result = match &self.provider {
-                Provider::OpenAi(p) => p.chat(&model, request).await,
-                Provider::Local => {
-                    let output = local::chat(request);
-                    let input_tokens = request.messages.iter().map(|m| count_tokens(&m.content) + 4).sum::<usize>();
-                    let output_tokens = count_tokens(&output.content)
-                        + output.tool_calls.iter().map(|c| count_tokens(&c.arguments)).sum::<usize>();
-                    Ok((output, input_tokens as u32, output_tokens as u32))
-                }
-            };
-            let latency = started.elapsed();
-            match result {
-                Ok((output, input_tokens, output_tokens)) => {
-                    let cost_usd = self.record(
-                        ctx,
-                        Operation::Chat,
-                        &model,
-                        input_tokens,
-                        output_tokens,
-                        latency,
-                        Outcome::Ok,
-                        None,
-                    );
-                    return Ok(ChatResponse {
-                        content: output.content,
-                        tool_calls: output.tool_calls,
-                        model,
-                        provider: self.provider_name(),
-                        usage: TokenUsage { input_tokens, output_tokens, cost_usd },
-                        latency,
-                    });
-                }
-                Err(err) => {
-                    let outcome = self.outcome_of(&err);
-                    self.record(ctx, Operation::Chat, &model, 0, 0, latency, outcome, Some(err.to_string()));
-                    match err {
-                        ProviderError::RateLimited { retry_after, .. } => {
-                            tokio::time::sleep(retry_after.unwrap_or_else(|| crate::retry::backoff(attempt))).await
-                        }
-                        ProviderError::Transient(_) => sleep_backoff(attempt).await,
-                        other => return Err(self.give_up(other)),
-                    }
-                }
-            }
-        }
-        Err(LlmError::RateLimited { attempts: max_attempts })
+        let attempts = self.config.chat_max_attempts;
+        let ((output, input_tokens, output_tokens), latency, _) = self
+            .retrying(ctx, Operation::Chat, &model, attempts, Pacing::Own, || self.provider.chat(&model, request))
+            .await?;
+        let cost_usd =
+            self.record(ctx, Attempt::succeeded(Operation::Chat, &model, latency, input_tokens, output_tokens));
+        Ok(ChatResponse {
+            content: output.content,
+            tool_calls: output.tool_calls,
+            model,
+            provider: self.provider_name(),
+            usage: TokenUsage { input_tokens, output_tokens, cost_usd },
+            latency,
+        })
     }
 
     /// A streamed chat completion: `Delta`s, then one `Done` with usage. The
@@ -390,53 +327,13 @@ impl Gateway {
         let model = request.model.clone().unwrap_or_else(|| self.config.chat_model.clone());
         let input_estimate = request.messages.iter().map(|m| count_tokens(&m.content) + 4).sum::<usize>() as u32;
         let started = Instant::now();
-        let upstream: futures::stream::BoxStream<'static, Result<openai::StreamDelta, ProviderError>> = match &self
-            .provider
-        {
-            Provider::Local => {
-                let output = local::chat(&request);
-                let words: Vec<Result<openai::StreamDelta, ProviderError>> = output
-                    .content
-                    .split_inclusive(' ')
-                    .map(|w| Ok(openai::StreamDelta { content: Some(w.to_string()), usage: None }))
-                    .collect();
-                futures::stream::iter(words).boxed()
-            }
-            Provider::OpenAi(p) => {
-                let mut attempt = 0;
-                loop {
-                    match p.chat_stream(&model, &request).await {
-                        Ok(stream) => break stream,
-                        Err(err) => {
-                            let outcome = self.outcome_of(&err);
-                            self.record(
-                                &ctx,
-                                Operation::Chat,
-                                &model,
-                                0,
-                                0,
-                                started.elapsed(),
-                                outcome,
-                                Some(err.to_string()),
-                            );
-                            attempt += 1;
-                            match err {
-                                ProviderError::RateLimited { retry_after, .. }
-                                    if attempt < self.config.embedding_limits.max_attempts =>
-                                {
-                                    tokio::time::sleep(retry_after.unwrap_or_else(|| crate::retry::backoff(attempt)))
-                                        .await
-                                }
-                                ProviderError::Transient(_) if attempt < self.config.embedding_limits.max_attempts => {
-                                    sleep_backoff(attempt).await
-                                }
-                                other => return Err(self.give_up(other)),
-                            }
-                        }
-                    }
-                }
-            }
-        };
+        // Opening the stream is retried like any call; once it flows, a failure ends it.
+        let attempts = self.config.chat_max_attempts;
+        let (upstream, _, _) = self
+            .retrying(&ctx, Operation::Chat, &model, attempts, Pacing::Own, || {
+                self.provider.chat_stream(&model, &request)
+            })
+            .await?;
         let guard = StreamGuard {
             gateway: self.clone(),
             ctx,
@@ -465,16 +362,7 @@ impl Gateway {
                     Some(Err(err)) => {
                         guard.finished = true;
                         let latency = guard.started.elapsed();
-                        guard.gateway.record(
-                            &guard.ctx,
-                            Operation::Chat,
-                            &guard.model,
-                            0,
-                            0,
-                            latency,
-                            Outcome::Error,
-                            Some(err.to_string()),
-                        );
+                        guard.gateway.record(&guard.ctx, Attempt::failed(Operation::Chat, &guard.model, latency, &err));
                         return Some((Err(LlmError::Provider(err.to_string())), (upstream, guard)));
                     }
                     None => {
@@ -488,11 +376,59 @@ impl Gateway {
         .boxed())
     }
 
-    fn outcome_of(&self, err: &ProviderError) -> Outcome {
-        match err {
-            ProviderError::RateLimited { .. } => Outcome::RateLimited,
-            _ => Outcome::Error,
+    /// Runs `call` until it succeeds or retrying cannot help, recording each
+    /// failed attempt; returns the value, the successful attempt's latency and
+    /// the attempts made. The one retry policy of every model call: a 429 waits
+    /// (for embeddings inside the shared limiter, so every caller waits), 5xx
+    /// and timeouts back off with jitter, quota and other errors give up at once.
+    async fn retrying<T, F, Fut>(
+        &self,
+        ctx: &CallContext,
+        operation: Operation,
+        model: &str,
+        max_attempts: u32,
+        pacing: Pacing,
+        mut call: F,
+    ) -> Result<(T, Duration, u32), LlmError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ProviderError>>,
+    {
+        for attempt in 0..max_attempts {
+            let permit = match pacing {
+                Pacing::SharedLimiter { tokens } => Some(self.limiter.acquire(tokens).await),
+                Pacing::Own => None,
+            };
+            let started = Instant::now();
+            let result = call().await;
+            let latency = started.elapsed();
+            drop(permit);
+            let err = match result {
+                Ok(value) => {
+                    if matches!(pacing, Pacing::SharedLimiter { .. }) {
+                        self.limiter.on_success();
+                    }
+                    return Ok((value, latency, attempt + 1));
+                }
+                Err(err) => err,
+            };
+            self.record(ctx, Attempt::failed(operation, model, latency, &err));
+            match err {
+                ProviderError::RateLimited { retry_after, .. } => match pacing {
+                    // The next `acquire` waits out the pause, with every other caller.
+                    Pacing::SharedLimiter { .. } => {
+                        self.limiter.on_throttled(retry_after, attempt);
+                    }
+                    Pacing::Own => {
+                        let wait = retry_after.unwrap_or_else(|| crate::retry::backoff(attempt));
+                        tokio::time::sleep(crate::retry::at_least(wait)).await
+                    }
+                },
+                ProviderError::Transient(_) => tokio::time::sleep(crate::retry::jittered_backoff(attempt)).await,
+                other => return Err(self.give_up(other)),
+            }
         }
+        Err(LlmError::RateLimited { attempts: max_attempts })
     }
 
     fn give_up(&self, err: ProviderError) -> LlmError {
@@ -506,19 +442,9 @@ impl Gateway {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn record(
-        &self,
-        ctx: &CallContext,
-        operation: Operation,
-        model: &str,
-        input_tokens: u32,
-        output_tokens: u32,
-        latency: Duration,
-        outcome: Outcome,
-        error: Option<String>,
-    ) -> f64 {
-        let cost_usd = self.config.prices.cost_usd(model, input_tokens, output_tokens);
+    /// Records one attempt (a `model_calls` row and an EMF log line); returns its cost.
+    fn record(&self, ctx: &CallContext, attempt: Attempt<'_>) -> f64 {
+        let cost_usd = self.config.prices.cost_usd(attempt.model, attempt.input_tokens, attempt.output_tokens);
         self.recorder.record(ModelCall {
             id: Uuid::now_v7(),
             tenant_id: ctx.tenant_id,
@@ -526,17 +452,57 @@ impl Gateway {
             conversation_id: ctx.conversation_id,
             endpoint: ctx.endpoint.to_string(),
             provider: self.provider_name(),
-            model: model.to_string(),
-            operation,
-            input_tokens,
-            output_tokens,
-            latency_ms: latency.as_secs_f64() * 1000.0,
+            model: attempt.model.to_string(),
+            operation: attempt.operation,
+            input_tokens: attempt.input_tokens,
+            output_tokens: attempt.output_tokens,
+            latency_ms: attempt.latency.as_secs_f64() * 1000.0,
             cost_usd,
-            outcome,
-            error,
+            outcome: attempt.outcome,
+            error: attempt.error,
             created_at: chrono::Utc::now(),
         });
         cost_usd
+    }
+}
+
+/// How a call's attempts are paced.
+#[derive(Debug, Clone, Copy)]
+enum Pacing {
+    /// Embeddings: through the shared limiter, whose 429 pause every caller waits out.
+    SharedLimiter { tokens: usize },
+    /// Chat: each call waits out its own 429s.
+    Own,
+}
+
+/// One provider attempt, as it is recorded.
+struct Attempt<'a> {
+    operation: Operation,
+    model: &'a str,
+    input_tokens: u32,
+    output_tokens: u32,
+    latency: Duration,
+    outcome: Outcome,
+    error: Option<String>,
+}
+
+impl<'a> Attempt<'a> {
+    fn succeeded(
+        operation: Operation,
+        model: &'a str,
+        latency: Duration,
+        input_tokens: u32,
+        output_tokens: u32,
+    ) -> Self {
+        Self { operation, model, input_tokens, output_tokens, latency, outcome: Outcome::Ok, error: None }
+    }
+
+    fn failed(operation: Operation, model: &'a str, latency: Duration, err: &ProviderError) -> Self {
+        let outcome = match err {
+            ProviderError::RateLimited { .. } => Outcome::RateLimited,
+            _ => Outcome::Error,
+        };
+        Self { operation, model, input_tokens: 0, output_tokens: 0, latency, outcome, error: Some(err.to_string()) }
     }
 }
 
@@ -568,16 +534,8 @@ impl StreamGuard {
     fn complete(&mut self) -> ChatResponse {
         let (input_tokens, output_tokens) = self.tokens();
         let latency = self.started.elapsed();
-        let cost_usd = self.gateway.record(
-            &self.ctx,
-            Operation::Chat,
-            &self.model,
-            input_tokens,
-            output_tokens,
-            latency,
-            Outcome::Ok,
-            None,
-        );
+        let attempt = Attempt::succeeded(Operation::Chat, &self.model, latency, input_tokens, output_tokens);
+        let cost_usd = self.gateway.record(&self.ctx, attempt);
         ChatResponse {
             content: std::mem::take(&mut self.text),
             tool_calls: vec![],
@@ -594,23 +552,12 @@ impl Drop for StreamGuard {
         if !self.finished {
             let (input_tokens, output_tokens) = self.tokens();
             let latency = self.started.elapsed();
-            let error = Some("cancelled: the client went away".to_string());
-            self.gateway.record(
-                &self.ctx,
-                Operation::Chat,
-                &self.model,
-                input_tokens,
-                output_tokens,
-                latency,
-                Outcome::Error,
-                error,
-            );
+            let mut attempt = Attempt::succeeded(Operation::Chat, &self.model, latency, input_tokens, output_tokens);
+            attempt.outcome = Outcome::Error;
+            attempt.error = Some("cancelled: the client went away".to_string());
+            self.gateway.record(&self.ctx, attempt);
         }
     }
-}
-
-async fn sleep_backoff(attempt: u32) {
-    tokio::time::sleep(crate::retry::jittered_backoff(attempt)).await;
 }
 
 /// Splits inputs (by their token counts) into consecutive ranges of at most

@@ -374,10 +374,7 @@ async fn chat(State(shared): State<Arc<Mutex<Shared>>>, _headers: HeaderMap, Jso
         s.last_chat_messages = body.messages.clone();
     }
     let request = to_request(&body);
-    let output = local::chat(&request);
-    let prompt_tokens: usize = request.messages.iter().map(|m| count_tokens(&m.content) + 4).sum();
-    let completion_tokens =
-        count_tokens(&output.content) + output.tool_calls.iter().map(|c| count_tokens(&c.arguments)).sum::<usize>();
+    let (output, prompt_tokens, completion_tokens) = local::chat_counted(&request);
     let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens});
     let tool_calls: Vec<Value> = output
         .tool_calls

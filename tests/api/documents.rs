@@ -197,7 +197,7 @@ async fn a_poison_document_fails_with_a_reason_while_others_index() {
 #[tokio::test]
 async fn repeated_failures_end_failed_after_the_redrive_limit_and_dead_letter() {
     let env =
-        HashMap::from([("LLM_MAX_ATTEMPTS", "1".to_string()), ("WORKER_VISIBILITY_TIMEOUT_SECS", "1".to_string())]);
+        HashMap::from([("EMBED_MAX_ATTEMPTS", "1".to_string()), ("WORKER_VISIBILITY_TIMEOUT_SECS", "1".to_string())]);
     let (app, fake) = spawn_app_with_fake(Options { env, ..Default::default() }).await;
     fake.push_faults(std::iter::repeat_n(Fault::ServerError, crate::helpers::MAX_RECEIVES as usize));
     let doc = upload_text(&app, json!({"text": "this will not embed"})).await;
