@@ -3,14 +3,13 @@
 
 use serde_json::{Value, json};
 
-use crate::documents::{upload_text, wait_until_settled};
 use crate::helpers::{Options, TestApp, spawn_app, spawn_app_with_fake, sse_events};
 
 async fn index(app: &TestApp, docs: &[(&str, &str, &str)]) {
-    for (title, collection, text) in docs {
-        let doc = upload_text(app, json!({"text": text, "title": title, "collection": collection})).await;
-        assert_eq!(wait_until_settled(app, doc["id"].as_str().unwrap()).await["status"], "indexed");
-    }
+    app.index_all(
+        docs.iter().map(|(title, collection, text)| json!({"text": text, "title": title, "collection": collection})),
+    )
+    .await;
 }
 
 const DOCS: [(&str, &str, &str); 2] = [

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use crate::documents::{upload_text, wait_until_settled};
 use crate::helpers::{Options, TestApp, spawn_app_with_fake, sse_events};
 
 const DOCS: [(&str, &str); 3] = [
@@ -17,10 +16,7 @@ const DOCS: [(&str, &str); 3] = [
 ];
 
 async fn index_docs(app: &TestApp) {
-    for (title, text) in DOCS {
-        let doc = upload_text(app, json!({"text": text, "title": title})).await;
-        assert_eq!(wait_until_settled(app, doc["id"].as_str().unwrap()).await["status"], "indexed");
-    }
+    app.index_all(DOCS.iter().map(|(title, text)| json!({"text": text, "title": title}))).await;
 }
 
 async fn chat(app: &TestApp, body: Value) -> Value {

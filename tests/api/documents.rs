@@ -7,27 +7,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use stolid::testkit::fake_openai::Fault;
 
-use crate::helpers::{Options, TestApp, error_code, spawn_app, spawn_app_with, spawn_app_with_fake};
-
-/// Polls the document until it is `indexed` or `failed`.
-pub async fn wait_until_settled(app: &TestApp, id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let doc: Value = app.get_json(&format!("/v1/documents/{id}")).await;
-        if doc["status"] == "indexed" || doc["status"] == "failed" {
-            return doc;
-        }
-        assert!(Instant::now() < deadline, "document never settled: {doc}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-pub async fn upload_text(app: &TestApp, body: Value) -> Value {
-    let response = app.post("/v1/documents").json(&body).send().await.unwrap();
-    assert!(response.status().is_success(), "{}", response.text().await.unwrap());
-    let body: Value = response.json().await.unwrap();
-    body["documents"][0].clone()
-}
+use crate::helpers::{
+    Options, TestApp, error_code, spawn_app, spawn_app_with, spawn_app_with_fake, upload_text, wait_until_settled,
+};
 
 async fn upload_file(app: &TestApp, name: &str, mime: &str, bytes: Vec<u8>) -> reqwest::Response {
     let part = reqwest::multipart::Part::bytes(bytes).file_name(name.to_string()).mime_str(mime).unwrap();

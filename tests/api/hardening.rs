@@ -3,14 +3,14 @@
 
 use serde_json::{Value, json};
 
-use crate::documents::{upload_text, wait_until_settled};
 use std::time::Duration;
 
 use stolid::store::documents::DocumentStatus;
 use stolid::testkit::proxy::{FaultProxy, ProxyMode, upstream_of, via};
 
 use crate::helpers::{
-    Options, TestApp, base_env, create_infra, error_code, spawn_app, spawn_app_with, spawn_app_with_fake,
+    Options, TestApp, base_env, create_infra, error_code, spawn_app, spawn_app_with, spawn_app_with_fake, upload_text,
+    wait_until_settled,
 };
 
 /// `s3_uri` names only objects under the caller's own import prefix: another

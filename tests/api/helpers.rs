@@ -3,7 +3,9 @@
 //! and the real router on a random port. The only fake is the model server.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
 
 use stolid::app::ProcessRole;
 use stolid::config::Config;
@@ -110,6 +112,42 @@ impl TestApp {
         stolid::store::keys::create_key(&self.state.db, id).await.unwrap().key
     }
 
+    /// Waits until the workers have emptied the queue: no message waiting or in
+    /// flight, and no document `queued` or `processing`.
+    pub async fn drain_queue(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let open: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM documents WHERE status IN ('queued', 'processing')")
+                    .fetch_one(&self.state.db)
+                    .await
+                    .unwrap();
+            if open == 0 && self.state.queue.depth().await.unwrap_or(1) == 0 {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "the queue never drained: {open} documents unfinished");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Uploads each JSON body (`{"text", ...}`), drains the queue, and checks
+    /// that every document ended `indexed`; their ids, in order.
+    pub async fn index_all(&self, bodies: impl IntoIterator<Item = serde_json::Value>) -> Vec<String> {
+        let mut ids = Vec::new();
+        for body in bodies {
+            let response = self.post("/v1/documents").json(&body).send().await.unwrap();
+            assert!(response.status().is_success(), "{}", response.text().await.unwrap());
+            let uploaded: serde_json::Value = response.json().await.unwrap();
+            ids.push(uploaded["documents"][0]["id"].as_str().unwrap().to_string());
+        }
+        self.drain_queue().await;
+        for id in &ids {
+            let doc = self.get_json(&format!("/v1/documents/{id}")).await;
+            assert_eq!(doc["status"], "indexed", "{doc}");
+        }
+        ids
+    }
+
     /// Every key in the test's bucket.
     pub async fn bucket_keys(&self) -> Vec<String> {
         let config = aws_sdk_s3::config::Builder::from(&self.infra.sdk).force_path_style(true).build();
@@ -127,6 +165,26 @@ impl TestApp {
         self.shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(30), self.stopped).await.expect("shutdown finished in time")?
     }
+}
+
+/// Polls the document until it is `indexed` or `failed`.
+pub async fn wait_until_settled(app: &TestApp, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let doc: Value = app.get_json(&format!("/v1/documents/{id}")).await;
+        if doc["status"] == "indexed" || doc["status"] == "failed" {
+            return doc;
+        }
+        assert!(Instant::now() < deadline, "document never settled: {doc}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn upload_text(app: &TestApp, body: Value) -> Value {
+    let response = app.post("/v1/documents").json(&body).send().await.unwrap();
+    assert!(response.status().is_success(), "{}", response.text().await.unwrap());
+    let body: Value = response.json().await.unwrap();
+    body["documents"][0].clone()
 }
 
 /// Parses a JSON error body and returns its code, checking the shape on the way.

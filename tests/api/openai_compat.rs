@@ -3,8 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::documents::{upload_text, wait_until_settled};
-use crate::helpers::{Options, spawn_app_with_fake};
+use crate::helpers::{Options, spawn_app_with_fake, upload_text, wait_until_settled};
 
 /// Plain and streamed completions through the official client, with citations
 /// riding along in the extra field; the answer comes from the documents.

@@ -2,7 +2,6 @@
 
 use serde_json::{Value, json};
 
-use crate::documents::{upload_text, wait_until_settled};
 use crate::helpers::{TestApp, spawn_app};
 
 async fn search(app: &TestApp, body: Value) -> Vec<Value> {
@@ -12,15 +11,10 @@ async fn search(app: &TestApp, body: Value) -> Vec<Value> {
 }
 
 async fn index(app: &TestApp, docs: &[(&str, &str, Value)]) -> Vec<String> {
-    let mut ids = Vec::new();
-    for (title, text, metadata) in docs {
-        let doc = upload_text(app, json!({"text": text, "title": title, "metadata": metadata})).await;
-        ids.push(doc["id"].as_str().unwrap().to_string());
-    }
-    for id in &ids {
-        assert_eq!(wait_until_settled(app, id).await["status"], "indexed");
-    }
-    ids
+    app.index_all(
+        docs.iter().map(|(title, text, metadata)| json!({"text": text, "title": title, "metadata": metadata})),
+    )
+    .await
 }
 
 /// Mean reciprocal rank of the expected title over the queries.

@@ -2,8 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::documents::{upload_text, wait_until_settled};
-use crate::helpers::{Options, spawn_app_with_fake};
+use crate::helpers::{Options, spawn_app_with_fake, upload_text, wait_until_settled};
 
 /// Every suggestion names a document that was retrieved for the text, and the
 /// call is small: one model call with a short output budget.
