@@ -69,17 +69,7 @@ async fn agent_tools_never_widen_the_callers_scope() {
     let (app, _fake) = spawn_app_with_fake(Options::default()).await;
     index(&app, &DOCS).await;
     let other = app.new_tenant("globex").await;
-    let theirs: Value = app
-        .client
-        .post(app.url("/v1/agent"))
-        .bearer_auth(&other)
-        .json(&json!({"message": "How many vacation days?"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let theirs: Value = app.post_json_as(&other, "/v1/agent", &json!({"message": "How many vacation days?"})).await;
     assert_eq!(theirs["citations"].as_array().unwrap().len(), 0, "{theirs}");
     assert_eq!(theirs["trace"][0]["result"], "0 passages");
     let board_only: Value =

@@ -192,16 +192,6 @@ async fn conversations_never_cross_tenants() {
         app.client.delete(app.url(&format!("/v1/conversations/{id}"))).bearer_auth(&other).send().await.unwrap();
     assert_eq!(delete.status(), 404);
     // Their chat does not see our documents either.
-    let theirs: Value = app
-        .client
-        .post(app.url("/v1/chat"))
-        .bearer_auth(&other)
-        .json(&json!({"message": "What does Cargo download?"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let theirs: Value = app.post_json_as(&other, "/v1/chat", &json!({"message": "What does Cargo download?"})).await;
     assert_eq!(theirs["answer"], stolid::chat::NOT_FOUND);
 }

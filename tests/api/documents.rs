@@ -415,17 +415,8 @@ async fn reindexing_with_a_new_embedding_model_switches_atomically() {
     let new = spawn_app_with(Options { env, infra: Some(infra), ..Default::default() }).await;
     let key = new.new_tenant("acme").await; // same tenant, a fresh key for the new app
     // Before the re-index, the old vectors keep serving vector searches.
-    let before: Value = new
-        .client
-        .post(new.url("/v1/search"))
-        .bearer_auth(&key)
-        .json(&json!({"query": "who owns a value", "mode": "vector"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let before: Value =
+        new.post_json_as(&key, "/v1/search", &json!({"query": "who owns a value", "mode": "vector"})).await;
     assert!(before["results"].as_array().is_some_and(|r| !r.is_empty()), "old vectors must stay searchable: {before}");
     let reindex = new
         .client

@@ -106,6 +106,11 @@ impl TestApp {
         self.post(path).json(body).send().await.unwrap().json().await.unwrap()
     }
 
+    /// POST `body` as JSON with another tenant's `key`; the JSON body.
+    pub async fn post_json_as(&self, key: &str, path: &str, body: &impl serde::Serialize) -> serde_json::Value {
+        self.client.post(self.url(path)).bearer_auth(key).json(body).send().await.unwrap().json().await.unwrap()
+    }
+
     /// Another tenant with its own key, for isolation tests.
     pub async fn new_tenant(&self, name: &str) -> String {
         let id = stolid::store::keys::ensure_tenant(&self.state.db, name).await.unwrap();
