@@ -1,17 +1,22 @@
 //! stolid: a boring, reliable backend for an AI product.
 //!
-//! A tour, in the order a request or a job meets the code:
-//! - [`config`]: typed settings from the environment, checked once at start.
-//! - [`app`]: builds the shared [`state::AppState`] and runs the API and/or workers until shutdown.
-//! - [`http`]: the axum API, one module per resource; [`error`] turns failures into JSON;
-//!   [`tenant`]: the caller, which `http::auth` builds from the API key.
-//! - [`worker`]: SQS receive loops, visibility heartbeats, and the jobs they run.
-//! - [`llm`]: the model gateway; every chat and embedding call, its rate limiting and its usage record;
-//!   [`pricing`]: what a call costs.
-//! - [`store`]: SQL by table; [`blob`] and [`queue`]: thin S3 and SQS wrappers (the queue also
-//!   holds the job contract), built from [`aws`]'s shared settings and deadlines.
-//! - [`telemetry`]: JSON logs for CloudWatch; [`tokens`]: token counting (cl100k); [`retry`]: the
-//!   one backoff policy. These three import nothing of stolid's.
+//! A tour, in the order a request or a job meets the code (the README's
+//! "Layout" draws the same rooms by floor; imports only go down):
+//! - [`cli`] parses the command line; [`app`] builds the shared [`state::AppState`] once and runs
+//!   the API and/or the workers until shutdown; [`config`] is every setting, checked at start.
+//! - [`http`]: the axum API, one module per resource, which parses, calls the domain and answers;
+//!   [`error`] is the one place failures become status codes and JSON; [`tenant`] is the caller,
+//!   which `http::auth` builds from the API key.
+//! - [`worker`]: SQS receive loops, heartbeats and deadlines, the jobs they run, and the sweeper.
+//! - The domain: [`documents`] (upload, dedupe, re-index, delete), [`retrieval`] (search),
+//!   [`chat`], [`suggest`] and [`agent`]; they fail with [`domain_error::DomainError`].
+//! - [`ingest`]: extraction and chunking, pure functions the index job runs on blocking threads.
+//! - [`llm`]: the model gateway; every chat and embedding call, its retries, its rate limiting and
+//!   its usage record; [`pricing`]: what a call costs.
+//! - [`store`]: SQL by table; [`blob`] and [`queue`]: thin S3 and SQS wrappers (the queue also holds
+//!   the job contract), built from [`aws`]'s shared settings and deadlines.
+//! - Leaves that import nothing of stolid's: [`tokens`] (cl100k counting), [`retry`] (the one
+//!   backoff policy), [`telemetry`] (JSON logs for CloudWatch).
 //! - `testkit` (cargo feature `testkit`, not in the product): the fake OpenAI-compatible
 //!   server, throwaway infrastructure and a fault proxy for tests, benchmarks and `make chaos`.
 
