@@ -1,8 +1,10 @@
 //! Typed configuration from environment variables (and `.env`, loaded by `main`).
 //!
-//! Every setting has one variable, documented in the README. Parsing is done
-//! once at start and fails with one line naming the variable, so a typo in a
-//! task definition shows up as a clear crash, not as odd behaviour later.
+//! Every setting has one variable, documented in the README and declared once
+//! in the `variables!` table below (name, type, default, check), from which the
+//! reading and [`VARIABLES`] are generated. Parsing is done once at start and
+//! fails with one line naming the variable, so a typo in a task definition
+//! shows up as a clear crash, not as odd behaviour later.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -10,57 +12,78 @@ use std::time::Duration;
 
 use crate::pricing::{ModelPrice, PriceTable};
 
-/// Every variable stolid reads, so deployment files can be checked against it.
-pub const VARIABLES: &[&str] = &[
-    "DATABASE_URL",
-    "DATABASE_MAX_CONNECTIONS",
-    "DATABASE_ACQUIRE_TIMEOUT_SECS",
-    "S3_BUCKET",
-    "SQS_QUEUE_URL",
-    "AWS_TIMEOUT_SECS",
-    "AWS_ENDPOINT_URL",
-    "AWS_REGION",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "LLM_PROVIDER",
-    "OPENAI_API_KEY",
-    "OPENAI_BASE_URL",
-    "CHAT_MODEL",
-    "EMBEDDING_MODEL",
-    "EMBEDDING_DIMENSIONS",
-    "LLM_TIMEOUT_SECS",
-    "EMBED_MAX_ATTEMPTS",
-    "CHAT_MAX_ATTEMPTS",
-    "MODEL_PRICES",
-    "EMBED_REQUESTS_PER_MINUTE",
-    "EMBED_TOKENS_PER_MINUTE",
-    "EMBED_MAX_IN_FLIGHT",
-    "EMBED_MAX_BATCH_INPUTS",
-    "EMBED_MAX_BATCH_TOKENS",
-    "EMBED_MAX_INPUT_TOKENS",
-    "WORKER_POLLERS",
-    "WORKER_CONCURRENCY",
-    "WORKER_VISIBILITY_TIMEOUT_SECS",
-    "WORKER_WAIT_TIME_SECS",
-    "JOB_TIMEOUT_SECS",
-    "SWEEP_INTERVAL_SECS",
-    "SWEEP_STUCK_AFTER_SECS",
-    "SWEEP_MAX_REQUEUES",
-    "MAX_EXTRACTED_BYTES",
-    "HNSW_EF_SEARCH",
-    "CHAT_TOP_K",
-    "CHAT_CONTEXT_TOKENS",
-    "CHAT_HISTORY_TOKENS",
-    "CHAT_MAX_ANSWER_TOKENS",
-    "RETRIEVAL_MIN_SIMILARITY",
-    "CHUNK_MAX_TOKENS",
-    "CHUNK_OVERLAP_TOKENS",
-    "PORT",
-    "LOG_LEVEL",
-    "SHUTDOWN_TIMEOUT_SECS",
-    "REQUEST_TIMEOUT_SECS",
-    "MAX_BODY_BYTES",
-];
+/// The variables, one line each: the field it fills, its type, its name, and
+/// how it is read with its default. [`VARIABLES`] and the reading both come
+/// from this table, so no variable is read without being listed; [`Config`]
+/// is then assembled from what was read.
+macro_rules! variables {
+    ($($field:ident: $ty:ty = $var:literal, $read:expr;)*) => {
+        /// Every variable stolid reads, so deployment files can be checked against it.
+        pub const VARIABLES: &[&str] = &[$($var),*];
+
+        /// The environment as read, before it is assembled into a [`Config`].
+        struct Vars {
+            $($field: $ty,)*
+        }
+
+        impl Vars {
+            fn read(env: &Env) -> Result<Self, ConfigError> {
+                Ok(Vars { $($field: ($read)(env, $var)?,)* })
+            }
+        }
+    };
+}
+
+variables! {
+    database_url: String = "DATABASE_URL", required;
+    database_max_connections: u32 = "DATABASE_MAX_CONNECTIONS", positive(20);
+    database_acquire_timeout_secs: f64 = "DATABASE_ACQUIRE_TIMEOUT_SECS", positive(2.0);
+    s3_bucket: String = "S3_BUCKET", required;
+    sqs_queue_url: String = "SQS_QUEUE_URL", required;
+    aws_timeout_secs: f64 = "AWS_TIMEOUT_SECS", positive(10.0);
+    aws_endpoint_url: Option<String> = "AWS_ENDPOINT_URL", optional;
+    aws_region: String = "AWS_REGION", text("us-east-1");
+    aws_access_key_id: Option<String> = "AWS_ACCESS_KEY_ID", optional;
+    aws_secret_access_key: Option<String> = "AWS_SECRET_ACCESS_KEY", optional;
+    llm_provider: Option<String> = "LLM_PROVIDER", optional;
+    openai_api_key: Option<String> = "OPENAI_API_KEY", optional;
+    openai_base_url: String = "OPENAI_BASE_URL", text("https://api.openai.com/v1");
+    chat_model: Option<String> = "CHAT_MODEL", optional;
+    embedding_model: Option<String> = "EMBEDDING_MODEL", optional;
+    embedding_dimensions: Option<usize> = "EMBEDDING_DIMENSIONS", maybe_number;
+    llm_timeout_secs: u64 = "LLM_TIMEOUT_SECS", positive(120);
+    embed_max_attempts: u32 = "EMBED_MAX_ATTEMPTS", positive(6);
+    chat_max_attempts: u32 = "CHAT_MAX_ATTEMPTS", positive(3);
+    model_prices: Option<String> = "MODEL_PRICES", optional;
+    embed_requests_per_minute: u32 = "EMBED_REQUESTS_PER_MINUTE", positive(3_000);
+    embed_tokens_per_minute: u32 = "EMBED_TOKENS_PER_MINUTE", positive(1_000_000);
+    embed_max_in_flight: usize = "EMBED_MAX_IN_FLIGHT", positive(4);
+    embed_max_batch_inputs: usize = "EMBED_MAX_BATCH_INPUTS", positive(2_048);
+    embed_max_batch_tokens: usize = "EMBED_MAX_BATCH_TOKENS", positive(300_000);
+    embed_max_input_tokens: usize = "EMBED_MAX_INPUT_TOKENS", positive(8_192);
+    worker_pollers: usize = "WORKER_POLLERS", number(1);
+    worker_concurrency: usize = "WORKER_CONCURRENCY", positive(8);
+    worker_visibility_timeout_secs: u64 = "WORKER_VISIBILITY_TIMEOUT_SECS", positive(60);
+    worker_wait_time_secs: u64 = "WORKER_WAIT_TIME_SECS", number(10);
+    job_timeout_secs: f64 = "JOB_TIMEOUT_SECS", positive(600.0);
+    sweep_interval_secs: f64 = "SWEEP_INTERVAL_SECS", number(60.0);
+    sweep_stuck_after_secs: f64 = "SWEEP_STUCK_AFTER_SECS", positive(900.0);
+    sweep_max_requeues: u32 = "SWEEP_MAX_REQUEUES", number(3);
+    max_extracted_bytes: usize = "MAX_EXTRACTED_BYTES", positive(10 * 1024 * 1024);
+    hnsw_ef_search: u32 = "HNSW_EF_SEARCH", positive(100);
+    chat_top_k: usize = "CHAT_TOP_K", positive(8);
+    chat_context_tokens: usize = "CHAT_CONTEXT_TOKENS", positive(3_000);
+    chat_history_tokens: usize = "CHAT_HISTORY_TOKENS", number(2_000);
+    chat_max_answer_tokens: u32 = "CHAT_MAX_ANSWER_TOKENS", positive(700);
+    retrieval_min_similarity: f64 = "RETRIEVAL_MIN_SIMILARITY", number(0.2);
+    chunk_max_tokens: usize = "CHUNK_MAX_TOKENS", positive(400);
+    chunk_overlap_tokens: usize = "CHUNK_OVERLAP_TOKENS", number(50);
+    port: u16 = "PORT", number(8080);
+    log_level: String = "LOG_LEVEL", text("info");
+    shutdown_timeout_secs: u64 = "SHUTDOWN_TIMEOUT_SECS", positive(30);
+    request_timeout_secs: u64 = "REQUEST_TIMEOUT_SECS", positive(120);
+    max_body_bytes: usize = "MAX_BODY_BYTES", positive(50 * 1024 * 1024);
+}
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ConfigError {
@@ -230,15 +253,11 @@ impl Config {
     /// Reads configuration through `lookup`, so tests need not touch the process environment.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let env = Env(&lookup);
-        let api_key = env.optional("OPENAI_API_KEY").filter(|k| !k.is_empty());
-        let provider = match env.optional("LLM_PROVIDER").as_deref() {
-            None | Some("") => {
-                if api_key.is_some() {
-                    ProviderKind::OpenAi
-                } else {
-                    ProviderKind::Local
-                }
-            }
+        let vars = Vars::read(&env)?;
+        let api_key = vars.openai_api_key;
+        let provider = match vars.llm_provider.as_deref() {
+            None if api_key.is_some() => ProviderKind::OpenAi,
+            None => ProviderKind::Local,
             Some("openai") => ProviderKind::OpenAi,
             Some("local") => ProviderKind::Local,
             Some(other) => {
@@ -253,12 +272,12 @@ impl Config {
             ProviderKind::OpenAi => ("gpt-4o-mini", "text-embedding-3-small", 1536),
             ProviderKind::Local => ("local-extractive", "local-hash-384", 384),
         };
-        let embedding_dimensions: usize = env.parse("EMBEDDING_DIMENSIONS", default_dims)?;
+        let embedding_dimensions = vars.embedding_dimensions.unwrap_or(default_dims);
         if !(1..=16_000).contains(&embedding_dimensions) {
             return Err(env.invalid("EMBEDDING_DIMENSIONS", "must be between 1 and 16000 (pgvector's limit)"));
         }
         let mut prices = PriceTable::default();
-        if let Some(raw) = env.optional("MODEL_PRICES") {
+        if let Some(raw) = vars.model_prices {
             let overrides: HashMap<String, ModelPrice> = serde_json::from_str(&raw).map_err(|e| {
                 ConfigError::Invalid {
                     var: "MODEL_PRICES",
@@ -268,79 +287,69 @@ impl Config {
             })?;
             prices.extend(overrides);
         }
-
+        if provider == ProviderKind::OpenAi && api_key.is_none() {
+            return Err(ConfigError::Missing { var: "OPENAI_API_KEY" });
+        }
         let llm = LlmConfig {
             provider,
             api_key,
-            base_url: env.string("OPENAI_BASE_URL", "https://api.openai.com/v1"),
-            chat_model: env.string("CHAT_MODEL", default_chat),
-            embedding_model: env.string("EMBEDDING_MODEL", default_embed),
+            base_url: vars.openai_base_url,
+            chat_model: vars.chat_model.unwrap_or_else(|| default_chat.into()),
+            embedding_model: vars.embedding_model.unwrap_or_else(|| default_embed.into()),
             embedding_dimensions,
-            request_timeout: Duration::from_secs(env.parse_positive("LLM_TIMEOUT_SECS", 120)?),
-            chat_max_attempts: env.parse_positive("CHAT_MAX_ATTEMPTS", 3)?,
+            request_timeout: Duration::from_secs(vars.llm_timeout_secs),
+            chat_max_attempts: vars.chat_max_attempts,
             prices,
             embedding_limits: EmbeddingLimits {
-                requests: RateCap::per_minute(env.parse_positive("EMBED_REQUESTS_PER_MINUTE", 3_000)?),
-                tokens: RateCap::per_minute(env.parse_positive("EMBED_TOKENS_PER_MINUTE", 1_000_000)?),
-                max_in_flight: env.parse_positive("EMBED_MAX_IN_FLIGHT", 4)?,
-                max_batch_inputs: env.parse_positive("EMBED_MAX_BATCH_INPUTS", 2_048)?,
-                max_batch_tokens: env.parse_positive("EMBED_MAX_BATCH_TOKENS", 300_000)?,
-                max_input_tokens: env.parse_positive("EMBED_MAX_INPUT_TOKENS", 8_192)?,
-                max_attempts: env.parse_positive("EMBED_MAX_ATTEMPTS", 6)?,
+                requests: RateCap::per_minute(vars.embed_requests_per_minute),
+                tokens: RateCap::per_minute(vars.embed_tokens_per_minute),
+                max_in_flight: vars.embed_max_in_flight,
+                max_batch_inputs: vars.embed_max_batch_inputs,
+                max_batch_tokens: vars.embed_max_batch_tokens,
+                max_input_tokens: vars.embed_max_input_tokens,
+                max_attempts: vars.embed_max_attempts,
             },
         };
-        if llm.provider == ProviderKind::OpenAi && llm.api_key.is_none() {
-            return Err(ConfigError::Missing { var: "OPENAI_API_KEY" });
-        }
-
         let config = Config {
-            database_url: env.required("DATABASE_URL")?,
-            database_max_connections: env.parse_positive("DATABASE_MAX_CONNECTIONS", 20)?,
-            database_acquire_timeout: Duration::from_secs_f64(
-                env.parse_positive("DATABASE_ACQUIRE_TIMEOUT_SECS", 2.0)?,
-            ),
-            s3_bucket: env.required("S3_BUCKET")?,
-            sqs_queue_url: env.required("SQS_QUEUE_URL")?,
+            database_url: vars.database_url,
+            database_max_connections: vars.database_max_connections,
+            database_acquire_timeout: Duration::from_secs_f64(vars.database_acquire_timeout_secs),
+            s3_bucket: vars.s3_bucket,
+            sqs_queue_url: vars.sqs_queue_url,
             aws: AwsConfig {
-                endpoint_url: env.optional("AWS_ENDPOINT_URL").filter(|s| !s.is_empty()),
-                region: env.string("AWS_REGION", "us-east-1"),
-                call_timeout: Duration::from_secs_f64(env.parse_positive("AWS_TIMEOUT_SECS", 10.0)?),
-                credentials: env
-                    .optional("AWS_ACCESS_KEY_ID")
-                    .filter(|s| !s.is_empty())
-                    .zip(env.optional("AWS_SECRET_ACCESS_KEY")),
+                endpoint_url: vars.aws_endpoint_url,
+                region: vars.aws_region,
+                call_timeout: Duration::from_secs_f64(vars.aws_timeout_secs),
+                credentials: vars.aws_access_key_id.zip(vars.aws_secret_access_key),
             },
             llm,
             worker: WorkerConfig {
-                pollers: env.parse("WORKER_POLLERS", 1)?,
-                concurrency: env.parse_positive("WORKER_CONCURRENCY", 8)?,
-                visibility_timeout: Duration::from_secs(env.parse_positive("WORKER_VISIBILITY_TIMEOUT_SECS", 60)?),
-                wait_time: Duration::from_secs(env.parse("WORKER_WAIT_TIME_SECS", 10)?),
-                job_timeout: Duration::from_secs_f64(env.parse_positive("JOB_TIMEOUT_SECS", 600.0)?),
-                max_extracted_bytes: env.parse_positive("MAX_EXTRACTED_BYTES", 10 * 1024 * 1024)?,
+                pollers: vars.worker_pollers,
+                concurrency: vars.worker_concurrency,
+                visibility_timeout: Duration::from_secs(vars.worker_visibility_timeout_secs),
+                wait_time: Duration::from_secs(vars.worker_wait_time_secs),
+                job_timeout: Duration::from_secs_f64(vars.job_timeout_secs),
+                max_extracted_bytes: vars.max_extracted_bytes,
                 sweeper: SweeperConfig {
-                    interval: Duration::from_secs_f64(env.parse("SWEEP_INTERVAL_SECS", 60.0)?),
-                    stuck_after: Duration::from_secs_f64(env.parse_positive("SWEEP_STUCK_AFTER_SECS", 900.0)?),
-                    max_requeues: env.parse("SWEEP_MAX_REQUEUES", 3)?,
+                    interval: Duration::from_secs_f64(vars.sweep_interval_secs),
+                    stuck_after: Duration::from_secs_f64(vars.sweep_stuck_after_secs),
+                    max_requeues: vars.sweep_max_requeues,
                 },
             },
-            chunking: ChunkSettings {
-                max_tokens: env.parse_positive("CHUNK_MAX_TOKENS", 400)?,
-                overlap_tokens: env.parse("CHUNK_OVERLAP_TOKENS", 50)?,
-            },
-            hnsw_ef_search: env.parse_positive("HNSW_EF_SEARCH", 100)?,
+            chunking: ChunkSettings { max_tokens: vars.chunk_max_tokens, overlap_tokens: vars.chunk_overlap_tokens },
+            hnsw_ef_search: vars.hnsw_ef_search,
             chat: ChatConfig {
-                top_k: env.parse_positive("CHAT_TOP_K", 8)?,
-                context_tokens: env.parse_positive("CHAT_CONTEXT_TOKENS", 3_000)?,
-                history_tokens: env.parse("CHAT_HISTORY_TOKENS", 2_000)?,
-                max_answer_tokens: env.parse_positive("CHAT_MAX_ANSWER_TOKENS", 700)?,
-                min_similarity: env.parse("RETRIEVAL_MIN_SIMILARITY", 0.2)?,
+                top_k: vars.chat_top_k,
+                context_tokens: vars.chat_context_tokens,
+                history_tokens: vars.chat_history_tokens,
+                max_answer_tokens: vars.chat_max_answer_tokens,
+                min_similarity: vars.retrieval_min_similarity,
             },
-            port: env.parse("PORT", 8080)?,
-            log_level: env.string("LOG_LEVEL", "info"),
-            shutdown_timeout: Duration::from_secs(env.parse_positive("SHUTDOWN_TIMEOUT_SECS", 30)?),
-            request_timeout: Duration::from_secs(env.parse_positive("REQUEST_TIMEOUT_SECS", 120)?),
-            max_body_bytes: env.parse_positive("MAX_BODY_BYTES", 50 * 1024 * 1024)?,
+            port: vars.port,
+            log_level: vars.log_level,
+            shutdown_timeout: Duration::from_secs(vars.shutdown_timeout_secs),
+            request_timeout: Duration::from_secs(vars.request_timeout_secs),
+            max_body_bytes: vars.max_body_bytes,
         };
         if config.worker.sweeper.stuck_after <= config.worker.job_timeout {
             return Err(env.invalid("SWEEP_STUCK_AFTER_SECS", "must be longer than JOB_TIMEOUT_SECS"));
@@ -368,19 +377,27 @@ impl Env<'_> {
         ConfigError::Invalid { var, value: self.optional(var).unwrap_or_default(), reason: reason.into() }
     }
 
-    fn parse<T>(&self, var: &'static str, default: T) -> Result<T, ConfigError>
+    fn parse_optional<T>(&self, var: &'static str) -> Result<Option<T>, ConfigError>
     where
         T: FromStr,
         T::Err: std::fmt::Display,
     {
         match self.optional(var).filter(|s| !s.is_empty()) {
-            None => Ok(default),
-            Some(raw) => raw.trim().parse().map_err(|e: T::Err| ConfigError::Invalid {
+            None => Ok(None),
+            Some(raw) => raw.trim().parse().map(Some).map_err(|e: T::Err| ConfigError::Invalid {
                 var,
                 value: raw.clone(),
                 reason: e.to_string(),
             }),
         }
+    }
+
+    fn parse<T>(&self, var: &'static str, default: T) -> Result<T, ConfigError>
+    where
+        T: FromStr,
+        T::Err: std::fmt::Display,
+    {
+        Ok(self.parse_optional(var)?.unwrap_or(default))
     }
 
     fn parse_positive<T>(&self, var: &'static str, default: T) -> Result<T, ConfigError>
@@ -394,6 +411,44 @@ impl Env<'_> {
         }
         Ok(value)
     }
+}
+
+/// How a variable of the table is read: required, optional, text or a number
+/// with its default, a number that must be positive. Empty counts as unset.
+fn required(env: &Env, var: &'static str) -> Result<String, ConfigError> {
+    env.required(var)
+}
+
+fn optional(env: &Env, var: &'static str) -> Result<Option<String>, ConfigError> {
+    Ok(env.optional(var).filter(|s| !s.is_empty()))
+}
+
+fn text(default: &'static str) -> impl Fn(&Env, &'static str) -> Result<String, ConfigError> {
+    move |env, var| Ok(env.string(var, default))
+}
+
+fn number<T>(default: T) -> impl Fn(&Env, &'static str) -> Result<T, ConfigError>
+where
+    T: FromStr + Copy,
+    T::Err: std::fmt::Display,
+{
+    move |env, var| env.parse(var, default)
+}
+
+fn maybe_number<T>(env: &Env, var: &'static str) -> Result<Option<T>, ConfigError>
+where
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    env.parse_optional(var)
+}
+
+fn positive<T>(default: T) -> impl Fn(&Env, &'static str) -> Result<T, ConfigError>
+where
+    T: FromStr + PartialOrd + Default + Copy,
+    T::Err: std::fmt::Display,
+{
+    move |env, var| env.parse_positive(var, default)
 }
 
 #[cfg(test)]
