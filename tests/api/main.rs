@@ -6,6 +6,7 @@ mod agent;
 mod chat;
 mod deploy_files;
 pub mod documents;
+mod fleet;
 mod gateway;
 mod hardening;
 mod health;
