@@ -45,7 +45,7 @@ pub async fn store(
         return Ok(Stored { document: existing, duplicate: true });
     }
     let id = Uuid::now_v7();
-    let s3_key = format!("tenants/{}/documents/{id}/original", tenant.id);
+    let s3_key = original_key(tenant.id, id);
     let size_bytes = upload.bytes.len() as i64;
     state.blobs.put(&s3_key, upload.bytes, upload.format.content_type()).await?;
     let new = NewDocument {
@@ -75,13 +75,26 @@ pub async fn store(
 /// Sends the index job; if SQS refuses, undoes the upload so nothing is left half-done.
 async fn enqueue(state: &AppState, document: &Document) -> Result<()> {
     let job = Job::IndexDocument { tenant_id: document.tenant_id, document_id: document.id };
-    if let Err(err) = state.queue.send(job.to_message()).await {
-        tracing::error!(error = format!("{err:#}"), "could not queue the document");
+    if let Err(err) = enqueue_all(state, vec![job]).await {
         let _ = documents::delete(&state.db, document.tenant_id, document.id).await;
         let _ = state.blobs.delete(&document.s3_key).await;
-        return Err(DomainError::Unavailable("the job queue is unavailable; try again".into()));
+        return Err(err);
     }
     Ok(())
+}
+
+/// Where a document's original is stored: made of tenant and id, never of a
+/// caller's file name.
+pub fn original_key(tenant_id: Uuid, document_id: Uuid) -> String {
+    format!("tenants/{tenant_id}/documents/{document_id}/original")
+}
+
+/// The document an [`original_key`] belongs to; `None` for any other key.
+pub fn document_of_original(key: &str) -> Option<Uuid> {
+    match key.split('/').collect::<Vec<_>>()[..] {
+        ["tenants", _, "documents", id, "original"] => id.parse().ok(),
+        _ => None,
+    }
 }
 
 /// The key an `s3_uri` may name: only objects under the caller's own import
@@ -142,4 +155,17 @@ pub async fn delete(state: &AppState, tenant_id: Uuid, id: Uuid) -> Result<()> {
         tracing::warn!(error = format!("{err:#}"), s3_key, "deleting the original failed; the sweeper will remove it");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn original_keys_name_their_document_and_other_keys_do_not() {
+        let (tenant, id) = (Uuid::now_v7(), Uuid::now_v7());
+        assert_eq!(document_of_original(&original_key(tenant, id)), Some(id));
+        assert_eq!(document_of_original(&format!("imports/{tenant}/documents/{id}/original")), None);
+        assert_eq!(document_of_original("tenants/t/documents/not-a-uuid/original"), None);
+    }
 }

@@ -136,11 +136,7 @@ pub fn error_response(status: StatusCode, code: &str, message: impl Into<String>
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        let (status, code) = self.status_and_code();
-        if status.is_server_error() {
-            tracing::error!(error = ?self, "request failed");
-        }
-        let message = self.public_message();
+        let (status, code, message) = self.reported("request failed");
         let mut response = error_response(status, code, message);
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
@@ -153,11 +149,17 @@ impl Error {
     /// The `{"error": {...}}` body for a failure that happens after a stream's
     /// 200 was sent (an SSE `error` event); server errors are logged here.
     pub fn event_body(self) -> serde_json::Value {
+        let (_, code, message) = self.reported("stream failed");
+        serde_json::json!({"error": {"code": code, "message": message}})
+    }
+
+    /// Status, code and public message; a server error's cause is logged once, here.
+    fn reported(&self, what: &'static str) -> (StatusCode, &'static str, String) {
         let (status, code) = self.status_and_code();
         if status.is_server_error() {
-            tracing::error!(error = ?self, "stream failed");
+            tracing::error!(error = ?self, "{what}");
         }
-        serde_json::json!({"error": {"code": code, "message": self.public_message()}})
+        (status, code, self.public_message())
     }
 }
 

@@ -95,8 +95,6 @@ impl utoipa::Modify for CommonResponses {
                     add("401", "missing or invalid API key (`unauthorized`)");
                     add("429", "the model provider is rate limiting (`model_rate_limited`)");
                     add("502", "the model provider failed (`model_error`)");
-                }
-                if authenticated {
                     // A path id, or an id in the body (a conversation), may name nothing of this tenant's.
                     add("404", "no such resource for this tenant (`not_found`)");
                 }

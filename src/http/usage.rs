@@ -35,12 +35,16 @@ pub struct UsageReport {
     conversations: ConversationCosts,
 }
 
-fn parse_time(name: &str, raw: &str) -> Result<DateTime<Utc>> {
+/// A time parameter; absent or empty (`?from=`) is `None`.
+fn parse_time(name: &str, raw: Option<&str>) -> Result<Option<DateTime<Utc>>> {
+    let Some(raw) = raw.filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
     if let Ok(t) = DateTime::parse_from_rfc3339(raw) {
-        return Ok(t.with_timezone(&Utc));
+        return Ok(Some(t.with_timezone(&Utc)));
     }
     NaiveDate::parse_from_str(raw, "%Y-%m-%d")
-        .map(|d| d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc())
+        .map(|d| Some(d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc()))
         .map_err(|_| Error::invalid(format!("{name} must be RFC 3339 or YYYY-MM-DD")))
 }
 
@@ -52,21 +56,8 @@ pub async fn get_usage(
     tenant: Tenant,
     Query(params): Query<UsageParams>,
 ) -> Result<AppJson<UsageReport>> {
-    // An empty value (`?from=`) means the parameter was not given.
-    let to = params
-        .to
-        .as_deref()
-        .filter(|t| !t.is_empty())
-        .map(|t| parse_time("to", t))
-        .transpose()?
-        .unwrap_or_else(Utc::now);
-    let from = params
-        .from
-        .as_deref()
-        .filter(|t| !t.is_empty())
-        .map(|t| parse_time("from", t))
-        .transpose()?
-        .unwrap_or(to - chrono::Duration::days(30));
+    let to = parse_time("to", params.to.as_deref())?.unwrap_or_else(Utc::now);
+    let from = parse_time("from", params.from.as_deref())?.unwrap_or(to - chrono::Duration::days(30));
     if from >= to {
         return Err(Error::invalid("from must be before to"));
     }

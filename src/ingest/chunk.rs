@@ -29,18 +29,13 @@ pub fn chunk(text: &str, markdown: bool, settings: ChunkSettings) -> Vec<Chunk> 
         .with_sizer(TokenCounter)
         .with_overlap(overlap)
         .expect("overlap is below the chunk size");
-    let mut pieces: Vec<(usize, &str)> = Vec::new();
-    if markdown {
+    let pieces = if markdown {
         let splitter = MarkdownSplitter::new(config);
-        for (start, segment) in segments(text, SEGMENT_BYTES) {
-            pieces.extend(splitter.chunk_indices(segment).map(|(offset, piece)| (start + offset, piece)));
-        }
+        split_segments(text, |segment| splitter.chunk_indices(segment))
     } else {
         let splitter = TextSplitter::new(config);
-        for (start, segment) in segments(text, SEGMENT_BYTES) {
-            pieces.extend(splitter.chunk_indices(segment).map(|(offset, piece)| (start + offset, piece)));
-        }
-    }
+        split_segments(text, |segment| splitter.chunk_indices(segment))
+    };
     let headings = if markdown { headings(text) } else { Vec::new() };
     let mut paths = HeadingPaths::new(&headings);
     pieces
@@ -55,6 +50,17 @@ pub fn chunk(text: &str, markdown: bool, settings: ChunkSettings) -> Vec<Chunk> 
             start_offset: offset as i32,
             end_offset: (offset + content.len()) as i32,
         })
+        .collect()
+}
+
+/// Runs `split` on each segment of `text`, with offsets into the whole text.
+fn split_segments<'t, I>(text: &'t str, split: impl Fn(&'t str) -> I) -> Vec<(usize, &'t str)>
+where
+    I: Iterator<Item = (usize, &'t str)>,
+{
+    segments(text, SEGMENT_BYTES)
+        .into_iter()
+        .flat_map(|(start, segment)| split(segment).map(move |(offset, piece)| (start + offset, piece)))
         .collect()
 }
 

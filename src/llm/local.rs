@@ -87,7 +87,7 @@ fn stem(word: &str) -> &str {
 /// [`chat`] with token counts as a remote provider would report them.
 pub fn chat_counted(request: &ChatRequest) -> (ChatOutput, u32, u32) {
     let output = chat(request);
-    let input_tokens = request.messages.iter().map(|m| count_tokens(&m.content) + 4).sum::<usize>();
+    let input_tokens = request.estimated_input_tokens();
     let output_tokens =
         count_tokens(&output.content) + output.tool_calls.iter().map(|c| count_tokens(&c.arguments)).sum::<usize>();
     (output, input_tokens as u32, output_tokens as u32)

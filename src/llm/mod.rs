@@ -102,6 +102,14 @@ pub struct ChatRequest {
     pub model: Option<String>,
 }
 
+impl ChatRequest {
+    /// Prompt tokens as providers count them (a few per message for the role
+    /// markup), for providers that report none.
+    pub fn estimated_input_tokens(&self) -> usize {
+        self.messages.iter().map(|m| count_tokens(&m.content) + 4).sum()
+    }
+}
+
 /// The kind of answer a chat request asks for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Task {
@@ -325,7 +333,7 @@ impl Gateway {
         request: ChatRequest,
     ) -> Result<futures::stream::BoxStream<'static, Result<StreamItem, LlmError>>, LlmError> {
         let model = request.model.clone().unwrap_or_else(|| self.config.chat_model.clone());
-        let input_estimate = request.messages.iter().map(|m| count_tokens(&m.content) + 4).sum::<usize>() as u32;
+        let input_estimate = request.estimated_input_tokens() as u32;
         let started = Instant::now();
         // Opening the stream is retried like any call; once it flows, a failure ends it.
         let attempts = self.config.chat_max_attempts;
@@ -552,9 +560,11 @@ impl Drop for StreamGuard {
         if !self.finished {
             let (input_tokens, output_tokens) = self.tokens();
             let latency = self.started.elapsed();
-            let mut attempt = Attempt::succeeded(Operation::Chat, &self.model, latency, input_tokens, output_tokens);
-            attempt.outcome = Outcome::Error;
-            attempt.error = Some("cancelled: the client went away".to_string());
+            let attempt = Attempt {
+                outcome: Outcome::Error,
+                error: Some("cancelled: the client went away".to_string()),
+                ..Attempt::succeeded(Operation::Chat, &self.model, latency, input_tokens, output_tokens)
+            };
             self.gateway.record(&self.ctx, attempt);
         }
     }

@@ -28,14 +28,25 @@ pub async fn interrupted(state: &AppState, message: &Received, reason: &str, las
         return;
     };
     let result = if last_attempt {
-        let reason = format!("gave up after repeated failures: {reason}");
-        documents::mark_failed(&state.db, tenant_id, document_id, &reason).await
+        give_up(state, tenant_id, document_id, reason).await
     } else {
         documents::requeue(&state.db, tenant_id, document_id, Some(reason)).await
     };
     if let Err(err) = result {
         tracing::warn!(error = %err, %document_id, "could not record the interrupted job on its document");
     }
+}
+
+/// On the last delivery the queue allows, records on the document why it will
+/// not be indexed, before SQS moves the message to the dead-letter queue.
+pub async fn give_up(
+    state: &AppState,
+    tenant_id: uuid::Uuid,
+    document_id: uuid::Uuid,
+    reason: impl std::fmt::Display,
+) -> sqlx::Result<()> {
+    let reason = format!("gave up after repeated failures: {reason}");
+    documents::mark_failed(&state.db, tenant_id, document_id, &reason).await
 }
 
 /// Runs the message's job. `last_attempt` is set on the final delivery before

@@ -28,6 +28,7 @@ use anyhow::Context;
 use serde_json::json;
 use uuid::Uuid;
 
+use crate::documents::document_of_original;
 use crate::queue::Job;
 use crate::state::AppState;
 use crate::store::{documents, leases};
@@ -140,7 +141,7 @@ pub async fn sweep_orphans(state: &AppState) -> anyhow::Result<OrphanReport> {
         let candidates: Vec<(Uuid, String)> = page
             .into_iter()
             .filter(|object| object.modified < settled_before)
-            .filter_map(|object| Some((document_id_of(&object.key)?, object.key)))
+            .filter_map(|object| Some((document_of_original(&object.key)?, object.key)))
             .collect();
         let ids: Vec<Uuid> = candidates.iter().map(|(id, _)| *id).collect();
         let existing: std::collections::HashSet<Uuid> =
@@ -155,14 +156,6 @@ pub async fn sweep_orphans(state: &AppState) -> anyhow::Result<OrphanReport> {
             Some(next) => token = Some(next),
             None => return Ok(report),
         }
-    }
-}
-
-/// The document id in `tenants/<tenant>/documents/<id>/original`.
-fn document_id_of(key: &str) -> Option<Uuid> {
-    match key.split('/').collect::<Vec<_>>()[..] {
-        ["tenants", _, "documents", id, "original"] => id.parse().ok(),
-        _ => None,
     }
 }
 
@@ -187,15 +180,4 @@ fn log_pass(pass: &str, counts: serde_json::Value) {
         line.extend(counts.clone());
     }
     println!("{line}");
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn only_stolid_original_keys_name_a_document() {
-        let id = uuid::Uuid::now_v7();
-        assert_eq!(super::document_id_of(&format!("tenants/t/documents/{id}/original")), Some(id));
-        assert_eq!(super::document_id_of(&format!("imports/t/documents/{id}/original")), None);
-        assert_eq!(super::document_id_of("tenants/t/documents/not-a-uuid/original"), None);
-    }
 }

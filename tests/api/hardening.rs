@@ -10,7 +10,7 @@ use stolid::testkit::proxy::{FaultProxy, ProxyMode, upstream_of, via};
 
 use crate::helpers::{
     Options, TestApp, base_env, create_infra, error_code, spawn_app, spawn_app_with, spawn_app_with_fake, upload_text,
-    wait_until_settled,
+    wait_for_status, wait_until_settled,
 };
 
 /// `s3_uri` names only objects under the caller's own import prefix: another
@@ -329,11 +329,7 @@ async fn a_job_released_at_shutdown_leaves_its_document_queued() {
     let doc = upload_text(&app, json!({"text": "Still embedding when the task stops."})).await;
     let id: uuid::Uuid = doc["id"].as_str().unwrap().parse().unwrap();
     let (db, tenant) = (app.state.db.clone(), app.tenant_id);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while stolid::store::documents::get(&db, tenant, id).await.unwrap().unwrap().status != DocumentStatus::Processing {
-        assert!(std::time::Instant::now() < deadline, "never started processing");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_status(&db, tenant, id, DocumentStatus::Processing).await;
     app.stop().await.unwrap();
     let doc = stolid::store::documents::get(&db, tenant, id).await.unwrap().unwrap();
     assert_eq!(doc.status, DocumentStatus::Queued, "{doc:?}");

@@ -192,6 +192,21 @@ pub async fn upload_text(app: &TestApp, body: Value) -> Value {
     body["documents"][0].clone()
 }
 
+/// Waits until the document's row has `status`, read from the database, so it
+/// works whatever the API is doing (stopping, or another process's).
+pub async fn wait_for_status(
+    db: &sqlx::PgPool,
+    tenant_id: Uuid,
+    id: Uuid,
+    status: stolid::store::documents::DocumentStatus,
+) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stolid::store::documents::get(db, tenant_id, id).await.unwrap().unwrap().status != status {
+        assert!(Instant::now() < deadline, "document {id} never became {status:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Parses a JSON error body and returns its code, checking the shape on the way.
 pub async fn error_code(response: reqwest::Response) -> String {
     let body: serde_json::Value = response.json().await.expect("error bodies are JSON");

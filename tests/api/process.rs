@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use stolid::store::documents::DocumentStatus;
 
-use crate::helpers::{Infra, base_env, create_infra};
+use crate::helpers::{Infra, base_env, create_infra, wait_for_status};
 
 /// A command with a clean environment, run from an empty folder so no `.env` is picked up.
 fn stolid() -> Command {
@@ -172,11 +172,7 @@ async fn sigterm_during_a_long_extraction_exits_within_the_stop_timeout() {
     assert_eq!(response.status(), 202);
     let body: serde_json::Value = response.json().await.unwrap();
     let id: uuid::Uuid = body["documents"][0]["id"].as_str().unwrap().parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while stolid::store::documents::get(&db, tenant, id).await.unwrap().unwrap().status != DocumentStatus::Processing {
-        assert!(Instant::now() < deadline, "never started processing");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_status(&db, tenant, id, DocumentStatus::Processing).await;
     tokio::time::sleep(Duration::from_millis(500)).await; // into the extraction
     // The stop timeout is 2 s; the bound only guards against a hang (before the
     // fix the process ran on until the extraction ended).

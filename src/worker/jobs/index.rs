@@ -28,8 +28,7 @@ pub async fn run(state: &AppState, tenant_id: Uuid, document_id: Uuid, last_atte
         }
         Err(Failure::Transient(err)) => {
             if last_attempt {
-                let reason = format!("gave up after repeated failures: {err:#}");
-                documents::mark_failed(&state.db, tenant_id, document_id, &reason).await.context("marking failed")?;
+                super::give_up(state, tenant_id, document_id, format!("{err:#}")).await.context("marking failed")?;
             }
             Err(JobError::Retry(err))
         }
