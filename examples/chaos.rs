@@ -48,7 +48,11 @@ fn args() -> Args {
         docs: map.get("docs").map_or(150, |v| v.parse().expect("--docs")),
         outage: Duration::from_secs(map.get("outage-secs").map_or(10, |v| v.parse().expect("--outage-secs"))),
         only: map.get("only").cloned(),
-        schemathesis: map.get("schemathesis").cloned().filter(|p| std::path::Path::new(p).exists()),
+        // Absolute, since schemathesis runs in .local/chaos (its cache goes there).
+        schemathesis: map
+            .get("schemathesis")
+            .and_then(|p| std::fs::canonicalize(p).ok())
+            .map(|p| p.to_string_lossy().into_owned()),
         examples: map.get("examples").map_or(25, |v| v.parse().expect("--examples")),
     }
 }
@@ -572,12 +576,13 @@ async fn schemathesis(args: &Args, st: &str) -> Row {
         .args(["--header", &format!("Authorization: Bearer {}", proc.key)])
         .args(["--request-timeout", "30"])
         .env("NO_COLOR", "1")
+        // Its cache goes beside the log, not into the checkout.
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.local/chaos"))
         .output()
         .expect("running schemathesis");
     row.recover_secs = Some(started.elapsed().as_secs_f64());
     let stdout = String::from_utf8_lossy(&output.stdout);
     let log = concat!(env!("CARGO_MANIFEST_DIR"), "/.local/chaos/schemathesis.log");
-    let _ = std::fs::create_dir_all(concat!(env!("CARGO_MANIFEST_DIR"), "/.local/chaos"));
     let _ = std::fs::File::create(log).and_then(|mut f| f.write_all(&output.stdout));
     let summary: Vec<&str> =
         stdout.lines().filter(|l| l.contains("passed") || l.contains("failed") || l.contains("error")).collect();
