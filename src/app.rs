@@ -46,7 +46,7 @@ impl Application {
         let blobs = Blobs::new(&sdk, config.aws.endpoint_url.is_some(), &config.s3_bucket, config.aws.call_timeout);
         let queue = Queue::new(&sdk, &config.sqs_queue_url, config.aws.call_timeout);
         let (recorder, usage_writer) = UsageRecorder::spawn(db.clone(), usage_log);
-        let gateway = Arc::new(Gateway::new(config.llm.clone(), recorder)?);
+        let gateway = Arc::new(Gateway::new(config.llm.clone(), recorder, db.clone())?);
         let listener = if role == ProcessRole::Worker {
             None
         } else {

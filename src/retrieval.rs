@@ -94,8 +94,8 @@ pub async fn search(state: &AppState, ctx: &CallContext, query: Query<'_>) -> Re
         let others = search::other_models(&state.db, query.scope.tenant_id, gateway.embedding_model()).await?;
         models.extend(others.into_iter().map(|(model, dims)| (model, dims as usize)));
         for (model, dims) in models {
-            let mut embedded = gateway.embed_with(ctx, &model, dims, &[query.text.to_string()]).await?;
-            embedded_queries.push((model, dims, embedded.vectors.swap_remove(0)));
+            let vector = gateway.embed_query(ctx, &model, dims, query.text).await?;
+            embedded_queries.push((model, dims, vector));
         }
     }
     let mut tx = state.db.begin().await?;

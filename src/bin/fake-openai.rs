@@ -1,12 +1,11 @@
-//! `fake-openai --port 9999 [--latency-ms 50] [--rpm-cap 600]`: the test
+//! `fake-openai --port 9999 [--latency-ms 50] [--rpm 600] [--tpm 1000000]`: the test
 //! suite's fake OpenAI-compatible server as a process, for benchmarks and for
 //! trying stolid's `openai` provider offline. `GET /stats` reports counters.
 
 use std::time::Duration;
 
 use clap::Parser;
-use stolid::config::RateCap;
-use stolid::testkit::fake_openai::FakeOpenAi;
+use stolid::testkit::fake_openai::{BucketCaps, FakeOpenAi};
 
 #[derive(Parser)]
 struct Args {
@@ -15,9 +14,12 @@ struct Args {
     /// Added to every response.
     #[arg(long, default_value_t = 0)]
     latency_ms: u64,
-    /// Answer 429 above this many embedding requests per minute.
+    /// Embedding requests per minute, enforced as a bucket of one second's worth (as OpenAI does).
     #[arg(long)]
-    rpm_cap: Option<u32>,
+    rpm: Option<u32>,
+    /// Embedding tokens per minute, enforced the same way.
+    #[arg(long)]
+    tpm: Option<u32>,
     /// Default embedding dimension when a request names none.
     #[arg(long, default_value_t = 384)]
     dimensions: usize,
@@ -28,7 +30,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let fake = FakeOpenAi::start_on(args.port).await?;
     fake.set_latency(Duration::from_millis(args.latency_ms));
-    fake.set_rate_cap(args.rpm_cap.map(RateCap::per_minute));
+    fake.set_bucket_caps(BucketCaps { requests_per_minute: args.rpm, tokens_per_minute: args.tpm });
     fake.set_default_dimensions(args.dimensions);
     eprintln!("fake OpenAI server on {}", fake.base_url());
     tokio::signal::ctrl_c().await?;

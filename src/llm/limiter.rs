@@ -1,223 +1,415 @@
-//! The one embedding rate limiter shared by every worker and request of the process.
+//! The one embedding cap of the whole fleet: every task that shares the
+//! database shares it, whatever each task's own configuration says about
+//! how many tasks there are (nothing; each is configured with the full cap).
 //!
-//! Embedding APIs throttle hard, and N workers each retrying on their own turn one
-//! 429 into a storm. So every embedding call passes through here:
+//! Embedding APIs throttle hard, and N tasks each enforcing the cap on their own
+//! send N times the cap; a 429 then turns into a retry storm. So every
+//! embedding request passes through here:
 //!
-//! 1. a cap on calls in flight (a semaphore);
-//! 2. a pause, set by any caller that saw a 429, that every caller waits out;
-//! 3. two GCRA limiters (governor): requests per window and tokens per window.
-//!    Each is built so that *any* window of the configured length holds at most
-//!    the configured limit: with burst `b`, cells refill at `(limit - b) / window`;
-//! 4. a slowdown factor: after a 429 each call costs 2x, 4x, 8x request cells,
-//!    which slows the whole process, not only the caller that was throttled. It
-//!    halves again after each quiet recovery period without a 429.
+//! 1. **A slot** (the in-flight cap). The configured `max_in_flight` is split
+//!    among the tasks that leased budget in the last [`MEMBER_TTL`]: a task's
+//!    share is `max / n`, the first `max % n` tasks (by id) get one more, and
+//!    every task gets at least one. Queries may use every slot of the share;
+//!    bulk work leaves one free for them when the share has two or more.
+//! 2. **A reservation** from the fleet's GCRA row in Postgres
+//!    (`embed_lease`, migration 0005): requests and tokens, with the pause and
+//!    slowdown a 429 set. The row answers "send at T"; GCRA then guarantees
+//!    that no window of length `w` holds more than `burst + rate * w`, whoever
+//!    sends. One reservation covers every request waiting in this task at that
+//!    moment (up to the bursts), so under load a round trip serves a group.
+//! 3. **Queries first**: a search's embedding queues in front of bulk work (bulk
+//!    waiters pass a second lock first, so at most one bulk reservation is ever
+//!    ahead of a query).
 //!
-//! Acquisition is serialised through a fair (FIFO) mutex so a large token batch
-//! cannot be starved by a stream of small ones.
+//! The pace is derived from the cap as the provider enforces it: over short
+//! windows (OpenAI publishes per-minute limits and enforces them as a bucket of
+//! about one second's worth). So the rate is [`MARGIN`] of the cap and the
+//! burst is one second's share minus what a late send could add (a grant lives
+//! [`GRANT_LIFE`], plus [`SEND_JITTER`]), and never more than what keeps a whole
+//! window under the cap. A request larger than the token burst cannot be sent
+//! under it; the gateway never builds one (its batches stop at the burst).
+//!
+//! A 429 is then a sign that someone else shares the key. It pauses the fleet
+//! (`embed_throttled`): `paused_until` on the row, which every reservation
+//! respects, and doubles a slowdown (up to [`MAX_SLOWDOWN`]) once per burst of
+//! 429s; each quiet [`RECOVERY`] halves it again, so one 429 costs a few
+//! seconds at half rate, not minutes.
+//!
+//! Failure modes:
+//! - *A task dies holding a reservation*: the reservation is budget nobody
+//!   spends (at most one burst); nothing waits for it. Its fleet membership
+//!   lapses after [`MEMBER_TTL`] and its in-flight share returns to the others.
+//! - *Clock skew*: every time is the database's clock (`clock_timestamp()`);
+//!   the row answers a duration ("in 120 ms"), which a task measures on its
+//!   own monotonic clock. Skew between tasks cannot matter; the reply's travel
+//!   time only makes a task later, never earlier.
+//! - *Postgres briefly unavailable*: reservations are retried with backoff;
+//!   nothing is sent without one. Past [`UNAVAILABLE_AFTER`] the call fails as
+//!   unavailable (a 503 for a query, a retried job for indexing) — neither
+//!   could store its result without the database anyway.
+//! - *A task frozen mid-statement*: the row lock lives inside one statement, so
+//!   only a task killed inside Postgres could hold it; Postgres then ends the
+//!   statement with the connection.
 
-use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use tokio::sync::{Semaphore, SemaphorePermit};
+use sqlx::PgPool;
+use tokio::sync::Notify;
 use tokio::time::Instant;
+use uuid::Uuid;
 
 use crate::config::{EmbeddingLimits, RateCap};
+use crate::store::rate_buckets::{self, Lease};
 
-/// The largest multiplier a run of 429s can put on request cost.
-const MAX_SLOWDOWN: u32 = 8;
+/// The share of the configured cap the fleet aims at: the rest absorbs network
+/// jitter at the provider's side.
+pub const MARGIN: f64 = 0.97;
+/// How long a reservation may be used after its moment; unused, it lapses.
+pub const GRANT_LIFE: Duration = Duration::from_millis(100);
+/// How late a request may reach the provider after leaving.
+pub const SEND_JITTER: Duration = Duration::from_millis(50);
+/// The largest multiplier a run of 429s can put on the pace.
+pub const MAX_SLOWDOWN: u32 = 8;
+/// A quiet period that halves the slowdown.
+pub const RECOVERY: Duration = Duration::from_secs(3);
+/// A task that has not reserved for this long no longer takes an in-flight share.
+pub const MEMBER_TTL: Duration = Duration::from_secs(10);
+/// How long reservations are retried while Postgres does not answer.
+pub const UNAVAILABLE_AFTER: Duration = Duration::from_secs(10);
+
+/// Who is waiting: searches and chat (a person) or indexing (a queue).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    Query,
+    Bulk,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the embedding rate limiter's database is unavailable: {0}")]
+pub struct LimiterUnavailable(pub String);
+
+/// GCRA parameters for one cap: seconds per cell and the burst in cells.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pace {
+    pub interval: f64,
+    pub burst: f64,
+}
+
+impl Pace {
+    pub fn for_cap(cap: RateCap) -> Self {
+        let limit = cap.limit as f64;
+        let window = cap.window.as_secs_f64();
+        let rate = limit / window * MARGIN;
+        // The provider's bucket holds about one second's worth (or the whole
+        // window, if shorter); a late send may land on top of the burst.
+        let per_second = limit / window * window.min(1.0);
+        let late = (GRANT_LIFE + SEND_JITTER).as_secs_f64();
+        let burst = (per_second - rate * late).min(limit - rate * (window + late)).max(1.0);
+        Self { interval: 1.0 / rate, burst }
+    }
+}
 
 pub struct EmbedLimiter {
-    requests: DefaultDirectRateLimiter,
-    request_burst: u32,
-    tokens: DefaultDirectRateLimiter,
-    token_burst: u32,
-    in_flight: Semaphore,
-    /// FIFO order for callers waiting on the rate limiters.
-    queue: tokio::sync::Mutex<()>,
-    throttle: Mutex<Throttle>,
-    /// Quiet time after which the slowdown halves.
-    recovery: Duration,
+    db: PgPool,
+    /// The provider account the cap belongs to.
+    key: String,
+    member: Uuid,
+    requests: Pace,
+    tokens: Pace,
+    max_in_flight: usize,
+    slots: Mutex<Slots>,
+    slot_freed: Notify,
+    /// FIFO turn to reserve, holding the current grant.
+    turn: tokio::sync::Mutex<Option<Grant>>,
+    /// Bulk waiters pass here first, so queries overtake all but one of them.
+    bulk_turn: tokio::sync::Mutex<()>,
+    /// What waiters want, so one reservation serves all of them.
+    waiting: Mutex<Demand>,
+    /// Bumped by a 429: grants from before it are dropped.
+    generation: AtomicU64,
+    observed: Mutex<Observed>,
     throttled_total: AtomicU64,
 }
 
+#[derive(Debug, Default)]
+struct Slots {
+    used: usize,
+    share: usize,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Demand {
+    requests: u32,
+    tokens: u64,
+}
+
 #[derive(Debug)]
-struct Throttle {
-    paused_until: Option<Instant>,
+struct Grant {
+    requests: u32,
+    tokens: u32,
+    until: Instant,
+    generation: u64,
+}
+
+#[derive(Debug, Default)]
+struct Observed {
     slowdown: u32,
-    last_throttled: Option<Instant>,
+    members: u32,
+    paused_until: Option<Instant>,
 }
 
 /// Holds one in-flight slot; dropping it frees the slot.
-pub struct Permit<'a> {
-    _slot: SemaphorePermit<'a>,
+pub struct Slot {
+    limiter: Arc<EmbedLimiter>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.limiter.slots.lock().unwrap().used -= 1;
+        self.limiter.slot_freed.notify_waiters();
+    }
 }
 
 /// A snapshot for logs, `/readyz` details and benchmarks.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct LimiterStatus {
+    /// The fleet's slowdown as last seen.
     pub slowdown: u32,
     pub paused_for_ms: u64,
+    /// 429s this task received.
     pub throttled_total: u64,
+    /// Tasks sharing the cap, as last seen.
+    pub fleet_members: u32,
+    pub in_flight_share: usize,
 }
 
 impl EmbedLimiter {
-    pub fn new(limits: &EmbeddingLimits) -> Self {
-        let request_burst = (limits.requests.limit / 60).max(1);
-        // A whole batch must fit in one burst, so the burst is at least one maximal
-        // input, but never more than half the cap (the refill rate would collapse).
-        let token_limit = limits.tokens.limit;
-        let token_burst = (token_limit / 30).max((limits.max_input_tokens as u32).min(token_limit / 2)).max(1);
+    pub fn new(db: PgPool, key: String, limits: &EmbeddingLimits) -> Self {
         Self {
-            requests: RateLimiter::direct(quota(limits.requests, request_burst)),
-            request_burst,
-            tokens: RateLimiter::direct(quota(limits.tokens, token_burst)),
-            token_burst,
-            in_flight: Semaphore::new(limits.max_in_flight),
-            queue: tokio::sync::Mutex::new(()),
-            throttle: Mutex::new(Throttle { paused_until: None, slowdown: 1, last_throttled: None }),
-            recovery: (limits.requests.window / 6).max(Duration::from_millis(500)),
+            db,
+            key,
+            member: Uuid::now_v7(),
+            requests: Pace::for_cap(limits.requests),
+            tokens: Pace::for_cap(limits.tokens),
+            max_in_flight: limits.max_in_flight,
+            slots: Mutex::new(Slots { used: 0, share: limits.max_in_flight }),
+            slot_freed: Notify::new(),
+            turn: tokio::sync::Mutex::new(None),
+            bulk_turn: tokio::sync::Mutex::new(()),
+            waiting: Mutex::new(Demand::default()),
+            generation: AtomicU64::new(0),
+            observed: Mutex::new(Observed { slowdown: 1, members: 1, paused_until: None }),
             throttled_total: AtomicU64::new(0),
         }
     }
 
-    /// The most tokens one call may carry; the gateway batches inputs under it.
+    /// The most tokens one request may carry and still fit the burst.
     pub fn max_tokens_per_call(&self) -> usize {
-        self.token_burst as usize
+        self.tokens.burst as usize
     }
 
-    /// Waits until a call of `tokens` tokens may be sent now.
-    pub async fn acquire(&self, tokens: usize) -> Permit<'_> {
-        // The slot comes first: taking rate cells and then queueing for a slot would
-        // let calls that waited pile up and go out together, over the cap.
-        let slot = self.in_flight.acquire().await.expect("limiter semaphore is never closed");
-        let _turn = self.queue.lock().await;
-        self.wait_out_pause().await;
-        let slowdown = self.throttle.lock().unwrap().slowdown;
-        let request_cells = slowdown.min(self.request_burst).max(1);
-        self.requests
-            .until_n_ready(NonZeroU32::new(request_cells).unwrap())
-            .await
-            .expect("request cells are clamped to the burst");
-        let token_cells = (tokens as u32).clamp(1, self.token_burst);
-        self.tokens
-            .until_n_ready(NonZeroU32::new(token_cells).unwrap())
-            .await
-            .expect("token cells are clamped to the burst");
-        Permit { _slot: slot }
-    }
-
-    async fn wait_out_pause(&self) {
+    /// Waits for an in-flight slot of this task's share.
+    pub async fn slot(self: &Arc<Self>, lane: Lane) -> Slot {
         loop {
-            let until = self.throttle.lock().unwrap().paused_until;
-            match until {
-                Some(until) if until > Instant::now() => tokio::time::sleep_until(until).await,
-                _ => return,
+            let freed = self.slot_freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            {
+                let mut slots = self.slots.lock().unwrap();
+                let limit = match lane {
+                    Lane::Query => slots.share,
+                    Lane::Bulk if slots.share > 1 => slots.share - 1,
+                    Lane::Bulk => 1,
+                };
+                if slots.used < limit {
+                    slots.used += 1;
+                    return Slot { limiter: self.clone() };
+                }
+            }
+            freed.await;
+        }
+    }
+
+    /// Waits until a request of `tokens` tokens may be sent now, fleet-wide.
+    pub async fn pace(&self, tokens: usize, lane: Lane) -> Result<(), LimiterUnavailable> {
+        let tokens = (tokens as u32).clamp(1, self.tokens.burst as u32);
+        {
+            let mut waiting = self.waiting.lock().unwrap();
+            waiting.requests += 1;
+            waiting.tokens += tokens as u64;
+        }
+        let _served = Served { limiter: self, tokens };
+        let _bulk = match lane {
+            Lane::Bulk => Some(self.bulk_turn.lock().await),
+            Lane::Query => None,
+        };
+        let mut grant = self.turn.lock().await;
+        loop {
+            let generation = self.generation.load(Ordering::SeqCst);
+            if let Some(g) = grant.as_mut()
+                && g.generation == generation
+                && Instant::now() <= g.until
+                && g.requests >= 1
+                && g.tokens >= tokens
+            {
+                g.requests -= 1;
+                g.tokens -= tokens;
+                return Ok(());
+            }
+            self.wait_out_pause().await;
+            // Reserve for everyone waiting now, within the bursts.
+            let demand = *self.waiting.lock().unwrap();
+            let want_requests = demand.requests.clamp(1, self.requests.burst as u32);
+            let want_tokens = (demand.tokens as u32).clamp(tokens, self.tokens.burst as u32);
+            let lease = self.reserve(want_requests, want_tokens).await?;
+            let ready = Instant::now() + Duration::from_secs_f64(lease.ready_in.max(0.0));
+            self.observe(&lease);
+            tokio::time::sleep_until(ready).await;
+            *grant = Some(Grant {
+                requests: want_requests,
+                tokens: want_tokens,
+                until: ready + GRANT_LIFE,
+                generation,
+            });
+        }
+    }
+
+    /// One reservation, retried while Postgres does not answer.
+    async fn reserve(&self, requests: u32, tokens: u32) -> Result<Lease, LimiterUnavailable> {
+        let started = Instant::now();
+        let mut attempt = 0;
+        loop {
+            let result = rate_buckets::lease(
+                &self.db,
+                &self.key,
+                self.member,
+                (requests, tokens),
+                (self.requests, self.tokens),
+                RECOVERY,
+                MEMBER_TTL,
+            )
+            .await;
+            match result {
+                Ok(lease) => return Ok(lease),
+                Err(err) if started.elapsed() >= UNAVAILABLE_AFTER => {
+                    return Err(LimiterUnavailable(err.to_string()));
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "reserving embedding budget failed; retrying");
+                    tokio::time::sleep(crate::retry::jittered_backoff(attempt.min(4))).await;
+                    attempt += 1;
+                }
             }
         }
     }
 
-    /// Records a 429: pauses every caller for `retry_after` (or an exponential
-    /// backoff when the provider gave none), with jitter so they do not return
-    /// together, and doubles the slowdown. Returns the pause.
-    pub fn on_throttled(&self, retry_after: Option<Duration>, attempt: u32) -> Duration {
+    fn observe(&self, lease: &Lease) {
+        let members = lease.members.max(1) as usize;
+        let rank = lease.member_rank.max(0) as usize;
+        let share = (self.max_in_flight / members + usize::from(rank < self.max_in_flight % members)).max(1);
+        let changed = {
+            let mut slots = self.slots.lock().unwrap();
+            std::mem::replace(&mut slots.share, share) != share
+        };
+        if changed {
+            self.slot_freed.notify_waiters();
+        }
+        let mut observed = self.observed.lock().unwrap();
+        observed.slowdown = lease.slowdown.max(1) as u32;
+        observed.members = members as u32;
+    }
+
+    /// Records a 429: the whole fleet pauses for `retry_after` (or a backoff
+    /// when the provider gave none) and slows down. Returns the pause.
+    pub async fn on_throttled(&self, retry_after: Option<Duration>, attempt: u32) -> Duration {
         self.throttled_total.fetch_add(1, Ordering::Relaxed);
+        self.generation.fetch_add(1, Ordering::SeqCst);
         let pause = crate::retry::at_least(retry_after.unwrap_or_else(|| crate::retry::backoff(attempt)));
-        let now = Instant::now();
-        let mut t = self.throttle.lock().unwrap();
-        let until = now + pause;
-        t.paused_until = Some(t.paused_until.map_or(until, |p| p.max(until)));
-        t.slowdown = (t.slowdown * 2).min(MAX_SLOWDOWN);
-        t.last_throttled = Some(now);
+        let local_until = Instant::now() + pause;
+        let fleet = rate_buckets::throttled(&self.db, &self.key, pause.as_secs_f64(), MAX_SLOWDOWN).await;
+        let mut observed = self.observed.lock().unwrap();
+        observed.paused_until = Some(observed.paused_until.map_or(local_until, |p| p.max(local_until)));
+        match fleet {
+            Ok((slowdown, _)) => observed.slowdown = slowdown.max(1) as u32,
+            // The pause still holds here; the others will meet the provider's 429s themselves.
+            Err(err) => tracing::warn!(error = %err, "could not share a 429 with the fleet"),
+        }
         tracing::warn!(
-            llm.slowdown = t.slowdown,
+            llm.slowdown = observed.slowdown,
             pause_ms = pause.as_millis() as u64,
-            "embedding provider throttled us; slowing the shared limiter"
+            "embedding provider throttled us; pausing and slowing the fleet"
         );
         pause
     }
 
-    /// Records a successful call: after a quiet recovery period the slowdown halves.
-    pub fn on_success(&self) {
-        let mut t = self.throttle.lock().unwrap();
-        if t.slowdown > 1 && t.last_throttled.is_some_and(|at| at.elapsed() >= self.recovery) {
-            t.slowdown /= 2;
-            // The next halving needs another quiet period.
-            t.last_throttled = Some(Instant::now());
-            tracing::info!(llm.slowdown = t.slowdown, "embedding limiter recovering");
+    /// Waits out a pause this task knows of (the fleet's comes with the next reservation).
+    pub async fn wait_out_pause(&self) {
+        let until = self.observed.lock().unwrap().paused_until;
+        if let Some(until) = until {
+            tokio::time::sleep_until(until).await;
         }
     }
 
     pub fn status(&self) -> LimiterStatus {
-        let t = self.throttle.lock().unwrap();
+        let observed = self.observed.lock().unwrap();
         LimiterStatus {
-            slowdown: t.slowdown,
-            paused_for_ms: t.paused_until.map_or(0, |u| u.saturating_duration_since(Instant::now()).as_millis() as u64),
+            slowdown: observed.slowdown,
+            paused_for_ms: observed
+                .paused_until
+                .map_or(0, |u| u.saturating_duration_since(Instant::now()).as_millis() as u64),
             throttled_total: self.throttled_total.load(Ordering::Relaxed),
+            fleet_members: observed.members,
+            in_flight_share: self.slots.lock().unwrap().share,
         }
     }
 }
 
-/// A quota whose every window of `cap.window` holds at most `cap.limit` cells:
-/// `burst` up front, then `limit - burst` spread evenly over the window.
-fn quota(cap: RateCap, burst: u32) -> Quota {
-    let refill = cap.limit.saturating_sub(burst).max(1);
-    let period = cap.window.div_f64(refill as f64);
-    Quota::with_period(period.max(Duration::from_nanos(1)))
-        .expect("period is positive")
-        .allow_burst(NonZeroU32::new(burst).unwrap())
+/// Takes a waiter's demand back however its wait ends (served, or cancelled).
+struct Served<'a> {
+    limiter: &'a EmbedLimiter,
+    tokens: u32,
+}
+
+impl Drop for Served<'_> {
+    fn drop(&mut self) {
+        let mut waiting = self.limiter.waiting.lock().unwrap();
+        waiting.requests -= 1;
+        waiting.tokens -= self.tokens as u64;
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn limits(requests: u32, window: Duration) -> EmbeddingLimits {
-        EmbeddingLimits {
-            requests: RateCap { limit: requests, window },
-            tokens: RateCap { limit: 1_000_000, window },
-            max_in_flight: 4,
-            max_batch_inputs: 2048,
-            max_batch_tokens: 300_000,
-            max_input_tokens: 8192,
-            max_attempts: 3,
+    fn per_minute(limit: u32) -> RateCap {
+        RateCap::per_minute(limit)
+    }
+
+    #[test]
+    fn the_pace_fits_a_one_second_bucket_and_every_window() {
+        // 120 requests/min: the provider holds 2 per second.
+        let pace = Pace::for_cap(per_minute(120));
+        let rate = 1.0 / pace.interval;
+        assert!((rate - 2.0 * MARGIN).abs() < 1e-9);
+        let late = (GRANT_LIFE + SEND_JITTER).as_secs_f64();
+        assert!(pace.burst >= 1.0 && pace.burst + rate * late <= 2.0, "{pace:?}");
+        // 200k tokens/min: a request may carry up to ~2,500 tokens.
+        let tokens = Pace::for_cap(per_minute(200_000));
+        assert!((2_400.0..3_333.0).contains(&tokens.burst), "{tokens:?}");
+        // Any 60 s window: burst + rate * 60 stays under the cap.
+        for limit in [60, 120, 600, 200_000, 1_000_000] {
+            let pace = Pace::for_cap(per_minute(limit));
+            assert!(pace.burst + 60.0 / pace.interval <= limit as f64, "{limit}: {pace:?}");
         }
     }
 
-    // governor keeps its own clock, so this one runs in real time on a short window.
-    #[tokio::test]
-    async fn no_window_ever_holds_more_than_the_cap() {
-        let window = Duration::from_millis(500);
-        let limiter = EmbedLimiter::new(&limits(20, window));
-        let start = Instant::now();
-        let mut sent = Vec::new();
-        for _ in 0..50 {
-            let _p = limiter.acquire(10).await;
-            sent.push(start.elapsed());
-        }
-        for (i, at) in sent.iter().enumerate() {
-            let in_window = sent[i..].iter().take_while(|t| **t < *at + window).count();
-            assert!(in_window <= 20, "{in_window} calls in the window starting at {at:?}");
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_429_pauses_every_caller_and_slows_the_rate_until_it_recovers() {
-        let limiter = EmbedLimiter::new(&limits(600, Duration::from_secs(60)));
-        let pause = limiter.on_throttled(Some(Duration::from_secs(2)), 0);
-        assert!(pause >= Duration::from_secs(2));
-        let before = Instant::now();
-        drop(limiter.acquire(1).await);
-        assert!(before.elapsed() >= Duration::from_secs(2), "the pause applies to others too");
-        assert_eq!(limiter.status().slowdown, 2);
-        limiter.on_throttled(None, 1);
-        assert_eq!(limiter.status().slowdown, 4);
-        tokio::time::advance(Duration::from_secs(11)).await;
-        limiter.on_success();
-        assert_eq!(limiter.status().slowdown, 2);
-        limiter.on_success();
-        assert_eq!(limiter.status().slowdown, 2, "each halving needs its own quiet period");
+    #[test]
+    fn a_tiny_cap_still_sends_one_at_a_time() {
+        let pace = Pace::for_cap(per_minute(10));
+        assert_eq!(pace.burst, 1.0);
+        assert!((pace.interval - 6.0 / MARGIN).abs() < 1e-9);
     }
 }

@@ -7,6 +7,7 @@
 //! - accounting: each attempt becomes a [`usage::ModelCall`] (tokens, latency,
 //!   cost, request id, outcome), logged and written to Postgres off the request path.
 
+pub mod batcher;
 pub mod limiter;
 pub mod local;
 pub mod openai;
@@ -16,13 +17,14 @@ pub mod usage;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::config::{LlmConfig, ProviderKind};
 use crate::tokens::count_tokens;
-use limiter::EmbedLimiter;
+use batcher::{BatchLimits, BatchQueue, Pending};
+use limiter::{EmbedLimiter, Lane};
 use provider::Provider;
 use usage::{ModelCall, Operation, Outcome, UsageRecorder};
 
@@ -171,7 +173,7 @@ pub enum ProviderError {
     Fatal(String),
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum LlmError {
     #[error("the model provider is still rate limiting after {attempts} attempts")]
     RateLimited { attempts: u32 },
@@ -181,25 +183,32 @@ pub enum LlmError {
     InputTooLong { index: usize, tokens: usize, max: usize },
     #[error("the model provider failed: {0}")]
     Provider(String),
+    /// The fleet's rate limiter could not be reached: nothing is sent without it.
+    #[error("embedding is temporarily unavailable; try again shortly")]
+    Unavailable(String),
 }
 
 pub struct Gateway {
     provider: Provider,
     config: LlmConfig,
-    limiter: EmbedLimiter,
+    limiter: Arc<EmbedLimiter>,
+    batches: BatchQueue,
     recorder: UsageRecorder,
     /// Set when the provider answered `insufficient_quota`; reported by `/readyz`.
     quota_exhausted: Mutex<Option<String>>,
 }
 
 impl Gateway {
-    pub fn new(config: LlmConfig, recorder: UsageRecorder) -> anyhow::Result<Self> {
+    /// `db` holds the fleet's embedding cap (see [`limiter`]).
+    pub fn new(config: LlmConfig, recorder: UsageRecorder, db: sqlx::PgPool) -> anyhow::Result<Self> {
         let provider = match config.provider {
             ProviderKind::OpenAi => Provider::OpenAi(openai::OpenAiProvider::new(&config)?),
             ProviderKind::Local => Provider::Local,
         };
+        let limiter = EmbedLimiter::new(db, limit_key(&config), &config.embedding_limits);
         Ok(Self {
-            limiter: EmbedLimiter::new(&config.embedding_limits),
+            limiter: Arc::new(limiter),
+            batches: BatchQueue::new(),
             provider,
             config,
             recorder,
@@ -232,76 +241,137 @@ impl Gateway {
         self.quota_exhausted.lock().unwrap().clone()
     }
 
-    /// Embeds `inputs` with the configured model, batching by count and tokens
-    /// and sending at most `max_in_flight` batches at once through the shared limiter.
-    pub async fn embed(&self, ctx: &CallContext, inputs: &[String]) -> Result<Embeddings, LlmError> {
-        let (model, dims) = (self.config.embedding_model.clone(), self.config.embedding_dimensions);
-        self.embed_with(ctx, &model, dims, inputs).await
-    }
-
-    /// Embeds with another model than the configured one: while documents are
-    /// being re-indexed to a new model, queries must also be embedded with the
-    /// old one to search the old vectors.
-    pub async fn embed_with(
-        &self,
-        ctx: &CallContext,
-        model: &str,
-        dims: usize,
-        inputs: &[String],
-    ) -> Result<Embeddings, LlmError> {
+    /// Embeds `inputs` with the configured model, for bulk work (indexing):
+    /// they join the process's batch queue with every other job's, and come
+    /// back in order.
+    pub async fn embed(self: &Arc<Self>, ctx: &CallContext, inputs: &[String]) -> Result<Embeddings, LlmError> {
         let limits = &self.config.embedding_limits;
         let tokens: Vec<usize> = inputs.iter().map(|t| count_tokens(t)).collect();
         if let Some((index, &n)) = tokens.iter().enumerate().find(|(_, n)| **n > limits.max_input_tokens) {
             return Err(LlmError::InputTooLong { index, tokens: n, max: limits.max_input_tokens });
         }
-        let max_tokens = limits.max_batch_tokens.min(self.limiter.max_tokens_per_call());
-        let batches = batch_ranges(&tokens, limits.max_batch_inputs, max_tokens);
-        let results: Vec<(Vec<Vec<f32>>, u32, u32)> = futures::stream::iter(batches)
-            .map(|range| {
-                let batch_tokens: usize = tokens[range.clone()].iter().sum();
-                self.embed_batch(ctx, model, dims, &inputs[range], batch_tokens)
-            })
-            .buffered(limits.max_in_flight)
-            .try_collect()
-            .await?;
+        let batch_limits = BatchLimits { inputs: limits.max_batch_inputs, tokens: self.max_tokens_per_request() };
+        let queue = self.batches.sender(self, batch_limits);
+        let now = tokio::time::Instant::now();
+        let mut replies = Vec::with_capacity(inputs.len());
+        for (text, tokens) in inputs.iter().zip(tokens) {
+            let (reply, rx) = tokio::sync::oneshot::channel();
+            let item = Pending { ctx: ctx.clone(), text: text.clone(), tokens, enqueued: now, reply };
+            queue.send(item).map_err(|_| LlmError::Unavailable("the embedding queue has stopped".into()))?;
+            replies.push(rx);
+        }
         let mut out = Embeddings {
             vectors: Vec::with_capacity(inputs.len()),
-            model: model.to_string(),
+            model: self.config.embedding_model.clone(),
             input_tokens: 0,
             requests: 0,
         };
-        for (vectors, input_tokens, requests) in results {
-            out.vectors.extend(vectors);
-            out.input_tokens += input_tokens;
-            out.requests += requests;
+        let mut requests_seen = std::collections::HashSet::new();
+        for rx in replies {
+            let embedded = rx.await.map_err(|_| LlmError::Unavailable("the embedding queue has stopped".into()))??;
+            if requests_seen.insert(embedded.request) {
+                out.requests += embedded.attempts;
+            }
+            out.vectors.push(embedded.vector);
         }
+        out.input_tokens = inputs.iter().map(|t| count_tokens(t) as u32).sum();
         Ok(out)
     }
 
-    /// One provider request (with retries) for a batch that fits its limits.
-    async fn embed_batch(
+    /// Embeds one query (search, chat) at once, ahead of bulk work, with
+    /// `model`: while documents are re-indexed to a new model, queries are
+    /// embedded with the old one too, to search the old vectors.
+    pub async fn embed_query(
         &self,
         ctx: &CallContext,
         model: &str,
         dims: usize,
+        text: &str,
+    ) -> Result<Vec<f32>, LlmError> {
+        let max = self.config.embedding_limits.max_input_tokens;
+        let tokens = count_tokens(text);
+        if tokens > max {
+            return Err(LlmError::InputTooLong { index: 0, tokens, max });
+        }
+        let _slot = self.limiter.slot(Lane::Query).await;
+        let shares = [(ctx.clone(), tokens)];
+        let (mut vectors, _) =
+            self.embed_request(&shares, model, dims, &[text.to_string()], tokens, Lane::Query).await?;
+        Ok(vectors.swap_remove(0))
+    }
+
+    /// The most tokens one embedding request carries: the provider's limit, or
+    /// the fleet's token burst if smaller.
+    fn max_tokens_per_request(&self) -> usize {
+        self.config.embedding_limits.max_batch_tokens.min(self.limiter.max_tokens_per_call())
+    }
+
+    /// Sends one cut batch and answers each input's caller.
+    async fn send_bulk(&self, batch: Vec<Pending>, request: u64) {
+        let (model, dims) = (self.config.embedding_model.clone(), self.config.embedding_dimensions);
+        let tokens: usize = batch.iter().map(|p| p.tokens).sum();
+        let mut shares: Vec<(CallContext, usize)> = Vec::new();
+        let mut texts = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
+        for item in batch {
+            match shares.iter_mut().find(|(ctx, _)| same_caller(ctx, &item.ctx)) {
+                Some((_, n)) => *n += item.tokens,
+                None => shares.push((item.ctx, item.tokens)),
+            }
+            texts.push(item.text);
+            replies.push(item.reply);
+        }
+        match self.embed_request(&shares, &model, dims, &texts, tokens, Lane::Bulk).await {
+            Ok((vectors, attempts)) => {
+                for (reply, vector) in replies.into_iter().zip(vectors) {
+                    let _ = reply.send(Ok(batcher::Embedded { vector, request, attempts }));
+                }
+            }
+            Err(err) => {
+                for reply in replies {
+                    let _ = reply.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+
+    /// One provider request (with retries) for inputs that fit its limits.
+    /// Success is recorded once per caller in `shares`, with that caller's
+    /// part of the provider's token count; failed attempts once, for the first.
+    async fn embed_request(
+        &self,
+        shares: &[(CallContext, usize)],
+        model: &str,
+        dims: usize,
         inputs: &[String],
         estimated_tokens: usize,
-    ) -> Result<(Vec<Vec<f32>>, u32, u32), LlmError> {
+        lane: Lane,
+    ) -> Result<(Vec<Vec<f32>>, u32), LlmError> {
         let attempts = self.config.embedding_limits.max_attempts;
-        let pacing = Pacing::SharedLimiter { tokens: estimated_tokens };
+        let pacing = Pacing::SharedLimiter { tokens: estimated_tokens, lane };
         let ((vectors, input_tokens), latency, tries) = self
-            .retrying(ctx, Operation::Embed, model, attempts, pacing, || {
+            .retrying(&shares[0].0, Operation::Embed, model, attempts, pacing, || {
                 self.provider.embed(model, dims, inputs, estimated_tokens)
             })
             .await?;
-        self.record(ctx, Attempt::succeeded(Operation::Embed, model, latency, input_tokens, 0));
+        let mut left = input_tokens;
+        for (i, (ctx, share)) in shares.iter().enumerate() {
+            let part = if i + 1 == shares.len() {
+                left
+            } else {
+                (input_tokens as f64 * *share as f64 / estimated_tokens.max(1) as f64).round() as u32
+            };
+            let part = part.min(left);
+            left -= part;
+            self.record(ctx, Attempt::succeeded(Operation::Embed, model, latency, part, 0));
+        }
         if let Some(bad) = vectors.iter().find(|v| v.len() != dims) {
             return Err(LlmError::Provider(format!(
                 "model {model} returned {} dimensions but EMBEDDING_DIMENSIONS is {dims}",
                 bad.len()
             )));
         }
-        Ok((vectors, input_tokens, tries))
+        Ok((vectors, tries))
     }
 
     /// A chat completion with the configured (or requested) model.
@@ -403,29 +473,22 @@ impl Gateway {
         Fut: std::future::Future<Output = Result<T, ProviderError>>,
     {
         for attempt in 0..max_attempts {
-            let permit = match pacing {
-                Pacing::SharedLimiter { tokens } => Some(self.limiter.acquire(tokens).await),
-                Pacing::Own => None,
-            };
+            if let Pacing::SharedLimiter { tokens, lane } = pacing {
+                self.limiter.pace(tokens, lane).await.map_err(|e| LlmError::Unavailable(e.to_string()))?;
+            }
             let started = Instant::now();
             let result = call().await;
             let latency = started.elapsed();
-            drop(permit);
             let err = match result {
-                Ok(value) => {
-                    if matches!(pacing, Pacing::SharedLimiter { .. }) {
-                        self.limiter.on_success();
-                    }
-                    return Ok((value, latency, attempt + 1));
-                }
+                Ok(value) => return Ok((value, latency, attempt + 1)),
                 Err(err) => err,
             };
             self.record(ctx, Attempt::failed(operation, model, latency, &err));
             match err {
                 ProviderError::RateLimited { retry_after, .. } => match pacing {
-                    // The next `acquire` waits out the pause, with every other caller.
+                    // The next `pace` waits out the pause, with the whole fleet.
                     Pacing::SharedLimiter { .. } => {
-                        self.limiter.on_throttled(retry_after, attempt);
+                        self.limiter.on_throttled(retry_after, attempt).await;
                     }
                     Pacing::Own => {
                         let wait = retry_after.unwrap_or_else(|| crate::retry::backoff(attempt));
@@ -477,8 +540,8 @@ impl Gateway {
 /// How a call's attempts are paced.
 #[derive(Debug, Clone, Copy)]
 enum Pacing {
-    /// Embeddings: through the shared limiter, whose 429 pause every caller waits out.
-    SharedLimiter { tokens: usize },
+    /// Embeddings: through the fleet's limiter, whose 429 pause every caller waits out.
+    SharedLimiter { tokens: usize, lane: Lane },
     /// Chat: each call waits out its own 429s.
     Own,
 }
@@ -570,39 +633,26 @@ impl Drop for StreamGuard {
     }
 }
 
-/// Splits inputs (by their token counts) into consecutive ranges of at most
-/// `max_inputs` inputs and `max_tokens` tokens; an input alone over `max_tokens`
-/// still gets its own batch (the per-input limit was checked before).
-pub fn batch_ranges(tokens: &[usize], max_inputs: usize, max_tokens: usize) -> Vec<std::ops::Range<usize>> {
-    let mut ranges = Vec::new();
-    let (mut start, mut sum) = (0, 0);
-    for (i, &n) in tokens.iter().enumerate() {
-        if i > start && (i - start >= max_inputs || sum + n > max_tokens) {
-            ranges.push(start..i);
-            start = i;
-            sum = 0;
+/// Usage rows of one batch are per caller: the same tenant, request and purpose.
+fn same_caller(a: &CallContext, b: &CallContext) -> bool {
+    a.tenant_id == b.tenant_id
+        && a.request_id == b.request_id
+        && a.conversation_id == b.conversation_id
+        && a.endpoint == b.endpoint
+}
+
+/// The fleet's cap belongs to a provider account: the endpoint and the key
+/// (hashed: the secret is not stored). Every task configured alike shares it.
+fn limit_key(config: &LlmConfig) -> String {
+    use sha2::Digest;
+    match config.provider {
+        ProviderKind::Local => "local".to_string(),
+        ProviderKind::OpenAi => {
+            let account = format!("{}\n{}", config.base_url, config.api_key.as_deref().unwrap_or_default());
+            format!("openai:{}", &hex::encode(sha2::Sha256::digest(account.as_bytes()))[..16])
         }
-        sum += n;
     }
-    if start < tokens.len() {
-        ranges.push(start..tokens.len());
-    }
-    ranges
 }
 
 /// Shared handle used across the app.
 pub type SharedGateway = Arc<Gateway>;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn batches_respect_both_the_input_count_and_the_token_budget() {
-        let tokens = [5, 5, 5, 5, 5];
-        assert_eq!(batch_ranges(&tokens, 2, 100), vec![0..2, 2..4, 4..5]);
-        assert_eq!(batch_ranges(&tokens, 10, 12), vec![0..2, 2..4, 4..5]);
-        assert_eq!(batch_ranges(&[20, 1], 10, 12), vec![0..1, 1..2]);
-        assert!(batch_ranges(&[], 10, 12).is_empty());
-    }
-}

@@ -8,6 +8,7 @@ pub mod documents;
 pub mod embeddings;
 pub mod keys;
 pub mod leases;
+pub mod rate_buckets;
 pub mod search;
 pub mod usage;
 

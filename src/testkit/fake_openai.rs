@@ -7,7 +7,9 @@
 //!   the passages they were given.
 //! - Configurable latency; injected faults for the next requests (429 with
 //!   `Retry-After`, `insufficient_quota`, 500, a hang past the client timeout);
-//!   an optional server-side rate cap that answers 429 like a real provider.
+//!   optional server-side rate caps that answer 429 like a real provider: a
+//!   sliding window of requests, or per-minute request and token caps
+//!   enforced as buckets holding one second's worth, as OpenAI enforces them.
 //! - Counts everything, and `GET /stats` reports it, so tests and benchmarks can
 //!   check how many calls were made and whether any cap was exceeded.
 
@@ -55,11 +57,55 @@ pub struct Stats {
     pub max_embedding_requests_in_window: u64,
 }
 
+/// Per-minute caps enforced as token buckets of one second's worth (each
+/// starts full and refills continuously), counted from the server's side.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BucketCaps {
+    pub requests_per_minute: Option<u32>,
+    pub tokens_per_minute: Option<u32>,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    capacity: f64,
+    per_second: f64,
+    level: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn per_minute(limit: u32) -> Self {
+        let per_second = limit as f64 / 60.0;
+        Self { capacity: per_second, per_second, level: per_second, at: Instant::now() }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        self.level = (self.level + now.duration_since(self.at).as_secs_f64() * self.per_second).min(self.capacity);
+        self.at = now;
+    }
+
+    /// Seconds until `n` would fit (0 when it fits now).
+    fn wait_for(&self, n: f64) -> f64 {
+        ((n - self.level) / self.per_second).max(0.0)
+    }
+}
+
+/// One embedding request as the server saw it.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival {
+    pub at: Instant,
+    /// HTTP status (0 while unanswered).
+    pub status: u16,
+    pub inputs: u32,
+    pub tokens: u32,
+}
+
 #[derive(Default)]
 struct Shared {
     latency: Duration,
     faults: VecDeque<Fault>,
     cap: Option<RateCap>,
+    buckets: Option<(Option<Bucket>, Option<Bucket>)>,
     default_dims: usize,
     /// Pause between streamed chunks.
     stream_gap: Duration,
@@ -69,8 +115,8 @@ struct Shared {
     in_flight: u64,
     /// Arrival times of embedding requests that were served.
     embedding_times: Vec<Instant>,
-    /// Every embedding request: when it arrived and the status it got (0: none yet).
-    embedding_arrivals: Vec<(Instant, u16)>,
+    /// Every embedding request: when it arrived and what it got.
+    embedding_arrivals: Vec<Arrival>,
     /// Arrival times of all embedding requests, for the server-side cap.
     recent: VecDeque<Instant>,
 }
@@ -122,6 +168,12 @@ impl FakeOpenAi {
         self.shared.lock().unwrap().cap = cap;
     }
 
+    /// Enforce per-minute request and token caps as one-second buckets.
+    pub fn set_bucket_caps(&self, caps: BucketCaps) {
+        self.shared.lock().unwrap().buckets =
+            Some((caps.requests_per_minute.map(Bucket::per_minute), caps.tokens_per_minute.map(Bucket::per_minute)));
+    }
+
     pub fn set_stream_gap(&self, gap: Duration) {
         self.shared.lock().unwrap().stream_gap = gap;
     }
@@ -145,6 +197,11 @@ impl FakeOpenAi {
 
     /// Every embedding request so far: arrival time and HTTP status.
     pub fn embedding_arrivals(&self) -> Vec<(Instant, u16)> {
+        self.shared.lock().unwrap().embedding_arrivals.iter().map(|a| (a.at, a.status)).collect()
+    }
+
+    /// Every embedding request so far, with its inputs and tokens.
+    pub fn embedding_log(&self) -> Vec<Arrival> {
         self.shared.lock().unwrap().embedding_arrivals.clone()
     }
 
@@ -189,14 +246,35 @@ fn openai_error(status: StatusCode, kind: &str, code: &str, message: &str) -> Re
 }
 
 /// Applies a pending fault or the server-side cap; `None` means serve normally.
-async fn before_serving(shared: &Arc<Mutex<Shared>>, is_embedding: bool) -> Option<Response> {
+/// `embedding_tokens` is set for embedding requests.
+async fn before_serving(shared: &Arc<Mutex<Shared>>, embedding_tokens: Option<usize>) -> Option<Response> {
+    let is_embedding = embedding_tokens.is_some();
     let (fault, latency, over_cap) = {
         let mut s = shared.lock().unwrap();
         let fault = s.faults.pop_front();
         let now = Instant::now();
         let mut over_cap = None;
+        if let (Some(tokens), None, Some((requests, token_bucket))) = (embedding_tokens, &fault, s.buckets.as_mut()) {
+            let mut wait: f64 = 0.0;
+            for (bucket, n) in [(requests.as_mut(), 1.0), (token_bucket.as_mut(), tokens as f64)] {
+                if let Some(bucket) = bucket {
+                    bucket.refill(now);
+                    wait = wait.max(bucket.wait_for(n));
+                }
+            }
+            if wait > 0.0 {
+                over_cap = Some(wait);
+            } else {
+                for (bucket, n) in [(requests.as_mut(), 1.0), (token_bucket.as_mut(), tokens as f64)] {
+                    if let Some(bucket) = bucket {
+                        bucket.level -= n;
+                    }
+                }
+            }
+        }
         if is_embedding
             && fault.is_none()
+            && over_cap.is_none()
             && let Some(cap) = s.cap
         {
             while s.recent.front().is_some_and(|t| now.duration_since(*t) >= cap.window) {
@@ -256,21 +334,7 @@ struct EmbeddingBody {
 }
 
 async fn embeddings(State(shared): State<Arc<Mutex<Shared>>>, Json(body): Json<EmbeddingBody>) -> Response {
-    let slot = {
-        let mut s = shared.lock().unwrap();
-        s.embedding_arrivals.push((Instant::now(), 0));
-        s.embedding_arrivals.len() - 1
-    };
-    let response = serve_embeddings(&shared, body).await;
-    shared.lock().unwrap().embedding_arrivals[slot].1 = response.status().as_u16();
-    response
-}
-
-async fn serve_embeddings(shared: &Arc<Mutex<Shared>>, body: EmbeddingBody) -> Response {
-    let _in_flight = InFlight::enter(shared);
-    if let Some(response) = before_serving(shared, true).await {
-        return response;
-    }
+    let at = Instant::now();
     let inputs: Vec<String> = match body.input {
         Value::String(s) => vec![s],
         Value::Array(items) => items.into_iter().map(|v| v.as_str().unwrap_or_default().to_string()).collect(),
@@ -281,8 +345,30 @@ async fn serve_embeddings(shared: &Arc<Mutex<Shared>>, body: EmbeddingBody) -> R
     if inputs.is_empty() || inputs.len() > 2048 {
         return openai_error(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_input", "1 to 2048 inputs");
     }
-    let dims = body.dimensions.unwrap_or_else(|| shared.lock().unwrap().default_dims);
     let tokens: usize = inputs.iter().map(|t| count_tokens(t)).sum();
+    let slot = {
+        let mut s = shared.lock().unwrap();
+        let arrival = Arrival { at, status: 0, inputs: inputs.len() as u32, tokens: tokens as u32 };
+        s.embedding_arrivals.push(arrival);
+        s.embedding_arrivals.len() - 1
+    };
+    let response = serve_embeddings(&shared, body.model, body.dimensions, inputs, tokens).await;
+    shared.lock().unwrap().embedding_arrivals[slot].status = response.status().as_u16();
+    response
+}
+
+async fn serve_embeddings(
+    shared: &Arc<Mutex<Shared>>,
+    model: String,
+    dimensions: Option<usize>,
+    inputs: Vec<String>,
+    tokens: usize,
+) -> Response {
+    let _in_flight = InFlight::enter(shared);
+    if let Some(response) = before_serving(shared, Some(tokens)).await {
+        return response;
+    }
+    let dims = dimensions.unwrap_or_else(|| shared.lock().unwrap().default_dims);
     {
         let mut s = shared.lock().unwrap();
         s.stats.embedding_requests += 1;
@@ -298,7 +384,7 @@ async fn serve_embeddings(shared: &Arc<Mutex<Shared>>, body: EmbeddingBody) -> R
     Json(json!({
         "object": "list",
         "data": data,
-        "model": body.model,
+        "model": model,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens}
     }))
     .into_response()
@@ -365,7 +451,7 @@ fn task_of(messages: &[ChatMessage]) -> Task {
 
 async fn chat(State(shared): State<Arc<Mutex<Shared>>>, _headers: HeaderMap, Json(body): Json<ChatBody>) -> Response {
     let in_flight = InFlight::enter(&shared);
-    if let Some(response) = before_serving(&shared, false).await {
+    if let Some(response) = before_serving(&shared, None).await {
         return response;
     }
     {

@@ -108,7 +108,9 @@ async fn an_input_over_the_token_limit_is_refused_not_truncated() {
     assert_eq!(fake.stats().embedding_requests, 0);
 }
 
-/// Many concurrent callers share one limiter: the provider never sees more than
+const MODEL: &str = "text-embedding-3-small";
+
+/// Many concurrent queries (each its own request) share one limiter: the provider never sees more than
 /// the cap in a window, nor more than `max_in_flight` calls at once.
 #[tokio::test]
 async fn concurrent_callers_never_exceed_the_shared_caps() {
@@ -126,7 +128,7 @@ async fn concurrent_callers_never_exceed_the_shared_caps() {
     let callers = (0..50).map(|i| {
         let gateway = app.state.gateway.clone();
         let ctx = ctx(&app, "r");
-        tokio::spawn(async move { gateway.embed(&ctx, &[format!("caller {i}")]).await })
+        tokio::spawn(async move { gateway.embed_query(&ctx, MODEL, 384, &format!("caller {i}")).await })
     });
     for caller in callers {
         caller.await.unwrap().unwrap();
@@ -141,7 +143,7 @@ async fn concurrent_callers_never_exceed_the_shared_caps() {
     assert!(started.elapsed() >= Duration::from_secs(2), "{:?}", started.elapsed());
 }
 
-/// One 429 pauses every caller for its Retry-After (no retry storm), slows the
+/// One 429 pauses every caller (queries here, so each is its own request) for its Retry-After (no retry storm), slows the
 /// shared limiter, and every call still succeeds.
 #[tokio::test]
 async fn a_429_pauses_all_callers_and_slows_the_shared_limiter() {
@@ -152,7 +154,7 @@ async fn a_429_pauses_all_callers_and_slows_the_shared_limiter() {
         .map(|i| {
             let gateway = app.state.gateway.clone();
             let ctx = ctx(&app, "r");
-            tokio::spawn(async move { gateway.embed(&ctx, &[format!("caller {i}")]).await })
+            tokio::spawn(async move { gateway.embed_query(&ctx, MODEL, 384, &format!("caller {i}")).await })
         })
         .collect();
     for caller in callers {

@@ -1,0 +1,172 @@
+//! Cross-document batching: one queue per process into which every indexing
+//! job puts its chunks, and one dispatcher that cuts provider requests from it,
+//! as full as the provider's per-request limits and the fleet's token burst
+//! allow, and hands each job its own vectors back.
+//!
+//! Under a request cap, requests should be few and full; under a token cap,
+//! tokens are what is spent and the request count does not matter. Both come
+//! from the same rule: the dispatcher waits for an in-flight slot before it cuts
+//! a batch (the queue fills meanwhile), and a batch that is not full waits up
+//! to [`LINGER`] for more. Queries never enter this queue: the gateway sends
+//! them at once, ahead of bulk work (`Lane::Query`).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::limiter::Lane;
+use super::{CallContext, Gateway, LlmError};
+
+/// How long a batch that is not full waits for more inputs.
+pub const LINGER: Duration = Duration::from_millis(20);
+
+/// One input waiting to be embedded.
+pub(super) struct Pending {
+    pub ctx: CallContext,
+    pub text: String,
+    pub tokens: usize,
+    pub enqueued: Instant,
+    pub reply: oneshot::Sender<Result<Embedded, LlmError>>,
+}
+
+/// An input's vector, and which request carried it (for the caller's count).
+#[derive(Debug)]
+pub(super) struct Embedded {
+    pub vector: Vec<f32>,
+    pub request: u64,
+    pub attempts: u32,
+}
+
+/// The limits a batch is cut to.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct BatchLimits {
+    pub inputs: usize,
+    pub tokens: usize,
+}
+
+/// Runs until the gateway is dropped: cuts batches and sends each in its own task.
+pub(super) async fn dispatch(gateway: Weak<Gateway>, mut rx: mpsc::UnboundedReceiver<Pending>, limits: BatchLimits) {
+    let mut queue: VecDeque<Pending> = VecDeque::new();
+    let mut next_request = 0u64;
+    loop {
+        if queue.is_empty() {
+            match rx.recv().await {
+                Some(item) => queue.push_back(item),
+                None => return,
+            }
+        }
+        drain(&mut rx, &mut queue);
+        // A batch that is not full waits a moment, counted from its oldest input.
+        let deadline = queue.front().map_or_else(Instant::now, |p| p.enqueued + LINGER);
+        while !is_full(&queue, limits) {
+            tokio::select! {
+                item = rx.recv() => match item {
+                    Some(item) => queue.push_back(item),
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        let Some(gateway) = gateway.upgrade() else { return };
+        // Waiting for a slot is what lets batches fill under a cap.
+        let slot = gateway.limiter.slot(Lane::Bulk).await;
+        drain(&mut rx, &mut queue);
+        let batch = cut(&mut queue, limits);
+        if batch.is_empty() {
+            continue; // every waiter went away
+        }
+        next_request += 1;
+        let request = next_request;
+        tokio::spawn(async move {
+            gateway.send_bulk(batch, request).await;
+            drop(slot);
+        });
+    }
+}
+
+fn drain(rx: &mut mpsc::UnboundedReceiver<Pending>, queue: &mut VecDeque<Pending>) {
+    while let Ok(item) = rx.try_recv() {
+        queue.push_back(item);
+    }
+}
+
+fn is_full(queue: &VecDeque<Pending>, limits: BatchLimits) -> bool {
+    let mut tokens = 0;
+    for (count, item) in queue.iter().enumerate() {
+        tokens += item.tokens;
+        if count + 1 >= limits.inputs || tokens >= limits.tokens {
+            return true;
+        }
+    }
+    false
+}
+
+/// Takes inputs from the front while they fit; inputs whose caller went away are dropped.
+fn cut(queue: &mut VecDeque<Pending>, limits: BatchLimits) -> Vec<Pending> {
+    let mut batch: Vec<Pending> = Vec::new();
+    let mut tokens = 0;
+    while let Some(next) = queue.front() {
+        if next.reply.is_closed() {
+            queue.pop_front();
+            continue;
+        }
+        let fits = batch.len() < limits.inputs && tokens + next.tokens <= limits.tokens;
+        if !batch.is_empty() && !fits {
+            break;
+        }
+        tokens += next.tokens;
+        batch.push(queue.pop_front().expect("front exists"));
+    }
+    batch
+}
+
+/// The gateway's handle on the queue; the dispatcher starts with the first input.
+pub(super) struct BatchQueue {
+    tx: std::sync::OnceLock<mpsc::UnboundedSender<Pending>>,
+}
+
+impl BatchQueue {
+    pub fn new() -> Self {
+        Self { tx: std::sync::OnceLock::new() }
+    }
+
+    pub fn sender(&self, gateway: &Arc<Gateway>, limits: BatchLimits) -> &mpsc::UnboundedSender<Pending> {
+        self.tx.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(dispatch(Arc::downgrade(gateway), rx, limits));
+            tx
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(tokens: usize) -> (Pending, oneshot::Receiver<Result<Embedded, LlmError>>) {
+        let (reply, rx) = oneshot::channel();
+        let item = Pending { ctx: CallContext::default(), text: String::new(), tokens, enqueued: Instant::now(), reply };
+        (item, rx)
+    }
+
+    #[tokio::test]
+    async fn batches_are_cut_to_both_limits_and_skip_abandoned_inputs() {
+        let limits = BatchLimits { inputs: 3, tokens: 100 };
+        let mut queue = VecDeque::new();
+        let mut receivers = Vec::new();
+        for tokens in [10, 10, 10, 10, 60, 50] {
+            let (item, rx) = pending(tokens);
+            queue.push_back(item);
+            receivers.push(rx);
+        }
+        assert!(is_full(&queue, limits));
+        assert_eq!(cut(&mut queue, limits).len(), 3, "the input limit");
+        assert_eq!(cut(&mut queue, limits).len(), 2, "the token limit: 10 + 60, not + 50");
+        drop(receivers.pop()); // the last caller went away
+        assert!(cut(&mut queue, limits).is_empty());
+        assert!(!is_full(&queue, limits));
+    }
+}
