@@ -148,7 +148,8 @@ mod tests {
 
     fn pending(tokens: usize) -> (Pending, oneshot::Receiver<Result<Embedded, LlmError>>) {
         let (reply, rx) = oneshot::channel();
-        let item = Pending { ctx: CallContext::default(), text: String::new(), tokens, enqueued: Instant::now(), reply };
+        let item =
+            Pending { ctx: CallContext::default(), text: String::new(), tokens, enqueued: Instant::now(), reply };
         (item, rx)
     }
 

@@ -51,8 +51,8 @@
 //!   only a task killed inside Postgres could hold it; Postgres then ends the
 //!   statement with the connection.
 
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -61,6 +61,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::config::{EmbeddingLimits, RateCap};
+pub use crate::store::rate_buckets::Pace;
 use crate::store::rate_buckets::{self, Lease};
 
 /// The share of the configured cap the fleet aims at: the rest absorbs network
@@ -90,25 +91,17 @@ pub enum Lane {
 #[error("the embedding rate limiter's database is unavailable: {0}")]
 pub struct LimiterUnavailable(pub String);
 
-/// GCRA parameters for one cap: seconds per cell and the burst in cells.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Pace {
-    pub interval: f64,
-    pub burst: f64,
-}
-
-impl Pace {
-    pub fn for_cap(cap: RateCap) -> Self {
-        let limit = cap.limit as f64;
-        let window = cap.window.as_secs_f64();
-        let rate = limit / window * MARGIN;
-        // The provider's bucket holds about one second's worth (or the whole
-        // window, if shorter); a late send may land on top of the burst.
-        let per_second = limit / window * window.min(1.0);
-        let late = (GRANT_LIFE + SEND_JITTER).as_secs_f64();
-        let burst = (per_second - rate * late).min(limit - rate * (window + late)).max(1.0);
-        Self { interval: 1.0 / rate, burst }
-    }
+/// The GCRA pace for one cap as the provider enforces it (see the module docs).
+pub fn pace_for(cap: RateCap) -> Pace {
+    let limit = cap.limit as f64;
+    let window = cap.window.as_secs_f64();
+    let rate = limit / window * MARGIN;
+    // The provider's bucket holds about one second's worth (or the whole
+    // window, if shorter); a late send may land on top of the burst.
+    let per_second = limit / window * window.min(1.0);
+    let late = (GRANT_LIFE + SEND_JITTER).as_secs_f64();
+    let burst = (per_second - rate * late).min(limit - rate * (window + late)).max(1.0);
+    Pace { interval: 1.0 / rate, burst }
 }
 
 pub struct EmbedLimiter {
@@ -191,8 +184,8 @@ impl EmbedLimiter {
             db,
             key,
             member: Uuid::now_v7(),
-            requests: Pace::for_cap(limits.requests),
-            tokens: Pace::for_cap(limits.tokens),
+            requests: pace_for(limits.requests),
+            tokens: pace_for(limits.tokens),
             max_in_flight: limits.max_in_flight,
             slots: Mutex::new(Slots { used: 0, share: limits.max_in_flight }),
             slot_freed: Notify::new(),
@@ -267,12 +260,8 @@ impl EmbedLimiter {
             let ready = Instant::now() + Duration::from_secs_f64(lease.ready_in.max(0.0));
             self.observe(&lease);
             tokio::time::sleep_until(ready).await;
-            *grant = Some(Grant {
-                requests: want_requests,
-                tokens: want_tokens,
-                until: ready + GRANT_LIFE,
-                generation,
-            });
+            *grant =
+                Some(Grant { requests: want_requests, tokens: want_tokens, until: ready + GRANT_LIFE, generation });
         }
     }
 
@@ -391,24 +380,24 @@ mod tests {
     #[test]
     fn the_pace_fits_a_one_second_bucket_and_every_window() {
         // 120 requests/min: the provider holds 2 per second.
-        let pace = Pace::for_cap(per_minute(120));
+        let pace = pace_for(per_minute(120));
         let rate = 1.0 / pace.interval;
         assert!((rate - 2.0 * MARGIN).abs() < 1e-9);
         let late = (GRANT_LIFE + SEND_JITTER).as_secs_f64();
         assert!(pace.burst >= 1.0 && pace.burst + rate * late <= 2.0, "{pace:?}");
         // 200k tokens/min: a request may carry up to ~2,500 tokens.
-        let tokens = Pace::for_cap(per_minute(200_000));
+        let tokens = pace_for(per_minute(200_000));
         assert!((2_400.0..3_333.0).contains(&tokens.burst), "{tokens:?}");
         // Any 60 s window: burst + rate * 60 stays under the cap.
         for limit in [60, 120, 600, 200_000, 1_000_000] {
-            let pace = Pace::for_cap(per_minute(limit));
+            let pace = pace_for(per_minute(limit));
             assert!(pace.burst + 60.0 / pace.interval <= limit as f64, "{limit}: {pace:?}");
         }
     }
 
     #[test]
     fn a_tiny_cap_still_sends_one_at_a_time() {
-        let pace = Pace::for_cap(per_minute(10));
+        let pace = pace_for(per_minute(10));
         assert_eq!(pace.burst, 1.0);
         assert!((pace.interval - 6.0 / MARGIN).abs() < 1e-9);
     }

@@ -8,7 +8,12 @@ use std::time::Duration;
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
-use crate::llm::limiter::Pace;
+/// GCRA parameters of one cap: seconds per cell, and the burst in cells.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pace {
+    pub interval: f64,
+    pub burst: f64,
+}
 
 /// A reservation: send in `ready_in` seconds; who else shares the cap.
 #[derive(Debug, Clone, sqlx::FromRow)]
