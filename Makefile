@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PORT ?= 8080
 CARGO ?= cargo
 
-.PHONY: up infra build test bench-ingest bench-api bench-chunk chaos lint fmt clean-test-dbs
+.PHONY: up infra build test bench-ingest bench-fleet bench-api bench-chunk chaos lint fmt clean-test-dbs
 
 ## up: start the local stack, create a dev API key once (kept in .env), run stolid in the foreground
 up: infra build
@@ -37,6 +37,12 @@ fmt:
 ## bench-ingest: index a real corpus (the Rust book's HTML) against the fake model server with a cap; prints figures
 bench-ingest: infra
 	$(CARGO) run --release --locked --features testkit --example bench_ingest -- $(BENCH_ARGS)
+
+## bench-fleet: the pipeline run by 1 and 3 processes started together under one cap (requests 120/min,
+## tokens 200k/min, none) against a fake provider enforcing one-second buckets; prints 429s, windows, wall/ideal, CPU
+bench-fleet: infra
+	$(CARGO) build --release --locked --features testkit --bins --example bench_fleet
+	target/release/examples/bench_fleet $(BENCH_ARGS)
 
 ## bench-api: API overhead against the fake model server on 100k chunks (chat minus model latency, search HTTP vs SQL, req/s, memory)
 bench-api: infra

@@ -16,15 +16,16 @@
 //! --examples N (schemathesis examples per operation, default 25).
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
 use stolid::testkit::fake_openai::{FakeOpenAi, Fault};
 use stolid::testkit::infra::{Infra, base_env, create_infra};
+use stolid::testkit::process;
 use stolid::testkit::proxy::{FaultProxy, ProxyMode, upstream_of, via};
 
 struct Args {
@@ -117,53 +118,28 @@ impl Stack {
     /// Starts the release binary on this stack, with `extra` settings.
     async fn start(&mut self, extra: &[(&str, &str)]) -> Proc {
         let env = base_env();
-        let mut command = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/stolid"));
-        command
-            .arg("serve")
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .current_dir(std::env::temp_dir())
-            .env("DATABASE_URL", via(&self.infra.database_url, self.pg.addr()))
-            .env("S3_BUCKET", &self.infra.bucket)
-            .env("SQS_QUEUE_URL", &self.infra.queue_url)
-            .env("AWS_ENDPOINT_URL", via(&env["AWS_ENDPOINT_URL"], self.aws.addr()))
-            .env("OPENAI_API_KEY", "sk-fake")
-            .env("OPENAI_BASE_URL", self.fake.base_url())
-            .env("EMBEDDING_DIMENSIONS", "384")
-            .env("LLM_TIMEOUT_SECS", "10")
-            .env("AWS_TIMEOUT_SECS", "2")
-            .env("WORKER_WAIT_TIME_SECS", "1")
-            .env("WORKER_VISIBILITY_TIMEOUT_SECS", "10")
-            .env("EMBED_REQUESTS_PER_MINUTE", "60000")
-            .env("SHUTDOWN_TIMEOUT_SECS", "5")
-            .env("PORT", "0")
-            .envs(extra.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        for key in ["AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
-            if let Some(value) = env.get(key) {
-                command.env(key, value);
-            }
-        }
-        let mut child = command.spawn().expect("starting target/release/stolid (make chaos builds it)");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (port_tx, port_rx) = std::sync::mpsc::channel();
-        let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("opening the log");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = writeln!(log, "{line}");
-                let Ok(json) = serde_json::from_str::<Value>(&line) else { continue };
-                if json["message"] == "listening" {
-                    let _ = port_tx.send(json["port"].as_u64().unwrap_or(0) as u16);
-                }
-            }
-        });
-        let port = port_rx.recv_timeout(Duration::from_secs(60)).expect("stolid did not start listening");
+        let mut settings: Vec<(&str, String)> = vec![
+            ("DATABASE_URL", via(&self.infra.database_url, self.pg.addr())),
+            ("S3_BUCKET", self.infra.bucket.clone()),
+            ("SQS_QUEUE_URL", self.infra.queue_url.clone()),
+            ("AWS_ENDPOINT_URL", via(&env["AWS_ENDPOINT_URL"], self.aws.addr())),
+            ("OPENAI_API_KEY", "sk-fake".into()),
+            ("OPENAI_BASE_URL", self.fake.base_url()),
+            ("EMBEDDING_DIMENSIONS", "384".into()),
+            ("LLM_TIMEOUT_SECS", "10".into()),
+            ("AWS_TIMEOUT_SECS", "2".into()),
+            ("WORKER_WAIT_TIME_SECS", "1".into()),
+            ("WORKER_VISIBILITY_TIMEOUT_SECS", "10".into()),
+            ("EMBED_REQUESTS_PER_MINUTE", "60000".into()),
+            ("SHUTDOWN_TIMEOUT_SECS", "5".into()),
+        ];
+        settings.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+        let process = process::Proc::start(&settings, &self.log);
         if self.key.is_none() {
             let tenant = stolid::store::keys::ensure_tenant(&self.db, "chaos").await.expect("tenant");
             self.key = Some(stolid::store::keys::create_key(&self.db, tenant).await.expect("key").key);
         }
-        Proc { child, base: format!("http://127.0.0.1:{port}"), key: self.key.clone().unwrap_or_default() }
+        Proc { base: process.base.clone(), process, key: self.key.clone().unwrap_or_default() }
     }
 
     /// Waits until no document is `queued` or `processing`, or `limit` passes.
@@ -212,42 +188,20 @@ impl Stack {
     }
 }
 
+/// A process of the stack and the key to call it with.
 struct Proc {
-    child: Child,
+    process: process::Proc,
     base: String,
     key: String,
 }
 
 impl Proc {
-    fn signal(&self, signal: &str) {
-        let _ = Command::new("kill").args([signal, &self.child.id().to_string()]).status();
-    }
-
-    /// SIGTERM, then the seconds until the process exited (killed after `bound`).
     fn terminate(&mut self, bound: Duration) -> f64 {
-        self.signal("-TERM");
-        let started = Instant::now();
-        while started.elapsed() < bound {
-            if self.child.try_wait().ok().flatten().is_some() {
-                return started.elapsed().as_secs_f64();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        f64::INFINITY
+        self.process.terminate(bound)
     }
 
     fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill9();
     }
 }
 

@@ -62,7 +62,7 @@ variables! {
     embed_max_batch_tokens: usize = "EMBED_MAX_BATCH_TOKENS", positive(300_000);
     embed_max_input_tokens: usize = "EMBED_MAX_INPUT_TOKENS", positive(8_192);
     worker_pollers: usize = "WORKER_POLLERS", number(1);
-    worker_concurrency: usize = "WORKER_CONCURRENCY", positive(8);
+    worker_concurrency: usize = "WORKER_CONCURRENCY", positive(32);
     worker_visibility_timeout_secs: u64 = "WORKER_VISIBILITY_TIMEOUT_SECS", positive(60);
     worker_wait_time_secs: u64 = "WORKER_WAIT_TIME_SECS", number(10);
     job_timeout_secs: f64 = "JOB_TIMEOUT_SECS", positive(600.0);

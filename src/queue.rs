@@ -128,15 +128,29 @@ impl Queue {
             .collect())
     }
 
-    pub async fn delete(&self, receipt_handle: &str) -> anyhow::Result<()> {
-        self.client
-            .delete_message()
+    /// Deletes up to ten messages in one call; returns how many SQS refused
+    /// (a refused delete is redelivered later, and jobs are idempotent).
+    pub async fn delete_many(&self, receipt_handles: &[String]) -> anyhow::Result<usize> {
+        let entries = receipt_handles
+            .iter()
+            .enumerate()
+            .map(|(i, handle)| {
+                aws_sdk_sqs::types::DeleteMessageBatchRequestEntry::builder()
+                    .id(format!("d{i}"))
+                    .receipt_handle(handle)
+                    .build()
+                    .context("building a batch entry")
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let output = self
+            .client
+            .delete_message_batch()
             .queue_url(&self.url)
-            .receipt_handle(receipt_handle)
+            .set_entries(Some(entries))
             .send()
             .await
-            .context("delete_message")?;
-        Ok(())
+            .context("delete_message_batch")?;
+        Ok(output.failed.len())
     }
 
     /// Extends (or, with zero, ends) the time the message stays hidden.

@@ -5,10 +5,14 @@
 //!
 //! Under a request cap, requests should be few and full; under a token cap,
 //! tokens are what is spent and the request count does not matter. Both come
-//! from the same rule: the dispatcher waits for an in-flight slot before it cuts
-//! a batch (the queue fills meanwhile), and a batch that is not full waits up
-//! to [`LINGER`] for more. Queries never enter this queue: the gateway sends
-//! them at once, ahead of bulk work (`Lane::Query`).
+//! from one rule: the dispatcher reserves budget first and cuts the batch when
+//! the budget is there, so a batch holds everything that arrived while it
+//! waited (up to the limits). The reservation is for the tokens waiting now or,
+//! if more, one request's share of the token cap (token rate / request rate):
+//! when requests bind, that share is large and the late-arriving inputs ride
+//! along; when tokens bind, it is small and no token budget is left unused.
+//! A first input waits up to [`LINGER`] for company. Queries never enter this
+//! queue: the gateway sends them at once, ahead of bulk work (`Lane::Query`).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Weak};
@@ -71,17 +75,29 @@ pub(super) async fn dispatch(gateway: Weak<Gateway>, mut rx: mpsc::UnboundedRece
             }
         }
         let Some(gateway) = gateway.upgrade() else { return };
-        // Waiting for a slot is what lets batches fill under a cap.
         let slot = gateway.limiter.slot(Lane::Bulk).await;
         drain(&mut rx, &mut queue);
-        let batch = cut(&mut queue, limits);
+        let waiting = tokens_of_next_batch(&queue, limits);
+        let share = gateway.limiter.tokens_per_request().min(limits.tokens);
+        let reserved = waiting.max(share);
+        // Waiting here, before cutting, is what fills the batch.
+        let paced = gateway.limiter.pace(reserved, Lane::Bulk).await;
+        drain(&mut rx, &mut queue);
+        let batch = cut(&mut queue, BatchLimits { tokens: reserved, ..limits });
         if batch.is_empty() {
             continue; // every waiter went away
         }
         next_request += 1;
         let request = next_request;
         tokio::spawn(async move {
-            gateway.send_bulk(batch, request).await;
+            match paced {
+                Ok(()) => gateway.send_bulk(batch, request).await,
+                Err(err) => {
+                    for item in batch {
+                        let _ = item.reply.send(Err(LlmError::Unavailable(err.to_string())));
+                    }
+                }
+            }
             drop(slot);
         });
     }
@@ -91,6 +107,18 @@ fn drain(rx: &mut mpsc::UnboundedReceiver<Pending>, queue: &mut VecDeque<Pending
     while let Ok(item) = rx.try_recv() {
         queue.push_back(item);
     }
+}
+
+/// The tokens a batch cut now would carry.
+fn tokens_of_next_batch(queue: &VecDeque<Pending>, limits: BatchLimits) -> usize {
+    let mut tokens = 0;
+    for (count, item) in queue.iter().enumerate() {
+        if count > 0 && (count >= limits.inputs || tokens + item.tokens > limits.tokens) {
+            break;
+        }
+        tokens += item.tokens;
+    }
+    tokens
 }
 
 fn is_full(queue: &VecDeque<Pending>, limits: BatchLimits) -> bool {
@@ -164,7 +192,9 @@ mod tests {
             receivers.push(rx);
         }
         assert!(is_full(&queue, limits));
+        assert_eq!(tokens_of_next_batch(&queue, limits), 30);
         assert_eq!(cut(&mut queue, limits).len(), 3, "the input limit");
+        assert_eq!(tokens_of_next_batch(&queue, limits), 70);
         assert_eq!(cut(&mut queue, limits).len(), 2, "the token limit: 10 + 60, not + 50");
         drop(receivers.pop()); // the last caller went away
         assert!(cut(&mut queue, limits).is_empty());

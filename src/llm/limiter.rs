@@ -203,6 +203,11 @@ impl EmbedLimiter {
         self.tokens.burst as usize
     }
 
+    /// Tokens per request at the pace of both caps: one request's share of the token cap.
+    pub fn tokens_per_request(&self) -> usize {
+        (self.requests.interval / self.tokens.interval) as usize
+    }
+
     /// Waits for an in-flight slot of this task's share.
     pub async fn slot(self: &Arc<Self>, lane: Lane) -> Slot {
         loop {

@@ -296,7 +296,7 @@ impl Gateway {
         let _slot = self.limiter.slot(Lane::Query).await;
         let shares = [(ctx.clone(), tokens)];
         let (mut vectors, _) =
-            self.embed_request(&shares, model, dims, &[text.to_string()], tokens, Lane::Query).await?;
+            self.embed_request(&shares, model, dims, &[text.to_string()], tokens, Paced::Query).await?;
         Ok(vectors.swap_remove(0))
     }
 
@@ -321,7 +321,8 @@ impl Gateway {
             texts.push(item.text);
             replies.push(item.reply);
         }
-        match self.embed_request(&shares, &model, dims, &texts, tokens, Lane::Bulk).await {
+        // The dispatcher paced the first attempt; retries pace themselves.
+        match self.embed_request(&shares, &model, dims, &texts, tokens, Paced::AlreadyOnce).await {
             Ok((vectors, attempts)) => {
                 for (reply, vector) in replies.into_iter().zip(vectors) {
                     let _ = reply.send(Ok(batcher::Embedded { vector, request, attempts }));
@@ -345,10 +346,15 @@ impl Gateway {
         dims: usize,
         inputs: &[String],
         estimated_tokens: usize,
-        lane: Lane,
+        paced: Paced,
     ) -> Result<(Vec<Vec<f32>>, u32), LlmError> {
         let attempts = self.config.embedding_limits.max_attempts;
-        let pacing = Pacing::SharedLimiter { tokens: estimated_tokens, lane };
+        let pacing = match paced {
+            Paced::Query => Pacing::SharedLimiter { tokens: estimated_tokens, lane: Lane::Query, first_done: false },
+            Paced::AlreadyOnce => {
+                Pacing::SharedLimiter { tokens: estimated_tokens, lane: Lane::Bulk, first_done: true }
+            }
+        };
         let ((vectors, input_tokens), latency, tries) = self
             .retrying(&shares[0].0, Operation::Embed, model, attempts, pacing, || {
                 self.provider.embed(model, dims, inputs, estimated_tokens)
@@ -473,7 +479,9 @@ impl Gateway {
         Fut: std::future::Future<Output = Result<T, ProviderError>>,
     {
         for attempt in 0..max_attempts {
-            if let Pacing::SharedLimiter { tokens, lane } = pacing {
+            if let Pacing::SharedLimiter { tokens, lane, first_done } = pacing
+                && !(first_done && attempt == 0)
+            {
                 self.limiter.pace(tokens, lane).await.map_err(|e| LlmError::Unavailable(e.to_string()))?;
             }
             let started = Instant::now();
@@ -540,10 +548,20 @@ impl Gateway {
 /// How a call's attempts are paced.
 #[derive(Debug, Clone, Copy)]
 enum Pacing {
-    /// Embeddings: through the fleet's limiter, whose 429 pause every caller waits out.
-    SharedLimiter { tokens: usize, lane: Lane },
+    /// Embeddings: through the fleet's limiter, whose 429 pause every caller
+    /// waits out; `first_done` when the caller paced the first attempt itself.
+    SharedLimiter { tokens: usize, lane: Lane, first_done: bool },
     /// Chat: each call waits out its own 429s.
     Own,
+}
+
+/// Who paced an embedding request's first attempt.
+#[derive(Debug, Clone, Copy)]
+enum Paced {
+    /// Nobody yet: a query, paced in its own lane.
+    Query,
+    /// The batch dispatcher, for bulk work.
+    AlreadyOnce,
 }
 
 /// One provider attempt, as it is recorded.

@@ -3,6 +3,7 @@
 
 pub mod fake_openai;
 pub mod infra;
+pub mod process;
 pub mod proxy;
 
 /// `len` bytes of repeatable pseudo-random noise (xorshift64 from `seed`): the

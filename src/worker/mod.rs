@@ -14,6 +14,7 @@
 //!   and the messages of those that do not are released (visibility 0) for
 //!   another task to pick up at once.
 
+pub mod deleter;
 pub mod jobs;
 pub mod sweeper;
 
@@ -27,6 +28,22 @@ use tracing::Instrument;
 
 use crate::queue::Received;
 use crate::state::AppState;
+use deleter::Deleter;
+
+/// What every poller shares.
+#[derive(Clone)]
+struct Pool {
+    state: AppState,
+    deleter: Deleter,
+    /// The queue's redrive limit, read lazily and again until it succeeds:
+    /// SQS may be unreachable at start.
+    max_receives: Arc<tokio::sync::OnceCell<Option<u32>>>,
+    /// Free job slots.
+    slots: Arc<Semaphore>,
+    jobs: TaskTracker,
+    /// Cancelled only once the drain deadline passes.
+    abort_jobs: CancellationToken,
+}
 
 /// Runs the workers until `shutdown` is cancelled, then drains them within `deadline`.
 pub async fn run(state: AppState, shutdown: CancellationToken, deadline: Duration) {
@@ -34,25 +51,21 @@ pub async fn run(state: AppState, shutdown: CancellationToken, deadline: Duratio
     if config.pollers == 0 {
         return;
     }
-    // Read lazily and again until it succeeds: SQS may be unreachable at start.
-    let max_receives = Arc::new(tokio::sync::OnceCell::new());
-    let slots = Arc::new(Semaphore::new(config.concurrency));
-    let jobs = TaskTracker::new();
-    // Jobs get their own token: cancelled only once the drain deadline passes.
-    let abort_jobs = CancellationToken::new();
+    let (deleter, deletes_flushed) = Deleter::spawn(state.queue.clone());
+    let pool = Pool {
+        state,
+        deleter,
+        max_receives: Arc::new(tokio::sync::OnceCell::new()),
+        slots: Arc::new(Semaphore::new(config.concurrency)),
+        jobs: TaskTracker::new(),
+        abort_jobs: CancellationToken::new(),
+    };
     let pollers = TaskTracker::new();
     for poller in 0..config.pollers {
-        pollers.spawn(poll(
-            state.clone(),
-            poller,
-            max_receives.clone(),
-            slots.clone(),
-            jobs.clone(),
-            shutdown.clone(),
-            abort_jobs.clone(),
-        ));
+        pollers.spawn(poll(pool.clone(), poller, shutdown.clone()));
     }
     pollers.close();
+    let Pool { jobs, abort_jobs, deleter, .. } = pool;
     pollers.wait().await;
     jobs.close();
     tracing::info!(running = jobs.len(), "workers stopped polling; waiting for running jobs");
@@ -61,17 +74,12 @@ pub async fn run(state: AppState, shutdown: CancellationToken, deadline: Duratio
         abort_jobs.cancel();
         jobs.wait().await;
     }
+    drop(deleter);
+    let _ = deletes_flushed.await;
 }
 
-async fn poll(
-    state: AppState,
-    poller: usize,
-    max_receives: Arc<tokio::sync::OnceCell<Option<u32>>>,
-    slots: Arc<Semaphore>,
-    jobs: TaskTracker,
-    shutdown: CancellationToken,
-    abort_jobs: CancellationToken,
-) {
+async fn poll(pool: Pool, poller: usize, shutdown: CancellationToken) {
+    let Pool { state, deleter, max_receives, slots, jobs, abort_jobs } = pool;
     let config = &state.config.worker;
     let mut failures = 0u32;
     loop {
@@ -112,11 +120,12 @@ async fn poll(
             let span =
                 tracing::info_span!("job", message_id = %message.message_id, receive_count = message.receive_count);
             let state = state.clone();
+            let deleter = deleter.clone();
             let abort = abort_jobs.clone();
             jobs.spawn(
                 async move {
                     let last_attempt = max_receives.is_some_and(|max| message.receive_count >= max);
-                    process(&state, message, last_attempt, abort).await;
+                    process(&state, &deleter, message, last_attempt, abort).await;
                     drop(permit);
                 }
                 .instrument(span),
@@ -139,7 +148,7 @@ async fn redrive_limit(state: &AppState, cell: &tokio::sync::OnceCell<Option<u32
 }
 
 /// Runs one message's job with a heartbeat, then deletes it or leaves it for retry.
-async fn process(state: &AppState, message: Received, last_attempt: bool, abort: CancellationToken) {
+async fn process(state: &AppState, deleter: &Deleter, message: Received, last_attempt: bool, abort: CancellationToken) {
     let visibility = state.config.worker.visibility_timeout;
     let heartbeat = async {
         let mut tick = tokio::time::interval(visibility / 3);
@@ -161,15 +170,12 @@ async fn process(state: &AppState, message: Received, last_attempt: bool, abort:
     let elapsed_ms = started.elapsed().as_millis() as u64;
     match outcome {
         Some(Ok(Ok(()))) => {
-            if let Err(err) = state.queue.delete(&message.receipt_handle).await {
-                // Harmless: the job is idempotent and will be skipped when redelivered.
-                tracing::warn!(error = format!("{err:#}"), "deleting a finished message failed");
-            }
+            deleter.delete(message.receipt_handle);
             tracing::info!(duration_ms = elapsed_ms, "job done");
         }
         Some(Ok(Err(jobs::JobError::Unprocessable(reason)))) => {
             tracing::error!(reason, "message can never be processed; deleting it");
-            let _ = state.queue.delete(&message.receipt_handle).await;
+            deleter.delete(message.receipt_handle);
         }
         Some(Ok(Err(jobs::JobError::Retry(err)))) => {
             tracing::warn!(error = format!("{err:#}"), duration_ms = elapsed_ms, "job failed; it will be retried");
