@@ -13,6 +13,8 @@
 //! Options: --corpus DIR (default: the Rust book's HTML under the toolchain)
 //!   --docs N (default: all)  --procs 1,3  --scenarios requests,tokens,none
 //!   --latency-ms N (fake model latency, default 50)
+//! `STOLID_BIN=path` runs another build of stolid (a baseline: an older
+//! commit's binary takes the same settings).
 
 use std::collections::HashMap;
 use std::path::PathBuf;

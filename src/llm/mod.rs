@@ -254,7 +254,7 @@ impl Gateway {
         let queue = self.batches.sender(self, batch_limits);
         let now = tokio::time::Instant::now();
         let mut replies = Vec::with_capacity(inputs.len());
-        for (text, tokens) in inputs.iter().zip(tokens) {
+        for (text, &tokens) in inputs.iter().zip(&tokens) {
             let (reply, rx) = tokio::sync::oneshot::channel();
             let item = Pending { ctx: ctx.clone(), text: text.clone(), tokens, enqueued: now, reply };
             queue.send(item).map_err(|_| LlmError::Unavailable("the embedding queue has stopped".into()))?;
@@ -263,7 +263,7 @@ impl Gateway {
         let mut out = Embeddings {
             vectors: Vec::with_capacity(inputs.len()),
             model: self.config.embedding_model.clone(),
-            input_tokens: 0,
+            input_tokens: tokens.iter().sum::<usize>() as u32,
             requests: 0,
         };
         let mut requests_seen = std::collections::HashSet::new();
@@ -274,7 +274,6 @@ impl Gateway {
             }
             out.vectors.push(embedded.vector);
         }
-        out.input_tokens = inputs.iter().map(|t| count_tokens(t) as u32).sum();
         Ok(out)
     }
 

@@ -16,11 +16,14 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Starts `target/release/stolid serve` with only `env` (plus PATH and the
+    /// Starts `target/release/stolid serve` (or the binary `STOLID_BIN` names,
+    /// e.g. an older build for a baseline) with only `env` (plus PATH and the
     /// local AWS credentials), appends its log to `log`, and waits until it listens.
     pub fn start(env: &[(&str, String)], log: &Path) -> Self {
         let base = base_env();
-        let mut command = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/stolid"));
+        let binary = std::env::var("STOLID_BIN")
+            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/stolid").to_string());
+        let mut command = Command::new(binary);
         command
             .arg("serve")
             .env_clear()
