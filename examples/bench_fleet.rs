@@ -137,7 +137,7 @@ async fn main() -> anyhow::Result<()> {
     for o in &outcomes {
         let f = Figures::of(o);
         println!(
-            "{:<9} {:>5} {:>5} {:>8} {:>7.1} {:>5} {:>9} {:>13} {:>13} {:>7.1} {:>7.1} {:>6.2} {:>10.2}",
+            "{:<9} {:>5} {:>5} {:>8} {:>7.1} {:>5} {:>9} {:>13} {:>13} {:>7.1} {:>7.1} {:>6} {:>10.2}",
             o.scenario.name,
             o.procs,
             format!("{}/{}", o.started, o.procs),
@@ -149,7 +149,7 @@ async fn main() -> anyhow::Result<()> {
             f.busiest(60),
             o.wall,
             f.ideal,
-            o.wall / f.ideal,
+            f.ratio(o.wall),
             o.cpu * 100.0 / o.docs.max(1) as f64,
         );
     }
@@ -267,6 +267,11 @@ impl Figures {
         Self { served, requests, inputs, tokens, throttled, ideal: by_tokens.max(by_requests), scenario: o.scenario }
     }
 
+    /// Wall time over the ideal; without a cap there is no ideal.
+    fn ratio(&self, wall: f64) -> String {
+        if self.ideal > 0.0 { format!("{:.2}", wall / self.ideal) } else { "-".to_string() }
+    }
+
     /// The busiest window of `secs` seconds: "requests/cap" and "tokens/cap" where capped.
     fn busiest(&self, secs: u64) -> String {
         let window = Duration::from_secs(secs);
@@ -299,7 +304,7 @@ fn busiest_window(served: &[Arrival], window: Duration) -> (u64, u64) {
 fn report(o: &Outcome) {
     let f = Figures::of(o);
     println!(
-        "{} x{}: {}/{} processes up; {} documents ({} failed) in {:.1} s; {} requests ({:.1} inputs each), {} answered 429; {} tokens; busiest 1 s {}, 60 s {}; ideal {:.1} s, ratio {:.2}; stolid CPU {:.2} s ({:.2} s per 100 documents)",
+        "{} x{}: {}/{} processes up; {} documents ({} failed) in {:.1} s; {} requests ({:.1} inputs each), {} answered 429; {} tokens; busiest 1 s {}, 60 s {}; ideal {:.1} s, ratio {}; stolid CPU {:.2} s ({:.2} s per 100 documents)",
         o.scenario.name,
         o.procs,
         o.started,
@@ -314,7 +319,7 @@ fn report(o: &Outcome) {
         f.busiest(1),
         f.busiest(60),
         f.ideal,
-        o.wall / f.ideal,
+        f.ratio(o.wall),
         o.cpu,
         o.cpu * 100.0 / o.docs.max(1) as f64,
     );

@@ -7,18 +7,21 @@
 //! - [`http`]: the axum API, one module per resource, which parses, calls the domain and answers;
 //!   [`error`] is the one place failures become status codes and JSON; [`tenant`] is the caller,
 //!   which `http::auth` builds from the API key.
-//! - [`worker`]: SQS receive loops, heartbeats and deadlines, the jobs they run, and the sweeper.
+//! - [`worker`]: SQS receive loops, heartbeats and deadlines, the jobs they run, batched deletes,
+//!   and the sweeper.
 //! - The domain: [`documents`] (upload, dedupe, re-index, delete), [`retrieval`] (search),
 //!   [`chat`], [`suggest`] and [`agent`]; they fail with [`domain_error::DomainError`].
 //! - [`ingest`]: extraction and chunking, pure functions the index job runs on blocking threads.
-//! - [`llm`]: the model gateway; every chat and embedding call, its retries, its rate limiting and
-//!   its usage record; [`pricing`]: what a call costs.
+//! - [`llm`]: the model gateway; every chat and embedding call, its retries, its usage record, the
+//!   fleet-wide embedding cap (`llm::limiter`, state in Postgres) and the cross-document batcher;
+//!   [`pricing`]: what a call costs.
 //! - [`store`]: SQL by table; [`blob`] and [`queue`]: thin S3 and SQS wrappers (the queue also holds
 //!   the job contract), built from [`aws`]'s shared settings and deadlines.
 //! - Leaves that import nothing of stolid's: [`tokens`] (cl100k counting), [`retry`] (the one
 //!   backoff policy), [`telemetry`] (JSON logs for CloudWatch).
 //! - `testkit` (cargo feature `testkit`, not in the product): the fake OpenAI-compatible
-//!   server, throwaway infrastructure and a fault proxy for tests, benchmarks and `make chaos`.
+//!   server, throwaway infrastructure, the release binary as a child process, and a fault proxy
+//!   for tests, benchmarks and `make chaos`.
 
 pub mod agent;
 pub mod app;

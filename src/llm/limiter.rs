@@ -16,7 +16,9 @@
 //!    slowdown a 429 set. The row answers "send at T"; GCRA then guarantees
 //!    that no window of length `w` holds more than `burst + rate * w`, whoever
 //!    sends. One reservation covers every request waiting in this task at that
-//!    moment (up to the bursts), so under load a round trip serves a group.
+//!    moment (up to the bursts), so under load a round trip serves a group; and
+//!    since the batcher makes requests few and full, the database sees at most
+//!    one short statement per provider request, never one per input.
 //! 3. **Queries first**: a search's embedding queues in front of bulk work (bulk
 //!    waiters pass a second lock first, so at most one bulk reservation is ever
 //!    ahead of a query).
