@@ -29,11 +29,19 @@ pub const LINGER: Duration = Duration::from_millis(20);
 
 /// One input waiting to be embedded.
 pub(super) struct Pending {
+    /// The `embed` call it came from (one job's inputs share it).
+    pub caller: u64,
     pub ctx: CallContext,
     pub text: String,
     pub tokens: usize,
     pub enqueued: Instant,
     pub reply: oneshot::Sender<Result<Embedded, LlmError>>,
+}
+
+/// A fresh caller id for one `embed` call's inputs.
+pub(super) fn next_caller() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// An input's vector, and which request carried it (for the caller's count).
@@ -176,8 +184,14 @@ mod tests {
 
     fn pending(tokens: usize) -> (Pending, oneshot::Receiver<Result<Embedded, LlmError>>) {
         let (reply, rx) = oneshot::channel();
-        let item =
-            Pending { ctx: CallContext::default(), text: String::new(), tokens, enqueued: Instant::now(), reply };
+        let item = Pending {
+            caller: 0,
+            ctx: CallContext::default(),
+            text: String::new(),
+            tokens,
+            enqueued: Instant::now(),
+            reply,
+        };
         (item, rx)
     }
 

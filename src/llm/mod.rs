@@ -253,10 +253,11 @@ impl Gateway {
         let batch_limits = BatchLimits { inputs: limits.max_batch_inputs, tokens: self.max_tokens_per_request() };
         let queue = self.batches.sender(self, batch_limits);
         let now = tokio::time::Instant::now();
+        let caller = batcher::next_caller();
         let mut replies = Vec::with_capacity(inputs.len());
         for (text, &tokens) in inputs.iter().zip(&tokens) {
             let (reply, rx) = tokio::sync::oneshot::channel();
-            let item = Pending { ctx: ctx.clone(), text: text.clone(), tokens, enqueued: now, reply };
+            let item = Pending { caller, ctx: ctx.clone(), text: text.clone(), tokens, enqueued: now, reply };
             queue.send(item).map_err(|_| LlmError::Unavailable("the embedding queue has stopped".into()))?;
             replies.push(rx);
         }
@@ -305,33 +306,55 @@ impl Gateway {
         self.config.embedding_limits.max_batch_tokens.min(self.limiter.max_tokens_per_call())
     }
 
-    /// Sends one cut batch and answers each input's caller.
+    /// Sends one cut batch and answers each input's caller. If the provider
+    /// refuses the batch, each caller's inputs are sent again on their own: an
+    /// input it rejects must fail only the job it came from, not its batch-mates.
     async fn send_bulk(&self, batch: Vec<Pending>, request: u64) {
+        let callers: std::collections::HashSet<u64> = batch.iter().map(|p| p.caller).collect();
+        let batch = match self.send_batch(batch, request, Paced::AlreadyOnce).await {
+            Err((LlmError::Provider(_), batch)) if callers.len() > 1 => batch,
+            Err((err, batch)) => return answer_all(batch, &err),
+            Ok(()) => return,
+        };
+        let mut groups: Vec<Vec<Pending>> = Vec::new();
+        for item in batch {
+            match groups.iter_mut().find(|g| g[0].caller == item.caller) {
+                Some(group) => group.push(item),
+                None => groups.push(vec![item]),
+            }
+        }
+        for group in groups {
+            if let Err((err, group)) = self.send_batch(group, request, Paced::Bulk).await {
+                answer_all(group, &err);
+            }
+        }
+    }
+
+    /// One request for `batch`; on failure the inputs come back unanswered.
+    async fn send_batch(
+        &self,
+        batch: Vec<Pending>,
+        request: u64,
+        paced: Paced,
+    ) -> Result<(), (LlmError, Vec<Pending>)> {
         let (model, dims) = (self.config.embedding_model.clone(), self.config.embedding_dimensions);
         let tokens: usize = batch.iter().map(|p| p.tokens).sum();
         let mut shares: Vec<(CallContext, usize)> = Vec::new();
-        let mut texts = Vec::with_capacity(batch.len());
-        let mut replies = Vec::with_capacity(batch.len());
-        for item in batch {
+        for item in &batch {
             match shares.iter_mut().find(|(ctx, _)| same_caller(ctx, &item.ctx)) {
                 Some((_, n)) => *n += item.tokens,
-                None => shares.push((item.ctx, item.tokens)),
+                None => shares.push((item.ctx.clone(), item.tokens)),
             }
-            texts.push(item.text);
-            replies.push(item.reply);
         }
-        // The dispatcher paced the first attempt; retries pace themselves.
-        match self.embed_request(&shares, &model, dims, &texts, tokens, Paced::AlreadyOnce).await {
+        let texts: Vec<String> = batch.iter().map(|p| p.text.clone()).collect();
+        match self.embed_request(&shares, &model, dims, &texts, tokens, paced).await {
             Ok((vectors, attempts)) => {
-                for (reply, vector) in replies.into_iter().zip(vectors) {
-                    let _ = reply.send(Ok(batcher::Embedded { vector, request, attempts }));
+                for (item, vector) in batch.into_iter().zip(vectors) {
+                    let _ = item.reply.send(Ok(batcher::Embedded { vector, request, attempts }));
                 }
+                Ok(())
             }
-            Err(err) => {
-                for reply in replies {
-                    let _ = reply.send(Err(err.clone()));
-                }
-            }
+            Err(err) => Err((err, batch)),
         }
     }
 
@@ -348,12 +371,12 @@ impl Gateway {
         paced: Paced,
     ) -> Result<(Vec<Vec<f32>>, u32), LlmError> {
         let attempts = self.config.embedding_limits.max_attempts;
-        let pacing = match paced {
-            Paced::Query => Pacing::SharedLimiter { tokens: estimated_tokens, lane: Lane::Query, first_done: false },
-            Paced::AlreadyOnce => {
-                Pacing::SharedLimiter { tokens: estimated_tokens, lane: Lane::Bulk, first_done: true }
-            }
+        let (lane, first_done) = match paced {
+            Paced::Query => (Lane::Query, false),
+            Paced::Bulk => (Lane::Bulk, false),
+            Paced::AlreadyOnce => (Lane::Bulk, true),
         };
+        let pacing = Pacing::SharedLimiter { tokens: estimated_tokens, lane, first_done };
         let ((vectors, input_tokens), latency, tries) = self
             .retrying(&shares[0].0, Operation::Embed, model, attempts, pacing, || {
                 self.provider.embed(model, dims, inputs, estimated_tokens)
@@ -554,13 +577,21 @@ enum Pacing {
     Own,
 }
 
-/// Who paced an embedding request's first attempt.
+/// Who paces an embedding request's first attempt.
 #[derive(Debug, Clone, Copy)]
 enum Paced {
-    /// Nobody yet: a query, paced in its own lane.
+    /// The request itself, in the query lane.
     Query,
-    /// The batch dispatcher, for bulk work.
+    /// The request itself, in the bulk lane.
+    Bulk,
+    /// The batch dispatcher already did (retries pace themselves).
     AlreadyOnce,
+}
+
+fn answer_all(batch: Vec<Pending>, err: &LlmError) {
+    for item in batch {
+        let _ = item.reply.send(Err(err.clone()));
+    }
 }
 
 /// One provider attempt, as it is recorded.

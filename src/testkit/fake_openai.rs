@@ -5,6 +5,8 @@
 //!   and tool calls), deterministic, with token usage in every response. Chat
 //!   content comes from the local provider's extractive logic, so answers cite
 //!   the passages they were given.
+//! - An embedding request with an input containing [`POISON`] is refused (400),
+//!   as a provider refuses an input it will not embed.
 //! - Configurable latency; injected faults for the next requests (429 with
 //!   `Retry-After`, `insufficient_quota`, 500, a hang past the client timeout);
 //!   optional server-side rate caps that answer 429 like a real provider: a
@@ -30,6 +32,9 @@ use serde_json::{Value, json};
 use crate::config::RateCap;
 use crate::llm::{ChatMessage, ChatRequest, Role, Task, ToolSpec, local};
 use crate::tokens::count_tokens;
+
+/// Text that makes the fake refuse any embedding request carrying it.
+pub const POISON: &str = "POISON-INPUT";
 
 #[derive(Debug, Clone)]
 pub enum Fault {
@@ -367,6 +372,9 @@ async fn serve_embeddings(
     let _in_flight = InFlight::enter(shared);
     if let Some(response) = before_serving(shared, Some(tokens)).await {
         return response;
+    }
+    if inputs.iter().any(|text| text.contains(POISON)) {
+        return openai_error(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_input", "input refused");
     }
     let dims = dimensions.unwrap_or_else(|| shared.lock().unwrap().default_dims);
     {

@@ -10,9 +10,12 @@ use stolid::config::RateCap;
 use stolid::llm::CallContext;
 use stolid::llm::limiter::pace_for;
 use stolid::store::rate_buckets;
-use stolid::testkit::fake_openai::{BucketCaps, FakeOpenAi, Fault};
+use stolid::testkit::fake_openai::{BucketCaps, FakeOpenAi, Fault, POISON};
 
-use crate::helpers::{Options, TestApp, create_infra, spawn_app, spawn_app_with, spawn_app_with_fake, start_app};
+use crate::helpers::{
+    Options, TestApp, create_infra, spawn_app, spawn_app_with, spawn_app_with_fake, start_app, upload_text,
+    wait_until_settled,
+};
 
 /// Three tasks started at the same moment against a fresh database (migrations
 /// to run, a new embedding model's HNSW index to build) all come up, and the
@@ -211,4 +214,25 @@ async fn a_query_is_not_delayed_behind_bulk_batches() {
     assert!(after - before <= 3, "{} bulk requests went out ahead of the query", after - before - 1);
     assert!(after < 10, "the bulk backlog was still there: {after} requests sent");
     bulk.await.unwrap().unwrap();
+}
+
+/// An input the provider refuses fails only the document it came from: the
+/// batch it shared is sent again caller by caller, and the other document indexes.
+#[tokio::test]
+async fn an_input_the_provider_refuses_fails_only_its_own_document() {
+    let env = HashMap::from([("EMBED_MAX_IN_FLIGHT", "1".to_string())]);
+    let (app, fake) = spawn_app_with_fake(Options { env, ..Default::default() }).await;
+    fake.set_latency(Duration::from_millis(300));
+    // The first holds the only slot while the next two queue up together.
+    let mut ids = Vec::new();
+    for text in ["A document that goes first.".to_string(), "A good document.".to_string(), format!("Bad: {POISON}")] {
+        ids.push(upload_text(&app, json!({ "text": text })).await["id"].as_str().unwrap().to_string());
+    }
+    for id in &ids[..2] {
+        assert_eq!(wait_until_settled(&app, id).await["status"], "indexed");
+    }
+    let bad = app.get_json(&format!("/v1/documents/{}", ids[2])).await;
+    assert_ne!(bad["status"], "indexed", "{bad}");
+    let refused: Vec<u32> = fake.embedding_log().iter().filter(|a| a.status == 400).map(|a| a.inputs).collect();
+    assert!(refused.iter().any(|&inputs| inputs > 1), "the bad input shared a batch: {refused:?}");
 }
