@@ -16,11 +16,11 @@
 //! `STOLID_BIN=path` runs another build of stolid (a baseline: an older
 //! commit's binary takes the same settings).
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use stolid::testkit::bench;
 use stolid::testkit::fake_openai::{Arrival, BucketCaps, FakeOpenAi};
 use stolid::testkit::infra::{base_env, create_infra};
 use stolid::testkit::process::Proc;
@@ -53,22 +53,12 @@ struct Args {
 }
 
 fn args() -> Args {
-    let raw: Vec<String> = std::env::args().skip(1).collect();
-    let map: HashMap<String, String> = raw
-        .chunks(2)
-        .filter_map(|pair| match pair {
-            [k, v] => Some((k.trim_start_matches("--").to_string(), v.clone())),
-            _ => None,
-        })
-        .collect();
-    let sysroot = std::process::Command::new("rustc").args(["--print", "sysroot"]).output().expect("rustc");
-    let default_corpus =
-        PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim()).join("share/doc/rust/html/book");
+    let map = bench::options();
     let list = |k: &str, d: &str| -> Vec<String> {
         map.get(k).map_or(d, String::as_str).split(',').map(str::to_string).collect()
     };
     Args {
-        corpus: map.get("corpus").map(PathBuf::from).unwrap_or(default_corpus),
+        corpus: map.get("corpus").map(PathBuf::from).unwrap_or_else(bench::rust_book),
         docs: map.get("docs").map_or(usize::MAX, |v| v.parse().expect("--docs N")),
         procs: list("procs", "1,3").iter().map(|v| v.parse().expect("--procs 1,3")).collect(),
         scenarios: list("scenarios", "requests,tokens,none")
@@ -93,9 +83,7 @@ struct Outcome {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = args();
-    let mut files = stolid::cli::ingest::collect_files(std::slice::from_ref(&args.corpus))?;
-    files.truncate(args.docs);
-    anyhow::ensure!(!files.is_empty(), "no documents under {}", args.corpus.display());
+    let files = bench::corpus(&args.corpus, args.docs)?;
     let corpus: Vec<(String, Vec<u8>)> = files
         .iter()
         .map(|f| (f.file_name().unwrap().to_string_lossy().to_string(), std::fs::read(f).unwrap()))
@@ -108,21 +96,12 @@ async fn main() -> anyhow::Result<()> {
         args.corpus.display(),
         args.latency
     );
-    let mut outcomes = Vec::new();
-    for scenario in &args.scenarios {
-        for &procs in &args.procs {
-            eprintln!("[bench-fleet] scenario {} with {procs} process(es)...", scenario.name);
-            let outcome = run(*scenario, procs, &corpus, args.latency).await?;
-            report(&outcome);
-            outcomes.push(outcome);
-        }
-    }
-    println!("\n--- summary ---");
     println!(
-        "{:<9} {:>5} {:>5} {:>8} {:>7} {:>5} {:>9} {:>13} {:>13} {:>7} {:>7} {:>6} {:>10}",
+        "{:<9} {:>5} {:>5} {:>9} {:>8} {:>7} {:>5} {:>9} {:>13} {:>13} {:>7} {:>7} {:>6} {:>10}",
         "scenario",
         "procs",
         "up",
+        "docs",
         "requests",
         "in/req",
         "429s",
@@ -134,24 +113,29 @@ async fn main() -> anyhow::Result<()> {
         "ratio",
         "cpu/100doc"
     );
-    for o in &outcomes {
-        let f = Figures::of(o);
-        println!(
-            "{:<9} {:>5} {:>5} {:>8} {:>7.1} {:>5} {:>9} {:>13} {:>13} {:>7.1} {:>7.1} {:>6} {:>10.2}",
-            o.scenario.name,
-            o.procs,
-            format!("{}/{}", o.started, o.procs),
-            f.requests,
-            f.inputs as f64 / f.requests.max(1) as f64,
-            f.throttled,
-            f.tokens,
-            f.busiest(1),
-            f.busiest(60),
-            o.wall,
-            f.ideal,
-            f.ratio(o.wall),
-            o.cpu * 100.0 / o.docs.max(1) as f64,
-        );
+    for scenario in &args.scenarios {
+        for &procs in &args.procs {
+            eprintln!("[bench-fleet] scenario {} with {procs} process(es)...", scenario.name);
+            let o = run(*scenario, procs, &corpus, args.latency).await?;
+            let f = Figures::of(&o);
+            println!(
+                "{:<9} {:>5} {:>5} {:>9} {:>8} {:>7.1} {:>5} {:>9} {:>13} {:>13} {:>7.1} {:>7.1} {:>6} {:>10.2}",
+                o.scenario.name,
+                o.procs,
+                format!("{}/{}", o.started, o.procs),
+                format!("{}/{}", o.docs - o.failed, o.docs),
+                f.requests,
+                f.inputs as f64 / f.requests.max(1) as f64,
+                f.throttled,
+                f.tokens,
+                f.busiest(1),
+                f.busiest(60),
+                o.wall,
+                f.ideal,
+                f.ratio(o.wall),
+                o.cpu * 100.0 / o.docs.max(1) as f64,
+            );
+        }
     }
     Ok(())
 }
@@ -299,28 +283,4 @@ fn busiest_window(served: &[Arrival], window: Duration) -> (u64, u64) {
         best_tokens = best_tokens.max(tokens);
     }
     (best_requests, best_tokens)
-}
-
-fn report(o: &Outcome) {
-    let f = Figures::of(o);
-    println!(
-        "{} x{}: {}/{} processes up; {} documents ({} failed) in {:.1} s; {} requests ({:.1} inputs each), {} answered 429; {} tokens; busiest 1 s {}, 60 s {}; ideal {:.1} s, ratio {}; stolid CPU {:.2} s ({:.2} s per 100 documents)",
-        o.scenario.name,
-        o.procs,
-        o.started,
-        o.procs,
-        o.docs,
-        o.failed,
-        o.wall,
-        f.requests,
-        f.inputs as f64 / f.requests.max(1) as f64,
-        f.throttled,
-        f.tokens,
-        f.busiest(1),
-        f.busiest(60),
-        f.ideal,
-        f.ratio(o.wall),
-        o.cpu,
-        o.cpu * 100.0 / o.docs.max(1) as f64,
-    );
 }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use stolid::app::ProcessRole;
 use stolid::config::RateCap;
+use stolid::testkit::bench;
 use stolid::testkit::fake_openai::FakeOpenAi;
 use stolid::testkit::infra::{create_infra, start_app};
 
@@ -31,19 +32,10 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut map: HashMap<String, String> = HashMap::new();
-    let raw: Vec<String> = std::env::args().skip(1).collect();
-    for pair in raw.chunks(2) {
-        if let [k, v] = pair {
-            map.insert(k.trim_start_matches("--").to_string(), v.clone());
-        }
-    }
-    let sysroot = std::process::Command::new("rustc").args(["--print", "sysroot"]).output().expect("rustc");
-    let default_corpus =
-        PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim()).join("share/doc/rust/html/book");
+    let map = bench::options();
     let num = |k: &str, d: u64| map.get(k).map_or(d, |v| v.parse().expect(k));
     Args {
-        corpus: map.get("corpus").map(PathBuf::from).unwrap_or(default_corpus),
+        corpus: map.get("corpus").map(PathBuf::from).unwrap_or_else(bench::rust_book),
         docs: num("docs", 400) as usize,
         cap: num("cap", 40) as u32,
         window: Duration::from_secs(num("window-secs", 2)),
@@ -55,9 +47,7 @@ fn args() -> Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = args();
-    let mut files = stolid::cli::ingest::collect_files(std::slice::from_ref(&args.corpus))?;
-    files.truncate(args.docs);
-    anyhow::ensure!(!files.is_empty(), "no documents under {}", args.corpus.display());
+    let files = bench::corpus(&args.corpus, args.docs)?;
     let corpus_bytes: u64 = files.iter().map(|f| std::fs::metadata(f).map_or(0, |m| m.len())).sum();
 
     let fake = FakeOpenAi::start().await;

@@ -15,7 +15,6 @@
 //! --schemathesis PATH (the `st` binary; the scenario is skipped without it),
 //! --examples N (schemathesis examples per operation, default 25).
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::process::Command;
 use std::sync::Arc;
@@ -37,14 +36,7 @@ struct Args {
 }
 
 fn args() -> Args {
-    let raw: Vec<String> = std::env::args().skip(1).collect();
-    let map: HashMap<String, String> = raw
-        .chunks(2)
-        .filter_map(|pair| match pair {
-            [k, v] => Some((k.trim_start_matches("--").to_string(), v.clone())),
-            _ => None,
-        })
-        .collect();
+    let map = stolid::testkit::bench::options();
     Args {
         docs: map.get("docs").map_or(150, |v| v.parse().expect("--docs")),
         outage: Duration::from_secs(map.get("outage-secs").map_or(10, |v| v.parse().expect("--outage-secs"))),

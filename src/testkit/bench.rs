@@ -1,0 +1,30 @@
+//! What the benchmarks and `make chaos` share: `--key value` options and the
+//! default corpus (the Rust book's HTML, shipped with every toolchain).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// The command line's `--key value` pairs, keys without the dashes.
+pub fn options() -> HashMap<String, String> {
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    raw.chunks(2)
+        .filter_map(|pair| match pair {
+            [k, v] => Some((k.trim_start_matches("--").to_string(), v.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `rustc --print sysroot`/share/doc/rust/html/book
+pub fn rust_book() -> PathBuf {
+    let sysroot = std::process::Command::new("rustc").args(["--print", "sysroot"]).output().expect("running rustc");
+    PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim()).join("share/doc/rust/html/book")
+}
+
+/// Up to `limit` files under `dir`, as `stolid ingest` would find them.
+pub fn corpus(dir: &Path, limit: usize) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = crate::cli::ingest::collect_files(&[dir.to_path_buf()])?;
+    files.truncate(limit);
+    anyhow::ensure!(!files.is_empty(), "no documents under {}", dir.display());
+    Ok(files)
+}
