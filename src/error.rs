@@ -116,7 +116,7 @@ impl Error {
             Error::Llm(LlmError::RateLimited { .. }) => (StatusCode::TOO_MANY_REQUESTS, "model_rate_limited"),
             Error::Llm(LlmError::QuotaExhausted(_)) => (StatusCode::SERVICE_UNAVAILABLE, "model_quota_exhausted"),
             Error::Llm(LlmError::InputTooLong { .. }) => (StatusCode::UNPROCESSABLE_ENTITY, "input_too_long"),
-            Error::Llm(LlmError::Provider(_)) => (StatusCode::BAD_GATEWAY, "model_error"),
+            Error::Llm(LlmError::Provider(_) | LlmError::Refused(_)) => (StatusCode::BAD_GATEWAY, "model_error"),
             Error::Llm(LlmError::Unavailable(_)) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             // An outage or a saturated pool is the caller's cue to come back, not a bug.
             Error::Database(err) if crate::store::is_unavailable(err) => {

@@ -169,6 +169,9 @@ pub enum ProviderError {
     /// 5xx, timeouts, connection failures: worth retrying with backoff.
     #[error("transient provider error: {0}")]
     Transient(String),
+    /// 400, 413, 422: the provider will not take this input (bad request, refused content).
+    #[error("the provider refused the request: {0}")]
+    Refused(String),
     #[error("provider error: {0}")]
     Fatal(String),
 }
@@ -183,6 +186,9 @@ pub enum LlmError {
     InputTooLong { index: usize, tokens: usize, max: usize },
     #[error("the model provider failed: {0}")]
     Provider(String),
+    /// The provider refused the input itself; sending it again cannot help.
+    #[error("the model provider refused the input: {0}")]
+    Refused(String),
     /// The fleet's rate limiter could not be reached: nothing is sent without it.
     #[error("embedding is temporarily unavailable; try again shortly")]
     Unavailable(String),
@@ -312,7 +318,7 @@ impl Gateway {
     async fn send_bulk(&self, batch: Vec<Pending>, request: u64) {
         let callers: std::collections::HashSet<u64> = batch.iter().map(|p| p.caller).collect();
         let batch = match self.send_batch(batch, request, Paced::AlreadyOnce).await {
-            Err((LlmError::Provider(_), batch)) if callers.len() > 1 => batch,
+            Err((LlmError::Refused(_) | LlmError::Provider(_), batch)) if callers.len() > 1 => batch,
             Err((err, batch)) => return answer_all(batch, &err),
             Ok(()) => return,
         };
@@ -539,6 +545,7 @@ impl Gateway {
                 *self.quota_exhausted.lock().unwrap() = Some(message.clone());
                 LlmError::QuotaExhausted(message)
             }
+            ProviderError::Refused(message) => LlmError::Refused(message),
             other => LlmError::Provider(other.to_string()),
         }
     }

@@ -192,6 +192,10 @@ fn classify(err: OpenAIError) -> ProviderError {
             Err(other) => ProviderError::Transient(other.to_string()),
         },
         OpenAIError::ApiError(api) if api.status_code.is_server_error() => ProviderError::Transient(api.to_string()),
+        // About the request's content; 401, 403 and 404 are about our configuration.
+        OpenAIError::ApiError(api) if [400, 413, 422].contains(&api.status_code.as_u16()) => {
+            ProviderError::Refused(api.to_string())
+        }
         OpenAIError::ApiError(api) => ProviderError::Fatal(api.to_string()),
         OpenAIError::Reqwest(e) => ProviderError::Transient(e.to_string()),
         other => ProviderError::Fatal(other.to_string()),

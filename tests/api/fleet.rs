@@ -216,23 +216,33 @@ async fn a_query_is_not_delayed_behind_bulk_batches() {
     bulk.await.unwrap().unwrap();
 }
 
-/// An input the provider refuses fails only the document it came from: the
-/// batch it shared is sent again caller by caller, and the other document indexes.
+/// An input the provider refuses fails only its own caller: the batch it
+/// shared is sent again caller by caller. A document with such an input ends
+/// `failed` at once, with the reason.
 #[tokio::test]
-async fn an_input_the_provider_refuses_fails_only_its_own_document() {
+async fn an_input_the_provider_refuses_fails_only_its_own_caller() {
     let env = HashMap::from([("EMBED_MAX_IN_FLIGHT", "1".to_string())]);
     let (app, fake) = spawn_app_with_fake(Options { env, ..Default::default() }).await;
-    fake.set_latency(Duration::from_millis(300));
+    fake.set_latency(Duration::from_millis(1000));
+    let gateway = app.state.gateway.clone();
+    let embed = |texts: Vec<String>| {
+        let gateway = gateway.clone();
+        tokio::spawn(async move { gateway.embed(&ctx("worker.index"), &texts).await })
+    };
     // The first holds the only slot while the next two queue up together.
-    let mut ids = Vec::new();
-    for text in ["A document that goes first.".to_string(), "A good document.".to_string(), format!("Bad: {POISON}")] {
-        ids.push(upload_text(&app, json!({ "text": text })).await["id"].as_str().unwrap().to_string());
-    }
-    for id in &ids[..2] {
-        assert_eq!(wait_until_settled(&app, id).await["status"], "indexed");
-    }
-    let bad = app.get_json(&format!("/v1/documents/{}", ids[2])).await;
-    assert_ne!(bad["status"], "indexed", "{bad}");
+    let first = embed(vec!["goes first".into()]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let good = embed(vec!["a good input".into(), "another good one".into()]);
+    let bad = embed(vec![format!("bad: {POISON}")]);
+    first.await.unwrap().unwrap();
+    assert_eq!(good.await.unwrap().unwrap().vectors.len(), 2);
+    let err = bad.await.unwrap().unwrap_err();
+    assert!(matches!(err, stolid::llm::LlmError::Refused(_)), "{err:?}");
     let refused: Vec<u32> = fake.embedding_log().iter().filter(|a| a.status == 400).map(|a| a.inputs).collect();
-    assert!(refused.iter().any(|&inputs| inputs > 1), "the bad input shared a batch: {refused:?}");
+    assert_eq!(refused, [3, 1], "the mixed batch, then the bad input alone");
+
+    let doc = upload_text(&app, json!({ "text": format!("Bad: {POISON}") })).await;
+    let doc = wait_until_settled(&app, doc["id"].as_str().unwrap()).await;
+    assert_eq!(doc["status"], "failed", "{doc}");
+    assert!(doc["error"].as_str().unwrap().contains("refused the input"), "{doc}");
 }

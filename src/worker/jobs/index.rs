@@ -117,7 +117,7 @@ async fn index(state: &AppState, tenant_id: Uuid, document_id: Uuid) -> Result<(
         };
         let embedded = gateway.embed(&ctx, &missing).await.map_err(|err| match err {
             LlmError::QuotaExhausted(m) => Failure::Permanent(format!("embedding quota exhausted: {m}")),
-            LlmError::InputTooLong { .. } => Failure::Permanent(err.to_string()),
+            LlmError::InputTooLong { .. } | LlmError::Refused(_) => Failure::Permanent(err.to_string()),
             other => Failure::Transient(other.into()),
         })?;
         for (text, vector) in missing.iter().zip(embedded.vectors) {
