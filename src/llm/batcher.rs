@@ -59,6 +59,39 @@ pub(super) struct BatchLimits {
     pub tokens: usize,
 }
 
+impl BatchLimits {
+    /// Whether an input of `next` tokens joins a batch of `inputs` inputs and
+    /// `tokens` tokens; the first input always does.
+    fn admits(&self, inputs: usize, tokens: usize, next: usize) -> bool {
+        inputs == 0 || (inputs < self.inputs && tokens + next <= self.tokens)
+    }
+}
+
+/// A batch cut now: its tokens, and whether a limit stops it (it is full).
+struct NextBatch {
+    tokens: usize,
+    full: bool,
+}
+
+fn next_batch(queue: &VecDeque<Pending>, limits: BatchLimits) -> NextBatch {
+    let (mut inputs, mut tokens) = (0, 0);
+    for item in queue {
+        if !limits.admits(inputs, tokens, item.tokens) {
+            return NextBatch { tokens, full: true };
+        }
+        inputs += 1;
+        tokens += item.tokens;
+    }
+    NextBatch { tokens, full: inputs >= limits.inputs || tokens >= limits.tokens }
+}
+
+/// Answers every input of `batch` with `err`.
+pub(super) fn answer_all(batch: Vec<Pending>, err: &LlmError) {
+    for item in batch {
+        let _ = item.reply.send(Err(err.clone()));
+    }
+}
+
 /// Runs until the gateway is dropped: cuts batches and sends each in its own task.
 pub(super) async fn dispatch(gateway: Weak<Gateway>, mut rx: mpsc::UnboundedReceiver<Pending>, limits: BatchLimits) {
     let mut queue: VecDeque<Pending> = VecDeque::new();
@@ -73,7 +106,7 @@ pub(super) async fn dispatch(gateway: Weak<Gateway>, mut rx: mpsc::UnboundedRece
         drain(&mut rx, &mut queue);
         // A batch that is not full waits a moment, counted from its oldest input.
         let deadline = queue.front().map_or_else(Instant::now, |p| p.enqueued + LINGER);
-        while !is_full(&queue, limits) {
+        while !next_batch(&queue, limits).full {
             tokio::select! {
                 item = rx.recv() => match item {
                     Some(item) => queue.push_back(item),
@@ -85,7 +118,7 @@ pub(super) async fn dispatch(gateway: Weak<Gateway>, mut rx: mpsc::UnboundedRece
         let Some(gateway) = gateway.upgrade() else { return };
         let slot = gateway.limiter.slot(Lane::Bulk).await;
         drain(&mut rx, &mut queue);
-        let waiting = tokens_of_next_batch(&queue, limits);
+        let waiting = next_batch(&queue, limits).tokens;
         let share = gateway.limiter.tokens_per_request().min(limits.tokens);
         let reserved = waiting.max(share);
         // Waiting here, before cutting, is what fills the batch.
@@ -100,11 +133,7 @@ pub(super) async fn dispatch(gateway: Weak<Gateway>, mut rx: mpsc::UnboundedRece
         tokio::spawn(async move {
             match paced {
                 Ok(()) => gateway.send_bulk(batch, request).await,
-                Err(err) => {
-                    for item in batch {
-                        let _ = item.reply.send(Err(LlmError::Unavailable(err.to_string())));
-                    }
-                }
+                Err(err) => answer_all(batch, &err.into()),
             }
             drop(slot);
         });
@@ -117,29 +146,6 @@ fn drain(rx: &mut mpsc::UnboundedReceiver<Pending>, queue: &mut VecDeque<Pending
     }
 }
 
-/// The tokens a batch cut now would carry.
-fn tokens_of_next_batch(queue: &VecDeque<Pending>, limits: BatchLimits) -> usize {
-    let mut tokens = 0;
-    for (count, item) in queue.iter().enumerate() {
-        if count > 0 && (count >= limits.inputs || tokens + item.tokens > limits.tokens) {
-            break;
-        }
-        tokens += item.tokens;
-    }
-    tokens
-}
-
-fn is_full(queue: &VecDeque<Pending>, limits: BatchLimits) -> bool {
-    let mut tokens = 0;
-    for (count, item) in queue.iter().enumerate() {
-        tokens += item.tokens;
-        if count + 1 >= limits.inputs || tokens >= limits.tokens {
-            return true;
-        }
-    }
-    false
-}
-
 /// Takes inputs from the front while they fit; inputs whose caller went away are dropped.
 fn cut(queue: &mut VecDeque<Pending>, limits: BatchLimits) -> Vec<Pending> {
     let mut batch: Vec<Pending> = Vec::new();
@@ -149,8 +155,7 @@ fn cut(queue: &mut VecDeque<Pending>, limits: BatchLimits) -> Vec<Pending> {
             queue.pop_front();
             continue;
         }
-        let fits = batch.len() < limits.inputs && tokens + next.tokens <= limits.tokens;
-        if !batch.is_empty() && !fits {
+        if !limits.admits(batch.len(), tokens, next.tokens) {
             break;
         }
         tokens += next.tokens;
@@ -205,13 +210,13 @@ mod tests {
             queue.push_back(item);
             receivers.push(rx);
         }
-        assert!(is_full(&queue, limits));
-        assert_eq!(tokens_of_next_batch(&queue, limits), 30);
+        assert!(next_batch(&queue, limits).full);
+        assert_eq!(next_batch(&queue, limits).tokens, 30);
         assert_eq!(cut(&mut queue, limits).len(), 3, "the input limit");
-        assert_eq!(tokens_of_next_batch(&queue, limits), 70);
+        assert_eq!(next_batch(&queue, limits).tokens, 70);
         assert_eq!(cut(&mut queue, limits).len(), 2, "the token limit: 10 + 60, not + 50");
         drop(receivers.pop()); // the last caller went away
         assert!(cut(&mut queue, limits).is_empty());
-        assert!(!is_full(&queue, limits));
+        assert!(!next_batch(&queue, limits).full);
     }
 }

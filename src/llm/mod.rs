@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use crate::config::{LlmConfig, ProviderKind};
 use crate::tokens::count_tokens;
-use batcher::{BatchLimits, BatchQueue, Pending};
+use batcher::{BatchLimits, BatchQueue, Pending, answer_all};
 use limiter::{EmbedLimiter, Lane};
 use provider::Provider;
 use usage::{ModelCall, Operation, Outcome, UsageRecorder};
@@ -194,6 +194,12 @@ pub enum LlmError {
     Unavailable(String),
 }
 
+impl From<limiter::LimiterUnavailable> for LlmError {
+    fn from(err: limiter::LimiterUnavailable) -> Self {
+        LlmError::Unavailable(err.to_string())
+    }
+}
+
 pub struct Gateway {
     provider: Provider,
     config: LlmConfig,
@@ -251,8 +257,20 @@ impl Gateway {
     /// they join the process's batch queue with every other job's, and come
     /// back in order.
     pub async fn embed(self: &Arc<Self>, ctx: &CallContext, inputs: &[String]) -> Result<Embeddings, LlmError> {
+        let tokens = inputs.iter().map(|t| count_tokens(t)).collect();
+        self.embed_counted(ctx, inputs, tokens).await
+    }
+
+    /// [`Self::embed`] for inputs whose token counts the caller has already
+    /// (`tokens[i]` is `count_tokens(&inputs[i])`).
+    pub async fn embed_counted(
+        self: &Arc<Self>,
+        ctx: &CallContext,
+        inputs: &[String],
+        tokens: Vec<usize>,
+    ) -> Result<Embeddings, LlmError> {
+        assert_eq!(tokens.len(), inputs.len(), "one token count per input");
         let limits = &self.config.embedding_limits;
-        let tokens: Vec<usize> = inputs.iter().map(|t| count_tokens(t)).collect();
         if let Some((index, &n)) = tokens.iter().enumerate().find(|(_, n)| **n > limits.max_input_tokens) {
             return Err(LlmError::InputTooLong { index, tokens: n, max: limits.max_input_tokens });
         }
@@ -260,11 +278,12 @@ impl Gateway {
         let queue = self.batches.sender(self, batch_limits);
         let now = tokio::time::Instant::now();
         let caller = batcher::next_caller();
+        let stopped = || LlmError::Unavailable("the embedding queue has stopped".into());
         let mut replies = Vec::with_capacity(inputs.len());
         for (text, &tokens) in inputs.iter().zip(&tokens) {
             let (reply, rx) = tokio::sync::oneshot::channel();
             let item = Pending { caller, ctx: ctx.clone(), text: text.clone(), tokens, enqueued: now, reply };
-            queue.send(item).map_err(|_| LlmError::Unavailable("the embedding queue has stopped".into()))?;
+            queue.send(item).map_err(|_| stopped())?;
             replies.push(rx);
         }
         let mut out = Embeddings {
@@ -275,7 +294,7 @@ impl Gateway {
         };
         let mut requests_seen = std::collections::HashSet::new();
         for rx in replies {
-            let embedded = rx.await.map_err(|_| LlmError::Unavailable("the embedding queue has stopped".into()))??;
+            let embedded = rx.await.map_err(|_| stopped())??;
             if requests_seen.insert(embedded.request) {
                 out.requests += embedded.attempts;
             }
@@ -510,7 +529,7 @@ impl Gateway {
             if let Pacing::SharedLimiter { tokens, lane, first_done } = pacing
                 && !(first_done && attempt == 0)
             {
-                self.limiter.pace(tokens, lane).await.map_err(|e| LlmError::Unavailable(e.to_string()))?;
+                self.limiter.pace(tokens, lane).await?;
             }
             let started = Instant::now();
             let result = call().await;
@@ -593,12 +612,6 @@ enum Paced {
     Bulk,
     /// The batch dispatcher already did (retries pace themselves).
     AlreadyOnce,
-}
-
-fn answer_all(batch: Vec<Pending>, err: &LlmError) {
-    for item in batch {
-        let _ = item.reply.send(Err(err.clone()));
-    }
 }
 
 /// One provider attempt, as it is recorded.

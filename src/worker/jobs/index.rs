@@ -99,13 +99,9 @@ async fn index(state: &AppState, tenant_id: Uuid, document_id: Uuid) -> Result<(
     // Spend nothing twice: reuse this tenant's vectors for identical chunk text.
     let hashes: Vec<String> = pieces.iter().map(|c| c.content_hash.clone()).collect();
     let mut known = chunks::embeddings_by_hash(&state.db, tenant_id, &model, &hashes).await?;
-    let missing: Vec<String> = {
+    let missing: Vec<&chunk::Chunk> = {
         let mut seen = std::collections::HashSet::new();
-        pieces
-            .iter()
-            .filter(|c| !known.contains_key(&c.content_hash) && seen.insert(c.content_hash.clone()))
-            .map(|c| c.content.clone())
-            .collect()
+        pieces.iter().filter(|c| !known.contains_key(&c.content_hash) && seen.insert(&c.content_hash)).collect()
     };
     let reused = pieces.len() - missing.len();
     if !missing.is_empty() {
@@ -115,13 +111,16 @@ async fn index(state: &AppState, tenant_id: Uuid, document_id: Uuid) -> Result<(
             conversation_id: None,
             endpoint: "worker.index",
         };
-        let embedded = gateway.embed(&ctx, &missing).await.map_err(|err| match err {
+        // The chunker counted every chunk's tokens already.
+        let texts: Vec<String> = missing.iter().map(|c| c.content.clone()).collect();
+        let tokens: Vec<usize> = missing.iter().map(|c| c.token_count as usize).collect();
+        let embedded = gateway.embed_counted(&ctx, &texts, tokens).await.map_err(|err| match err {
             LlmError::QuotaExhausted(m) => Failure::Permanent(format!("embedding quota exhausted: {m}")),
             LlmError::InputTooLong { .. } | LlmError::Refused(_) => Failure::Permanent(err.to_string()),
             other => Failure::Transient(other.into()),
         })?;
-        for (text, vector) in missing.iter().zip(embedded.vectors) {
-            known.insert(chunk::content_hash(text), Vector::from(vector));
+        for (chunk, vector) in missing.iter().zip(embedded.vectors) {
+            known.insert(chunk.content_hash.clone(), Vector::from(vector));
         }
     }
     let vectors: Vec<Vector> = pieces.iter().map(|c| known[&c.content_hash].clone()).collect();
