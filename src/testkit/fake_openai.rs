@@ -95,6 +95,37 @@ impl Bucket {
     }
 }
 
+/// The request and token buckets of [`BucketCaps`].
+#[derive(Debug)]
+struct Buckets {
+    requests: Option<Bucket>,
+    tokens: Option<Bucket>,
+}
+
+impl Buckets {
+    /// Takes one request of `tokens` tokens from both buckets if both have
+    /// room; otherwise takes nothing and returns the seconds until they would.
+    fn admit(&mut self, tokens: usize, now: Instant) -> Result<(), f64> {
+        let mut both = [(self.requests.as_mut(), 1.0), (self.tokens.as_mut(), tokens as f64)];
+        let mut wait: f64 = 0.0;
+        for (bucket, n) in both.iter_mut() {
+            if let Some(bucket) = bucket {
+                bucket.refill(now);
+                wait = wait.max(bucket.wait_for(*n));
+            }
+        }
+        if wait > 0.0 {
+            return Err(wait);
+        }
+        for (bucket, n) in both.into_iter() {
+            if let Some(bucket) = bucket {
+                bucket.level -= n;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// One embedding request as the server saw it.
 #[derive(Debug, Clone, Copy)]
 pub struct Arrival {
@@ -110,7 +141,7 @@ struct Shared {
     latency: Duration,
     faults: VecDeque<Fault>,
     cap: Option<RateCap>,
-    buckets: Option<(Option<Bucket>, Option<Bucket>)>,
+    buckets: Option<Buckets>,
     default_dims: usize,
     /// Pause between streamed chunks.
     stream_gap: Duration,
@@ -175,8 +206,10 @@ impl FakeOpenAi {
 
     /// Enforce per-minute request and token caps as one-second buckets.
     pub fn set_bucket_caps(&self, caps: BucketCaps) {
-        self.shared.lock().unwrap().buckets =
-            Some((caps.requests_per_minute.map(Bucket::per_minute), caps.tokens_per_minute.map(Bucket::per_minute)));
+        self.shared.lock().unwrap().buckets = Some(Buckets {
+            requests: caps.requests_per_minute.map(Bucket::per_minute),
+            tokens: caps.tokens_per_minute.map(Bucket::per_minute),
+        });
     }
 
     pub fn set_stream_gap(&self, gap: Duration) {
@@ -259,23 +292,8 @@ async fn before_serving(shared: &Arc<Mutex<Shared>>, embedding_tokens: Option<us
         let fault = s.faults.pop_front();
         let now = Instant::now();
         let mut over_cap = None;
-        if let (Some(tokens), None, Some((requests, token_bucket))) = (embedding_tokens, &fault, s.buckets.as_mut()) {
-            let mut wait: f64 = 0.0;
-            for (bucket, n) in [(requests.as_mut(), 1.0), (token_bucket.as_mut(), tokens as f64)] {
-                if let Some(bucket) = bucket {
-                    bucket.refill(now);
-                    wait = wait.max(bucket.wait_for(n));
-                }
-            }
-            if wait > 0.0 {
-                over_cap = Some(wait);
-            } else {
-                for (bucket, n) in [(requests.as_mut(), 1.0), (token_bucket.as_mut(), tokens as f64)] {
-                    if let Some(bucket) = bucket {
-                        bucket.level -= n;
-                    }
-                }
-            }
+        if let (Some(tokens), None, Some(buckets)) = (embedding_tokens, &fault, s.buckets.as_mut()) {
+            over_cap = buckets.admit(tokens, now).err();
         }
         if is_embedding
             && fault.is_none()
