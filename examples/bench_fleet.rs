@@ -224,6 +224,7 @@ async fn run(
         process.terminate(Duration::from_secs(10));
     }
     db.close().await;
+    infra.remove().await?;
     Ok(Outcome { scenario, procs, started, docs, failed, wall, cpu, log: fake.embedding_log() })
 }
 

@@ -36,6 +36,36 @@ pub struct Infra {
     pub sdk: aws_config::SdkConfig,
 }
 
+impl Infra {
+    /// Drops what [`create_infra`] made: the database, both queues, the bucket
+    /// and its objects. For long runs (benchmarks) that make many; `make test`
+    /// drops leftover databases itself.
+    pub async fn remove(&self) -> anyhow::Result<()> {
+        let (_, name) = self.database_url.rsplit_once('/').expect("a database name");
+        let admin = sqlx::PgPool::connect(&base_env()["DATABASE_URL"]).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+            .execute(&admin)
+            .await?;
+        admin.close().await;
+        let sqs = aws_sdk_sqs::Client::new(&self.sdk);
+        for url in [&self.queue_url, &self.dlq_url] {
+            sqs.delete_queue().queue_url(url).send().await?;
+        }
+        let s3 =
+            aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&self.sdk).force_path_style(true).build());
+        let mut pages = s3.list_objects_v2().bucket(&self.bucket).into_paginator().send();
+        while let Some(page) = pages.next().await {
+            for object in page?.contents() {
+                if let Some(key) = object.key() {
+                    s3.delete_object().bucket(&self.bucket).key(key).send().await?;
+                }
+            }
+        }
+        s3.delete_bucket().bucket(&self.bucket).send().await?;
+        Ok(())
+    }
+}
+
 /// Redrive limit of test queues: a message is delivered this many times, then dead-lettered.
 pub const MAX_RECEIVES: u32 = 3;
 
