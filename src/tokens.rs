@@ -16,28 +16,72 @@ const MAX_RUN_CHARS: usize = 256;
 /// cache pool made that half of a worker's CPU. The counts are the same (a
 /// test checks them against tiktoken).
 pub fn count_tokens(text: &str) -> usize {
-    let bpe = bpe_openai::cl100k_base();
-    let has_long_run = text.split(char::is_whitespace).any(|run| run.len() > MAX_RUN_CHARS);
-    if !has_long_run {
-        return bpe.count(text);
-    }
-    text.split_inclusive(char::is_whitespace)
-        .map(|word| {
-            if word.len() <= MAX_RUN_CHARS {
-                return bpe.count(word);
-            }
-            let chars: Vec<char> = word.chars().collect();
-            chars.chunks(MAX_RUN_CHARS).map(|slice| bpe.count(slice.iter().collect::<String>().as_str())).sum()
-        })
-        .sum()
+    count_tokens_up_to(text, usize::MAX)
 }
 
-/// [`count_tokens`] as a text-splitter chunk sizer.
-pub struct TokenCounter;
+/// [`count_tokens`], but it stops once the count passes `limit` and then
+/// returns `limit + 1`: the chunker asks "does this fit?" of many candidates
+/// far larger than a chunk, and only the answer matters for those.
+pub fn count_tokens_up_to(text: &str, limit: usize) -> usize {
+    let tokenizer = bpe_openai::cl100k_base();
+    PIECE_COUNTS.with_borrow_mut(|cache| {
+        if cache.len() > MAX_CACHED_PIECES {
+            cache.clear();
+        }
+        let mut count = 0usize;
+        for piece in tokenizer.split(text) {
+            count += piece_count(tokenizer, cache, piece);
+            if count > limit {
+                return limit.saturating_add(1);
+            }
+        }
+        count
+    })
+}
+
+/// Pre-tokenized pieces are mostly words, and the same few thousand words
+/// recur on every page: a lookup is several times cheaper than encoding one.
+const MAX_CACHED_PIECE_BYTES: usize = 24;
+const MAX_CACHED_PIECES: usize = 200_000;
+
+thread_local! {
+    static PIECE_COUNTS: std::cell::RefCell<rustc_hash::FxHashMap<Box<str>, usize>> = Default::default();
+}
+
+fn piece_count(
+    tokenizer: &bpe_openai::Tokenizer,
+    cache: &mut rustc_hash::FxHashMap<Box<str>, usize>,
+    piece: &str,
+) -> usize {
+    if piece.len() > MAX_RUN_CHARS {
+        let chars: Vec<char> = piece.chars().collect();
+        return chars
+            .chunks(MAX_RUN_CHARS)
+            .map(|slice| tokenizer.bpe.count(slice.iter().collect::<String>().as_bytes()))
+            .sum();
+    }
+    if piece.len() > MAX_CACHED_PIECE_BYTES {
+        return tokenizer.bpe.count(piece.as_bytes());
+    }
+    if let Some(count) = cache.get(piece) {
+        return *count;
+    }
+    let count = tokenizer.bpe.count(piece.as_bytes());
+    cache.insert(piece.into(), count);
+    count
+}
+
+/// [`count_tokens`] as a text-splitter chunk sizer for chunks of at most
+/// `max_tokens`. Text-splitter compares sizes with the chunk size and, to
+/// probe, with a quarter more; any count past that answers the same, so
+/// counting stops there.
+pub struct TokenCounter {
+    pub max_tokens: usize,
+}
 
 impl text_splitter::ChunkSizer for TokenCounter {
     fn size(&self, chunk: &str) -> usize {
-        count_tokens(chunk)
+        count_tokens_up_to(chunk, self.max_tokens + self.max_tokens / 4 + 1)
     }
 }
 
@@ -57,6 +101,17 @@ mod tests {
         for text in samples {
             assert_eq!(count_tokens(text), tiktoken.encode_ordinary(text).len(), "{text:?}");
         }
+    }
+
+    #[test]
+    fn counting_up_to_a_limit_stops_just_past_it() {
+        let text = "Each value in Rust has an owner, and there can only be one owner at a time. ".repeat(20);
+        let exact = count_tokens(&text);
+        assert_eq!(count_tokens_up_to(&text, exact), exact);
+        assert_eq!(count_tokens_up_to(&text, exact - 1), exact);
+        assert_eq!(count_tokens_up_to(&text, 10), 11);
+        // Cached word counts answer as the encoder does, however often asked.
+        assert_eq!(count_tokens(&text), exact);
     }
 
     #[test]

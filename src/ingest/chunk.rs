@@ -26,7 +26,7 @@ const SEGMENT_BYTES: usize = 32 * 1024;
 pub fn chunk(text: &str, markdown: bool, settings: ChunkSettings) -> Vec<Chunk> {
     let overlap = settings.overlap_tokens.min(settings.max_tokens.saturating_sub(1));
     let config = ChunkConfig::new(settings.max_tokens)
-        .with_sizer(TokenCounter)
+        .with_sizer(TokenCounter { max_tokens: settings.max_tokens })
         .with_overlap(overlap)
         .expect("overlap is below the chunk size");
     let pieces = if markdown {
@@ -193,6 +193,27 @@ mod tests {
         assert!(covered >= text.len(), "{covered} of {}", text.len());
         assert_eq!((chunks[0].start_offset, chunks.last().unwrap().end_offset as usize), (0, text.len()));
         assert!(chunks.iter().all(|c| c.token_count <= 400));
+    }
+
+    #[test]
+    fn the_bounded_sizer_cuts_exactly_where_exact_counting_would() {
+        struct Exact;
+        impl text_splitter::ChunkSizer for Exact {
+            fn size(&self, chunk: &str) -> usize {
+                count_tokens(chunk)
+            }
+        }
+        let section = "Ownership moves a value; borrowing lends it. `let r = &v;` takes a reference. ";
+        let text = (0..40)
+            .map(|i| format!("## Part {i}\n\n{}\n\n```rust\nfn f{i}() {{}}\n```\n\n", section.repeat(i % 9 + 1)))
+            .collect::<String>();
+        for max_tokens in [3, 40, 400] {
+            let config = || ChunkConfig::new(max_tokens).with_overlap(max_tokens / 4).unwrap();
+            let bounded: Vec<_> =
+                MarkdownSplitter::new(config().with_sizer(TokenCounter { max_tokens })).chunk_indices(&text).collect();
+            let exact: Vec<_> = MarkdownSplitter::new(config().with_sizer(Exact)).chunk_indices(&text).collect();
+            assert_eq!(bounded, exact, "max_tokens {max_tokens}");
+        }
     }
 
     #[test]
