@@ -11,7 +11,7 @@
 //! own, from /proc).
 //!
 //! Options: --corpus DIR (default: the Rust book's HTML under the toolchain)
-//!   --docs N (default: all)  --procs 1,3  --scenarios requests,tokens,none
+//!   --docs N (default: all)  --procs 1,3  --scenarios requests,tokens,none (also: tier)
 //!   --latency-ms N (fake model latency, default 50)
 //! `STOLID_BIN=path` runs another build of stolid (a baseline: an older
 //! commit's binary takes the same settings).
@@ -37,11 +37,13 @@ struct Scenario {
     max_inputs: u32,
 }
 
-const SCENARIOS: [Scenario; 3] = [
+const SCENARIOS: [Scenario; 4] = [
     // A provider with a small per-request input limit: requests are what bind.
     Scenario { name: "requests", requests_per_minute: Some(120), tokens_per_minute: None, max_inputs: 32 },
     Scenario { name: "tokens", requests_per_minute: None, tokens_per_minute: Some(200_000), max_inputs: 2048 },
     Scenario { name: "none", requests_per_minute: None, tokens_per_minute: None, max_inputs: 2048 },
+    // Both caps of a paid tier, as the issue first measured stolid (600 requests and 1M tokens a minute).
+    Scenario { name: "tier", requests_per_minute: Some(600), tokens_per_minute: Some(1_000_000), max_inputs: 2048 },
 ];
 
 struct Args {
@@ -63,7 +65,7 @@ fn args() -> Args {
         procs: list("procs", "1,3").iter().map(|v| v.parse().expect("--procs 1,3")).collect(),
         scenarios: list("scenarios", "requests,tokens,none")
             .iter()
-            .map(|name| *SCENARIOS.iter().find(|s| s.name == name).expect("scenarios: requests, tokens, none"))
+            .map(|name| *SCENARIOS.iter().find(|s| s.name == name).expect("scenarios: requests, tokens, none, tier"))
             .collect(),
         latency: Duration::from_millis(map.get("latency-ms").map_or(50, |v| v.parse().expect("--latency-ms N"))),
     }
@@ -263,6 +265,7 @@ impl Figures {
         let (requests, tokens) = busiest_window(&self.served, window);
         let share = |per_minute: u32| per_minute as f64 * secs as f64 / 60.0;
         match (self.scenario.requests_per_minute, self.scenario.tokens_per_minute) {
+            (Some(r), Some(t)) => format!("{requests}/{:.0} {tokens}/{:.0}", share(r), share(t)),
             (Some(r), _) => format!("{requests}/{:.0}", share(r)),
             (_, Some(t)) => format!("{tokens}/{:.0}", share(t)),
             _ => format!("{requests} req"),
