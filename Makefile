@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PORT ?= 8080
 CARGO ?= cargo
 
-.PHONY: up infra build test bench-ingest bench-fleet bench-api bench-chunk chaos lint fmt clean-test-dbs
+.PHONY: up infra build test bench-ingest bench-fleet bench-api bench-chunk eval chaos lint fmt clean-test-dbs
 
 ## up: start the local stack, create a dev API key once (kept in .env), run stolid in the foreground
 up: infra build
@@ -51,6 +51,12 @@ bench-api: infra
 ## bench-chunk: extraction + chunking MB/s for prose, code, whitespace-free text and nested HTML (linearity check)
 bench-chunk:
 	$(CARGO) run --release --locked --example bench_chunk -- $(BENCH_ARGS)
+
+## eval: retrieval quality on the labelled questions in eval/ (four books of the toolchain's docs):
+## hit@1/5/10 and MRR per search mode, and how often chat cites the answering page
+eval: infra
+	$(CARGO) build --release --locked --features testkit --bins --example eval
+	target/release/examples/eval $(EVAL_ARGS)
 
 ## chaos: replay faults (kill -9, SIGTERM, provider storms, Postgres/S3 outages, poison files, schemathesis)
 ## against the release binary on loopback; prints a table; exit 1 on any lost, stuck or duplicated document or non-503 5xx

@@ -15,10 +15,15 @@ pub fn options() -> HashMap<String, String> {
         .collect()
 }
 
-/// `rustc --print sysroot`/share/doc/rust/html/book
-pub fn rust_book() -> PathBuf {
+/// `rustc --print sysroot`/share/doc/rust/html: the books shipped with the toolchain.
+pub fn rust_docs() -> PathBuf {
     let sysroot = std::process::Command::new("rustc").args(["--print", "sysroot"]).output().expect("running rustc");
-    PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim()).join("share/doc/rust/html/book")
+    PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim()).join("share/doc/rust/html")
+}
+
+/// The Rust book's HTML under [`rust_docs`].
+pub fn rust_book() -> PathBuf {
+    rust_docs().join("book")
 }
 
 /// Up to `limit` files under `dir`, as `stolid ingest` would find them.

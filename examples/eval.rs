@@ -1,0 +1,254 @@
+//! `make eval`: retrieval quality on a labelled question set, so every
+//! retrieval change is judged by numbers.
+//!
+//! It starts the release binary against a throwaway database, uploads each
+//! collection the questions name (a directory of that name under the corpus
+//! root, one collection each, as `stolid ingest --collection` would), waits until
+//! everything is indexed, then asks every question across all collections (no
+//! collection filter: the right page must win against similar pages of the
+//! other books) and prints hit@1/5/10 and MRR per search mode, and how often chat
+//! cites the answering document.
+//!
+//! A question is answered by exactly one page; a result "hits" when it comes from
+//! that page. The default set (`eval/rust-docs.jsonl`) covers four books shipped
+//! with every Rust toolchain (the book, the reference, Rust by Example, the Cargo
+//! book), ~800 pages; translated pages (`<html lang>` other than English),
+//! redirect stubs and the books' all-in-one `print.html` are left out.
+//!
+//! Options: --questions FILE  --root DIR (default: the toolchain's HTML docs)
+//!   --modes vector,keyword,hybrid  --chat N (questions asked of chat, default all)
+//!   --env KEY=VALUE,KEY=VALUE (extra settings for the server, e.g. a provider)
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde::Deserialize;
+use stolid::testkit::bench;
+use stolid::testkit::infra::{base_env, create_infra};
+use stolid::testkit::process::Proc;
+
+#[derive(Debug, Deserialize)]
+struct Question {
+    question: String,
+    collection: String,
+    page: String,
+}
+
+/// Ranks are 1-based; `None` when the page is not in the results.
+#[derive(Default)]
+struct Scores {
+    ranks: Vec<Option<usize>>,
+}
+
+impl Scores {
+    fn hit_at(&self, k: usize) -> f64 {
+        self.ranks.iter().filter(|r| r.is_some_and(|r| r <= k)).count() as f64 / self.ranks.len().max(1) as f64
+    }
+
+    fn mrr(&self) -> f64 {
+        self.ranks.iter().map(|r| r.map_or(0.0, |r| 1.0 / r as f64)).sum::<f64>() / self.ranks.len().max(1) as f64
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let options = bench::options();
+    let questions_path = options.get("questions").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("eval/rust-docs.jsonl"),
+        PathBuf::from,
+    );
+    let root = options.get("root").map_or_else(bench::rust_docs, PathBuf::from);
+    let modes: Vec<String> =
+        options.get("modes").map_or("vector,keyword,hybrid", String::as_str).split(',').map(str::to_string).collect();
+    let questions: Vec<Question> = std::fs::read_to_string(&questions_path)?
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let chat_count = options.get("chat").map_or(questions.len(), |n| n.parse().expect("--chat N"));
+    let mut collections: Vec<&str> = questions.iter().map(|q| q.collection.as_str()).collect();
+    collections.sort();
+    collections.dedup();
+
+    let mut corpus: Vec<(&str, PathBuf, Vec<PathBuf>)> = Vec::new();
+    for collection in &collections {
+        let dir = root.join(collection);
+        let files = bench::corpus(&dir, usize::MAX)?.into_iter().filter(|f| is_eval_page(f)).collect();
+        corpus.push((collection, dir, files));
+    }
+
+    let infra = create_infra().await;
+    let mut env: Vec<(&str, String)> = vec![
+        ("DATABASE_URL", infra.database_url.clone()),
+        ("S3_BUCKET", infra.bucket.clone()),
+        ("SQS_QUEUE_URL", infra.queue_url.clone()),
+        ("AWS_ENDPOINT_URL", base_env()["AWS_ENDPOINT_URL"].clone()),
+        ("WORKER_WAIT_TIME_SECS", "1".into()),
+    ];
+    let extra: Vec<(String, String)> = options
+        .get("env")
+        .map(|list| list.split(',').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.into(), v.into())).collect())
+        .unwrap_or_default();
+    env.extend(extra.iter().map(|(k, v)| (k.as_str(), v.clone())));
+    let log = Path::new(env!("CARGO_MANIFEST_DIR")).join(".local/eval.log");
+    std::fs::create_dir_all(log.parent().expect("a parent"))?;
+    let mut server = Proc::start(&env, &log);
+    let db = sqlx::PgPool::connect(&infra.database_url).await?;
+    let tenant = stolid::store::keys::ensure_tenant(&db, "eval").await?;
+    let key = stolid::store::keys::create_key(&db, tenant).await?.key;
+    let client = reqwest::Client::new();
+
+    // Upload: document id -> "collection/page".
+    let clock = Instant::now();
+    let mut pages: HashMap<String, String> = HashMap::new();
+    for (collection, dir, files) in corpus {
+        eprintln!("[eval] uploading {} pages of {collection}", files.len());
+        let uploaded: Vec<(String, String)> = futures::stream::iter(files)
+            .map(|file| {
+                let (client, base, key, dir) = (client.clone(), server.base.clone(), key.clone(), dir.clone());
+                async move {
+                    let page = file.strip_prefix(&dir).expect("under the collection").to_string_lossy().to_string();
+                    let part = reqwest::multipart::Part::bytes(std::fs::read(&file).expect("readable"))
+                        .file_name(page.clone())
+                        .mime_str("text/html")
+                        .expect("a valid type");
+                    let form =
+                        reqwest::multipart::Form::new().text("collection", collection.to_string()).part("file", part);
+                    let response: serde_json::Value = client
+                        .post(format!("{base}/v1/documents"))
+                        .bearer_auth(key)
+                        .multipart(form)
+                        .send()
+                        .await
+                        .and_then(|r| r.error_for_status())
+                        .expect("an upload")
+                        .json()
+                        .await
+                        .expect("JSON");
+                    let id = response["documents"][0]["id"].as_str().expect("a document id").to_string();
+                    (id, format!("{collection}/{page}"))
+                }
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        pages.extend(uploaded);
+    }
+    let (indexed, failed) = loop {
+        let (open, indexed, failed): (i64, i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE status IN ('queued', 'processing')),
+                    count(*) FILTER (WHERE status = 'indexed'), count(*) FILTER (WHERE status = 'failed')
+             FROM documents",
+        )
+        .fetch_one(&db)
+        .await?;
+        if open == 0 {
+            break (indexed, failed);
+        }
+        eprint!("\r[eval] indexing: {indexed} indexed, {open} to go   ");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    eprintln!(
+        "\r[eval] {indexed} pages indexed, {failed} failed, in {:.1}s; {} questions",
+        clock.elapsed().as_secs_f64(),
+        questions.len()
+    );
+    let readyz: serde_json::Value = client.get(format!("{}/readyz", server.base)).send().await?.json().await?;
+    eprintln!("[eval] provider: {}", readyz.get("provider").unwrap_or(&serde_json::Value::Null));
+
+    let expected = |q: &Question| format!("{}/{}", q.collection, q.page);
+    let mut table = Vec::new();
+    for mode in &modes {
+        let mut scores = Scores::default();
+        let mut misses = Vec::new();
+        for q in &questions {
+            let response: serde_json::Value = client
+                .post(format!("{}/v1/search", server.base))
+                .bearer_auth(&key)
+                .json(&serde_json::json!({ "query": q.question, "k": 50, "mode": mode }))
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            let results = response["results"].as_array().cloned().unwrap_or_default();
+            let ranked = distinct_pages(&results, &pages);
+            let rank = ranked.iter().position(|p| *p == expected(q)).map(|i| i + 1);
+            if rank.is_none() {
+                misses.push(format!("  {:<60} want {}, got {}", q.question, expected(q), ranked.first().map_or("-", |p| p)));
+            }
+            scores.ranks.push(rank);
+        }
+        if options.contains_key("misses") {
+            eprintln!("[eval] {mode}: not in the top 10\n{}", misses.join("\n"));
+        }
+        table.push((mode.clone(), scores));
+    }
+
+    let mut cited = 0;
+    for q in questions.iter().take(chat_count) {
+        let response: serde_json::Value = client
+            .post(format!("{}/v1/chat", server.base))
+            .bearer_auth(&key)
+            .json(&serde_json::json!({ "message": q.question }))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let citations = response["citations"].as_array().cloned().unwrap_or_default();
+        if citations.iter().any(|c| c["document_id"].as_str().and_then(|id| pages.get(id)) == Some(&expected(q))) {
+            cited += 1;
+        }
+    }
+
+    println!("\nretrieval over {} pages, {} questions (hit@k: the answering page among the first k distinct pages of 50 results)", indexed, questions.len());
+    println!("{:<8} {:>6} {:>6} {:>7} {:>6}", "mode", "hit@1", "hit@5", "hit@10", "MRR");
+    for (mode, scores) in &table {
+        println!(
+            "{:<8} {:>6.2} {:>6.2} {:>7.2} {:>6.2}",
+            mode,
+            scores.hit_at(1),
+            scores.hit_at(5),
+            scores.hit_at(10),
+            scores.mrr()
+        );
+    }
+    if chat_count > 0 {
+        let asked = chat_count.min(questions.len());
+        println!("chat cites the answering page: {cited}/{asked} = {:.2}", cited as f64 / asked.max(1) as f64);
+    }
+
+    server.terminate(Duration::from_secs(10));
+    db.close().await;
+    infra.remove().await?;
+    Ok(())
+}
+
+/// The first ten pages in result order, each once: several chunks of one page count as one result.
+fn distinct_pages(results: &[serde_json::Value], pages: &HashMap<String, String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for hit in results {
+        if out.len() == 10 {
+            break;
+        }
+        let page = hit["document_id"].as_str().and_then(|id| pages.get(id)).cloned().unwrap_or_default();
+        if !out.contains(&page) {
+            out.push(page);
+        }
+    }
+    out
+}
+
+/// English content pages only: no translations, redirect stubs or all-in-one print pages.
+fn is_eval_page(path: &Path) -> bool {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    if matches!(name, "print.html" | "toc.html" | "404.html") {
+        return false;
+    }
+    let Ok(html) = std::fs::read_to_string(path) else { return false };
+    let head = &html[..html.floor_char_boundary(2_000)];
+    !head.contains("<title>Redirecting") && (!head.contains("<html lang=") || head.contains("<html lang=\"en\""))
+}
