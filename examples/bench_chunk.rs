@@ -100,7 +100,7 @@ fn main() {
             let (format, bytes) = make(size);
             let started = Instant::now();
             let chunks = match extract(format, &bytes, usize::MAX) {
-                Ok(extracted) => chunk(&extracted.text, extracted.markdown, settings).len(),
+                Ok(extracted) => chunk(&extracted.text, extracted.markdown, settings, "bench").len(),
                 Err(err) => {
                     println!("{name:<16} {:>9} extraction failed: {err}", size / 1024);
                     continue;

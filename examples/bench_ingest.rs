@@ -154,9 +154,9 @@ async fn main() -> anyhow::Result<()> {
 
 async fn write_path_vs_copy(db: &sqlx::PgPool, model: &str) -> anyhow::Result<()> {
     use stolid::ingest::chunk::Chunk;
-    type Row = (uuid::Uuid, uuid::Uuid, i32, String, String, i32, Vec<String>, i32, i32, pgvector::Vector);
+    type Row = (uuid::Uuid, uuid::Uuid, i32, String, String, String, i32, Vec<String>, i32, i32, pgvector::Vector);
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT c.tenant_id, c.document_id, c.ordinal, c.content, c.content_hash, c.token_count, c.heading_path,
+        "SELECT c.tenant_id, c.document_id, c.ordinal, c.content, c.context, c.content_hash, c.token_count, c.heading_path,
                 c.start_offset, c.end_offset, e.embedding
          FROM chunks c JOIN chunk_embeddings e ON e.chunk_id = c.id AND e.model = $1 ORDER BY c.document_id, c.ordinal",
     )
@@ -164,14 +164,34 @@ async fn write_path_vs_copy(db: &sqlx::PgPool, model: &str) -> anyhow::Result<()
     .fetch_all(db)
     .await?;
     let mut by_doc: Vec<(uuid::Uuid, uuid::Uuid, Vec<Chunk>, Vec<pgvector::Vector>)> = Vec::new();
-    for (tenant, doc, ordinal, content, content_hash, token_count, heading_path, start_offset, end_offset, embedding) in
-        rows.iter().cloned()
+    for (
+        tenant,
+        doc,
+        ordinal,
+        content,
+        context,
+        content_hash,
+        token_count,
+        heading_path,
+        start_offset,
+        end_offset,
+        embedding,
+    ) in rows.iter().cloned()
     {
         if by_doc.last().is_none_or(|(_, d, _, _)| *d != doc) {
             by_doc.push((tenant, doc, Vec::new(), Vec::new()));
         }
         let entry = by_doc.last_mut().unwrap();
-        entry.2.push(Chunk { ordinal, content, content_hash, token_count, heading_path, start_offset, end_offset });
+        entry.2.push(Chunk {
+            ordinal,
+            content,
+            context,
+            content_hash,
+            token_count,
+            heading_path,
+            start_offset,
+            end_offset,
+        });
         entry.3.push(embedding);
     }
     let n = rows.len() as f64;
@@ -197,7 +217,7 @@ async fn write_path_vs_copy(db: &sqlx::PgPool, model: &str) -> anyhow::Result<()
     let escape = |s: &str| s.replace('\\', "\\\\").replace('\t', "\\t").replace('\n', "\\n").replace('\r', "\\r");
     let mut chunk_text = String::new();
     let mut embedding_text = String::new();
-    for (tenant, doc, ordinal, content, hash, tokens, headings, start, end, embedding) in &rows {
+    for (tenant, doc, ordinal, content, context, hash, tokens, headings, start, end, embedding) in &rows {
         let id = uuid::Uuid::now_v7();
         let headings = format!(
             "{{{}}}",
@@ -208,16 +228,17 @@ async fn write_path_vs_copy(db: &sqlx::PgPool, model: &str) -> anyhow::Result<()
                 .join(",")
         );
         chunk_text.push_str(&format!(
-            "{id}\t{tenant}\t{doc}\t{ordinal}\t{}\t{hash}\t{tokens}\t{}\t{start}\t{end}\n",
+            "{id}\t{tenant}\t{doc}\t{ordinal}\t{}\t{hash}\t{tokens}\t{}\t{start}\t{end}\t{}\n",
             escape(content),
-            escape(&headings)
+            escape(&headings),
+            escape(context)
         ));
         let vector: Vec<String> = embedding.as_slice().iter().map(|x| x.to_string()).collect();
         embedding_text.push_str(&format!("{id}\t{tenant}\t{model}\t[{}]\n", vector.join(",")));
     }
     let started = Instant::now();
     let mut copy = conn
-        .copy_in_raw("COPY chunks_copy (id, tenant_id, document_id, ordinal, content, content_hash, token_count, heading_path, start_offset, end_offset) FROM STDIN")
+        .copy_in_raw("COPY chunks_copy (id, tenant_id, document_id, ordinal, content, content_hash, token_count, heading_path, start_offset, end_offset, context) FROM STDIN")
         .await?;
     copy.send(chunk_text.as_bytes()).await?;
     copy.finish().await?;

@@ -23,7 +23,11 @@ pub fn content_hash(text: &str) -> String {
 /// forced boundaries are rare and fall on headings or paragraphs when there are any.
 const SEGMENT_BYTES: usize = 32 * 1024;
 
-pub fn chunk(text: &str, markdown: bool, settings: ChunkSettings) -> Vec<Chunk> {
+/// Chunks `text` of the document titled `title`. Each chunk carries its context
+/// (the title and the headings it sits under), which is embedded and
+/// keyword-indexed with it: a passage that never names its topic is still found
+/// by it.
+pub fn chunk(text: &str, markdown: bool, settings: ChunkSettings, title: &str) -> Vec<Chunk> {
     let overlap = settings.overlap_tokens.min(settings.max_tokens.saturating_sub(1));
     let config = ChunkConfig::new(settings.max_tokens)
         .with_sizer(TokenCounter { max_tokens: settings.max_tokens })
@@ -38,19 +42,49 @@ pub fn chunk(text: &str, markdown: bool, settings: ChunkSettings) -> Vec<Chunk> 
     };
     let headings = if markdown { headings(text) } else { Vec::new() };
     let mut paths = HeadingPaths::new(&headings);
+    let title = readable_title(title);
     pieces
         .into_iter()
         .enumerate()
-        .map(|(ordinal, (offset, content))| Chunk {
-            ordinal: ordinal as i32,
-            content: content.to_string(),
-            content_hash: content_hash(content),
-            token_count: count_tokens(content) as i32,
-            heading_path: paths.at(offset),
-            start_offset: offset as i32,
-            end_offset: (offset + content.len()) as i32,
+        .map(|(ordinal, (offset, content))| {
+            let heading_path = paths.at(offset);
+            let context = std::iter::once(title.as_str())
+                .chain(heading_path.iter().map(String::as_str))
+                .filter(|part| !part.is_empty())
+                .collect::<Vec<_>>()
+                .join(" > ");
+            Chunk {
+                ordinal: ordinal as i32,
+                content_hash: content_hash(&embedding_text(&context, content)),
+                content: content.to_string(),
+                token_count: count_tokens(content) as i32,
+                context,
+                heading_path,
+                start_offset: offset as i32,
+                end_offset: (offset + content.len()) as i32,
+            }
         })
         .collect()
+}
+
+/// What is embedded for a chunk: its context line, then its text.
+pub fn embedding_text(context: &str, content: &str) -> String {
+    if context.is_empty() { content.to_string() } else { format!("{context}\n\n{content}") }
+}
+
+/// A title as words: an uploaded file's name (`ch09-02-recoverable-errors.html`)
+/// loses its extension and separators, which full-text search would otherwise
+/// keep as one opaque token.
+fn readable_title(title: &str) -> String {
+    let stem = match title.rsplit_once('.') {
+        Some((stem, ext))
+            if !stem.is_empty() && (1..=5).contains(&ext.len()) && ext.chars().all(|c| c.is_ascii_alphanumeric()) =>
+        {
+            stem
+        }
+        _ => title,
+    };
+    if stem.contains(' ') { stem.to_string() } else { stem.replace(['-', '_'], " ") }
 }
 
 /// Runs `split` on each segment of `text`, with offsets into the whole text.
@@ -149,7 +183,7 @@ mod tests {
     #[test]
     fn chunks_stay_within_the_token_budget_and_cover_the_text() {
         let text = "Sentence number one is here. ".repeat(400);
-        let chunks = chunk(&text, false, ChunkSettings { max_tokens: 100, overlap_tokens: 10 });
+        let chunks = chunk(&text, false, ChunkSettings { max_tokens: 100, overlap_tokens: 10 }, "");
         assert!(chunks.len() > 5);
         for c in &chunks {
             assert!(c.token_count <= 100, "{}", c.token_count);
@@ -161,11 +195,25 @@ mod tests {
     #[test]
     fn markdown_chunks_carry_their_heading_path() {
         let text = "# Guide\n\nIntro text.\n\n## Install\n\nRun the installer.\n\n### Linux\n\nUse apt.\n\n## Usage\n\nCall it.\n";
-        let chunks = chunk(text, true, ChunkSettings { max_tokens: 8, overlap_tokens: 0 });
+        let chunks = chunk(text, true, ChunkSettings { max_tokens: 8, overlap_tokens: 0 }, "");
         let linux = chunks.iter().find(|c| c.content.contains("Use apt")).unwrap();
         assert_eq!(linux.heading_path, ["Guide", "Install", "Linux"]);
         let usage = chunks.iter().find(|c| c.content.contains("Call it")).unwrap();
         assert_eq!(usage.heading_path, ["Guide", "Usage"]);
+    }
+
+    #[test]
+    fn a_chunk_is_embedded_under_its_title_and_headings_but_returned_as_itself() {
+        let text = "# Errors\n\n## The ? operator\n\nIt returns early with the Err value.\n";
+        let chunks =
+            chunk(text, true, ChunkSettings { max_tokens: 10, overlap_tokens: 0 }, "ch09-02-recoverable-errors.html");
+        let last = chunks.last().unwrap();
+        assert_eq!(last.context, "ch09 02 recoverable errors > Errors > The ? operator");
+        assert_eq!(last.content, "It returns early with the Err value.");
+        assert_eq!(last.content_hash, content_hash(&embedding_text(&last.context, &last.content)));
+        let retitled = chunk(text, true, ChunkSettings { max_tokens: 10, overlap_tokens: 0 }, "Error handling");
+        assert_eq!(retitled.last().unwrap().context, "Error handling > Errors > The ? operator");
+        assert_ne!(retitled.last().unwrap().content_hash, last.content_hash, "another context is another embedding");
     }
 
     #[test]
@@ -188,7 +236,7 @@ mod tests {
     #[test]
     fn a_long_document_without_whitespace_is_chunked_whole() {
         let text = "abcdefghij".repeat(20_000);
-        let chunks = chunk(&text, false, ChunkSettings::default());
+        let chunks = chunk(&text, false, ChunkSettings::default(), "");
         let covered: usize = chunks.iter().map(|c| c.content.len()).sum();
         assert!(covered >= text.len(), "{covered} of {}", text.len());
         assert_eq!((chunks[0].start_offset, chunks.last().unwrap().end_offset as usize), (0, text.len()));
@@ -224,8 +272,8 @@ mod tests {
 
     #[test]
     fn identical_text_hashes_identically() {
-        let a = chunk("Same words.", false, ChunkSettings::default());
-        let b = chunk("Same words.", false, ChunkSettings::default());
+        let a = chunk("Same words.", false, ChunkSettings::default(), "notes.txt");
+        let b = chunk("Same words.", false, ChunkSettings::default(), "notes.txt");
         assert_eq!(a[0].content_hash, b[0].content_hash);
     }
 }

@@ -15,7 +15,11 @@ use uuid::Uuid;
 pub struct Chunk {
     pub ordinal: i32,
     pub content: String,
-    /// SHA-256 of `content`: embeddings are reused across re-indexing by it.
+    /// The document title and heading path this chunk sits under, embedded and
+    /// keyword-indexed with it ("Title > Chapter > Section").
+    pub context: String,
+    /// SHA-256 of the embedded text (context and content): embeddings are reused
+    /// across re-indexing by it.
     pub content_hash: String,
     pub token_count: i32,
     /// The Markdown headings this chunk sits under, outermost first.
@@ -60,11 +64,12 @@ pub async fn replace(
         chunks.iter().map(|c| serde_json::to_string(&c.heading_path).unwrap_or_else(|_| "[]".into())).collect();
     sqlx::query(
         "INSERT INTO chunks (id, tenant_id, document_id, ordinal, content, content_hash, token_count,
-                             heading_path, start_offset, end_offset)
+                             heading_path, start_offset, end_offset, context)
          SELECT u.id, $2, $3, u.ordinal, u.content, u.content_hash, u.token_count,
-                ARRAY(SELECT jsonb_array_elements_text(u.heading_path::jsonb)), u.start_offset, u.end_offset
-         FROM UNNEST($1::uuid[], $4::int4[], $5::text[], $6::text[], $7::int4[], $8::text[], $9::int4[], $10::int4[])
-              AS u(id, ordinal, content, content_hash, token_count, heading_path, start_offset, end_offset)",
+                ARRAY(SELECT jsonb_array_elements_text(u.heading_path::jsonb)), u.start_offset, u.end_offset, u.context
+         FROM UNNEST($1::uuid[], $4::int4[], $5::text[], $6::text[], $7::int4[], $8::text[], $9::int4[], $10::int4[],
+                     $11::text[])
+              AS u(id, ordinal, content, content_hash, token_count, heading_path, start_offset, end_offset, context)",
     )
     .bind(&ids)
     .bind(tenant_id)
@@ -76,6 +81,7 @@ pub async fn replace(
     .bind(heading_paths)
     .bind(chunks.iter().map(|c| c.start_offset).collect::<Vec<_>>())
     .bind(chunks.iter().map(|c| c.end_offset).collect::<Vec<_>>())
+    .bind(chunks.iter().map(|c| c.context.clone()).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
     sqlx::query(

@@ -83,19 +83,89 @@ pub async fn vector(
     q.build_query_as().fetch_all(&mut *conn).await
 }
 
-/// Best chunks by full-text rank (`websearch_to_tsquery`, English).
+/// BM25's term-frequency saturation and length normalisation (the usual defaults).
+const BM25_K1: f64 = 1.2;
+const BM25_B: f64 = 0.75;
+
+/// Each query term contributes at most this many chunks as candidates. Terms
+/// rarer than this are counted and ranked exactly; a term in more chunks than
+/// this is common enough that its own matches add little, so it brings a sample
+/// and still scores the candidates the rarer terms found. The cost of a search
+/// is then bounded by terms x this, however many rows match.
+pub const TERM_CANDIDATES: i64 = 2_000;
+
+/// At most this many distinct words of a query are searched for: a pasted
+/// paragraph must not turn into a hundred index scans.
+pub const MAX_QUERY_TERMS: usize = 16;
+
+/// Best chunks for a question, ranked like BM25: a chunk matching *some* of the
+/// query's words scores the sum over those words of their inverse document
+/// frequency (rare words count more; English stop words, dropped by
+/// `to_tsvector`, nothing), with stemming, longer chunks damped. A word in the
+/// chunk's context (title and headings) counts as a second occurrence.
+///
+/// Each word is one index scan (GIN on `tsv`) of at most [`TERM_CANDIDATES`]
+/// rows inside the caller's scope, so the cost is bounded by the words of the
+/// query, not by the rows that match. Document frequencies come from those same
+/// scans (exact below the cap, capped above), so they are never stale and need
+/// no table kept in step with every write.
 pub async fn keyword(conn: &mut PgConnection, scope: &Scope, query: &str, k: i64) -> sqlx::Result<Vec<Hit>> {
-    let mut q = QueryBuilder::new(
-        "SELECT c.id AS chunk_id, c.document_id, d.title, d.collection, c.content, c.heading_path,
-                c.start_offset, c.end_offset, ts_rank_cd(c.tsv, query)::float8 AS score
-         FROM chunks c
-         JOIN documents d ON d.id = c.document_id,
-              websearch_to_tsquery('english', ",
+    // Postgres's own parser and stemmer make the terms, as they made the index.
+    let mut terms: Vec<String> = sqlx::query_scalar(
+        "SELECT lexeme FROM unnest(tsvector_to_array(to_tsvector('english', $1))) AS lexeme ORDER BY lexeme",
+    )
+    .bind(query)
+    .fetch_all(&mut *conn)
+    .await?;
+    terms.truncate(MAX_QUERY_TERMS);
+    if terms.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut q = QueryBuilder::new("WITH matches AS (");
+    for (i, term) in terms.iter().enumerate() {
+        if i > 0 {
+            q.push(" UNION ALL ");
+        }
+        // One branch per word, its lexeme a bound value: the planner sees each
+        // match as an index condition of its own.
+        q.push(format!("(SELECT {i} AS term, c.id AS chunk_id, c.token_count, c.tsv @@ keyword_lexeme("));
+        q.push_bind(term.clone()).push(", 'B') AS in_context FROM chunks c JOIN documents d ON d.id = c.document_id");
+        q.push(" WHERE c.tsv @@ keyword_lexeme(").push_bind(term.clone()).push(") AND c.tenant_id = ");
+        q.push_bind(scope.tenant_id);
+        push_scope(&mut q, scope);
+        q.push(" LIMIT ").push_bind(TERM_CANDIDATES).push(")");
+    }
+    q.push(
+        "), frequencies AS (
+             SELECT term, count(*)::float8 AS df FROM matches GROUP BY term
+         ), corpus AS (
+             SELECT greatest(sum(d.chunk_count), 1)::float8 AS chunks,
+                    greatest(sum(d.token_count)::float8 / greatest(sum(d.chunk_count), 1), 1) AS average_tokens
+             FROM documents d WHERE d.status = 'indexed'",
     );
-    q.push_bind(query.to_string()).push(") AS query WHERE c.tsv @@ query AND c.tenant_id = ");
-    q.push_bind(scope.tenant_id);
     push_scope(&mut q, scope);
-    q.push(" ORDER BY score DESC, c.id LIMIT ").push_bind(k);
+    q.push(format!(
+        "), scored AS (
+             SELECT m.chunk_id, sum(
+                 ln(1 + (greatest(corpus.chunks, f.df) - f.df + 0.5) / (f.df + 0.5))
+                 * w.tf * ({BM25_K1} + 1)
+                 / (w.tf + {BM25_K1} * (1 - {BM25_B} + {BM25_B} * m.token_count / corpus.average_tokens))
+             ) AS score
+             FROM matches m
+             JOIN frequencies f USING (term)
+             CROSS JOIN corpus
+             CROSS JOIN LATERAL (SELECT CASE WHEN m.in_context THEN 2.0 ELSE 1.0 END AS tf) w
+             GROUP BY m.chunk_id
+             ORDER BY score DESC, m.chunk_id
+             LIMIT "
+    ));
+    q.push_bind(k).push(
+        ")
+         SELECT c.id AS chunk_id, c.document_id, d.title, d.collection, c.content, c.heading_path,
+                c.start_offset, c.end_offset, s.score::float8 AS score
+         FROM scored s JOIN chunks c ON c.id = s.chunk_id JOIN documents d ON d.id = c.document_id
+         ORDER BY s.score DESC, c.id",
+    );
     q.build_query_as().fetch_all(&mut *conn).await
 }
 

@@ -183,14 +183,16 @@ async fn batching_puts_chunks_of_several_documents_into_one_request() {
         largest_request > most_in_one_document,
         "a request carried {largest_request} inputs, no more than one document's {most_in_one_document}"
     );
-    let stored: Vec<(String, pgvector::Vector)> =
-        sqlx::query_as("SELECT c.content, e.embedding FROM chunks c JOIN chunk_embeddings e ON e.chunk_id = c.id")
-            .fetch_all(&app.state.db)
-            .await
-            .unwrap();
+    let stored: Vec<(String, String, pgvector::Vector)> = sqlx::query_as(
+        "SELECT c.context, c.content, e.embedding FROM chunks c JOIN chunk_embeddings e ON e.chunk_id = c.id",
+    )
+    .fetch_all(&app.state.db)
+    .await
+    .unwrap();
     assert_eq!(stored.len() as i64, per_document.iter().sum::<i64>());
-    for (content, vector) in stored {
-        assert_eq!(vector.to_vec(), stolid::llm::local::embed(&content, 384), "the vector of {content:?}");
+    for (context, content, vector) in stored {
+        let embedded = stolid::ingest::chunk::embedding_text(&context, &content);
+        assert_eq!(vector.to_vec(), stolid::llm::local::embed(&embedded, 384), "the vector of {embedded:?}");
     }
 }
 

@@ -17,6 +17,7 @@ use crate::ingest::{chunk, extract};
 use crate::llm::{CallContext, LlmError};
 use crate::state::AppState;
 use crate::store::{chunks, documents};
+use crate::tokens::count_tokens;
 
 pub async fn run(state: &AppState, tenant_id: Uuid, document_id: Uuid, last_attempt: bool) -> Result<(), JobError> {
     match index(state, tenant_id, document_id).await {
@@ -89,8 +90,9 @@ async fn index(state: &AppState, tenant_id: Uuid, document_id: Uuid) -> Result<(
         .ok_or_else(|| Failure::Permanent(format!("unsupported content type {}", doc.content_type)))?;
     let settings = state.config.chunking;
     let max_text = state.config.worker.max_extracted_bytes;
+    let title = doc.title.clone();
     let pieces = tokio::task::spawn_blocking(move || {
-        extract::extract(format, &bytes, max_text).map(|e| chunk::chunk(&e.text, e.markdown, settings))
+        extract::extract(format, &bytes, max_text).map(|e| chunk::chunk(&e.text, e.markdown, settings, &title))
     })
     .await
     .context("chunking task")?
@@ -111,9 +113,10 @@ async fn index(state: &AppState, tenant_id: Uuid, document_id: Uuid) -> Result<(
             conversation_id: None,
             endpoint: "worker.index",
         };
-        // The chunker counted every chunk's tokens already.
-        let texts: Vec<String> = missing.iter().map(|c| c.content.clone()).collect();
-        let tokens: Vec<usize> = missing.iter().map(|c| c.token_count as usize).collect();
+        // The chunker counted every chunk's own tokens already; only the short context line is new.
+        let texts: Vec<String> = missing.iter().map(|c| chunk::embedding_text(&c.context, &c.content)).collect();
+        let tokens: Vec<usize> =
+            missing.iter().map(|c| c.token_count as usize + count_tokens(&c.context) + 1).collect();
         let embedded = gateway.embed_counted(&ctx, &texts, tokens).await.map_err(|err| match err {
             LlmError::QuotaExhausted(m) => Failure::Permanent(format!("embedding quota exhausted: {m}")),
             LlmError::InputTooLong { .. } | LlmError::Refused(_) => Failure::Permanent(err.to_string()),
