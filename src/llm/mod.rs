@@ -12,16 +12,18 @@ pub mod limiter;
 pub mod local;
 pub mod openai;
 pub mod provider;
+pub mod sentence_model;
 pub mod usage;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::config::{LlmConfig, ProviderKind};
+use crate::config::{LlmConfig, LocalEmbeddings, ProviderKind};
 use crate::tokens::count_tokens;
 use batcher::{BatchLimits, BatchQueue, Pending, answer_all};
 use limiter::{EmbedLimiter, Lane};
@@ -215,7 +217,24 @@ impl Gateway {
     pub fn new(config: LlmConfig, recorder: UsageRecorder, db: sqlx::PgPool) -> anyhow::Result<Self> {
         let provider = match config.provider {
             ProviderKind::OpenAi => Provider::OpenAi(openai::OpenAiProvider::new(&config)?),
-            ProviderKind::Local => Provider::Local,
+            ProviderKind::Local => Provider::Local(match &config.local_embeddings {
+                LocalEmbeddings::Model(dir) => {
+                    let model = sentence_model::SentenceModel::load(dir)
+                        .with_context(|| format!("LOCAL_EMBEDDING_MODEL_DIR={}", dir.display()))?;
+                    anyhow::ensure!(
+                        model.dimensions() == config.embedding_dimensions,
+                        "EMBEDDING_DIMENSIONS={} does not match the local model's {} dimensions",
+                        config.embedding_dimensions,
+                        model.dimensions()
+                    );
+                    tracing::info!(llm.model = %config.embedding_model, dir = %dir.display(), "local embedding model loaded");
+                    Some(Arc::new(model))
+                }
+                LocalEmbeddings::Hashed { reason } => {
+                    tracing::warn!(reason = %reason, "no local embedding model: embedding with hashed word features (lexical, not semantic)");
+                    None
+                }
+            }),
         };
         let limiter = EmbedLimiter::new(db, limit_key(&config), &config.embedding_limits);
         Ok(Self {
@@ -230,6 +249,14 @@ impl Gateway {
 
     pub fn provider_name(&self) -> &'static str {
         self.config.provider.as_str()
+    }
+    /// For the local provider: why it embeds with hashed word features instead of a
+    /// model (no model directory configured, or no weights in it). `None` otherwise.
+    pub fn hashed_embeddings_reason(&self) -> Option<&str> {
+        match (&self.provider, &self.config.local_embeddings) {
+            (Provider::Local(None), LocalEmbeddings::Hashed { reason }) => Some(reason),
+            _ => None,
+        }
     }
     pub fn chat_model(&self) -> &str {
         &self.config.chat_model

@@ -5,13 +5,17 @@
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
+use std::sync::Arc;
+
 use super::openai::{OpenAiProvider, StreamDelta};
+use super::sentence_model::SentenceModel;
 use super::{ChatOutput, ChatRequest, ProviderError, local};
 
 #[allow(clippy::large_enum_variant)] // one per process, never moved around
 pub enum Provider {
     OpenAi(OpenAiProvider),
-    Local,
+    /// In process; embeds with the sentence model when one is loaded, else hashed vectors.
+    Local(Option<Arc<SentenceModel>>),
 }
 
 impl Provider {
@@ -26,7 +30,18 @@ impl Provider {
     ) -> Result<(Vec<Vec<f32>>, u32), ProviderError> {
         match self {
             Provider::OpenAi(p) => p.embed(model, dims, inputs).await,
-            Provider::Local => Ok((inputs.iter().map(|t| local::embed(t, dims)).collect(), estimated_tokens as u32)),
+            Provider::Local(None) => {
+                Ok((inputs.iter().map(|t| local::embed(t, dims)).collect(), estimated_tokens as u32))
+            }
+            Provider::Local(Some(model)) => {
+                // CPU-bound: on the blocking pool, so the runtime keeps serving requests.
+                let (model, inputs) = (model.clone(), inputs.to_vec());
+                let vectors = tokio::task::spawn_blocking(move || model.embed(&inputs))
+                    .await
+                    .map_err(|e| ProviderError::Fatal(format!("the local embedding model stopped: {e}")))?
+                    .map_err(|e| ProviderError::Fatal(format!("the local embedding model failed: {e:#}")))?;
+                Ok((vectors, estimated_tokens as u32))
+            }
         }
     }
 
@@ -34,7 +49,7 @@ impl Provider {
     pub async fn chat(&self, model: &str, request: &ChatRequest) -> Result<(ChatOutput, u32, u32), ProviderError> {
         match self {
             Provider::OpenAi(p) => p.chat(model, request).await,
-            Provider::Local => Ok(local::chat_counted(request)),
+            Provider::Local(_) => Ok(local::chat_counted(request)),
         }
     }
 
@@ -46,7 +61,7 @@ impl Provider {
     ) -> Result<BoxStream<'static, Result<StreamDelta, ProviderError>>, ProviderError> {
         match self {
             Provider::OpenAi(p) => p.chat_stream(model, request).await,
-            Provider::Local => {
+            Provider::Local(_) => {
                 let words: Vec<Result<StreamDelta, ProviderError>> = local::chat(request)
                     .content
                     .split_inclusive(' ')

@@ -118,8 +118,10 @@ pub fn lookup(overrides: &HashMap<&str, String>) -> impl Fn(&str) -> Option<Stri
     let mut map = base_env().clone();
     map.entry("S3_BUCKET".into()).or_insert_with(|| "unset".into());
     map.entry("SQS_QUEUE_URL".into()).or_insert_with(|| "unset".into());
-    // The suite runs on the local provider unless a test points it at the fake server.
+    // The suite runs on the local provider unless a test points it at the fake server,
+    // with hashed embeddings (cheap, exact) unless a test asks for the model.
     map.remove("OPENAI_API_KEY");
+    map.remove("LOCAL_EMBEDDING_MODEL_DIR");
     for (k, v) in overrides {
         map.insert(k.to_string(), v.clone());
     }

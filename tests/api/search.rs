@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::helpers::{Options, TestApp, base_env, spawn_app, spawn_app_with};
 
 async fn search(app: &TestApp, body: Value) -> Vec<Value> {
     let response = app.post("/v1/search").json(&body).send().await.unwrap();
@@ -63,6 +63,101 @@ async fn hybrid_search_beats_either_mode_alone() {
     eprintln!("MRR vector {vector:.3}, keyword {keyword:.3}, hybrid {hybrid:.3}");
     assert!(hybrid > vector, "hybrid {hybrid} vs vector {vector}");
     assert!(hybrid > keyword, "hybrid {hybrid} vs keyword {keyword}");
+}
+
+/// A question rarely contains every word of its answer: keyword search ranks
+/// chunks that match some of the words, rare words above common ones, and a
+/// question word found nowhere does not empty the result (it did when every
+/// word was required).
+#[tokio::test]
+async fn keyword_search_ranks_partial_matches_by_how_rare_their_words_are() {
+    let app = spawn_app().await;
+    let mut docs: Vec<(String, String)> = (0..6)
+        .map(|i| (format!("common-{i}"), format!("Rust programs compile to fast native code, part {i}.")))
+        .collect();
+    docs.push(("answer".into(), "In Rust, the question mark operator propagates an Err to the caller.".into()));
+    docs.push(("aside".into(), "Many a question about lifetimes is asked by newcomers.".into()));
+    let docs: Vec<(&str, &str, Value)> = docs.iter().map(|(t, x)| (t.as_str(), x.as_str(), json!({}))).collect();
+    index(&app, &docs).await;
+
+    let titles =
+        |results: &[Value]| results.iter().map(|r| r["title"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+    let results =
+        search(&app, json!({"query": "how does rust's question mark propagate errors upwards?", "mode": "keyword"}))
+            .await;
+    let ranked = titles(&results);
+    assert_eq!(ranked[0], "answer", "{ranked:?}");
+    let aside = ranked.iter().position(|t| t == "aside").expect("one rare word matched is still a match");
+    let common = ranked.iter().position(|t| t.starts_with("common")).expect("a common word matched is still a match");
+    assert!(aside < common, "a rare word outweighs a word every other chunk has: {ranked:?}");
+    // Stop words alone match nothing.
+    assert!(search(&app, json!({"query": "what is the", "mode": "keyword"})).await.is_empty());
+}
+
+/// A chunk is found by the title and headings it sits under, though its own
+/// text never names them; what comes back is the chunk's own text.
+#[tokio::test]
+async fn a_chunk_is_found_by_its_headings_and_returned_as_itself() {
+    let app = spawn_app_with(Options {
+        env: [("CHUNK_MAX_TOKENS", "12".to_string()), ("CHUNK_OVERLAP_TOKENS", "0".to_string())].into(),
+        ..Default::default()
+    })
+    .await;
+    let text = "# Error handling\n\nErrors are values.\n\n## Propagation with the question mark\n\nIt returns early from the function.\n\n## Panics\n\nAn unrecoverable failure stops the thread.\n";
+    app.index_all([json!({"text": text, "title": "errors.md", "content_type": "text/markdown"})]).await;
+    for mode in ["keyword", "vector", "hybrid"] {
+        let results = search(&app, json!({"query": "question mark propagation", "mode": mode, "k": 10})).await;
+        let contents: Vec<&str> = results.iter().map(|r| r["content"].as_str().unwrap()).collect();
+        let body = contents.iter().position(|c| *c == "It returns early from the function.");
+        let other_section = contents.iter().position(|c| c.contains("unrecoverable"));
+        assert!(body.is_some(), "{mode}: {contents:?}");
+        assert!(other_section.is_none_or(|o| o > body.unwrap()), "{mode}: {contents:?}");
+        let hit = &results[body.unwrap()];
+        assert_eq!(hit["heading_path"], json!(["Error handling", "Propagation with the question mark"]));
+    }
+}
+
+/// With the model `make infra` fetches, the local provider embeds meaning, not
+/// words: a question sharing no word with its passage finds it, and `/readyz`
+/// says which embeddings run (the suite's other tests run on hashed vectors, and
+/// `/readyz` says that too).
+#[tokio::test]
+async fn a_paraphrase_sharing_no_word_with_its_passage_finds_it_with_the_local_model() {
+    let dir = base_env()
+        .get("LOCAL_EMBEDDING_MODEL_DIR")
+        .expect("LOCAL_EMBEDDING_MODEL_DIR is not in .env: run `make infra`, which fetches the model")
+        .clone();
+    let hashed = spawn_app().await;
+    let readyz = hashed.get_json("/readyz").await;
+    assert!(
+        readyz["model"]["hashed_embeddings"].as_str().is_some_and(|r| r.contains("LOCAL_EMBEDDING_MODEL_DIR")),
+        "{readyz}"
+    );
+    hashed.stop().await.unwrap();
+
+    let app = spawn_app_with(Options { env: [("LOCAL_EMBEDDING_MODEL_DIR", dir)].into(), ..Default::default() }).await;
+    let readyz = app.get_json("/readyz").await;
+    assert_eq!(readyz["model"]["embedding_model"], "all-MiniLM-L6-v2", "{readyz}");
+    assert!(readyz["model"].get("hashed_embeddings").is_none(), "{readyz}");
+    let docs = [
+        ("vacation", "Staff receive twenty-five days of paid leave annually.", json!({})),
+        ("backups", "Database snapshots are copied to a second region every night.", json!({})),
+        ("coffee", "The espresso machine on floor three is descaled on Fridays.", json!({})),
+        ("parking", "Bicycles may be locked in the courtyard racks.", json!({})),
+    ];
+    index(&app, &docs).await;
+    for (question, expected) in [
+        ("How much time off do employees get each year?", "vacation"),
+        ("Where can I leave my bike?", "parking"),
+        ("Is our data replicated somewhere safe?", "backups"),
+    ] {
+        let results = search(&app, json!({"query": question, "mode": "vector", "k": 4})).await;
+        assert_eq!(results[0]["title"], expected, "{question}: {results:?}");
+        assert!(
+            results[0]["score"].as_f64().unwrap() > results[1]["score"].as_f64().unwrap() + 0.1,
+            "{question}: {results:?}"
+        );
+    }
 }
 
 /// Collection and metadata filters (equality and `in`) restrict results inside the query.
