@@ -154,7 +154,14 @@ async fn main() -> anyhow::Result<()> {
 
 async fn write_path_vs_copy(db: &sqlx::PgPool, model: &str) -> anyhow::Result<()> {
     use stolid::ingest::chunk::Chunk;
-    type Row = (uuid::Uuid, uuid::Uuid, i32, String, String, String, i32, Vec<String>, i32, i32, pgvector::Vector);
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        tenant_id: uuid::Uuid,
+        document_id: uuid::Uuid,
+        #[sqlx(flatten)]
+        chunk: Chunk,
+        embedding: pgvector::Vector,
+    }
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT c.tenant_id, c.document_id, c.ordinal, c.content, c.context, c.content_hash, c.token_count, c.heading_path,
                 c.start_offset, c.end_offset, e.embedding
@@ -164,35 +171,13 @@ async fn write_path_vs_copy(db: &sqlx::PgPool, model: &str) -> anyhow::Result<()
     .fetch_all(db)
     .await?;
     let mut by_doc: Vec<(uuid::Uuid, uuid::Uuid, Vec<Chunk>, Vec<pgvector::Vector>)> = Vec::new();
-    for (
-        tenant,
-        doc,
-        ordinal,
-        content,
-        context,
-        content_hash,
-        token_count,
-        heading_path,
-        start_offset,
-        end_offset,
-        embedding,
-    ) in rows.iter().cloned()
-    {
-        if by_doc.last().is_none_or(|(_, d, _, _)| *d != doc) {
-            by_doc.push((tenant, doc, Vec::new(), Vec::new()));
+    for row in &rows {
+        if by_doc.last().is_none_or(|(_, d, _, _)| *d != row.document_id) {
+            by_doc.push((row.tenant_id, row.document_id, Vec::new(), Vec::new()));
         }
         let entry = by_doc.last_mut().unwrap();
-        entry.2.push(Chunk {
-            ordinal,
-            content,
-            context,
-            content_hash,
-            token_count,
-            heading_path,
-            start_offset,
-            end_offset,
-        });
-        entry.3.push(embedding);
+        entry.2.push(row.chunk.clone());
+        entry.3.push(row.embedding.clone());
     }
     let n = rows.len() as f64;
 
@@ -217,21 +202,27 @@ async fn write_path_vs_copy(db: &sqlx::PgPool, model: &str) -> anyhow::Result<()
     let escape = |s: &str| s.replace('\\', "\\\\").replace('\t', "\\t").replace('\n', "\\n").replace('\r', "\\r");
     let mut chunk_text = String::new();
     let mut embedding_text = String::new();
-    for (tenant, doc, ordinal, content, context, hash, tokens, headings, start, end, embedding) in &rows {
+    for Row { tenant_id: tenant, document_id: doc, chunk, embedding } in &rows {
         let id = uuid::Uuid::now_v7();
         let headings = format!(
             "{{{}}}",
-            headings
+            chunk
+                .heading_path
                 .iter()
                 .map(|h| format!("\"{}\"", h.replace('\\', "\\\\").replace('"', "\\\"")))
                 .collect::<Vec<_>>()
                 .join(",")
         );
         chunk_text.push_str(&format!(
-            "{id}\t{tenant}\t{doc}\t{ordinal}\t{}\t{hash}\t{tokens}\t{}\t{start}\t{end}\t{}\n",
-            escape(content),
+            "{id}\t{tenant}\t{doc}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
+            chunk.ordinal,
+            escape(&chunk.content),
+            chunk.content_hash,
+            chunk.token_count,
             escape(&headings),
-            escape(context)
+            chunk.start_offset,
+            chunk.end_offset,
+            escape(&chunk.context)
         ));
         let vector: Vec<String> = embedding.as_slice().iter().map(|x| x.to_string()).collect();
         embedding_text.push_str(&format!("{id}\t{tenant}\t{model}\t[{}]\n", vector.join(",")));

@@ -167,15 +167,8 @@ async fn main() -> anyhow::Result<()> {
         let mut scores = Scores::default();
         let mut misses = Vec::new();
         for q in &questions {
-            let response: serde_json::Value = client
-                .post(format!("{}/v1/search", server.base))
-                .bearer_auth(&key)
-                .json(&serde_json::json!({ "query": q.question, "k": 50, "mode": mode }))
-                .send()
-                .await?
-                .error_for_status()?
-                .json()
-                .await?;
+            let body = serde_json::json!({ "query": q.question, "k": 50, "mode": mode });
+            let response = post(&client, &format!("{}/v1/search", server.base), &key, &body).await?;
             let results = response["results"].as_array().cloned().unwrap_or_default();
             let ranked = distinct_pages(&results, &pages);
             let rank = ranked.iter().position(|p| *p == expected(q)).map(|i| i + 1);
@@ -197,15 +190,8 @@ async fn main() -> anyhow::Result<()> {
 
     let mut cited = 0;
     for q in questions.iter().take(chat_count) {
-        let response: serde_json::Value = client
-            .post(format!("{}/v1/chat", server.base))
-            .bearer_auth(&key)
-            .json(&serde_json::json!({ "message": q.question }))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+        let body = serde_json::json!({ "message": q.question });
+        let response = post(&client, &format!("{}/v1/chat", server.base), &key, &body).await?;
         let citations = response["citations"].as_array().cloned().unwrap_or_default();
         if citations.iter().any(|c| c["document_id"].as_str().and_then(|id| pages.get(id)) == Some(&expected(q))) {
             cited += 1;
@@ -237,6 +223,15 @@ async fn main() -> anyhow::Result<()> {
     db.close().await;
     infra.remove().await?;
     Ok(())
+}
+
+async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    key: &str,
+    body: &serde_json::Value,
+) -> reqwest::Result<serde_json::Value> {
+    client.post(url).bearer_auth(key).json(body).send().await?.error_for_status()?.json().await
 }
 
 /// The first ten pages in result order, each once: several chunks of one page count as one result.

@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 /// A chunk of a document's extracted text, as chunking makes it and this table stores it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct Chunk {
     pub ordinal: i32,
     pub content: String,
