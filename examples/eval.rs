@@ -15,7 +15,11 @@
 //! book), ~800 pages; translated pages (`<html lang>` other than English),
 //! redirect stubs and the books' all-in-one `print.html` are left out.
 //!
-//! Options: --questions FILE  --root DIR (default: the toolchain's HTML docs)
+//! Then each follow-up (`eval/rust-docs-followups.jsonl`: a first question, and
+//! a follow-up that leans on it) is asked in one conversation, with and without
+//! the query rewrite, and counted when the follow-up's answer cites its page.
+//!
+//! Options: --questions FILE  --followups FILE  --root DIR (default: the toolchain's HTML docs)
 //!   --modes vector,keyword,hybrid  --chat N (questions asked of chat, default all)
 //!   --env KEY=VALUE,KEY=VALUE (extra settings for the server, e.g. a provider)
 
@@ -34,6 +38,9 @@ struct Question {
     question: String,
     collection: String,
     page: String,
+    /// For a follow-up: the question asked before it in the same conversation.
+    #[serde(default)]
+    first: Option<String>,
 }
 
 /// Ranks are 1-based; `None` when the page is not in the results.
@@ -61,13 +68,13 @@ async fn main() -> anyhow::Result<()> {
     let root = options.get("root").map_or_else(bench::rust_docs, PathBuf::from);
     let modes: Vec<String> =
         options.get("modes").map_or("vector,keyword,hybrid", String::as_str).split(',').map(str::to_string).collect();
-    let questions: Vec<Question> = std::fs::read_to_string(&questions_path)?
-        .lines()
-        .filter(|line| !line.trim().is_empty())
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()?;
+    let followups_path = options
+        .get("followups")
+        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("eval/rust-docs-followups.jsonl"), PathBuf::from);
+    let questions = read_questions(&questions_path)?;
+    let followups = read_questions(&followups_path)?;
     let chat_count = options.get("chat").map_or(questions.len(), |n| n.parse().expect("--chat N"));
-    let mut collections: Vec<&str> = questions.iter().map(|q| q.collection.as_str()).collect();
+    let mut collections: Vec<&str> = questions.iter().chain(&followups).map(|q| q.collection.as_str()).collect();
     collections.sort();
     collections.dedup();
 
@@ -198,6 +205,24 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
+    // Follow-ups: the first question, then the follow-up in the same conversation,
+    // with and without the query rewrite; a hit is the follow-up citing its page.
+    let mut followup_cited = [0, 0];
+    for q in &followups {
+        for (i, rewrite) in [true, false].into_iter().enumerate() {
+            let first = serde_json::json!({ "message": q.first.as_deref().unwrap_or_default() });
+            let first = post(&client, &format!("{}/v1/chat", server.base), &key, &first).await?;
+            let body = serde_json::json!({
+                "message": q.question, "conversation_id": first["conversation_id"], "rewrite_query": rewrite,
+            });
+            let response = post(&client, &format!("{}/v1/chat", server.base), &key, &body).await?;
+            let citations = response["citations"].as_array().cloned().unwrap_or_default();
+            if citations.iter().any(|c| c["document_id"].as_str().and_then(|id| pages.get(id)) == Some(&expected(q))) {
+                followup_cited[i] += 1;
+            }
+        }
+    }
+
     println!(
         "\nretrieval over {} pages, {} questions (hit@k: the answering page among the first k distinct pages of 50 results)",
         indexed,
@@ -218,11 +243,23 @@ async fn main() -> anyhow::Result<()> {
         let asked = chat_count.min(questions.len());
         println!("chat cites the answering page: {cited}/{asked} = {:.2}", cited as f64 / asked.max(1) as f64);
     }
+    if !followups.is_empty() {
+        let n = followups.len();
+        println!(
+            "follow-ups cite the answering page: {}/{n} with the query rewrite, {}/{n} without",
+            followup_cited[0], followup_cited[1]
+        );
+    }
 
     server.terminate(Duration::from_secs(10));
     db.close().await;
     infra.remove().await?;
     Ok(())
+}
+
+fn read_questions(path: &Path) -> anyhow::Result<Vec<Question>> {
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(text.lines().filter(|line| !line.trim().is_empty()).map(serde_json::from_str).collect::<Result<_, _>>()?)
 }
 
 async fn post(

@@ -27,6 +27,9 @@ pub struct ChatInput {
     /// A stateless turn (the OpenAI-compatible facade): the client sends the
     /// history, and nothing is stored.
     pub history: Option<Vec<Turn>>,
+    /// Rewrite a follow-up into a standalone query before retrieval (one small
+    /// model call, only when there is history).
+    pub rewrite_query: bool,
 }
 
 /// Everything decided before the model is called.
@@ -76,14 +79,20 @@ pub async fn prepare(state: &AppState, tenant: &Tenant, input: &ChatInput) -> Re
         }
     };
     let chat = &state.config.chat;
+    let ctx = tenant.call_context("chat", conversation_id);
+    let standalone = if input.rewrite_query && history.iter().any(|t| t.role == Role::User) {
+        standalone_query(state, &ctx, &history, &input.message).await
+    } else {
+        input.message.clone()
+    };
     let query = retrieval::Query {
-        text: &input.message,
+        text: &standalone,
         k: chat.top_k,
         mode: Mode::Hybrid,
         scope: input.scope.clone(),
         min_similarity: Some(chat.min_similarity),
     };
-    let hits = retrieval::search(state, &tenant.call_context("chat", conversation_id), query).await?;
+    let hits = retrieval::search(state, &ctx, query).await?;
     let budget = Budget { context_tokens: chat.context_tokens, history_tokens: chat.history_tokens };
     let prompt = prompt::build(&hits, &history, &input.message, budget);
     let request = ChatRequest {
@@ -93,6 +102,24 @@ pub async fn prepare(state: &AppState, tenant: &Tenant, input: &ChatInput) -> Re
         ..Default::default()
     };
     Ok(Prepared { conversation_id, prompt, request })
+}
+
+/// The follow-up rewritten by the chat model into a query that stands alone.
+/// A failed or empty rewrite falls back to the message itself: the turn is
+/// answered either way, with retrieval only as good as the raw question.
+async fn standalone_query(state: &AppState, ctx: &crate::llm::CallContext, history: &[Turn], message: &str) -> String {
+    match state.gateway.chat(ctx, &prompt::rewrite_request(history, message)).await {
+        Ok(response) if !response.content.trim().is_empty() => {
+            let query = response.content.lines().next().unwrap_or_default().trim().trim_matches('"').to_string();
+            tracing::debug!(query.rewritten = %query, "follow-up rewritten for retrieval");
+            query
+        }
+        Ok(_) => message.to_string(),
+        Err(err) => {
+            tracing::warn!(error = %err, "query rewrite failed; retrieving with the message as asked");
+            message.to_string()
+        }
+    }
 }
 
 /// Answers one message (non-streaming).

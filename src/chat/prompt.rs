@@ -5,7 +5,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::llm::{ChatMessage, Role};
+use crate::llm::{ChatMessage, ChatRequest, Role, Task};
 use crate::store::search::Hit;
 use crate::tokens::count_tokens;
 
@@ -78,6 +78,36 @@ pub fn build(hits: &[Hit], history: &[Turn], question: &str, budget: Budget) -> 
     Prompt { messages, passages, history_turns: kept.len() }
 }
 
+/// Turns of the conversation shown to the query rewrite: the latest few are what
+/// a follow-up leans on, and the call must stay small.
+const REWRITE_TURNS: usize = 4;
+const REWRITE_TURN_CHARS: usize = 500;
+
+/// A small, cheap call that turns a follow-up into a standalone search query,
+/// so retrieval looks for what the question is about rather than its pronouns.
+pub fn rewrite_request(history: &[Turn], question: &str) -> ChatRequest {
+    let system = "You rewrite a user's follow-up question into a standalone search query for their documents. \
+                  Use the conversation to replace pronouns and references with what they refer to. \
+                  Keep the user's words where you can. Reply with the query only, on one line, without quotes.";
+    let mut messages = vec![ChatMessage::system(system)];
+    let recent = &history[history.len().saturating_sub(REWRITE_TURNS)..];
+    messages.extend(recent.iter().map(|t| {
+        let content: String = t.content.chars().take(REWRITE_TURN_CHARS).collect();
+        match t.role {
+            Role::Assistant => ChatMessage::assistant(content),
+            _ => ChatMessage::user(content),
+        }
+    }));
+    messages.push(ChatMessage::user(question));
+    ChatRequest {
+        messages,
+        max_tokens: Some(64),
+        temperature: Some(0.0),
+        task: Task::RewriteQuery,
+        ..Default::default()
+    }
+}
+
 fn source_label(hit: &Hit) -> String {
     if hit.heading_path.is_empty() {
         hit.title.clone()
@@ -134,6 +164,22 @@ pub fn citations(answer: &str, passages: &[Hit]) -> Vec<Citation> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_rewrite_sees_the_latest_turns_cut_short_then_the_follow_up() {
+        let history: Vec<Turn> = (0..6)
+            .map(|i| Turn {
+                role: if i % 2 == 0 { Role::User } else { Role::Assistant },
+                content: format!("{i} {}", "x".repeat(900)),
+            })
+            .collect();
+        let request = rewrite_request(&history, "and then?");
+        assert_eq!(request.task, Task::RewriteQuery);
+        assert_eq!(request.messages.len(), 1 + REWRITE_TURNS + 1);
+        assert!(request.messages[1].content.starts_with("2 "), "the oldest turns are left out");
+        assert!(request.messages[1..=REWRITE_TURNS].iter().all(|m| m.content.chars().count() == REWRITE_TURN_CHARS));
+        assert_eq!(request.messages.last().unwrap().content, "and then?");
+    }
 
     fn hit(id: u128, content: &str, score: f64) -> Hit {
         Hit {

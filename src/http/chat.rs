@@ -40,6 +40,15 @@ pub struct ChatRequest {
     /// Answer as Server-Sent Events: `delta` events, then one `done` event with citations and usage.
     #[serde(default)]
     stream: bool,
+    /// In a conversation, rewrite the message into a standalone search query
+    /// first (one small model call, metered), so a follow-up like "and how do I
+    /// undo it?" retrieves what "it" is. Default true; no effect on a first message.
+    #[serde(default = "yes")]
+    rewrite_query: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Answers with retrieval-augmented generation and citations.
@@ -52,7 +61,13 @@ pub async fn chat(
     AppJson(request): AppJson<ChatRequest>,
 ) -> Result<Response> {
     let scope = retrieval::scope(tenant.id, request.collection, request.filter.as_ref())?;
-    let input = ChatInput { message: request.message, conversation_id: request.conversation_id, scope, history: None };
+    let input = ChatInput {
+        message: request.message,
+        conversation_id: request.conversation_id,
+        scope,
+        history: None,
+        rewrite_query: request.rewrite_query,
+    };
     if !request.stream {
         return Ok(AppJson(chat::respond(&state, &tenant, input).await?).into_response());
     }

@@ -97,6 +97,7 @@ pub fn chat(request: &ChatRequest) -> ChatOutput {
     match request.task {
         Task::Summarize => return ChatOutput { content: lead_summary(&request.messages), tool_calls: vec![] },
         Task::Suggest => return ChatOutput { content: suggested_questions(&request.messages), tool_calls: vec![] },
+        Task::RewriteQuery => return ChatOutput { content: standalone_query(&request.messages), tool_calls: vec![] },
         Task::Answer => {}
     }
     let question =
@@ -116,6 +117,26 @@ pub fn chat(request: &ChatRequest) -> ChatOutput {
         };
     }
     ChatOutput { content: extractive_answer(question, &request.messages), tool_calls: vec![] }
+}
+
+/// The last user message, followed by the content words of the user message
+/// before it that it does not repeat: a follow-up ("and how do I undo it?")
+/// then still carries what "it" was about. Without an earlier question, the
+/// message as it is.
+fn standalone_query(messages: &[ChatMessage]) -> String {
+    let mut asked = messages.iter().rev().filter(|m| m.role == Role::User).map(|m| m.content.as_str());
+    let question = asked.next().unwrap_or_default();
+    let Some(previous) = asked.next() else { return question.to_string() };
+    let mut words: Vec<String> = content_words(question).collect();
+    let mut query = question.trim().to_string();
+    for word in content_words(previous) {
+        if !words.contains(&word) {
+            query.push(' ');
+            query.push_str(&word);
+            words.push(word);
+        }
+    }
+    query
 }
 
 /// An extractive "lead" summary: the opening sentences (two per passage, three in all).
@@ -191,6 +212,18 @@ fn extractive_answer(question: &str, messages: &[ChatMessage]) -> String {
 mod tests {
     use super::*;
     use crate::llm::ToolSpec;
+
+    #[test]
+    fn a_follow_up_carries_the_words_of_the_question_before_it() {
+        let messages = [
+            ChatMessage::system("rewrite"),
+            ChatMessage::user("How do I make a git commit?"),
+            ChatMessage::assistant("Run git commit [1]."),
+            ChatMessage::user("and how do I undo it?"),
+        ];
+        assert_eq!(standalone_query(&messages), "and how do I undo it? make git commit");
+        assert_eq!(standalone_query(&messages[..2]), "How do I make a git commit?", "nothing to lean on");
+    }
 
     fn cosine(a: &[f32], b: &[f32]) -> f32 {
         a.iter().zip(b).map(|(x, y)| x * y).sum()

@@ -124,6 +124,9 @@ pub enum Task {
     Summarize,
     /// Suggest follow-up questions the passages in the system prompt answer.
     Suggest,
+    /// Rewrite the last user message, which may lean on the conversation before
+    /// it ("and how do I undo it?"), into a standalone search query.
+    RewriteQuery,
 }
 
 /// What a provider produced; token counts are added by the gateway.

@@ -463,13 +463,15 @@ fn to_request(body: &ChatBody) -> ChatRequest {
 }
 
 /// Like a real model, the fake reads what is asked from the prompt: the
-/// opening words of stolid's summary and suggestion prompts.
+/// opening words of stolid's summary, suggestion and query-rewrite prompts.
 fn task_of(messages: &[ChatMessage]) -> Task {
     let system_starts = |words: &str| messages.iter().any(|m| m.role == Role::System && m.content.starts_with(words));
     if system_starts("Summarize the document") {
         Task::Summarize
     } else if system_starts("Suggest follow-up questions") {
         Task::Suggest
+    } else if system_starts("You rewrite a user's follow-up question") {
+        Task::RewriteQuery
     } else {
         Task::Answer
     }

@@ -71,7 +71,8 @@ async fn chat_answers_with_citations_and_keeps_the_conversation() {
             .fetch_one(&app.state.db)
             .await
             .unwrap();
-    assert_eq!(per_conversation, 2, "model calls carry the conversation id");
+    // The two answers, and the rewrite of the second message into a standalone query.
+    assert_eq!(per_conversation, 3, "model calls carry the conversation id");
     let deleted =
         app.client.delete(app.url(&format!("/v1/conversations/{id}"))).bearer_auth(&app.api_key).send().await.unwrap();
     assert_eq!(deleted.status(), 204);
@@ -194,4 +195,45 @@ async fn conversations_never_cross_tenants() {
     // Their chat does not see our documents either.
     let theirs: Value = app.post_json_as(&other, "/v1/chat", &json!({"message": "What does Cargo download?"})).await;
     assert_eq!(theirs["answer"], stolid::chat::NOT_FOUND);
+}
+
+/// A follow-up that leans on the conversation ("and how do I undo it?") is
+/// rewritten by the model into a standalone query before retrieval, in one
+/// more call through the gateway; asked with `rewrite_query: false`, retrieval sees only its
+/// pronoun and finds the wrong passage.
+#[tokio::test]
+async fn a_follow_up_is_rewritten_into_a_standalone_query_before_retrieval() {
+    // One passage per turn: the answer can only cite what retrieval ranked first.
+    let env = HashMap::from([("CHAT_TOP_K", "1".to_string())]);
+    let (app, fake) = spawn_app_with_fake(Options { env, ..Default::default() }).await;
+    let docs = [
+        ("committing", "Commits are made with git commit and a message describing the change."),
+        (
+            "reverting",
+            "To undo a commit that was already shared, run git revert with its hash: it records a new commit reversing it.",
+        ),
+        ("editor", "Undo a change with Ctrl+Z; undo again to go further back."),
+    ];
+    app.index_all(docs.iter().map(|(title, text)| json!({"text": text, "title": title}))).await;
+    let cited = |reply: &Value| -> Vec<String> {
+        reply["citations"].as_array().unwrap().iter().map(|c| c["title"].as_str().unwrap().to_string()).collect()
+    };
+    for rewrite in [true, false] {
+        let first = chat(&app, json!({"message": "How do I make a git commit?"})).await;
+        let conversation = first["conversation_id"].as_str().unwrap();
+        let requests_before = fake.stats().chat_requests;
+        let follow_up = chat(
+            &app,
+            json!({"message": "and how do I undo it?", "conversation_id": conversation, "rewrite_query": rewrite}),
+        )
+        .await;
+        let calls = fake.stats().chat_requests - requests_before;
+        if rewrite {
+            assert_eq!(calls, 2, "one rewrite, one answer");
+            assert_eq!(cited(&follow_up).first().map(String::as_str), Some("reverting"), "{follow_up}");
+        } else {
+            assert_eq!(calls, 1);
+            assert_eq!(cited(&follow_up).first().map(String::as_str), Some("editor"), "{follow_up}");
+        }
+    }
 }
