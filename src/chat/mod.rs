@@ -80,7 +80,8 @@ pub async fn prepare(state: &AppState, tenant: &Tenant, input: &ChatInput) -> Re
     };
     let chat = &state.config.chat;
     let ctx = tenant.call_context("chat", conversation_id);
-    let standalone = if input.rewrite_query && history.iter().any(|t| t.role == Role::User) {
+    let rewrite = input.rewrite_query && state.gateway.rewrites_queries();
+    let standalone = if rewrite && history.iter().any(|t| t.role == Role::User) {
         standalone_query(state, &ctx, &history, &input.message).await
     } else {
         input.message.clone()

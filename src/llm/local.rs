@@ -122,7 +122,8 @@ pub fn chat(request: &ChatRequest) -> ChatOutput {
 /// The last user message, followed by the content words of the user message
 /// before it that it does not repeat: a follow-up ("and how do I undo it?")
 /// then still carries what "it" was about. Without an earlier question, the
-/// message as it is.
+/// message as it is. Chat never asks the local provider for this (see
+/// `Gateway::rewrites_queries`); the fake server answers rewrite prompts with it.
 fn standalone_query(messages: &[ChatMessage]) -> String {
     let mut asked = messages.iter().rev().filter(|m| m.role == Role::User).map(|m| m.content.as_str());
     let question = asked.next().unwrap_or_default();
@@ -195,7 +196,15 @@ fn extractive_answer(question: &str, messages: &[ChatMessage]) -> String {
     if scored.is_empty() {
         return "I could not find anything about this in the provided documents.".into();
     }
+    // Passages arrive best first, ranked by more than word overlap: the answer
+    // leads with the best sentence of the first passage that overlaps at all,
+    // then the best overlaps anywhere.
+    let lead_passage = scored[0].3;
     scored.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    if let Some(i) = scored.iter().position(|s| s.3 == lead_passage) {
+        let lead = scored.remove(i);
+        scored.insert(0, lead);
+    }
     let mut seen = Vec::new();
     let mut answer = Vec::new();
     for (_, _, sentence, number) in scored.into_iter().take(3) {

@@ -253,6 +253,13 @@ impl Gateway {
     pub fn provider_name(&self) -> &'static str {
         self.config.provider.as_str()
     }
+    /// Whether the chat model can rewrite a follow-up into a standalone query. The
+    /// local provider cannot: it has no language model, and its stand-in (the
+    /// follow-up plus the previous question's words, which the fake server
+    /// answers with) retrieved worse than the follow-up alone in `make eval`.
+    pub fn rewrites_queries(&self) -> bool {
+        matches!(self.provider, Provider::OpenAi(_))
+    }
     /// For the local provider: why it embeds with hashed word features instead of a
     /// model (no model directory configured, or no weights in it). `None` otherwise.
     pub fn hashed_embeddings_reason(&self) -> Option<&str> {
