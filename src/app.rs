@@ -61,9 +61,12 @@ impl Application {
             "stolid ready"
         );
         if gateway.provider_name() == "local" {
-            tracing::warn!(
-                "no OPENAI_API_KEY: using the built-in local provider (hashed embeddings, extractive answers)"
-            );
+            let embeddings = if gateway.hashed_embeddings_reason().is_some() {
+                "hashed embeddings"
+            } else {
+                "a local embedding model"
+            };
+            tracing::warn!("no OPENAI_API_KEY: using the built-in local provider ({embeddings}, extractive answers)");
         }
         let state = AppState { db, blobs, queue, gateway, config: Arc::new(config) };
         Ok(Self { state, listener, usage_writer, role })

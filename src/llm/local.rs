@@ -76,8 +76,9 @@ fn passages(text: &str) -> Vec<Passage<'_>> {
     out
 }
 
+/// Sentences worth quoting: Markdown heading lines name a topic, they state nothing.
 fn sentences(text: &str) -> impl Iterator<Item = &str> {
-    text.split_inclusive(['.', '?', '!', '\n']).map(str::trim).filter(|s| s.len() > 2)
+    text.split_inclusive(['.', '?', '!', '\n']).map(str::trim).filter(|s| s.len() > 2 && !s.starts_with('#'))
 }
 
 fn stem(word: &str) -> &str {
@@ -221,6 +222,20 @@ fn extractive_answer(question: &str, messages: &[ChatMessage]) -> String {
 mod tests {
     use super::*;
     use crate::llm::ToolSpec;
+
+    #[test]
+    fn headings_are_not_quoted_as_answers() {
+        let messages = [
+            ChatMessage::system(
+                "[1] handbook.md\n## Vacation\n\nStaff receive twenty-five vacation days.\n\n## Sick days\n\nCall in.",
+            ),
+            ChatMessage::user("How many vacation days do staff get?"),
+        ];
+        assert_eq!(
+            extractive_answer("How many vacation days do staff get?", &messages),
+            "Staff receive twenty-five vacation days. [1]"
+        );
+    }
 
     #[test]
     fn a_follow_up_carries_the_words_of_the_question_before_it() {
