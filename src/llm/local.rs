@@ -63,6 +63,14 @@ struct Passage<'a> {
     text: &'a str,
 }
 
+impl<'a> Passage<'a> {
+    /// The passage without its source line (`[n] title › headings`, as chat and
+    /// the agent write it): a file name or heading path is no statement to quote.
+    fn body(&self) -> &'a str {
+        self.text.split_once('\n').map_or(self.text, |(_, body)| body)
+    }
+}
+
 fn passages(text: &str) -> Vec<Passage<'_>> {
     let mut out = Vec::new();
     for block in text.split("\n[").map(|b| b.trim_start_matches('[')) {
@@ -185,7 +193,7 @@ fn extractive_answer(question: &str, messages: &[ChatMessage]) -> String {
     let context = messages.iter().filter(|m| matches!(m.role, Role::System | Role::Tool));
     for message in context {
         for passage in passages(&message.content) {
-            for sentence in sentences(passage.text) {
+            for sentence in sentences(passage.body()) {
                 let words: Vec<String> = content_words(sentence).map(|w| stem(&w).to_string()).collect();
                 let score = wanted.iter().filter(|w| words.contains(w)).count();
                 if score > 0 {
@@ -224,7 +232,7 @@ mod tests {
     use crate::llm::ToolSpec;
 
     #[test]
-    fn headings_are_not_quoted_as_answers() {
+    fn neither_the_source_line_nor_headings_are_quoted_as_answers() {
         let messages = [
             ChatMessage::system(
                 "[1] handbook.md\n## Vacation\n\nStaff receive twenty-five vacation days.\n\n## Sick days\n\nCall in.",
