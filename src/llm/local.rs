@@ -189,39 +189,53 @@ fn suggested_questions(messages: &[ChatMessage]) -> String {
 /// The sentences of the context that best overlap the question, each cited.
 fn extractive_answer(question: &str, messages: &[ChatMessage]) -> String {
     let wanted: Vec<String> = content_words(question).map(|w| stem(&w).to_string()).collect();
+    let overlap = |text: &str| {
+        let words: Vec<String> = content_words(text).map(|w| stem(&w).to_string()).collect();
+        wanted.iter().filter(|w| words.contains(w)).count()
+    };
+    // Passages arrive best first, ranked by more than word overlap: the answer
+    // leads with the first passage about the question (by its text, or by the
+    // title and headings of its source line), quoting its best sentence or,
+    // when only its headings match, its first; then the best overlaps anywhere.
+    let mut lead: Option<(String, &str)> = None;
     let mut scored: Vec<(usize, usize, String, &str)> = Vec::new(); // (score, order, sentence, number)
     let context = messages.iter().filter(|m| matches!(m.role, Role::System | Role::Tool));
     for message in context {
         for passage in passages(&message.content) {
-            for sentence in sentences(passage.body()) {
-                let words: Vec<String> = content_words(sentence).map(|w| stem(&w).to_string()).collect();
-                let score = wanted.iter().filter(|w| words.contains(w)).count();
+            let body: Vec<&str> = sentences(passage.body()).collect();
+            let mut best: Option<(usize, &str)> = None;
+            for sentence in &body {
+                let score = overlap(sentence);
                 if score > 0 {
                     scored.push((score, scored.len(), sentence.to_string(), passage.number));
+                    if best.is_none_or(|(top, _)| score > top) {
+                        best = Some((score, sentence));
+                    }
                 }
+            }
+            if lead.is_none()
+                && overlap(passage.text) > 0
+                && let Some(sentence) = best.map(|(_, s)| s).or(body.first().copied())
+            {
+                lead = Some((sentence.to_string(), passage.number));
             }
         }
     }
-    if scored.is_empty() {
-        return "I could not find anything about this in the provided documents.".into();
-    }
-    // Passages arrive best first, ranked by more than word overlap: the answer
-    // leads with the best sentence of the first passage that overlaps at all,
-    // then the best overlaps anywhere.
-    let lead_passage = scored[0].3;
     scored.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    if let Some(i) = scored.iter().position(|s| s.3 == lead_passage) {
-        let lead = scored.remove(i);
-        scored.insert(0, lead);
-    }
     let mut seen = Vec::new();
     let mut answer = Vec::new();
-    for (_, _, sentence, number) in scored.into_iter().take(3) {
+    for (sentence, number) in lead.into_iter().chain(scored.into_iter().map(|(_, _, s, n)| (s, n))) {
+        if answer.len() == 3 {
+            break;
+        }
         if seen.contains(&sentence) {
             continue;
         }
         answer.push(format!("{sentence} [{number}]"));
         seen.push(sentence);
+    }
+    if answer.is_empty() {
+        return "I could not find anything about this in the provided documents.".into();
     }
     answer.join(" ")
 }
@@ -235,13 +249,27 @@ mod tests {
     fn neither_the_source_line_nor_headings_are_quoted_as_answers() {
         let messages = [
             ChatMessage::system(
-                "[1] handbook.md\n## Vacation\n\nStaff receive twenty-five vacation days.\n\n## Sick days\n\nCall in.",
+                "[1] handbook.md › Vacation days\n## Vacation\n\nStaff receive twenty-five vacation days.\n\n## Sick days\n\nCall in.",
             ),
             ChatMessage::user("How many vacation days do staff get?"),
         ];
         assert_eq!(
             extractive_answer("How many vacation days do staff get?", &messages),
             "Staff receive twenty-five vacation days. [1]"
+        );
+    }
+
+    #[test]
+    fn a_passage_whose_headings_match_leads_the_answer_with_its_first_sentence() {
+        let messages = [
+            ChatMessage::system(
+                "[1] book › Slices\nThey reference a run of elements.\n\n[2] notes\nA slice of cake is nice.",
+            ),
+            ChatMessage::user("what are slices?"),
+        ];
+        assert_eq!(
+            extractive_answer("what are slices?", &messages),
+            "They reference a run of elements. [1] A slice of cake is nice. [2]"
         );
     }
 
