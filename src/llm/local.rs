@@ -188,9 +188,10 @@ fn suggested_questions(messages: &[ChatMessage]) -> String {
 
 /// The sentences of the context that best overlap the question, each cited.
 fn extractive_answer(question: &str, messages: &[ChatMessage]) -> String {
-    let wanted: Vec<String> = content_words(question).map(|w| stem(&w).to_string()).collect();
+    let stems = |text: &str| -> Vec<String> { content_words(text).map(|w| stem(&w).to_string()).collect() };
+    let wanted = stems(question);
     let overlap = |text: &str| {
-        let words: Vec<String> = content_words(text).map(|w| stem(&w).to_string()).collect();
+        let words = stems(text);
         wanted.iter().filter(|w| words.contains(w)).count()
     };
     // Passages arrive best first, ranked by more than word overlap: the answer
@@ -245,30 +246,25 @@ mod tests {
     use super::*;
     use crate::llm::ToolSpec;
 
+    /// The local answer to `question` over a chat prompt holding `context`.
+    fn answer(context: &str, question: &str) -> String {
+        extractive_answer(question, &[ChatMessage::system(context), ChatMessage::user(question)])
+    }
+
     #[test]
     fn neither_the_source_line_nor_headings_are_quoted_as_answers() {
-        let messages = [
-            ChatMessage::system(
-                "[1] handbook.md › Vacation days\n## Vacation\n\nStaff receive twenty-five vacation days.\n\n## Sick days\n\nCall in.",
-            ),
-            ChatMessage::user("How many vacation days do staff get?"),
-        ];
+        let context = "[1] handbook.md › Vacation days\n## Vacation\n\nStaff receive twenty-five vacation days.\n\n## Sick days\n\nCall in.";
         assert_eq!(
-            extractive_answer("How many vacation days do staff get?", &messages),
+            answer(context, "How many vacation days do staff get?"),
             "Staff receive twenty-five vacation days. [1]"
         );
     }
 
     #[test]
     fn a_passage_whose_headings_match_leads_the_answer_with_its_first_sentence() {
-        let messages = [
-            ChatMessage::system(
-                "[1] book › Slices\nThey reference a run of elements.\n\n[2] notes\nA slice of cake is nice.",
-            ),
-            ChatMessage::user("what are slices?"),
-        ];
+        let context = "[1] book › Slices\nThey reference a run of elements.\n\n[2] notes\nA slice of cake is nice.";
         assert_eq!(
-            extractive_answer("what are slices?", &messages),
+            answer(context, "what are slices?"),
             "They reference a run of elements. [1] A slice of cake is nice. [2]"
         );
     }
