@@ -110,12 +110,17 @@ pub async fn prepare(state: &AppState, tenant: &Tenant, input: &ChatInput) -> Re
 /// answered either way, with retrieval only as good as the raw question.
 async fn standalone_query(state: &AppState, ctx: &crate::llm::CallContext, history: &[Turn], message: &str) -> String {
     match state.gateway.chat(ctx, &prompt::rewrite_request(history, message)).await {
-        Ok(response) if !response.content.trim().is_empty() => {
-            let query = response.content.lines().next().unwrap_or_default().trim().trim_matches('"').to_string();
-            tracing::debug!(query.rewritten = %query, "follow-up rewritten for retrieval");
-            query
+        Ok(response) => {
+            // The first line that says something: a model may open with a blank line.
+            let rewritten = response.content.lines().map(|l| l.trim().trim_matches('"').trim()).find(|l| !l.is_empty());
+            match rewritten {
+                Some(query) => {
+                    tracing::debug!(query.rewritten = %query, "follow-up rewritten for retrieval");
+                    query.to_string()
+                }
+                None => message.to_string(),
+            }
         }
-        Ok(_) => message.to_string(),
         Err(err) => {
             tracing::warn!(error = %err, "query rewrite failed; retrieving with the message as asked");
             message.to_string()
