@@ -20,8 +20,11 @@
 //! the query rewrite, and counted when the follow-up's answer cites its page.
 //!
 //! Options: --questions FILE  --followups FILE  --root DIR (default: the toolchain's HTML docs)
-//!   --modes vector,keyword,hybrid  --chat N (questions asked of chat, default all)
+//!   --modes vector,keyword,hybrid,rerank (rerank: hybrid reordered by the chat
+//!   model, which needs an OpenAI-compatible provider)  --chat N (questions asked of chat, default all)
 //!   --env KEY=VALUE,KEY=VALUE (extra settings for the server, e.g. a provider)
+//!   --dump FILE (each question's ranked results per mode, as JSON lines, to try
+//!   a fusion or reranking offline)  --misses (print the questions each mode misses)
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -66,8 +69,12 @@ async fn main() -> anyhow::Result<()> {
         .get("questions")
         .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("eval/rust-docs.jsonl"), PathBuf::from);
     let root = options.get("root").map_or_else(bench::rust_docs, PathBuf::from);
-    let modes: Vec<String> =
-        options.get("modes").map_or("vector,keyword,hybrid", String::as_str).split(',').map(str::to_string).collect();
+    let modes: Vec<String> = options
+        .get("modes")
+        .map_or("vector,keyword,hybrid,rerank", String::as_str)
+        .split(',')
+        .map(str::to_string)
+        .collect();
     let followups_path = options
         .get("followups")
         .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("eval/rust-docs-followups.jsonl"), PathBuf::from);
@@ -169,15 +176,36 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("[eval] model: {}", readyz["model"]);
 
     let expected = |q: &Question| format!("{}/{}", q.collection, q.page);
+    let mut dump = match options.get("dump") {
+        Some(path) => Some(std::io::BufWriter::new(std::fs::File::create(path)?)),
+        None => None,
+    };
     let mut table = Vec::new();
     for mode in &modes {
         let mut scores = Scores::default();
         let mut misses = Vec::new();
+        let mut reranked = 0;
         for q in &questions {
-            let body = serde_json::json!({ "query": q.question, "k": 50, "mode": mode });
+            let body = match mode.as_str() {
+                "rerank" => serde_json::json!({ "query": q.question, "k": 50, "mode": "hybrid", "rerank": true }),
+                _ => serde_json::json!({ "query": q.question, "k": 50, "mode": mode }),
+            };
             let response = post(&client, &format!("{}/v1/search", server.base), &key, &body).await?;
+            reranked += usize::from(response["reranked"] == true);
             let results = response["results"].as_array().cloned().unwrap_or_default();
             let ranked = distinct_pages(&results, &pages);
+            if let Some(out) = dump.as_mut() {
+                use std::io::Write;
+                let results: Vec<serde_json::Value> = results
+                    .iter()
+                    .map(|hit| {
+                        let page = hit["document_id"].as_str().and_then(|id| pages.get(id));
+                        serde_json::json!({ "page": page, "chunk_id": hit["chunk_id"], "score": hit["score"] })
+                    })
+                    .collect();
+                let line = serde_json::json!({ "question": q.question, "expected": expected(q), "mode": mode, "results": results });
+                writeln!(out, "{line}")?;
+            }
             let rank = ranked.iter().position(|p| *p == expected(q)).map(|i| i + 1);
             if rank.is_none() {
                 misses.push(format!(
@@ -191,6 +219,12 @@ async fn main() -> anyhow::Result<()> {
         }
         if options.contains_key("misses") {
             eprintln!("[eval] {mode}: not in the top 10\n{}", misses.join("\n"));
+        }
+        if mode == "rerank" && reranked == 0 {
+            eprintln!(
+                "[eval] rerank: skipped, the provider does not rerank (the local provider has no language model)"
+            );
+            continue;
         }
         table.push((mode.clone(), scores));
     }

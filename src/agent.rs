@@ -50,6 +50,8 @@ pub struct AgentInput {
     pub conversation_id: Option<Uuid>,
     pub max_steps: usize,
     pub scope: Scope,
+    /// Rerank what each `search_documents` call finds (see `retrieval::rerank`).
+    pub rerank: bool,
 }
 
 /// One tool call the agent made.
@@ -115,6 +117,21 @@ pub async fn run(
             answer = Some(response.content);
             break;
         }
+        if steps == input.max_steps {
+            // No step is left to read what the tools would return: they are
+            // shown in the trace, not run (a search would cost a rerank call).
+            for call in &response.tool_calls {
+                let arguments: Value = serde_json::from_str(&call.arguments).unwrap_or(Value::Null);
+                let step = TraceStep {
+                    step: steps,
+                    tool: call.name.clone(),
+                    arguments,
+                    result: "not run: no step left".into(),
+                };
+                report(&progress, &mut trace, step).await;
+            }
+            break;
+        }
         messages.push(ChatMessage {
             role: Role::Assistant,
             content: response.content.clone(),
@@ -124,13 +141,9 @@ pub async fn run(
         for call in &response.tool_calls {
             let arguments: Value = serde_json::from_str(&call.arguments).unwrap_or(Value::Null);
             let (output, summary) =
-                run_tool(state, tenant, &input.scope, &call.name, &arguments, &mut passages).await?;
+                run_tool(state, tenant, &input.scope, input.rerank, &call.name, &arguments, &mut passages).await?;
             let step = TraceStep { step: steps, tool: call.name.clone(), arguments, result: summary };
-            if let Some(progress) = &progress {
-                // A closed receiver (client gone) is handled by the caller, which drops this future.
-                let _ = progress.send(step.clone()).await;
-            }
-            trace.push(step);
+            report(&progress, &mut trace, step).await;
             messages.push(ChatMessage::tool(&call.id, output));
         }
     }
@@ -144,6 +157,15 @@ pub async fn run(
     Ok(AgentReply { conversation_id, answer, citations, trace, steps, stop_reason, usage })
 }
 
+/// Adds a step to the trace and, when streaming, sends it as it happens.
+async fn report(progress: &Option<tokio::sync::mpsc::Sender<TraceStep>>, trace: &mut Vec<TraceStep>, step: TraceStep) {
+    if let Some(progress) = progress {
+        // A closed receiver (client gone) is handled by the caller, which drops this future.
+        let _ = progress.send(step.clone()).await;
+    }
+    trace.push(step);
+}
+
 /// Runs one tool inside the caller's scope. Returns what the model sees and a
 /// one-line summary for the trace. Bad arguments are reported to the model, not
 /// raised: it can correct itself on the next step.
@@ -151,6 +173,7 @@ async fn run_tool(
     state: &AppState,
     tenant: &Tenant,
     scope: &Scope,
+    rerank: bool,
     name: &str,
     arguments: &Value,
     passages: &mut Vec<Hit>,
@@ -167,8 +190,9 @@ async fn run_tool(
                 mode: Mode::Hybrid,
                 scope: scope.clone(),
                 min_similarity: Some(state.config.chat.min_similarity),
+                rerank,
             };
-            let hits = retrieval::search(state, &tenant.call_context("agent", None), search).await?;
+            let hits = retrieval::search(state, &tenant.call_context("agent", None), search).await?.hits;
             if hits.is_empty() {
                 return Ok(("no matching passages".into(), "0 passages".into()));
             }

@@ -77,6 +77,8 @@ variables! {
     chat_history_tokens: usize = "CHAT_HISTORY_TOKENS", number(2_000);
     chat_max_answer_tokens: u32 = "CHAT_MAX_ANSWER_TOKENS", positive(700);
     retrieval_min_similarity: f64 = "RETRIEVAL_MIN_SIMILARITY", number(0.2);
+    rerank_candidates: usize = "RERANK_CANDIDATES", number(20);
+    rerank_model: Option<String> = "RERANK_MODEL", optional;
     chunk_max_tokens: usize = "CHUNK_MAX_TOKENS", positive(400);
     chunk_overlap_tokens: usize = "CHUNK_OVERLAP_TOKENS", number(50);
     port: u16 = "PORT", number(8080);
@@ -221,6 +223,15 @@ pub struct ChatConfig {
     pub min_similarity: f64,
 }
 
+/// Reranking of retrieved candidates by the chat model (see `retrieval::rerank`).
+#[derive(Debug, Clone)]
+pub struct RerankConfig {
+    /// How many of the best fused candidates the model reorders; zero turns reranking off.
+    pub candidates: usize,
+    /// A model for the reranking call (a small, cheap one will do); the chat model by default.
+    pub model: Option<String>,
+}
+
 /// How documents are cut into chunks (cl100k tokens).
 #[derive(Debug, Clone, Copy)]
 pub struct ChunkSettings {
@@ -249,6 +260,7 @@ pub struct Config {
     /// HNSW candidate list size per search: recall against latency.
     pub hnsw_ef_search: u32,
     pub chat: ChatConfig,
+    pub rerank: RerankConfig,
     pub port: u16,
     pub log_level: String,
     pub shutdown_timeout: Duration,
@@ -375,6 +387,7 @@ impl Config {
                 max_answer_tokens: vars.chat_max_answer_tokens,
                 min_similarity: vars.retrieval_min_similarity,
             },
+            rerank: RerankConfig { candidates: vars.rerank_candidates, model: vars.rerank_model },
             port: vars.port,
             log_level: vars.log_level,
             shutdown_timeout: Duration::from_secs(vars.shutdown_timeout_secs),

@@ -38,6 +38,7 @@ pub struct SuggestInput {
     pub conversation_id: Option<Uuid>,
     pub n: usize,
     pub scope: Scope,
+    pub rerank: bool,
 }
 
 pub async fn suggest(state: &AppState, tenant: &Tenant, input: SuggestInput) -> Result<SuggestReply> {
@@ -61,8 +62,9 @@ pub async fn suggest(state: &AppState, tenant: &Tenant, input: SuggestInput) -> 
         mode: Mode::Hybrid,
         scope: input.scope,
         min_similarity: Some(state.config.chat.min_similarity),
+        rerank: input.rerank,
     };
-    let hits = retrieval::search(state, &ctx, query).await?;
+    let hits = retrieval::search(state, &ctx, query).await?.hits;
     let mut passages: Vec<Hit> = Vec::new();
     let mut context = String::new();
     let mut used = 0;

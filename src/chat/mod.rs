@@ -30,6 +30,8 @@ pub struct ChatInput {
     /// Rewrite a follow-up into a standalone query before retrieval (one small
     /// model call, only when there is history).
     pub rewrite_query: bool,
+    /// Let the chat model reorder the retrieved passages (see `retrieval::rerank`).
+    pub rerank: bool,
 }
 
 /// Everything decided before the model is called.
@@ -92,8 +94,9 @@ pub async fn prepare(state: &AppState, tenant: &Tenant, input: &ChatInput) -> Re
         mode: Mode::Hybrid,
         scope: input.scope.clone(),
         min_similarity: Some(chat.min_similarity),
+        rerank: input.rerank,
     };
-    let hits = retrieval::search(state, &ctx, query).await?;
+    let hits = retrieval::search(state, &ctx, query).await?.hits;
     let budget = Budget { context_tokens: chat.context_tokens, history_tokens: chat.history_tokens };
     let prompt = prompt::build(&hits, &history, &input.message, budget);
     let request = ChatRequest {

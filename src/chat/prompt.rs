@@ -35,19 +35,18 @@ pub struct Prompt {
     pub history_turns: usize,
 }
 
-/// Context: best-scoring passages first until the context budget is spent.
+/// Context: passages in the order given (retrieval's rank, or the reranker's)
+/// until the context budget is spent.
 /// History: newest turns first until the history budget is spent (so the oldest go).
 pub fn build(hits: &[Hit], history: &[Turn], question: &str, budget: Budget) -> Prompt {
     let mut passages = Vec::new();
     let mut context = String::new();
     let mut used = 0;
-    let mut ranked: Vec<&Hit> = hits.iter().collect();
-    ranked.sort_by(|a, b| b.score.total_cmp(&a.score));
-    for hit in ranked {
+    for hit in hits {
         let block = format!("\n[{}] {}\n{}\n", passages.len() + 1, source_label(hit), hit.content);
         let tokens = count_tokens(&block);
         if used + tokens > budget.context_tokens {
-            continue; // a smaller, lower-scored passage may still fit
+            continue; // a smaller, lower-ranked passage may still fit
         }
         used += tokens;
         context.push_str(&block);
@@ -200,11 +199,12 @@ mod tests {
     }
 
     #[test]
-    fn context_is_filled_by_score_within_the_budget() {
-        let hits = [hit(1, &"low ".repeat(50), 0.1), hit(2, "best passage", 0.9), hit(3, "second passage", 0.5)];
+    fn context_is_filled_in_rank_order_within_the_budget() {
+        // A reranked list: its order, not the retrieval scores, is the rank.
+        let hits = [hit(2, "best passage", 0.5), hit(1, &"long ".repeat(50), 0.9), hit(3, "second passage", 0.1)];
         let prompt = build(&hits, &[], "q", Budget { context_tokens: 30, history_tokens: 100 });
         let ids: Vec<u128> = prompt.passages.iter().map(|h| h.chunk_id.as_u128()).collect();
-        assert_eq!(ids, [2, 3], "the long low-scoring passage does not fit");
+        assert_eq!(ids, [2, 3], "the long passage does not fit; the next one that fits does");
         assert!(prompt.messages[0].content.contains("[1] doc 2\nbest passage"));
     }
 

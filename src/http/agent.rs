@@ -38,6 +38,11 @@ pub struct AgentRequest {
     /// Server-Sent Events: a `step` event per tool call as it happens, then `done` with the whole reply.
     #[serde(default)]
     stream: bool,
+    /// Let the chat model reorder the passages each search finds (one short model
+    /// call, metered as endpoint `rerank`). Default true; has no effect with the
+    /// local provider or with `RERANK_CANDIDATES=0`.
+    #[serde(default = "crate::http::chat::yes")]
+    rerank: bool,
 }
 
 /// Answers with a bounded tool-using loop; returns the answer, citations and the trace of tool calls.
@@ -59,7 +64,13 @@ pub async fn run_agent(
         // Settle what can be refused before the stream's 200 is sent.
         crate::store::conversations::get(&state.db, tenant.id, id).await?.ok_or(Error::NotFound("conversation"))?;
     }
-    let input = AgentInput { message: request.message, conversation_id: request.conversation_id, max_steps, scope };
+    let input = AgentInput {
+        message: request.message,
+        conversation_id: request.conversation_id,
+        max_steps,
+        scope,
+        rerank: request.rerank,
+    };
     if !request.stream {
         return Ok(AppJson(agent::run(&state, &tenant, input, None).await?).into_response());
     }

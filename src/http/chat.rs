@@ -45,9 +45,14 @@ pub struct ChatRequest {
     /// undo it?" retrieves what "it" is. Default true; no effect on a first message.
     #[serde(default = "yes")]
     rewrite_query: bool,
+    /// Let the chat model reorder the retrieved passages before answering (one
+    /// short model call, metered as endpoint `rerank`). Default true; has no
+    /// effect with the local provider or with `RERANK_CANDIDATES=0`.
+    #[serde(default = "yes")]
+    rerank: bool,
 }
 
-fn yes() -> bool {
+pub(crate) fn yes() -> bool {
     true
 }
 
@@ -67,6 +72,7 @@ pub async fn chat(
         scope,
         history: None,
         rewrite_query: request.rewrite_query,
+        rerank: request.rerank,
     };
     if !request.stream {
         return Ok(AppJson(chat::respond(&state, &tenant, input).await?).into_response());

@@ -75,8 +75,14 @@ pub async fn chat_completions(
         name => Some(name.to_string()),
     };
     let scope = Scope { tenant_id: tenant.id, collection, metadata_any: vec![] };
-    let input =
-        ChatInput { message: question, conversation_id: None, scope, history: Some(history), rewrite_query: true };
+    let input = ChatInput {
+        message: question,
+        conversation_id: None,
+        scope,
+        history: Some(history),
+        rewrite_query: true,
+        rerank: true,
+    };
     let id = format!("chatcmpl-{}", Uuid::now_v7().simple());
     let created = chrono::Utc::now().timestamp();
     let model = request.model;

@@ -31,11 +31,19 @@ pub struct SearchRequest {
     /// `hybrid` (default), `vector` or `keyword`.
     #[serde(default)]
     mode: Mode,
+    /// Let the chat model reorder the best candidates (one short model call,
+    /// metered as endpoint `rerank`). Default false here; chat, suggest and the
+    /// agent rerank by default.
+    #[serde(default)]
+    rerank: bool,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SearchResponse {
     results: Vec<Hit>,
+    /// Whether the results are in the reranker's order (false when not asked,
+    /// with the local provider, or when the reranking call failed).
+    reranked: bool,
 }
 
 /// Finds the chunks that best match the query.
@@ -54,7 +62,14 @@ pub async fn search(
         return Err(Error::invalid("query is empty"));
     }
     let scope = retrieval::scope(tenant.id, request.collection, request.filter.as_ref())?;
-    let query = retrieval::Query { text: &request.query, k, mode: request.mode, scope, min_similarity: None };
-    let results = retrieval::search(&state, &tenant.call_context("search", None), query).await?;
-    Ok(AppJson(SearchResponse { results }))
+    let query = retrieval::Query {
+        text: &request.query,
+        k,
+        mode: request.mode,
+        scope,
+        min_similarity: None,
+        rerank: request.rerank,
+    };
+    let retrieved = retrieval::search(&state, &tenant.call_context("search", None), query).await?;
+    Ok(AppJson(SearchResponse { results: retrieved.hits, reranked: retrieved.reranked }))
 }

@@ -30,6 +30,11 @@ pub struct SuggestRequest {
     collection: Option<String>,
     #[schema(value_type = Option<Object>)]
     filter: Option<serde_json::Value>,
+    /// Let the chat model reorder the retrieved passages first (one short model
+    /// call, metered as endpoint `rerank`). Default true; has no effect with the
+    /// local provider or with `RERANK_CANDIDATES=0`.
+    #[serde(default = "crate::http::chat::yes")]
+    rerank: bool,
 }
 
 /// Likely follow-up questions that the tenant's documents can answer, each with its source.
@@ -45,6 +50,7 @@ pub async fn suggest_questions(
         return Err(Error::invalid("n must be between 1 and 5"));
     }
     let scope = retrieval::scope(tenant.id, request.collection, request.filter.as_ref())?;
-    let input = SuggestInput { text: request.text, conversation_id: request.conversation_id, n, scope };
+    let input =
+        SuggestInput { text: request.text, conversation_id: request.conversation_id, n, scope, rerank: request.rerank };
     Ok(AppJson(suggest::suggest(&state, &tenant, input).await?))
 }

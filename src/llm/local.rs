@@ -107,6 +107,7 @@ pub fn chat(request: &ChatRequest) -> ChatOutput {
         Task::Summarize => return ChatOutput { content: lead_summary(&request.messages), tool_calls: vec![] },
         Task::Suggest => return ChatOutput { content: suggested_questions(&request.messages), tool_calls: vec![] },
         Task::RewriteQuery => return ChatOutput { content: standalone_query(&request.messages), tool_calls: vec![] },
+        Task::Rerank => return ChatOutput { content: rank_by_overlap(&request.messages), tool_calls: vec![] },
         Task::Answer => {}
     }
     let question =
@@ -147,6 +148,27 @@ fn standalone_query(messages: &[ChatMessage]) -> String {
         }
     }
     query
+}
+
+/// The numbers of the listed passages (`Query: ...` then `[n] ...`) that share a
+/// word with the query, most shared words first. Chat never asks the local
+/// provider for this (see `Gateway::reranks`); the fake server answers rerank
+/// prompts with it.
+fn rank_by_overlap(messages: &[ChatMessage]) -> String {
+    let listing = messages.iter().rev().find(|m| m.role == Role::User).map_or("", |m| m.content.as_str());
+    let (query, rest) = listing.split_once("\n").unwrap_or((listing, ""));
+    let wanted: Vec<String> = content_words(query.trim_start_matches("Query:")).map(|w| stem(&w).to_string()).collect();
+    let mut ranked: Vec<(usize, &str)> = passages(rest)
+        .into_iter()
+        .map(|p| {
+            let words: Vec<String> = content_words(p.text).map(|w| stem(&w).to_string()).collect();
+            (wanted.iter().filter(|w| words.contains(w)).count(), p.number)
+        })
+        .filter(|(shared, _)| *shared > 0)
+        .collect();
+    // Stable: ties keep the listing's order.
+    ranked.sort_by_key(|(shared, _)| std::cmp::Reverse(*shared));
+    ranked.iter().map(|(_, number)| *number).collect::<Vec<_>>().join(", ")
 }
 
 /// An extractive "lead" summary: the opening sentences (two per passage, three in all).
@@ -279,6 +301,13 @@ mod tests {
         ];
         assert_eq!(standalone_query(&messages), "and how do I undo it? make git commit");
         assert_eq!(standalone_query(&messages[..2]), "How do I make a git commit?", "nothing to lean on");
+    }
+
+    #[test]
+    fn the_rerank_stand_in_names_passages_sharing_query_words_most_first() {
+        let listing = "Query: lighthouse lamp keeper\n\nPassages:\n[1] a\nA lighthouse.\n\n[2] b\nNothing here.\n\n[3] c\nThe keeper lights the lighthouse lamp.";
+        let messages = [ChatMessage::system(crate::retrieval::rerank::SYSTEM_PROMPT), ChatMessage::user(listing)];
+        assert_eq!(rank_by_overlap(&messages), "3, 1");
     }
 
     fn cosine(a: &[f32], b: &[f32]) -> f32 {

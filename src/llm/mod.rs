@@ -127,6 +127,8 @@ pub enum Task {
     /// Rewrite the last user message, which may lean on the conversation before
     /// it ("and how do I undo it?"), into a standalone search query.
     RewriteQuery,
+    /// Name the numbered passages that answer the query, best first.
+    Rerank,
 }
 
 /// What a provider produced; token counts are added by the gateway.
@@ -258,6 +260,13 @@ impl Gateway {
     /// follow-up plus the previous question's words, which the fake server
     /// answers with) retrieved worse than the follow-up alone in `make eval`.
     pub fn rewrites_queries(&self) -> bool {
+        matches!(self.provider, Provider::OpenAi(_))
+    }
+    /// Whether retrieved candidates can be reranked by the chat model. Not by the
+    /// local provider: it has no language model, and reordering passages by its
+    /// word-overlap stand-in (which the fake server answers with) would only
+    /// undo the semantic ranking of its embedding model.
+    pub fn reranks(&self) -> bool {
         matches!(self.provider, Provider::OpenAi(_))
     }
     /// For the local provider: why it embeds with hashed word features instead of a

@@ -54,6 +54,8 @@ pub struct Stats {
     pub embedded_inputs: u64,
     pub embedded_tokens: u64,
     pub chat_requests: u64,
+    /// Of the chat requests, those asking to rerank passages.
+    pub rerank_requests: u64,
     /// Streams the client closed before the last event.
     pub chat_streams_cancelled: u64,
     pub rate_limited: u64,
@@ -147,6 +149,10 @@ struct Shared {
     stream_gap: Duration,
     /// The messages of the last chat request, as received.
     last_chat_messages: Vec<Value>,
+    /// The passage listing of the last rerank request.
+    last_rerank_listing: String,
+    /// What rerank requests are answered with, instead of the local word-overlap ranking.
+    rerank_reply: Option<String>,
     stats: Stats,
     in_flight: u64,
     /// Arrival times of embedding requests that were served.
@@ -219,6 +225,16 @@ impl FakeOpenAi {
     /// The messages of the most recent chat request.
     pub fn last_chat_messages(&self) -> Vec<Value> {
         self.shared.lock().unwrap().last_chat_messages.clone()
+    }
+
+    /// The passage listing (`Query: ...` then `[n] ...`) of the most recent rerank request.
+    pub fn last_rerank_listing(&self) -> String {
+        self.shared.lock().unwrap().last_rerank_listing.clone()
+    }
+
+    /// Answer rerank requests with `reply` (`None`: rank by word overlap, as the local provider would).
+    pub fn set_rerank_reply(&self, reply: Option<&str>) {
+        self.shared.lock().unwrap().rerank_reply = reply.map(str::to_string);
     }
 
     pub fn set_default_dimensions(&self, dims: usize) {
@@ -463,7 +479,7 @@ fn to_request(body: &ChatBody) -> ChatRequest {
 }
 
 /// Like a real model, the fake reads what is asked from the prompt: the
-/// opening words of stolid's summary, suggestion and query-rewrite prompts.
+/// opening words of stolid's summary, suggestion, query-rewrite and rerank prompts.
 fn task_of(messages: &[ChatMessage]) -> Task {
     let system_starts = |words: &str| messages.iter().any(|m| m.role == Role::System && m.content.starts_with(words));
     if system_starts("Summarize the document") {
@@ -472,6 +488,8 @@ fn task_of(messages: &[ChatMessage]) -> Task {
         Task::Suggest
     } else if system_starts("You rewrite a user's follow-up question") {
         Task::RewriteQuery
+    } else if system_starts("You rank search results") {
+        Task::Rerank
     } else {
         Task::Answer
     }
@@ -488,7 +506,15 @@ async fn chat(State(shared): State<Arc<Mutex<Shared>>>, _headers: HeaderMap, Jso
         s.last_chat_messages = body.messages.clone();
     }
     let request = to_request(&body);
-    let (output, prompt_tokens, completion_tokens) = local::chat_counted(&request);
+    let (mut output, prompt_tokens, completion_tokens) = local::chat_counted(&request);
+    if request.task == Task::Rerank {
+        let mut s = shared.lock().unwrap();
+        s.stats.rerank_requests += 1;
+        s.last_rerank_listing = request.messages.last().map(|m| m.content.clone()).unwrap_or_default();
+        if let Some(reply) = &s.rerank_reply {
+            output.content = reply.clone();
+        }
+    }
     let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens});
     let tool_calls: Vec<Value> = output
         .tool_calls

@@ -49,7 +49,8 @@ async fn the_agent_searches_then_answers_with_citations_and_a_trace() {
     assert_eq!(steps, 2, "each step is a model call recorded under the request id");
 }
 
-/// The loop is bounded: with one step allowed, a model that still wants a tool is cut off.
+/// The loop is bounded: with one step allowed, a model that still wants a tool
+/// is cut off, and the tool it asked for is shown in the trace but not run.
 #[tokio::test]
 async fn the_agent_stops_at_max_steps() {
     let (app, fake) = spawn_app_with_fake(Options::default()).await;
@@ -57,7 +58,8 @@ async fn the_agent_stops_at_max_steps() {
     let reply: Value = app.post_json("/v1/agent", &json!({"message": "vacation days?", "max_steps": 1})).await;
     assert_eq!(reply["stop_reason"], "max_steps", "{reply}");
     assert_eq!(reply["steps"], 1);
-    assert_eq!(fake.stats().chat_requests, 1);
+    assert_eq!(reply["trace"][0]["result"], "not run: no step left", "{reply}");
+    assert_eq!(fake.stats().chat_requests, 1, "the tool it still wanted is not run: its search would be wasted");
     let too_many = app.post("/v1/agent").json(&json!({"message": "x", "max_steps": 50})).send().await.unwrap();
     assert_eq!(too_many.status(), 422);
 }

@@ -71,8 +71,10 @@ async fn chat_answers_with_citations_and_keeps_the_conversation() {
             .fetch_one(&app.state.db)
             .await
             .unwrap();
-    // The two answers, and the rewrite of the second message into a standalone query.
-    assert_eq!(per_conversation, 3, "model calls carry the conversation id");
+    // The two answers, the rewrite of the second message into a standalone
+    // query, and a rerank for each turn that retrieved two passages or more.
+    let reranks = fake.stats().rerank_requests as i64;
+    assert_eq!(per_conversation, 3 + reranks, "model calls carry the conversation id");
     let deleted =
         app.client.delete(app.url(&format!("/v1/conversations/{id}"))).bearer_auth(&app.api_key).send().await.unwrap();
     assert_eq!(deleted.status(), 204);
@@ -203,7 +205,8 @@ async fn conversations_never_cross_tenants() {
 /// pronoun and finds the wrong passage.
 #[tokio::test]
 async fn a_follow_up_is_rewritten_into_a_standalone_query_before_retrieval() {
-    // One passage per turn: the answer can only cite what retrieval ranked first.
+    // One passage per turn, in retrieval's order (no rerank): the answer can
+    // only cite what the (rewritten) query ranked first.
     let env = HashMap::from([("CHAT_TOP_K", "1".to_string())]);
     let (app, fake) = spawn_app_with_fake(Options { env, ..Default::default() }).await;
     let docs = [
@@ -224,7 +227,7 @@ async fn a_follow_up_is_rewritten_into_a_standalone_query_before_retrieval() {
         let requests_before = fake.stats().chat_requests;
         let follow_up = chat(
             &app,
-            json!({"message": "and how do I undo it?", "conversation_id": conversation, "rewrite_query": rewrite}),
+            json!({"message": "and how do I undo it?", "conversation_id": conversation, "rewrite_query": rewrite, "rerank": false}),
         )
         .await;
         let calls = fake.stats().chat_requests - requests_before;
@@ -236,4 +239,59 @@ async fn a_follow_up_is_rewritten_into_a_standalone_query_before_retrieval() {
             assert_eq!(cited(&follow_up).first().map(String::as_str), Some("editor"), "{follow_up}");
         }
     }
+}
+
+/// The titles of a passage listing (`[n] title › headings` lines), in order.
+fn listed_titles(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|line| line.strip_prefix('[')?.split_once("] "))
+        .filter(|(number, _)| number.chars().all(|c| c.is_ascii_digit()))
+        .map(|(_, source)| source.split(" › ").next().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// The chat model reorders the retrieved passages before the answer is asked
+/// for: the answer's context follows the reranker's order (the passages it
+/// named, then the others as retrieved), the call is metered as `rerank` in the
+/// conversation, `rerank: false` skips it, and a reply naming no passage keeps
+/// the retrieval order.
+#[tokio::test]
+async fn the_chat_model_reranks_the_passages_before_answering() {
+    let (app, fake) = spawn_app_with_fake(Options::default()).await;
+    let docs = [
+        ("keeper", "The lighthouse keeper lights the lamp at dusk."),
+        ("cliff", "A lighthouse stands on the northern cliff."),
+        ("lens", "Lighthouse lenses were made by Fresnel."),
+    ];
+    app.index_all(docs.iter().map(|(title, text)| json!({"text": text, "title": title}))).await;
+    let ask = json!({"message": "Tell me about the lighthouse"});
+    let answer_context = || listed_titles(fake.last_chat_messages()[0]["content"].as_str().unwrap());
+
+    fake.set_rerank_reply(Some("3, 1"));
+    let reply = chat(&app, ask.clone()).await;
+    let retrieved = listed_titles(&fake.last_rerank_listing());
+    assert_eq!(retrieved.len(), 3, "every match is a candidate: {retrieved:?}");
+    assert_eq!(
+        answer_context(),
+        [retrieved[2].clone(), retrieved[0].clone(), retrieved[1].clone()],
+        "the reranker's order"
+    );
+    assert_eq!((fake.stats().rerank_requests, fake.stats().chat_requests), (1, 2));
+    app.state.gateway.recorder().flush().await;
+    let metered: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM model_calls WHERE endpoint = 'rerank' AND conversation_id = $1::uuid")
+            .bind(reply["conversation_id"].as_str().unwrap())
+            .fetch_one(&app.state.db)
+            .await
+            .unwrap();
+    assert_eq!(metered, 1, "the rerank call counts in the conversation's cost");
+
+    let skipped = chat(&app, json!({"message": "Tell me about the lighthouse", "rerank": false})).await;
+    assert!(!skipped["citations"].as_array().unwrap().is_empty(), "{skipped}");
+    assert_eq!((fake.stats().rerank_requests, fake.stats().chat_requests), (1, 3), "no rerank call");
+
+    fake.set_rerank_reply(Some("I cannot rank these."));
+    let kept = chat(&app, ask).await;
+    assert!(!kept["citations"].as_array().unwrap().is_empty(), "{kept}");
+    assert_eq!(answer_context(), listed_titles(&fake.last_rerank_listing()), "the retrieval order is kept");
 }

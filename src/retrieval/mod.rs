@@ -1,6 +1,9 @@
 //! Retrieval: turn a query into ranked chunks. `vector` (HNSW cosine),
-//! `keyword` (Postgres full-text) or `hybrid` (both, fused with reciprocal rank
-//! fusion). Used by `/v1/search` and, later, by chat, suggest and the agent.
+//! `keyword` (Postgres full-text) or `hybrid` (both, fused by a convex
+//! combination of their normalised scores), then optionally reranked by the chat model (see [`rerank`]). Used by
+//! `/v1/search`, chat, suggest and the agent.
+
+pub mod rerank;
 
 use std::collections::HashMap;
 
@@ -24,6 +27,10 @@ pub enum Mode {
 
 /// The constant of reciprocal rank fusion: 60, as in the original paper.
 const RRF_K: f64 = 60.0;
+
+/// The vector list's share of a hybrid score; the keyword list has the rest.
+/// Equal shares did best in `make eval` (0.4 to 0.6 all beat rank fusion).
+const VECTOR_WEIGHT: f64 = 0.5;
 
 /// Parses a metadata filter: `{"key": value}` for equality, `{"key": {"in": [v1, v2]}}`
 /// for membership. Every key must match.
@@ -54,7 +61,34 @@ pub fn scope(tenant_id: Uuid, collection: Option<String>, filter: Option<&serde_
     Ok(Scope { tenant_id, collection, metadata_any })
 }
 
-/// Fuses ranked lists: each hit scores the sum of 1 / (60 + rank) over the lists it is in.
+/// Fuses the vector and keyword lists of a hybrid search: each hit scores
+/// `w * v + (1 - w) * k`, where `v` and `k` are its scores min-max normalised
+/// over their own list (1 for the best, 0 for the weakest or when absent).
+///
+/// Unlike rank fusion, this keeps how far apart the scores are: a passage only
+/// one list finds, far ahead in it, beats two weak matches that both lists rank
+/// mid-table. On the labelled set (`make eval`) it put the answering page first
+/// for 0.66 of the questions against 0.60 with reciprocal rank fusion, with
+/// hit@5 unchanged (0.90) and hit@10 0.96 against 0.93.
+pub fn score_fusion(vector: Vec<Hit>, keyword: Vec<Hit>, k: usize) -> Vec<Hit> {
+    let mut fused: HashMap<Uuid, Hit> = HashMap::new();
+    for (list, weight) in [(vector, VECTOR_WEIGHT), (keyword, 1.0 - VECTOR_WEIGHT)] {
+        let (low, high) =
+            list.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), h| (lo.min(h.score), hi.max(h.score)));
+        for hit in list {
+            let normalised = if high > low { (hit.score - low) / (high - low) } else { 1.0 };
+            let score = weight * normalised;
+            fused.entry(hit.chunk_id).and_modify(|h| h.score += score).or_insert(Hit { score, ..hit });
+        }
+    }
+    let mut hits: Vec<Hit> = fused.into_values().collect();
+    hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.chunk_id.cmp(&b.chunk_id)));
+    hits.truncate(k);
+    hits
+}
+
+/// Fuses ranked lists whose scores are not comparable (one per embedding model
+/// during a re-index): each hit scores the sum of 1 / (60 + rank) over the lists it is in.
 pub fn reciprocal_rank_fusion(lists: Vec<Vec<Hit>>, k: usize) -> Vec<Hit> {
     let mut fused: HashMap<Uuid, Hit> = HashMap::new();
     for list in lists {
@@ -77,10 +111,22 @@ pub struct Query<'a> {
     /// Drop vector hits less similar than this (cosine): nearest neighbours always
     /// exist, relevant ones may not. Chat uses it to say "not found" honestly.
     pub min_similarity: Option<f64>,
+    /// Let the chat model reorder the best candidates (when the provider has one
+    /// and `RERANK_CANDIDATES` is not zero).
+    pub rerank: bool,
 }
 
-pub async fn search(state: &AppState, ctx: &CallContext, query: Query<'_>) -> Result<Vec<Hit>> {
-    let k = query.k as i64;
+pub struct Retrieved {
+    pub hits: Vec<Hit>,
+    /// Whether the reranker's order was applied.
+    pub reranked: bool,
+}
+
+pub async fn search(state: &AppState, ctx: &CallContext, query: Query<'_>) -> Result<Retrieved> {
+    let rerank = query.rerank && state.config.rerank.candidates > 0 && state.gateway.reranks();
+    // The reranker sees more candidates than most callers keep.
+    let wanted = if rerank { query.k.max(state.config.rerank.candidates) } else { query.k };
+    let k = wanted as i64;
     // Hybrid fuses deeper candidate lists than it returns.
     let depth = if query.mode == Mode::Hybrid { (k * 4).max(20) } else { k };
     // Embed before taking a connection: a slow model must never hold one of
@@ -119,16 +165,38 @@ pub async fn search(state: &AppState, ctx: &CallContext, query: Query<'_>) -> Re
         search::keyword(&mut tx, &query.scope, query.text, depth).await?
     };
     tx.commit().await?;
-    Ok(match query.mode {
+    let hits = match query.mode {
         Mode::Vector => vector_hits,
         Mode::Keyword => keyword_hits,
-        Mode::Hybrid => reciprocal_rank_fusion(vec![vector_hits, keyword_hits], query.k),
-    })
+        Mode::Hybrid => score_fusion(vector_hits, keyword_hits, wanted),
+    };
+    let (mut hits, reranked) = if rerank { rerank::rerank(state, ctx, query.text, hits).await } else { (hits, false) };
+    hits.truncate(query.k);
+    Ok(Retrieved { hits, reranked })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn scored(id: u128, score: f64) -> Hit {
+        Hit { score, ..hit(id) }
+    }
+
+    #[test]
+    fn score_fusion_keeps_a_strong_match_of_one_list_above_weak_matches_of_both() {
+        // 1 is far ahead in the vector list only; 2 and 3 are middling in both.
+        let vector = vec![scored(1, 0.9), scored(2, 0.5), scored(3, 0.45), scored(4, 0.4)];
+        let keyword = vec![scored(5, 12.0), scored(2, 7.0), scored(3, 6.5), scored(6, 1.0)];
+        let fused = score_fusion(vector.clone(), keyword.clone(), 10);
+        let ids: Vec<u128> = fused.iter().map(|h| h.chunk_id.as_u128()).collect();
+        assert_eq!(ids[..4], [1, 5, 2, 3], "each list's best first (tied, by id), then the middling pair");
+        assert!((fused[0].score - 0.5).abs() < 1e-12, "best of one list, absent from the other");
+        let by_rank = reciprocal_rank_fusion(vec![vector, keyword], 10);
+        assert_eq!(by_rank[0].chunk_id.as_u128(), 2, "rank fusion prefers the middling match found twice");
+        let single = score_fusion(vec![scored(7, 0.3)], vec![], 10);
+        assert_eq!(single[0].score, 0.5, "a list of one is its own best");
+    }
 
     fn hit(id: u128) -> Hit {
         Hit {
