@@ -234,8 +234,15 @@ async fn main() -> anyhow::Result<()> {
         let body = serde_json::json!({ "message": q.question });
         let response = post(&client, &format!("{}/v1/chat", server.base), &key, &body).await?;
         let citations = response["citations"].as_array().cloned().unwrap_or_default();
-        if citations.iter().any(|c| c["document_id"].as_str().and_then(|id| pages.get(id)) == Some(&expected(q))) {
+        let cited_pages: Vec<&str> = citations
+            .iter()
+            .filter_map(|c| c["document_id"].as_str().and_then(|id| pages.get(id)))
+            .map(String::as_str)
+            .collect();
+        if cited_pages.contains(&expected(q).as_str()) {
             cited += 1;
+        } else if options.contains_key("misses") {
+            eprintln!("[eval] chat: {:<60} want {}, cited {:?}", q.question, expected(q), cited_pages);
         }
     }
 
