@@ -4,15 +4,17 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-/// The command line's `--key value` pairs, keys without the dashes.
+/// The command line's `--key value` pairs and `--flag`s (value empty), keys without the dashes.
 pub fn options() -> HashMap<String, String> {
-    let raw: Vec<String> = std::env::args().skip(1).collect();
-    raw.chunks(2)
-        .filter_map(|pair| match pair {
-            [k, v] => Some((k.trim_start_matches("--").to_string(), v.clone())),
-            _ => None,
-        })
-        .collect()
+    let mut args = std::env::args().skip(1).peekable();
+    let mut options = HashMap::new();
+    while let Some(arg) = args.next() {
+        let Some(name) = arg.strip_prefix("--") else { continue };
+        // A flag (`--misses`) has no value: the next argument is another option.
+        let value = args.next_if(|next| !next.starts_with("--")).unwrap_or_default();
+        options.insert(name.to_string(), value);
+    }
+    options
 }
 
 /// `rustc --print sysroot`/share/doc/rust/html: the books shipped with the toolchain.
