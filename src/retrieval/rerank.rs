@@ -5,9 +5,9 @@
 //! model reading the query next to each passage tells an answer from a passage
 //! that merely shares its words. One listwise call sees the top
 //! `RERANK_CANDIDATES` (20) passages, each cut to a short snippet, and replies
-//! with their numbers best first: a prompt of ~2k tokens and a reply of a few,
-//! metered like every model call (endpoint `rerank`, with the caller's request
-//! and conversation ids).
+//! with their numbers best first: a prompt of up to ~3k tokens (twenty
+//! snippets of 500 characters) and a reply of a few, metered like every model
+//! call (endpoint `rerank`, with the caller's request and conversation ids).
 //!
 //! The reranker can only promote: passages it leaves out keep their retrieval
 //! order after the ones it named, so a terse or garbled reply never loses
