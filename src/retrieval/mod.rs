@@ -1,7 +1,7 @@
 //! Retrieval: turn a query into ranked chunks. `vector` (HNSW cosine),
 //! `keyword` (Postgres full-text) or `hybrid` (both, fused by a convex
-//! combination of their normalised scores), then optionally reranked by the chat model (see [`rerank`]). Used by
-//! `/v1/search`, chat, suggest and the agent.
+//! combination of their normalised scores), then optionally reranked by the
+//! chat model (see [`rerank`]). Used by `/v1/search`, chat, suggest and the agent.
 
 pub mod rerank;
 
