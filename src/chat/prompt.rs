@@ -43,7 +43,7 @@ pub fn build(hits: &[Hit], history: &[Turn], question: &str, budget: Budget) -> 
     let mut context = String::new();
     let mut used = 0;
     for hit in hits {
-        let block = format!("\n[{}] {}\n{}\n", passages.len() + 1, source_label(hit), hit.content);
+        let block = format!("\n[{}] {}\n{}\n", passages.len() + 1, hit.source_label(), hit.content);
         let tokens = count_tokens(&block);
         if used + tokens > budget.context_tokens {
             continue; // a smaller, lower-ranked passage may still fit
@@ -104,14 +104,6 @@ pub fn rewrite_request(history: &[Turn], question: &str) -> ChatRequest {
         temperature: Some(0.0),
         task: Task::RewriteQuery,
         ..Default::default()
-    }
-}
-
-fn source_label(hit: &Hit) -> String {
-    if hit.heading_path.is_empty() {
-        hit.title.clone()
-    } else {
-        format!("{} › {}", hit.title, hit.heading_path.join(" › "))
     }
 }
 

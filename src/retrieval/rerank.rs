@@ -32,13 +32,8 @@ pub const SYSTEM_PROMPT: &str = "You rank search results. Given a query and numb
 pub fn request(query: &str, hits: &[Hit], model: Option<String>) -> ChatRequest {
     let mut listing = format!("Query: {}\n\nPassages:\n", query.trim());
     for (i, hit) in hits.iter().enumerate() {
-        let mut source = hit.title.clone();
-        for heading in &hit.heading_path {
-            source.push_str(" › ");
-            source.push_str(heading);
-        }
         let snippet: String = hit.content.chars().take(SNIPPET_CHARS).collect();
-        listing.push_str(&format!("[{}] {source}\n{}\n\n", i + 1, snippet.trim()));
+        listing.push_str(&format!("[{}] {}\n{}\n\n", i + 1, hit.source_label(), snippet.trim()));
     }
     ChatRequest {
         task: Task::Rerank,

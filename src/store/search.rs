@@ -21,6 +21,17 @@ pub struct Hit {
     pub score: f64,
 }
 
+impl Hit {
+    /// Where the passage comes from, as prompts show it: `title › heading › heading`.
+    pub fn source_label(&self) -> String {
+        if self.heading_path.is_empty() {
+            self.title.clone()
+        } else {
+            format!("{} › {}", self.title, self.heading_path.join(" › "))
+        }
+    }
+}
+
 /// Restrictions every search applies in SQL: tenant always, collection and
 /// metadata when given.
 #[derive(Debug, Clone, Default)]
