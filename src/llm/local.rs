@@ -93,6 +93,17 @@ fn stem(word: &str) -> &str {
     word.strip_suffix('s').filter(|w| w.len() > 2).unwrap_or(word)
 }
 
+/// The content words of `text`, stemmed.
+fn stems(text: &str) -> Vec<String> {
+    content_words(text).map(|w| stem(&w).to_string()).collect()
+}
+
+/// How many of `wanted` (stems) occur in `text`.
+fn overlap(wanted: &[String], text: &str) -> usize {
+    let words = stems(text);
+    wanted.iter().filter(|w| words.contains(w)).count()
+}
+
 /// [`chat`] with token counts as a remote provider would report them.
 pub fn chat_counted(request: &ChatRequest) -> (ChatOutput, u32, u32) {
     let output = chat(request);
@@ -157,13 +168,10 @@ fn standalone_query(messages: &[ChatMessage]) -> String {
 fn rank_by_overlap(messages: &[ChatMessage]) -> String {
     let listing = messages.iter().rev().find(|m| m.role == Role::User).map_or("", |m| m.content.as_str());
     let (query, rest) = listing.split_once("\n").unwrap_or((listing, ""));
-    let wanted: Vec<String> = content_words(query.trim_start_matches("Query:")).map(|w| stem(&w).to_string()).collect();
+    let wanted = stems(query.trim_start_matches("Query:"));
     let mut ranked: Vec<(usize, &str)> = passages(rest)
         .into_iter()
-        .map(|p| {
-            let words: Vec<String> = content_words(p.text).map(|w| stem(&w).to_string()).collect();
-            (wanted.iter().filter(|w| words.contains(w)).count(), p.number)
-        })
+        .map(|p| (overlap(&wanted, p.text), p.number))
         .filter(|(shared, _)| *shared > 0)
         .collect();
     // Stable: ties keep the listing's order.
@@ -210,12 +218,7 @@ fn suggested_questions(messages: &[ChatMessage]) -> String {
 
 /// The sentences of the context that best overlap the question, each cited.
 fn extractive_answer(question: &str, messages: &[ChatMessage]) -> String {
-    let stems = |text: &str| -> Vec<String> { content_words(text).map(|w| stem(&w).to_string()).collect() };
     let wanted = stems(question);
-    let overlap = |text: &str| {
-        let words = stems(text);
-        wanted.iter().filter(|w| words.contains(w)).count()
-    };
     // Passages arrive best first, ranked by more than word overlap: the answer
     // leads with the first passage about the question (by its text, or by the
     // title and headings of its source line), quoting its best sentence or,
@@ -228,7 +231,7 @@ fn extractive_answer(question: &str, messages: &[ChatMessage]) -> String {
             let body: Vec<&str> = sentences(passage.body()).collect();
             let mut best: Option<(usize, &str)> = None;
             for sentence in &body {
-                let score = overlap(sentence);
+                let score = overlap(&wanted, sentence);
                 if score > 0 {
                     scored.push((score, scored.len(), sentence.to_string(), passage.number));
                     if best.is_none_or(|(top, _)| score > top) {
@@ -237,7 +240,7 @@ fn extractive_answer(question: &str, messages: &[ChatMessage]) -> String {
                 }
             }
             if lead.is_none()
-                && overlap(passage.text) > 0
+                && overlap(&wanted, passage.text) > 0
                 && let Some(sentence) = best.map(|(_, s)| s).or(body.first().copied())
             {
                 lead = Some((sentence.to_string(), passage.number));
