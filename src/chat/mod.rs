@@ -82,7 +82,7 @@ pub async fn prepare(state: &AppState, tenant: &Tenant, input: &ChatInput) -> Re
     };
     let chat = &state.config.chat;
     let ctx = tenant.call_context("chat", conversation_id);
-    let rewrite = input.rewrite_query && state.gateway.rewrites_queries();
+    let rewrite = input.rewrite_query && state.gateway.has_language_model();
     let standalone = if rewrite && history.iter().any(|t| t.role == Role::User) {
         standalone_query(state, &ctx, &history, &input.message).await
     } else {

@@ -144,7 +144,7 @@ pub fn chat(request: &ChatRequest) -> ChatOutput {
 /// before it that it does not repeat: a follow-up ("and how do I undo it?")
 /// then still carries what "it" was about. Without an earlier question, the
 /// message as it is. Chat never asks the local provider for this (see
-/// `Gateway::rewrites_queries`); the fake server answers rewrite prompts with it.
+/// `Gateway::has_language_model`); the fake server answers rewrite prompts with it.
 fn standalone_query(messages: &[ChatMessage]) -> String {
     let mut asked = messages.iter().rev().filter(|m| m.role == Role::User).map(|m| m.content.as_str());
     let question = asked.next().unwrap_or_default();
@@ -163,7 +163,7 @@ fn standalone_query(messages: &[ChatMessage]) -> String {
 
 /// The numbers of the listed passages (`Query: ...` then `[n] ...`) that share a
 /// word with the query, most shared words first. Chat never asks the local
-/// provider for this (see `Gateway::reranks`); the fake server answers rerank
+/// provider for this (see `Gateway::has_language_model`); the fake server answers rerank
 /// prompts with it.
 fn rank_by_overlap(messages: &[ChatMessage]) -> String {
     let listing = messages.iter().rev().find(|m| m.role == Role::User).map_or("", |m| m.content.as_str());

@@ -255,18 +255,13 @@ impl Gateway {
     pub fn provider_name(&self) -> &'static str {
         self.config.provider.as_str()
     }
-    /// Whether the chat model can rewrite a follow-up into a standalone query. The
-    /// local provider cannot: it has no language model, and its stand-in (the
-    /// follow-up plus the previous question's words, which the fake server
-    /// answers with) retrieved worse than the follow-up alone in `make eval`.
-    pub fn rewrites_queries(&self) -> bool {
-        matches!(self.provider, Provider::OpenAi(_))
-    }
-    /// Whether retrieved candidates can be reranked by the chat model. Not by the
-    /// local provider: it has no language model, and reordering passages by its
-    /// word-overlap stand-in (which the fake server answers with) would only
-    /// undo the semantic ranking of its embedding model.
-    pub fn reranks(&self) -> bool {
+    /// Whether the chat model is a language model, which query rewriting and
+    /// reranking need. The local provider's stand-ins for them (which the fake
+    /// server answers with) are no substitute: its rewrite (the follow-up plus
+    /// the previous question's words) retrieved worse than the follow-up alone
+    /// in `make eval`, and reordering passages by word overlap would only undo
+    /// the semantic ranking of its embedding model.
+    pub fn has_language_model(&self) -> bool {
         matches!(self.provider, Provider::OpenAi(_))
     }
     /// For the local provider: why it embeds with hashed word features instead of a

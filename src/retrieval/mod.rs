@@ -139,7 +139,7 @@ pub struct Retrieved {
 }
 
 pub async fn search(state: &AppState, ctx: &CallContext, query: Query<'_>) -> Result<Retrieved> {
-    let rerank = query.rerank && state.config.rerank.candidates > 0 && state.gateway.reranks();
+    let rerank = query.rerank && state.config.rerank.candidates > 0 && state.gateway.has_language_model();
     // The reranker sees more candidates than most callers keep.
     let wanted = if rerank { query.k.max(state.config.rerank.candidates) } else { query.k };
     let k = wanted as i64;

@@ -13,7 +13,7 @@
 //! order after the ones it named, so a terse or garbled reply never loses
 //! context, and a failed call leaves the retrieval order as it was. The local
 //! provider has no language model, so nothing is reranked there (see
-//! `Gateway::reranks`); no cross-encoder weights are published on the package
+//! `Gateway::has_language_model`); no cross-encoder weights are published on the package
 //! registries this project can fetch from, so there is no local reranker yet.
 
 use crate::llm::{CallContext, ChatMessage, ChatRequest, Task};
