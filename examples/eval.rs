@@ -233,13 +233,8 @@ async fn main() -> anyhow::Result<()> {
     for q in questions.iter().take(chat_count) {
         let body = serde_json::json!({ "message": q.question });
         let response = post(&client, &format!("{}/v1/chat", server.base), &key, &body).await?;
-        let citations = response["citations"].as_array().cloned().unwrap_or_default();
-        let cited_pages: Vec<&str> = citations
-            .iter()
-            .filter_map(|c| c["document_id"].as_str().and_then(|id| pages.get(id)))
-            .map(String::as_str)
-            .collect();
-        if cited_pages.contains(&expected(q).as_str()) {
+        let cited_pages = cited_pages(&response, &pages);
+        if cited_pages.contains(&expected(q)) {
             cited += 1;
         } else if options.contains_key("misses") {
             eprintln!("[eval] chat: {:<60} want {}, cited {:?}", q.question, expected(q), cited_pages);
@@ -257,8 +252,7 @@ async fn main() -> anyhow::Result<()> {
                 "message": q.question, "conversation_id": first["conversation_id"], "rewrite_query": rewrite,
             });
             let response = post(&client, &format!("{}/v1/chat", server.base), &key, &body).await?;
-            let citations = response["citations"].as_array().cloned().unwrap_or_default();
-            if citations.iter().any(|c| c["document_id"].as_str().and_then(|id| pages.get(id)) == Some(&expected(q))) {
+            if cited_pages(&response, &pages).contains(&expected(q)) {
                 followup_cited[i] += 1;
             }
         }
@@ -310,6 +304,12 @@ async fn post(
     body: &serde_json::Value,
 ) -> reqwest::Result<serde_json::Value> {
     client.post(url).bearer_auth(key).json(body).send().await?.error_for_status()?.json().await
+}
+
+/// The pages ("collection/page") a chat reply cites, in citation order.
+fn cited_pages(reply: &serde_json::Value, pages: &HashMap<String, String>) -> Vec<String> {
+    let citations = reply["citations"].as_array().map(Vec::as_slice).unwrap_or_default();
+    citations.iter().filter_map(|c| c["document_id"].as_str().and_then(|id| pages.get(id)).cloned()).collect()
 }
 
 /// The first ten pages in result order, each once: several chunks of one page count as one result.
