@@ -71,15 +71,35 @@ impl<'a> Passage<'a> {
     }
 }
 
+/// The numbered passages of a prompt: each starts on a line `[n] ...`, and runs
+/// to the next passage's line. Passages are numbered in order, so only the
+/// next number starts one: a line of a passage's own text that opens with a
+/// bracket (the Reference's `[type.numeric.int]` rule anchors, a footnote
+/// `[2]`) stays part of it.
 fn passages(text: &str) -> Vec<Passage<'_>> {
-    let mut out = Vec::new();
-    for block in text.split("\n[").map(|b| b.trim_start_matches('[')) {
-        if let Some((number, rest)) = block.split_once(']')
-            && !number.is_empty()
-            && number.chars().all(|c| c.is_ascii_digit())
-        {
-            out.push(Passage { number, text: rest.trim() });
+    let mut out: Vec<Passage<'_>> = Vec::new();
+    let mut current: Option<(&str, usize)> = None; // (number, where its text starts)
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let number = line
+            .strip_prefix('[')
+            .and_then(|rest| rest.split_once(']'))
+            .map(|(number, _)| number)
+            .filter(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
+        let follows = |n: &str| match current {
+            None => true,
+            Some((previous, _)) => previous.parse::<u64>().ok().map(|p| p + 1) == n.parse().ok(),
+        };
+        if let Some(number) = number.filter(|n| follows(n)) {
+            if let Some((previous, start)) = current {
+                out.push(Passage { number: previous, text: text[start..offset].trim() });
+            }
+            current = Some((number, offset + number.len() + 2));
         }
+        offset += line.len();
+    }
+    if let Some((number, start)) = current {
+        out.push(Passage { number, text: text[start..].trim() });
     }
     out
 }
@@ -216,15 +236,18 @@ fn suggested_questions(messages: &[ChatMessage]) -> String {
     lines.join("\n")
 }
 
-/// The sentences of the context that best overlap the question, each cited.
+/// The sentences of the context that best overlap the question, each cited,
+/// at most one from each passage: three passages that each touch the question
+/// say more than three sentences of one.
 fn extractive_answer(question: &str, messages: &[ChatMessage]) -> String {
     let wanted = stems(question);
     // Passages arrive best first, ranked by more than word overlap: the answer
     // leads with the first passage about the question (by its text, or by the
     // title and headings of its source line), quoting its best sentence or,
-    // when only its headings match, its first; then the best overlaps anywhere.
+    // when only its headings match, its first; then the best sentences of the
+    // other passages, best overlap first.
     let mut lead: Option<(String, &str)> = None;
-    let mut scored: Vec<(usize, usize, String, &str)> = Vec::new(); // (score, order, sentence, number)
+    let mut others: Vec<(usize, String, &str)> = Vec::new(); // (overlap, sentence, number), in passage order
     let context = messages.iter().filter(|m| matches!(m.role, Role::System | Role::Tool));
     for message in context {
         for passage in passages(&message.content) {
@@ -232,11 +255,8 @@ fn extractive_answer(question: &str, messages: &[ChatMessage]) -> String {
             let mut best: Option<(usize, &str)> = None;
             for sentence in &body {
                 let score = overlap(&wanted, sentence);
-                if score > 0 {
-                    scored.push((score, scored.len(), sentence.to_string(), passage.number));
-                    if best.is_none_or(|(top, _)| score > top) {
-                        best = Some((score, sentence));
-                    }
+                if score > 0 && best.is_none_or(|(top, _)| score > top) {
+                    best = Some((score, sentence));
                 }
             }
             if lead.is_none()
@@ -244,13 +264,16 @@ fn extractive_answer(question: &str, messages: &[ChatMessage]) -> String {
                 && let Some(sentence) = best.map(|(_, s)| s).or(body.first().copied())
             {
                 lead = Some((sentence.to_string(), passage.number));
+            } else if let Some((score, sentence)) = best {
+                others.push((score, sentence.to_string(), passage.number));
             }
         }
     }
-    scored.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    // Stable: equal overlaps keep the passages' order.
+    others.sort_by_key(|(score, _, _)| std::cmp::Reverse(*score));
     let mut seen = Vec::new();
     let mut answer = Vec::new();
-    for (sentence, number) in lead.into_iter().chain(scored.into_iter().map(|(_, _, s, n)| (s, n))) {
+    for (sentence, number) in lead.into_iter().chain(others.into_iter().map(|(_, s, n)| (s, n))) {
         if answer.len() == 3 {
             break;
         }
@@ -291,6 +314,31 @@ mod tests {
         assert_eq!(
             answer(context, "what are slices?"),
             "They reference a run of elements. [1] A slice of cake is nice. [2]"
+        );
+    }
+
+    #[test]
+    fn a_bracketed_line_inside_a_passage_does_not_end_it() {
+        let context = "Context:\n[1] numeric.html › Machine-dependent integer types\n[type.numeric.int.size]\nThe usize type has as many bits as a pointer.\n[3] not a passage: 2 comes first\n\n[2] other.html\nSomething else.";
+        let parsed: Vec<(&str, &str)> = passages(context).iter().map(|p| (p.number, p.body())).collect();
+        assert_eq!(
+            parsed,
+            [
+                (
+                    "1",
+                    "[type.numeric.int.size]\nThe usize type has as many bits as a pointer.\n[3] not a passage: 2 comes first"
+                ),
+                ("2", "Something else.")
+            ]
+        );
+    }
+
+    #[test]
+    fn the_answer_quotes_one_sentence_of_each_passage() {
+        let context = "[1] a\nBorrowing is checked. Borrowing rules bind references. Borrowing ends at last use.\n\n[2] b\nA borrow ends early.";
+        assert_eq!(
+            answer(context, "when does borrowing end?"),
+            "Borrowing ends at last use. [1] A borrow ends early. [2]"
         );
     }
 
