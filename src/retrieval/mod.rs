@@ -2,10 +2,14 @@
 //! `keyword` (Postgres full-text) or `hybrid` (both, fused by a convex
 //! combination of their normalised scores), then optionally reranked by the
 //! chat model (see [`rerank`]). Used by `/v1/search`, chat, suggest and the agent.
+//!
+//! The two halves of a hybrid search run side by side, each on a connection of
+//! its own held only for its queries: the keyword half is done while the query
+//! is still being embedded, and no connection waits on a model.
 
 pub mod rerank;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -142,53 +146,78 @@ pub async fn search(state: &AppState, ctx: &CallContext, query: Query<'_>) -> Re
     let rerank = query.rerank && state.config.rerank.candidates > 0 && state.gateway.has_language_model();
     // The reranker sees more candidates than most callers keep.
     let wanted = if rerank { query.k.max(state.config.rerank.candidates) } else { query.k };
-    let k = wanted as i64;
     // Hybrid fuses deeper candidate lists than it returns.
-    let depth = if query.mode == Mode::Hybrid { (k * 4).max(20) } else { k };
-    // Embed before taking a connection: a slow model must never hold one of
-    // the pool's few connections idle in a transaction.
-    let mut embedded_queries = Vec::new();
-    if query.mode != Mode::Keyword {
-        let gateway = &state.gateway;
-        // Documents still indexed with an earlier model (a re-index in progress)
-        // are searched with the query embedded by that model, so they stay findable.
-        let mut models = vec![(gateway.embedding_model().to_string(), gateway.embedding_dimensions())];
-        let others = search::other_models(&state.db, query.scope.tenant_id, gateway.embedding_model()).await?;
-        models.extend(others.into_iter().map(|(model, dims)| (model, dims as usize)));
-        for (model, dims) in models {
-            let vector = gateway.embed_query(ctx, &model, dims, query.text).await?;
-            embedded_queries.push((model, dims, vector));
+    let depth = if query.mode == Mode::Hybrid { (wanted * 4).max(20) } else { wanted } as i64;
+    // The halves run side by side: keyword search does not wait for the query
+    // embedding, and each half holds a connection only for its own queries.
+    let vector = async {
+        match query.mode {
+            Mode::Keyword => Ok::<_, DomainError>((Vec::new(), HashSet::new())),
+            _ => vector_half(state, ctx, &query, depth).await,
         }
+    };
+    let keyword = async {
+        match query.mode {
+            Mode::Vector => Ok::<_, DomainError>(Vec::new()),
+            _ => Ok(search::keyword(&mut *state.db.acquire().await?, &query.scope, query.text, depth).await?),
+        }
+    };
+    let ((vector_hits, mut too_far), keyword_hits) = tokio::try_join!(vector, keyword)?;
+    // A passage keyword search found stays, however far its vector.
+    for hit in &keyword_hits {
+        too_far.remove(&hit.chunk_id);
     }
-    let mut tx = state.db.begin().await?;
-    let vector_hits = if query.mode == Mode::Keyword {
-        Vec::new()
-    } else {
-        let mut lists = Vec::with_capacity(embedded_queries.len());
-        for (model, dims, vector) in &embedded_queries {
-            let hits = search::vector(&mut tx, &query.scope, model, *dims, vector, depth, state.config.hnsw_ef_search)
-                .await?
-                .into_iter()
-                .filter(|hit| query.min_similarity.is_none_or(|min| hit.score >= min))
-                .collect();
-            lists.push(hits);
-        }
-        if lists.len() == 1 { lists.pop().unwrap_or_default() } else { reciprocal_rank_fusion(lists, depth as usize) }
-    };
-    let keyword_hits = if query.mode == Mode::Vector {
-        Vec::new()
-    } else {
-        search::keyword(&mut tx, &query.scope, query.text, depth).await?
-    };
-    tx.commit().await?;
-    let hits = match query.mode {
+    let mut hits = match query.mode {
         Mode::Vector => vector_hits,
         Mode::Keyword => keyword_hits,
-        Mode::Hybrid => score_fusion(vector_hits, keyword_hits, wanted),
+        Mode::Hybrid => score_fusion(vector_hits, keyword_hits, usize::MAX),
     };
+    hits.retain(|hit| !too_far.contains(&hit.chunk_id));
+    hits.truncate(wanted);
     let (mut hits, reranked) = if rerank { rerank::rerank(state, ctx, query.text, hits).await } else { (hits, false) };
     hits.truncate(query.k);
     Ok(Retrieved { hits, reranked })
+}
+
+/// The vector half: the query embedded, then the nearest chunks, and those of
+/// them less similar than the query's `min_similarity`. These are dropped only
+/// after fusion, so that the rest rank as they do without the threshold (chat
+/// shows the passages in the order `/v1/search` would). Documents still
+/// indexed with an earlier model (a re-index in progress) are searched with the
+/// query embedded by that model too, so they stay findable; which models those
+/// are is looked up while the current model embeds.
+async fn vector_half(
+    state: &AppState,
+    ctx: &CallContext,
+    query: &Query<'_>,
+    depth: i64,
+) -> Result<(Vec<Hit>, HashSet<Uuid>)> {
+    let gateway = &state.gateway;
+    let (model, dims) = (gateway.embedding_model(), gateway.embedding_dimensions());
+    let (embedding, others) = tokio::try_join!(
+        async { Ok::<_, DomainError>(gateway.embed_query(ctx, model, dims, query.text).await?) },
+        async { Ok(search::other_models(&state.db, query.scope.tenant_id, model).await?) },
+    )?;
+    let mut embedded = vec![(model.to_string(), dims, embedding)];
+    for (model, dims) in others {
+        let embedding = gateway.embed_query(ctx, &model, dims as usize, query.text).await?;
+        embedded.push((model, dims as usize, embedding));
+    }
+    // Embedded before the connection is taken: a slow model must never hold one
+    // of the pool's few connections idle in a transaction.
+    let mut tx = state.db.begin().await?;
+    let (mut lists, mut too_far) = (Vec::with_capacity(embedded.len()), HashSet::new());
+    for (model, dims, embedding) in &embedded {
+        let hits =
+            search::vector(&mut tx, &query.scope, model, *dims, embedding, depth, state.config.hnsw_ef_search).await?;
+        let below = |hit: &&Hit| query.min_similarity.is_some_and(|min| hit.score < min);
+        too_far.extend(hits.iter().filter(below).map(|hit| hit.chunk_id));
+        lists.push(hits);
+    }
+    tx.commit().await?;
+    let hits =
+        if lists.len() == 1 { lists.pop().unwrap_or_default() } else { reciprocal_rank_fusion(lists, depth as usize) };
+    Ok((hits, too_far))
 }
 
 #[cfg(test)]

@@ -65,11 +65,13 @@ pub async fn vector(
     k: i64,
     ef_search: u32,
 ) -> sqlx::Result<Vec<Hit>> {
-    // Settings are per transaction; the caller wraps this in one.
-    sqlx::query(sqlx::AssertSqlSafe(format!("SET LOCAL hnsw.ef_search = {}", ef_search.clamp(1, 1000))))
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query("SET LOCAL hnsw.iterative_scan = relaxed_order").execute(&mut *conn).await?;
+    // Settings are per transaction (`SET LOCAL`); the caller wraps this in one.
+    sqlx::query(
+        "SELECT set_config('hnsw.ef_search', $1, true), set_config('hnsw.iterative_scan', 'relaxed_order', true)",
+    )
+    .bind(ef_search.clamp(1, 1000).to_string())
+    .execute(&mut *conn)
+    .await?;
     // The model and dimension are spliced as literals: the partial expression
     // index only matches a query that repeats its exact predicate and expression.
     let model = model.replace('\'', "''");
