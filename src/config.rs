@@ -62,6 +62,7 @@ variables! {
     embed_max_batch_inputs: usize = "EMBED_MAX_BATCH_INPUTS", positive(2_048);
     embed_max_batch_tokens: usize = "EMBED_MAX_BATCH_TOKENS", positive(300_000);
     embed_max_input_tokens: usize = "EMBED_MAX_INPUT_TOKENS", positive(8_192);
+    query_embedding_cache: usize = "QUERY_EMBEDDING_CACHE", number(1_024);
     worker_pollers: usize = "WORKER_POLLERS", number(1);
     worker_concurrency: usize = "WORKER_CONCURRENCY", positive(32);
     worker_visibility_timeout_secs: u64 = "WORKER_VISIBILITY_TIMEOUT_SECS", positive(60);
@@ -156,6 +157,8 @@ pub struct LlmConfig {
     pub embedding_limits: EmbeddingLimits,
     /// What the local provider embeds with (ignored by other providers).
     pub local_embeddings: LocalEmbeddings,
+    /// How many query embeddings (by model and text) a process keeps for reuse; zero keeps none.
+    pub query_embedding_cache: usize,
 }
 
 /// The local provider's embeddings: a sentence-embedding model when its files
@@ -351,6 +354,7 @@ impl Config {
                 ProviderKind::Local => local_embeddings,
                 ProviderKind::OpenAi => LocalEmbeddings::Hashed { reason: "the provider is not local".into() },
             },
+            query_embedding_cache: vars.query_embedding_cache,
         };
         let config = Config {
             database_url: vars.database_url,

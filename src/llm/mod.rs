@@ -215,7 +215,13 @@ pub struct Gateway {
     recorder: UsageRecorder,
     /// Set when the provider answered `insufficient_quota`; reported by `/readyz`.
     quota_exhausted: Mutex<Option<String>>,
+    /// Recent query embeddings by (model, dimensions, text): a repeated question
+    /// (a retry, a popular query, suggest as one types) costs no model call.
+    /// Per process: a miss only costs the call it would have made anyway.
+    query_embeddings: Option<Mutex<lru::LruCache<QueryKey, Vec<f32>>>>,
 }
+
+type QueryKey = (String, usize, String);
 
 impl Gateway {
     /// `db` holds the fleet's embedding cap (see [`limiter`]).
@@ -246,9 +252,11 @@ impl Gateway {
             limiter: Arc::new(limiter),
             batches: BatchQueue::new(),
             provider,
-            config,
             recorder,
             quota_exhausted: Mutex::new(None),
+            query_embeddings: std::num::NonZeroUsize::new(config.query_embedding_cache)
+                .map(|entries| Mutex::new(lru::LruCache::new(entries))),
+            config,
         })
     }
 
@@ -346,7 +354,8 @@ impl Gateway {
 
     /// Embeds one query (search, chat) at once, ahead of bulk work, with
     /// `model`: while documents are re-indexed to a new model, queries are
-    /// embedded with the old one too, to search the old vectors.
+    /// embedded with the old one too, to search the old vectors. A query
+    /// embedded recently is answered from the process's cache, with no call.
     pub async fn embed_query(
         &self,
         ctx: &CallContext,
@@ -354,6 +363,12 @@ impl Gateway {
         dims: usize,
         text: &str,
     ) -> Result<Vec<f32>, LlmError> {
+        let key = (model.to_string(), dims, text.to_string());
+        if let Some(cache) = &self.query_embeddings
+            && let Some(vector) = cache.lock().unwrap().get(&key)
+        {
+            return Ok(vector.clone());
+        }
         let max = self.config.embedding_limits.max_input_tokens;
         let tokens = count_tokens(text);
         if tokens > max {
@@ -363,7 +378,11 @@ impl Gateway {
         let shares = [(ctx.clone(), tokens)];
         let (mut vectors, _) =
             self.embed_request(&shares, model, dims, &[text.to_string()], tokens, Paced::Query).await?;
-        Ok(vectors.swap_remove(0))
+        let vector = vectors.swap_remove(0);
+        if let Some(cache) = &self.query_embeddings {
+            cache.lock().unwrap().put(key, vector.clone());
+        }
+        Ok(vector)
     }
 
     /// The most tokens one embedding request carries: the provider's limit, or

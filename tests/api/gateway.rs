@@ -110,6 +110,30 @@ async fn an_input_over_the_token_limit_is_refused_not_truncated() {
 
 const MODEL: &str = "text-embedding-3-small";
 
+/// A query embedded recently is answered from the cache: no second call, the
+/// same vector. The model and dimensions are part of the key, and
+/// `QUERY_EMBEDDING_CACHE=0` turns the cache off.
+#[tokio::test]
+async fn a_repeated_query_is_embedded_once() {
+    let (app, fake) = spawn_app_with_fake(Options::default()).await;
+    let gateway = &app.state.gateway;
+    let first = gateway.embed_query(&ctx(&app, "r"), MODEL, 384, "how do I borrow?").await.unwrap();
+    let again = gateway.embed_query(&ctx(&app, "r"), MODEL, 384, "how do I borrow?").await.unwrap();
+    assert_eq!(first, again);
+    assert_eq!(fake.stats().embedding_requests, 1);
+    gateway.embed_query(&ctx(&app, "r"), MODEL, 256, "how do I borrow?").await.unwrap();
+    gateway.embed_query(&ctx(&app, "r"), "text-embedding-3-large", 384, "how do I borrow?").await.unwrap();
+    gateway.embed_query(&ctx(&app, "r"), MODEL, 384, "how do I move?").await.unwrap();
+    assert_eq!(fake.stats().embedding_requests, 4);
+
+    let env = HashMap::from([("QUERY_EMBEDDING_CACHE", "0".to_string())]);
+    let (app, fake) = spawn_app_with_fake(Options { env, ..Default::default() }).await;
+    for _ in 0..2 {
+        app.state.gateway.embed_query(&ctx(&app, "r"), MODEL, 384, "how do I borrow?").await.unwrap();
+    }
+    assert_eq!(fake.stats().embedding_requests, 2);
+}
+
 /// Many concurrent queries (each its own request) share one limiter: the provider never sees more than
 /// the cap in a window, nor more than `max_in_flight` calls at once.
 #[tokio::test]
