@@ -86,33 +86,8 @@ pub struct NewMessage<'a> {
     pub cost_usd: f64,
 }
 
-pub async fn add_message(
-    db: impl PgExecutor<'_>,
-    tenant_id: Uuid,
-    conversation_id: Uuid,
-    message: NewMessage<'_>,
-) -> sqlx::Result<Uuid> {
-    let id = Uuid::now_v7();
-    sqlx::query(
-        "WITH touched AS (UPDATE conversations SET updated_at = now() WHERE tenant_id = $2 AND id = $3)
-         INSERT INTO messages (id, tenant_id, conversation_id, role, content, citations, input_tokens, output_tokens, cost_usd)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    )
-    .bind(id)
-    .bind(tenant_id)
-    .bind(conversation_id)
-    .bind(message.role)
-    .bind(message.content)
-    .bind(message.citations)
-    .bind(message.input_tokens)
-    .bind(message.output_tokens)
-    .bind(message.cost_usd)
-    .execute(db)
-    .await?;
-    Ok(id)
-}
-
-/// Stores a question and its answer as one turn, in one transaction; returns the answer's id.
+/// Stores a question and its answer as one turn, in one statement (so both or
+/// neither, in one round trip); returns the answer's id.
 pub async fn add_turn(
     db: &sqlx::PgPool,
     tenant_id: Uuid,
@@ -120,17 +95,25 @@ pub async fn add_turn(
     question: &str,
     answer: NewMessage<'_>,
 ) -> sqlx::Result<Uuid> {
-    let mut tx = db.begin().await?;
-    let user = NewMessage {
-        role: "user",
-        content: question,
-        citations: serde_json::json!([]),
-        input_tokens: 0,
-        output_tokens: 0,
-        cost_usd: 0.0,
-    };
-    add_message(&mut *tx, tenant_id, conversation_id, user).await?;
-    let id = add_message(&mut *tx, tenant_id, conversation_id, answer).await?;
-    tx.commit().await?;
-    Ok(id)
+    // Both rows get the same `created_at`; the ids (v7, made in this order) keep the question first.
+    let (question_id, answer_id) = (Uuid::now_v7(), Uuid::now_v7());
+    sqlx::query(
+        "WITH touched AS (UPDATE conversations SET updated_at = now() WHERE tenant_id = $2 AND id = $3)
+         INSERT INTO messages (id, tenant_id, conversation_id, role, content, citations, input_tokens, output_tokens, cost_usd)
+         VALUES ($1, $2, $3, 'user', $4, '[]', 0, 0, 0), ($5, $2, $3, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(question_id)
+    .bind(tenant_id)
+    .bind(conversation_id)
+    .bind(question)
+    .bind(answer_id)
+    .bind(answer.role)
+    .bind(answer.content)
+    .bind(answer.citations)
+    .bind(answer.input_tokens)
+    .bind(answer.output_tokens)
+    .bind(answer.cost_usd)
+    .execute(db)
+    .await?;
+    Ok(answer_id)
 }
