@@ -44,9 +44,11 @@ bench-fleet: infra
 	$(CARGO) build --release --locked --features testkit --bins --example bench_fleet
 	target/release/examples/bench_fleet $(BENCH_ARGS)
 
-## bench-api: API overhead against the fake model server on 100k chunks (chat minus model latency, search HTTP vs SQL, req/s, memory)
+## bench-api: the sync path on real text (the toolchain's docs at 100k and 1M chunks): search HTTP vs SQL per mode,
+## chat and suggest overhead beyond the model at concurrency 1-64, server memory (~30 min)
 bench-api: infra
-	$(CARGO) run --release --locked --features testkit --example bench_api -- $(BENCH_ARGS)
+	$(CARGO) build --release --locked --features testkit --bins --example bench_api
+	target/release/examples/bench_api $(BENCH_ARGS)
 
 ## bench-chunk: extraction + chunking MB/s for prose, code, whitespace-free text and nested HTML (linearity check)
 bench-chunk:

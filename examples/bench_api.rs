@@ -1,30 +1,57 @@
-//! `make bench-api`: the synchronous API's own overhead, measured against the
-//! fake model server with a fixed latency, on a synthetic corpus of
-//! `--chunks` chunks (default 100,000) for one tenant:
-//! - chat latency minus the model's (two model calls per turn: the query
-//!   embedding and the completion), p50/p99, at several concurrency levels;
-//! - search over HTTP against the same query run directly in SQL, p50/p99, for
-//!   `keyword` and `vector` mode (vector includes the embedding call to the fake
-//!   server, which has no latency for this part);
-//! - requests/s at several concurrency levels, and the process's peak memory
-//!   (client and server share the process, so this is an upper bound).
+//! `make bench-api`: what the synchronous path costs beyond the model, on real
+//! text, at concurrency, up to a million chunks.
+//!
+//! The server is the release binary in its own process, on the openai
+//! provider pointed at the fake model server (a fixed latency per call,
+//! `--latency-ms`, default 50), with its query-embedding cache off so that every
+//! request makes the same model calls.
+//!
+//! The corpus is the toolchain's documentation (the book, the reference, Rust by
+//! Example, the Cargo, rustc and unstable books, the error index and std),
+//! extracted and chunked by stolid's own code and written straight to Postgres
+//! with the fake server's embeddings (indexing speed is `make bench-ingest`'s
+//! subject), then copied page by page to each scale of `--chunks` (default
+//! `100000,1000000`). Copies have embeddings up to `--vector-chunks` (default
+//! 100000); above it only keyword search is measured, since embedding a million
+//! chunks and building their HNSW graph would take this machine most of an hour.
+//! The questions are the labelled set of `make eval` (written as users ask).
+//!
+//! Prints, per scale, search p50/p99 over HTTP against the same work done
+//! directly in SQL (each mode, one at a time), then over HTTP at concurrency 8,
+//! 32 and 64; on the Rust book alone (its own tenant), chat and suggest overhead
+//! at concurrency 1, 8, 32 and 64: latency minus the model time, which is the
+//! time the fake server spent answering the phase's model calls (by its own
+//! clock), shared out per request; and the server's peak memory.
+//!
+//! Options: --chunks 100000,1000000  --vector-chunks 100000  --requests 200  --latency-ms 50
 
-use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde_json::json;
-use stolid::app::ProcessRole;
+use sqlx::PgPool;
+use stolid::ingest::chunk::{ChunkSettings, chunk, embedding_text};
+use stolid::ingest::extract::{Format, extract};
+use stolid::llm::local;
+use stolid::retrieval::score_fusion;
+use stolid::store::chunks::Chunk;
+use stolid::store::search::{self, Scope};
+use stolid::testkit::bench;
 use stolid::testkit::fake_openai::FakeOpenAi;
-use stolid::testkit::infra::{create_infra, start_app};
+use stolid::testkit::infra::{base_env, create_infra};
+use stolid::testkit::process::Proc;
+use uuid::Uuid;
 
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == &format!("--{name}"))
-        .and_then(|i| args.get(i + 1))
-        .map_or(default, |v| v.parse().expect(name))
-}
+const MODEL: &str = "text-embedding-3-small";
+const DIMS: usize = 384;
+/// The books of the toolchain's HTML documentation the corpus is made of.
+const BOOKS: [&str; 8] =
+    ["book", "reference", "rust-by-example", "cargo", "rustc", "unstable-book", "error_codes", "std"];
+/// What `/v1/search` asks for, and what the SQL side does the same work for.
+const K: usize = 10;
+/// Hybrid fuses lists this deep (as `retrieval::search` does for `k: 10`).
+const HYBRID_DEPTH: usize = 40;
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
@@ -54,160 +81,368 @@ where
     (latencies, rate)
 }
 
-fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
+/// A page of the corpus, chunked.
+struct Page {
+    collection: String,
+    title: String,
+    chunks: Vec<Chunk>,
+}
+
+/// Every HTML page of `books` under the toolchain's docs, extracted and chunked
+/// as the worker would, on all cores.
+fn read_pages(books: &[&str]) -> anyhow::Result<Vec<Page>> {
+    let root = bench::rust_docs();
+    let mut files: Vec<(String, PathBuf)> = Vec::new();
+    for book in books {
+        files.extend(bench::corpus(&root.join(book), usize::MAX)?.into_iter().map(|f| (book.to_string(), f)));
+    }
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let pages = std::thread::scope(|scope| {
+        let handles: Vec<_> = files
+            .chunks(files.len().div_ceil(workers))
+            .map(|share| {
+                scope.spawn(move || share.iter().filter_map(|(book, path)| read_page(book, path)).collect::<Vec<_>>())
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().expect("a reader thread")).collect::<Vec<Page>>()
+    });
+    Ok(pages)
+}
+
+fn read_page(collection: &str, path: &Path) -> Option<Page> {
+    let bytes = std::fs::read(path).ok()?;
+    let extracted = extract(Format::Html, &bytes, 10 * 1024 * 1024).ok()?;
+    let title = path.file_name()?.to_string_lossy().into_owned();
+    let chunks = chunk(&extracted.text, extracted.markdown, ChunkSettings::default(), &title);
+    (!chunks.is_empty()).then(|| Page { collection: collection.to_string(), title, chunks })
+}
+
+/// Writes `pages` as indexed documents of `tenant`, with the embeddings the fake
+/// server would have returned for them; returns each document's id and chunk count.
+async fn load(db: &PgPool, tenant: Uuid, pages: &[&Page]) -> anyhow::Result<Vec<(Uuid, usize)>> {
+    let mut loaded = Vec::with_capacity(pages.len());
+    for (i, page) in pages.iter().enumerate() {
+        let id = Uuid::now_v7();
+        let tokens: i32 = page.chunks.iter().map(|c| c.token_count).sum();
+        let mut tx = db.begin().await?;
+        sqlx::query(
+            "INSERT INTO documents (id, tenant_id, collection, title, content_type, s3_key, content_hash, size_bytes,
+                                    status, chunk_count, token_count, embedding_model)
+             VALUES ($1, $2, $3, $4, 'text/html', 'bench', $5, 0, 'indexed', $6, $7, $8)",
+        )
+        .bind(id)
+        .bind(tenant)
+        .bind(&page.collection)
+        .bind(&page.title)
+        .bind(format!("{}/{}", page.collection, page.title))
+        .bind(page.chunks.len() as i32)
+        .bind(tokens)
+        .bind(MODEL)
+        .execute(&mut *tx)
+        .await?;
+        let embeddings = page
+            .chunks
+            .iter()
+            .map(|c| pgvector::Vector::from(local::embed(&embedding_text(&c.context, &c.content), DIMS)))
+            .collect();
+        stolid::store::chunks::replace(&mut tx, tenant, id, MODEL, &page.chunks, embeddings).await?;
+        tx.commit().await?;
+        loaded.push((id, page.chunks.len()));
+        if i % 500 == 499 {
+            eprintln!("bench-api:   {} of {} pages", i + 1, pages.len());
+        }
+    }
+    Ok(loaded)
+}
+
+/// Copies documents of `originals` (cycling through them, copy `round`, `round
+/// + 1`, ...) until `tenant` has at least `target` chunks; with their
+/// embeddings when `with_vectors`. Returns the chunk count reached.
+async fn grow(
+    db: &PgPool,
+    originals: &[(Uuid, usize)],
+    mut have: usize,
+    target: usize,
+    with_vectors: bool,
+    round: &mut usize,
+) -> anyhow::Result<usize> {
+    while have < target {
+        *round += 1;
+        let mut sources = Vec::new();
+        for &(id, chunks) in originals {
+            if have >= target {
+                break;
+            }
+            sources.push(id);
+            have += chunks;
+        }
+        let copies: Vec<Uuid> = sources.iter().map(|_| Uuid::now_v7()).collect();
+        let copy = format!(" (copy {round})");
+        let mut tx = db.begin().await?;
+        sqlx::query(
+            "INSERT INTO documents (id, tenant_id, collection, title, content_type, s3_key, content_hash, size_bytes,
+                                    status, chunk_count, token_count, embedding_model)
+             SELECT m.copy, d.tenant_id, d.collection, d.title || $3, d.content_type, d.s3_key, d.content_hash || $3,
+                    d.size_bytes, d.status, d.chunk_count, d.token_count, d.embedding_model
+             FROM UNNEST($1::uuid[], $2::uuid[]) AS m(source, copy) JOIN documents d ON d.id = m.source",
+        )
+        .bind(&sources)
+        .bind(&copies)
+        .bind(&copy)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO chunks (id, tenant_id, document_id, ordinal, content, content_hash, token_count,
+                                 heading_path, start_offset, end_offset, context)
+             SELECT gen_random_uuid(), c.tenant_id, m.copy, c.ordinal, c.content, c.content_hash, c.token_count,
+                    c.heading_path, c.start_offset, c.end_offset, c.context
+             FROM UNNEST($1::uuid[], $2::uuid[]) AS m(source, copy) JOIN chunks c ON c.document_id = m.source",
+        )
+        .bind(&sources)
+        .bind(&copies)
+        .execute(&mut *tx)
+        .await?;
+        if with_vectors {
+            sqlx::query(
+                "INSERT INTO chunk_embeddings (chunk_id, tenant_id, model, embedding)
+                 SELECT n.id, n.tenant_id, e.model, e.embedding
+                 FROM UNNEST($1::uuid[], $2::uuid[]) AS m(source, copy)
+                 JOIN chunks s ON s.document_id = m.source
+                 JOIN chunk_embeddings e ON e.chunk_id = s.id
+                 JOIN chunks n ON n.document_id = m.copy AND n.ordinal = s.ordinal",
+            )
+            .bind(&sources)
+            .bind(&copies)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        eprintln!("bench-api:   {have} chunks");
+    }
+    Ok(have)
+}
+
+/// The indexes bulk writes would maintain row by row (full text, HNSW): name
+/// and definition, to drop them before a bulk write and build them after.
+async fn bulk_indexes(db: &PgPool) -> anyhow::Result<Vec<(String, String)>> {
+    Ok(sqlx::query_as(
+        "SELECT indexname, indexdef FROM pg_indexes
+         WHERE tablename IN ('chunks', 'chunk_embeddings') AND (indexdef LIKE '%USING gin%' OR indexdef LIKE '%USING hnsw%')",
+    )
+    .fetch_all(db)
+    .await?)
+}
+
+async fn drop_indexes<'a>(db: &PgPool, indexes: impl IntoIterator<Item = &'a (String, String)>) -> anyhow::Result<()> {
+    for (name, _) in indexes {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP INDEX IF EXISTS {name}"))).execute(db).await?;
+    }
+    Ok(())
+}
+
+/// Builds those of `indexes` that do not exist, then refreshes the planner's statistics.
+async fn build_indexes(db: &PgPool, indexes: &[(String, String)]) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut conn = db.acquire().await?;
+    sqlx::raw_sql("SET maintenance_work_mem = '2GB'").execute(&mut *conn).await?;
+    for (_, definition) in indexes {
+        let definition = definition.replacen("CREATE INDEX ", "CREATE INDEX IF NOT EXISTS ", 1);
+        sqlx::raw_sql(sqlx::AssertSqlSafe(definition)).execute(&mut *conn).await?;
+    }
+    sqlx::raw_sql("ANALYZE documents; ANALYZE chunks; ANALYZE chunk_embeddings;").execute(&mut *conn).await?;
+    eprintln!("bench-api:   indexes built in {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The same retrieval `/v1/search` does for `mode`, straight in SQL (the query
+/// embedded in process, as the fake server would embed it).
+async fn search_in_sql(db: &PgPool, scope: &Scope, mode: &str, query: &str, ef_search: u32) {
+    let vector = |depth: usize| async move {
+        let embedding = local::embed(query, DIMS);
+        let mut tx = db.begin().await.expect("begin");
+        let hits =
+            search::vector(&mut tx, scope, MODEL, DIMS, &embedding, depth as i64, ef_search).await.expect("vector");
+        tx.commit().await.expect("commit");
+        hits
+    };
+    let keyword = |depth: usize| async move {
+        let mut conn = db.acquire().await.expect("a connection");
+        search::keyword(&mut conn, scope, query, depth as i64).await.expect("keyword")
+    };
+    match mode {
+        "keyword" => drop(keyword(K).await),
+        "vector" => drop(vector(K).await),
+        _ => drop(score_fusion(vector(HYBRID_DEPTH).await, keyword(HYBRID_DEPTH).await, K)),
+    }
+}
+
+/// The server's peak resident memory, from `/proc`.
+fn peak_rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb = status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
+    kb.unwrap_or(0.0) / 1024.0
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let chunks = arg("chunks", 100_000);
-    let model_latency = Duration::from_millis(arg("latency-ms", 50));
-    let requests = arg("requests", 200) as usize;
+    let options = bench::options();
+    let number = |name: &str, default: usize| options.get(name).map_or(default, |v| v.parse().expect(name));
+    let scales: Vec<usize> = options
+        .get("chunks")
+        .map_or("100000,1000000", String::as_str)
+        .split(',')
+        .map(|n| n.trim().parse().expect("--chunks N,N"))
+        .collect();
+    let vector_chunks = number("vector-chunks", 100_000);
+    let requests = number("requests", 200);
+    let model_latency = Duration::from_millis(number("latency-ms", 50) as u64);
+    let ef_search = 100;
+
+    let questions: Vec<String> = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/eval/rust-docs.jsonl"))?
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|q| q["question"].as_str().map(str::to_string))
+        .collect();
 
     let fake = FakeOpenAi::start().await;
     let infra = create_infra().await;
-    let env = HashMap::from([
-        ("OPENAI_API_KEY", "sk-bench".to_string()),
+    let env: Vec<(&str, String)> = vec![
+        ("DATABASE_URL", infra.database_url.clone()),
+        ("S3_BUCKET", infra.bucket.clone()),
+        ("SQS_QUEUE_URL", infra.queue_url.clone()),
+        ("AWS_ENDPOINT_URL", base_env()["AWS_ENDPOINT_URL"].clone()),
+        ("OPENAI_API_KEY", "sk-bench".into()),
         ("OPENAI_BASE_URL", fake.base_url()),
-        ("EMBEDDING_DIMENSIONS", "384".to_string()),
-        ("WORKER_POLLERS", "0".to_string()),
-        ("DATABASE_MAX_CONNECTIONS", "32".to_string()),
-        ("LOG_LEVEL", "warn".to_string()),
-        // The embedding limiter would pace query embeddings at the default 3,000/min;
-        // here we measure the service's overhead, not the provider's cap.
-        ("EMBED_REQUESTS_PER_MINUTE", "10000000".to_string()),
-        ("EMBED_TOKENS_PER_MINUTE", "1000000000".to_string()),
-    ]);
-    let app = start_app(infra, env, |_| {}, ProcessRole::Api, "bench").await?;
-    let (base, state, key, tenant, shutdown, running) =
-        (app.address, app.state, app.api_key, app.tenant_id, app.shutdown, app.stopped);
+        ("EMBEDDING_MODEL", MODEL.into()),
+        ("EMBEDDING_DIMENSIONS", DIMS.to_string()),
+        ("HNSW_EF_SEARCH", ef_search.to_string()),
+        ("WORKER_POLLERS", "0".into()),
+        ("DATABASE_MAX_CONNECTIONS", "32".into()),
+        ("LOG_LEVEL", "warn".into()),
+        // Every request makes the same model calls, so the model's share is known.
+        ("QUERY_EMBEDDING_CACHE", "0".into()),
+        // The service's overhead is measured here, not the provider's cap.
+        ("EMBED_REQUESTS_PER_MINUTE", "10000000".into()),
+        ("EMBED_TOKENS_PER_MINUTE", "1000000000".into()),
+    ];
+    let log = Path::new(env!("CARGO_MANIFEST_DIR")).join(".local/bench-api.log");
+    std::fs::create_dir_all(log.parent().expect("a parent"))?;
+    let server = Proc::start(&env, &log);
+    let db = sqlx::postgres::PgPoolOptions::new().max_connections(16).connect(&infra.database_url).await?;
+    let docs = stolid::store::keys::ensure_tenant(&db, "docs").await?;
+    let docs_key = stolid::store::keys::create_key(&db, docs).await?.key;
+    let book = stolid::store::keys::ensure_tenant(&db, "book").await?;
+    let book_key = stolid::store::keys::create_key(&db, book).await?.key;
 
+    let started = Instant::now();
+    eprintln!("bench-api: reading {} ...", BOOKS.join(", "));
+    let pages = read_pages(&BOOKS)?;
+    let base_chunks: usize = pages.iter().map(|p| p.chunks.len()).sum();
     eprintln!(
-        "bench-api: loading {chunks} synthetic chunks (random 384-d vectors, 60 words each from a 20,000-word vocabulary)..."
+        "bench-api: {} pages, {base_chunks} chunks ({:.0} s); loading",
+        pages.len(),
+        started.elapsed().as_secs_f64()
     );
-    let setup = Instant::now();
-    // Bulk-load without the HNSW index and build it once afterwards: inserting
-    // 100k vectors one by one into an existing HNSW graph takes far longer.
-    let index = stolid::store::embeddings::index_name("text-embedding-3-small", 384);
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP INDEX IF EXISTS {index}"))).execute(&state.db).await?;
-    sqlx::query(
-        "INSERT INTO documents (id, tenant_id, title, content_type, s3_key, content_hash, size_bytes, status, embedding_model)
-         SELECT gen_random_uuid(), $1, 'doc ' || d, 'text/plain', 'k', md5(d::text), 1, 'indexed', 'text-embedding-3-small'
-         FROM generate_series(1, 1000) AS d",
-    )
-    .bind(tenant)
-    .execute(&state.db)
-    .await?;
-    sqlx::query(
-        "INSERT INTO chunks (id, tenant_id, document_id, ordinal, content, content_hash, token_count, start_offset, end_offset)
-         SELECT gen_random_uuid(), $1, d.id, i,
-                array_to_string(ARRAY(SELECT 'w' || floor(random() * 20000)::int FROM generate_series(1, 60) WHERE i IS NOT NULL), ' '),
-                md5(i::text), 60, 0, 1
-         FROM generate_series(1, $2) AS i
-         JOIN LATERAL (SELECT id FROM documents WHERE tenant_id = $1 ORDER BY id OFFSET (i % 1000) LIMIT 1) d ON true",
-    )
-    .bind(tenant)
-    .bind(chunks as i32)
-    .execute(&state.db)
-    .await?;
-    sqlx::query(
-        "INSERT INTO chunk_embeddings (chunk_id, tenant_id, model, embedding)
-         SELECT c.id, c.tenant_id, 'text-embedding-3-small',
-                (SELECT array_agg(random() - 0.5) FROM generate_series(1, 384) WHERE c.ordinal IS NOT NULL)::vector
-         FROM chunks c WHERE c.tenant_id = $1",
-    )
-    .bind(tenant)
-    .execute(&state.db)
-    .await?;
-    stolid::store::embeddings::ensure_index(&state.db, "text-embedding-3-small", 384).await?;
-    sqlx::raw_sql("ANALYZE documents; ANALYZE chunks; ANALYZE chunk_embeddings;").execute(&state.db).await?;
-    eprintln!("bench-api: corpus ready in {:.0} s", setup.elapsed().as_secs_f64());
+    let indexes = bulk_indexes(&db).await?;
+    drop_indexes(&db, &indexes).await?;
+    let book_pages: Vec<&Page> = pages.iter().filter(|p| p.collection == "book").collect();
+    let book_chunks: usize = book_pages.iter().map(|p| p.chunks.len()).sum();
+    load(&db, book, &book_pages).await?;
+    let originals = load(&db, docs, &pages.iter().collect::<Vec<_>>()).await?;
+    drop(pages);
 
-    let client = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
-    let post = |path: &str, body: serde_json::Value| {
-        let request = client.post(format!("{base}{path}")).bearer_auth(&key).json(&body);
+    let client = reqwest::Client::builder().pool_max_idle_per_host(128).build()?;
+    let post = |key: &str, path: &str, body: serde_json::Value| {
+        let request = client.post(format!("{}{path}", server.base)).bearer_auth(key).json(&body);
         async move {
             let response = request.send().await.expect("request");
-            assert!(response.status().is_success(), "{}", response.status());
+            assert!(
+                response.status().is_success(),
+                "{}: {}",
+                response.status(),
+                response.text().await.unwrap_or_default()
+            );
             response.bytes().await.expect("body");
         }
     };
-    let queries = [
-        "ownership lifetime",
-        "async runtime task",
-        "cargo crate registry",
-        "error result panic",
-        "search embed chunk",
-    ];
 
-    println!("--- search over HTTP vs the same query in SQL ({chunks} chunks, p50 / p99 ms) ---");
     fake.set_latency(Duration::ZERO);
-    for mode in ["keyword", "vector"] {
-        let (http, _) =
-            measure(requests, 1, |i| post("/v1/search", json!({"query": queries[i % 5], "k": 10, "mode": mode}))).await;
-        let scope = stolid::store::search::Scope { tenant_id: tenant, ..Default::default() };
-        let embedding = stolid::llm::local::embed(queries[0], 384);
-        let (sql, _) = measure(requests, 1, |i| {
-            let (db, scope, embedding) = (state.db.clone(), scope.clone(), embedding.clone());
-            async move {
-                let mut tx = db.begin().await.unwrap();
-                if mode == "keyword" {
-                    stolid::store::search::keyword(&mut tx, &scope, queries[i % 5], 10).await.unwrap();
-                } else {
-                    stolid::store::search::vector(&mut tx, &scope, "text-embedding-3-small", 384, &embedding, 10, 100)
-                        .await
-                        .unwrap();
-                }
-                tx.commit().await.unwrap();
+    let (mut have, mut round) = (base_chunks, 0);
+    println!(
+        "--- search on real text: HTTP vs the same SQL at concurrency 1, then HTTP at 8 / 32 / 64 (p50 / p99 ms) ---"
+    );
+    for &scale in &scales {
+        let with_vectors = scale <= vector_chunks;
+        drop_indexes(&db, indexes.iter().filter(|(_, definition)| with_vectors || !definition.contains("hnsw")))
+            .await?;
+        eprintln!("bench-api: growing to {scale} chunks");
+        have = grow(&db, &originals, have, scale, with_vectors, &mut round).await?;
+        build_indexes(&db, &indexes).await?;
+        let scope = Scope { tenant_id: docs, ..Default::default() };
+        let modes: &[&str] = if with_vectors { &["keyword", "vector", "hybrid"] } else { &["keyword"] };
+        for mode in modes {
+            let search = |i: usize| {
+                post(&docs_key, "/v1/search", json!({"query": questions[i % questions.len()], "k": K, "mode": mode}))
+            };
+            measure(questions.len(), 4, search).await; // warm-up
+            let (http, _) = measure(requests, 1, search).await;
+            let (sql, _) =
+                measure(requests, 1, |i| search_in_sql(&db, &scope, mode, &questions[i % questions.len()], ef_search))
+                    .await;
+            let mut line = format!(
+                "{have:>9} chunks  {mode:<8} HTTP {:>6.2} / {:>6.2}   SQL {:>6.2} / {:>6.2}   HTTP - SQL at p50 {:>5.2}  |",
+                percentile(&http, 0.5),
+                percentile(&http, 0.99),
+                percentile(&sql, 0.5),
+                percentile(&sql, 0.99),
+                percentile(&http, 0.5) - percentile(&sql, 0.5)
+            );
+            for concurrency in [8, 32, 64] {
+                let (lat, rate) = measure(requests.max(2 * concurrency), concurrency, search).await;
+                line += &format!(
+                    "  c{concurrency} {:.1} / {:.1} ({rate:.0}/s)",
+                    percentile(&lat, 0.5),
+                    percentile(&lat, 0.99)
+                );
             }
-        })
-        .await;
-        println!(
-            "{mode:<8} HTTP {:>6.2} / {:>6.2}   SQL {:>6.2} / {:>6.2}   HTTP - SQL at p50 {:>5.2}",
-            percentile(&http, 0.5),
-            percentile(&http, 0.99),
-            percentile(&sql, 0.5),
-            percentile(&sql, 0.99),
-            percentile(&http, 0.5) - percentile(&sql, 0.5)
-        );
+            println!("{line}");
+        }
+        if !with_vectors {
+            println!("{have:>9} chunks  vector and hybrid not measured above --vector-chunks {vector_chunks}");
+        }
     }
 
-    println!("--- requests/s (keyword search) ---");
-    for concurrency in [1, 4, 16] {
-        let (lat, rate) =
-            measure(requests, concurrency, |i| post("/v1/search", json!({"query": queries[i % 5], "mode": "keyword"})))
-                .await;
-        println!(
-            "concurrency {concurrency:>2}: {rate:>7.1} req/s, p50 {:.2} ms, p99 {:.2} ms",
-            percentile(&lat, 0.5),
-            percentile(&lat, 0.99)
-        );
-    }
-
-    println!("--- chat: latency minus the model's {} ms x 2 calls (p50 / p99 ms) ---", model_latency.as_millis());
+    build_indexes(&db, &indexes).await?;
+    println!(
+        "--- chat and suggest on the Rust book ({book_chunks} chunks): latency minus the model's time, {} ms a call (p50 / p99 ms) ---",
+        model_latency.as_millis()
+    );
     fake.set_latency(model_latency);
-    let model_ms = 2.0 * model_latency.as_secs_f64() * 1000.0;
-    for concurrency in [1, 4, 16] {
-        // One word per question, so every turn retrieves passages and makes both model calls.
-        let (lat, rate) = measure(requests / 2, concurrency, |i| {
-            let word = queries[i % 5].split(' ').next().unwrap_or("w1");
-            post("/v1/chat", json!({"message": word}))
-        })
-        .await;
-        println!(
-            "concurrency {concurrency:>2}: overhead {:>6.2} / {:>6.2}   ({rate:.1} chats/s)",
-            percentile(&lat, 0.5) - model_ms,
-            percentile(&lat, 0.99) - model_ms
-        );
+    for (endpoint, body) in [
+        ("/v1/chat", (|q: &str| json!({"message": q})) as fn(&str) -> serde_json::Value),
+        ("/v1/suggest", |q: &str| json!({"text": q})),
+    ] {
+        for concurrency in [1, 8, 32, 64] {
+            let before = fake.stats();
+            let total = requests.max(4 * concurrency);
+            let (lat, rate) =
+                measure(total, concurrency, |i| post(&book_key, endpoint, body(&questions[i % questions.len()]))).await;
+            let after = fake.stats();
+            let model_ms = (after.serving_micros - before.serving_micros) as f64 / 1000.0 / total as f64;
+            let calls = |a: u64, b: u64| (a - b) as f64 / total as f64;
+            println!(
+                "{endpoint:<11} c{concurrency:<3} overhead {:>6.2} / {:>6.2}   (model {model_ms:.1} ms a request: {:.1} embedding + {:.1} chat calls; {rate:.1}/s)",
+                percentile(&lat, 0.5) - model_ms,
+                percentile(&lat, 0.99) - model_ms,
+                calls(after.embedding_requests, before.embedding_requests),
+                calls(after.chat_requests, before.chat_requests),
+            );
+        }
     }
-    println!("peak memory (client + server in one process): {:.0} MB", peak_rss_mb());
-    shutdown.cancel();
-    running.await??;
+    println!("server peak memory: {:.0} MB", peak_rss_mb(server.child.id()));
+    println!("(total {:.0} s)", started.elapsed().as_secs_f64());
     Ok(())
 }

@@ -62,6 +62,9 @@ pub struct Stats {
     pub max_in_flight: u64,
     /// The largest number of embedding requests seen in any window of the cap's length.
     pub max_embedding_requests_in_window: u64,
+    /// Time spent answering requests, summed over them (latency and work): the
+    /// model time a client spent waiting on this server.
+    pub serving_micros: u64,
 }
 
 /// Per-minute caps enforced as token buckets of one second's worth (each
@@ -277,21 +280,24 @@ fn max_in_window(times: &[Instant], window: Duration) -> u64 {
     best as u64
 }
 
-/// Decrements the in-flight count when a request ends, however it ends.
-struct InFlight(Arc<Mutex<Shared>>);
+/// Decrements the in-flight count and adds the time spent serving when a
+/// request ends, however it ends.
+struct InFlight(Arc<Mutex<Shared>>, Instant);
 
 impl InFlight {
     fn enter(shared: &Arc<Mutex<Shared>>) -> Self {
         let mut s = shared.lock().unwrap();
         s.in_flight += 1;
         s.stats.max_in_flight = s.stats.max_in_flight.max(s.in_flight);
-        Self(shared.clone())
+        Self(shared.clone(), Instant::now())
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.lock().unwrap().in_flight -= 1;
+        let mut s = self.0.lock().unwrap();
+        s.in_flight -= 1;
+        s.stats.serving_micros += self.1.elapsed().as_micros() as u64;
     }
 }
 
