@@ -26,6 +26,7 @@
 //! Options: --chunks 100000,1000000  --vector-chunks 100000  --requests 200  --latency-ms 50
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -84,6 +85,8 @@ where
 /// A page of the corpus, chunked.
 struct Page {
     collection: String,
+    /// Where it was read from (file names repeat across std's modules).
+    path: String,
     title: String,
     chunks: Vec<Chunk>,
 }
@@ -114,7 +117,8 @@ fn read_page(collection: &str, path: &Path) -> Option<Page> {
     let extracted = extract(Format::Html, &bytes, 10 * 1024 * 1024).ok()?;
     let title = path.file_name()?.to_string_lossy().into_owned();
     let chunks = chunk(&extracted.text, extracted.markdown, ChunkSettings::default(), &title);
-    (!chunks.is_empty()).then(|| Page { collection: collection.to_string(), title, chunks })
+    let path = path.display().to_string();
+    (!chunks.is_empty()).then(|| Page { collection: collection.to_string(), path, title, chunks })
 }
 
 /// Writes `pages` as indexed documents of `tenant`, with the embeddings the fake
@@ -134,7 +138,7 @@ async fn load(db: &PgPool, tenant: Uuid, pages: &[&Page]) -> anyhow::Result<Vec<
         .bind(tenant)
         .bind(&page.collection)
         .bind(&page.title)
-        .bind(format!("{}/{}", page.collection, page.title))
+        .bind(&page.path)
         .bind(page.chunks.len() as i32)
         .bind(tokens)
         .bind(MODEL)
@@ -321,7 +325,6 @@ async fn main() -> anyhow::Result<()> {
         ("HNSW_EF_SEARCH", ef_search.to_string()),
         ("WORKER_POLLERS", "0".into()),
         ("DATABASE_MAX_CONNECTIONS", "32".into()),
-        ("LOG_LEVEL", "warn".into()),
         // Every request makes the same model calls, so the model's share is known.
         ("QUERY_EMBEDDING_CACHE", "0".into()),
         // The service's overhead is measured here, not the provider's cap.
@@ -351,69 +354,27 @@ async fn main() -> anyhow::Result<()> {
     let book_pages: Vec<&Page> = pages.iter().filter(|p| p.collection == "book").collect();
     let book_chunks: usize = book_pages.iter().map(|p| p.chunks.len()).sum();
     load(&db, book, &book_pages).await?;
-    let originals = load(&db, docs, &pages.iter().collect::<Vec<_>>()).await?;
-    drop(pages);
-
     let client = reqwest::Client::builder().pool_max_idle_per_host(128).build()?;
+    let errors = &AtomicUsize::new(0);
     let post = |key: &str, path: &str, body: serde_json::Value| {
         let request = client.post(format!("{}{path}", server.base)).bearer_auth(key).json(&body);
         async move {
             let response = request.send().await.expect("request");
-            assert!(
-                response.status().is_success(),
-                "{}: {}",
-                response.status(),
-                response.text().await.unwrap_or_default()
-            );
+            if !response.status().is_success() {
+                // Counted and shown beside the figures, not fatal: an overloaded server answers 503.
+                let first = errors.fetch_add(1, Ordering::Relaxed) == 0;
+                if first {
+                    eprintln!("bench-api: {} {}", response.status(), response.text().await.unwrap_or_default());
+                }
+                return;
+            }
             response.bytes().await.expect("body");
         }
     };
-
-    fake.set_latency(Duration::ZERO);
-    let (mut have, mut round) = (base_chunks, 0);
-    println!(
-        "--- search on real text: HTTP vs the same SQL at concurrency 1, then HTTP at 8 / 32 / 64 (p50 / p99 ms) ---"
-    );
-    for &scale in &scales {
-        let with_vectors = scale <= vector_chunks;
-        drop_indexes(&db, indexes.iter().filter(|(_, definition)| with_vectors || !definition.contains("hnsw")))
-            .await?;
-        eprintln!("bench-api: growing to {scale} chunks");
-        have = grow(&db, &originals, have, scale, with_vectors, &mut round).await?;
-        build_indexes(&db, &indexes).await?;
-        let scope = Scope { tenant_id: docs, ..Default::default() };
-        let modes: &[&str] = if with_vectors { &["keyword", "vector", "hybrid"] } else { &["keyword"] };
-        for mode in modes {
-            let search = |i: usize| {
-                post(&docs_key, "/v1/search", json!({"query": questions[i % questions.len()], "k": K, "mode": mode}))
-            };
-            measure(questions.len(), 4, search).await; // warm-up
-            let (http, _) = measure(requests, 1, search).await;
-            let (sql, _) =
-                measure(requests, 1, |i| search_in_sql(&db, &scope, mode, &questions[i % questions.len()], ef_search))
-                    .await;
-            let mut line = format!(
-                "{have:>9} chunks  {mode:<8} HTTP {:>6.2} / {:>6.2}   SQL {:>6.2} / {:>6.2}   HTTP - SQL at p50 {:>5.2}  |",
-                percentile(&http, 0.5),
-                percentile(&http, 0.99),
-                percentile(&sql, 0.5),
-                percentile(&sql, 0.99),
-                percentile(&http, 0.5) - percentile(&sql, 0.5)
-            );
-            for concurrency in [8, 32, 64] {
-                let (lat, rate) = measure(requests.max(2 * concurrency), concurrency, search).await;
-                line += &format!(
-                    "  c{concurrency} {:.1} / {:.1} ({rate:.0}/s)",
-                    percentile(&lat, 0.5),
-                    percentile(&lat, 0.99)
-                );
-            }
-            println!("{line}");
-        }
-        if !with_vectors {
-            println!("{have:>9} chunks  vector and hybrid not measured above --vector-chunks {vector_chunks}");
-        }
-    }
+    let failed = || match errors.swap(0, Ordering::Relaxed) {
+        0 => String::new(),
+        n => format!("  [{n} failed]"),
+    };
 
     build_indexes(&db, &indexes).await?;
     println!(
@@ -434,14 +395,68 @@ async fn main() -> anyhow::Result<()> {
             let model_ms = (after.serving_micros - before.serving_micros) as f64 / 1000.0 / total as f64;
             let calls = |a: u64, b: u64| (a - b) as f64 / total as f64;
             println!(
-                "{endpoint:<11} c{concurrency:<3} overhead {:>6.2} / {:>6.2}   (model {model_ms:.1} ms a request: {:.1} embedding + {:.1} chat calls; {rate:.1}/s)",
+                "{endpoint:<11} c{concurrency:<3} overhead {:>6.2} / {:>6.2}   (model {model_ms:.1} ms a request: {:.1} embedding + {:.1} chat calls; {rate:.1}/s){}",
                 percentile(&lat, 0.5) - model_ms,
                 percentile(&lat, 0.99) - model_ms,
                 calls(after.embedding_requests, before.embedding_requests),
                 calls(after.chat_requests, before.chat_requests),
+                failed(),
             );
         }
     }
+
+    // The book's tenant is measured alone: chunks of other tenants share its full-text index.
+    eprintln!("bench-api: loading the other books");
+    let originals = load(&db, docs, &pages.iter().collect::<Vec<_>>()).await?;
+    drop(pages);
+
+    fake.set_latency(Duration::ZERO);
+    let (mut have, mut round) = (base_chunks, 0);
+    println!(
+        "--- search on real text: HTTP vs the same SQL at concurrency 1, then HTTP at 8 / 32 / 64 (p50 / p99 ms) ---"
+    );
+    for &scale in &scales {
+        let with_vectors = scale <= vector_chunks;
+        drop_indexes(&db, indexes.iter().filter(|(_, definition)| with_vectors || !definition.contains("hnsw")))
+            .await?;
+        eprintln!("bench-api: growing to {scale} chunks");
+        have = grow(&db, &originals, have, scale, with_vectors, &mut round).await?;
+        build_indexes(&db, &indexes).await?;
+        let scope = Scope { tenant_id: docs, ..Default::default() };
+        let modes: &[&str] = if with_vectors { &["keyword", "vector", "hybrid"] } else { &["keyword"] };
+        for mode in modes {
+            let search = |i: usize| {
+                post(&docs_key, "/v1/search", json!({"query": questions[i % questions.len()], "k": K, "mode": mode}))
+            };
+            measure(questions.len(), 4, search).await; // warm-up
+            failed();
+            let (http, _) = measure(requests, 1, search).await;
+            let (sql, _) =
+                measure(requests, 1, |i| search_in_sql(&db, &scope, mode, &questions[i % questions.len()], ef_search))
+                    .await;
+            let mut line = format!(
+                "{have:>9} chunks  {mode:<8} HTTP {:>6.2} / {:>6.2}   SQL {:>6.2} / {:>6.2}   HTTP - SQL at p50 {:>5.2}  |",
+                percentile(&http, 0.5),
+                percentile(&http, 0.99),
+                percentile(&sql, 0.5),
+                percentile(&sql, 0.99),
+                percentile(&http, 0.5) - percentile(&sql, 0.5)
+            );
+            for concurrency in [8, 32, 64] {
+                let (lat, rate) = measure(requests.max(2 * concurrency), concurrency, search).await;
+                line += &format!(
+                    "  c{concurrency} {:.1} / {:.1} ({rate:.0}/s)",
+                    percentile(&lat, 0.5),
+                    percentile(&lat, 0.99)
+                );
+            }
+            println!("{line}{}", failed());
+        }
+        if !with_vectors {
+            println!("{have:>9} chunks  vector and hybrid not measured above --vector-chunks {vector_chunks}");
+        }
+    }
+
     println!("server peak memory: {:.0} MB", peak_rss_mb(server.child.id()));
     println!("(total {:.0} s)", started.elapsed().as_secs_f64());
     Ok(())
