@@ -40,7 +40,7 @@ use stolid::store::chunks::Chunk;
 use stolid::store::search::{self, Scope};
 use stolid::testkit::bench;
 use stolid::testkit::fake_openai::FakeOpenAi;
-use stolid::testkit::infra::{base_env, create_infra};
+use stolid::testkit::infra::create_infra;
 use stolid::testkit::process::Proc;
 use uuid::Uuid;
 
@@ -313,11 +313,8 @@ async fn main() -> anyhow::Result<()> {
 
     let fake = FakeOpenAi::start().await;
     let infra = create_infra().await;
-    let env: Vec<(&str, String)> = vec![
-        ("DATABASE_URL", infra.database_url.clone()),
-        ("S3_BUCKET", infra.bucket.clone()),
-        ("SQS_QUEUE_URL", infra.queue_url.clone()),
-        ("AWS_ENDPOINT_URL", base_env()["AWS_ENDPOINT_URL"].clone()),
+    let mut env = infra.process_env();
+    env.extend([
         ("OPENAI_API_KEY", "sk-bench".into()),
         ("OPENAI_BASE_URL", fake.base_url()),
         ("EMBEDDING_MODEL", MODEL.into()),
@@ -330,7 +327,7 @@ async fn main() -> anyhow::Result<()> {
         // The service's overhead is measured here, not the provider's cap.
         ("EMBED_REQUESTS_PER_MINUTE", "10000000".into()),
         ("EMBED_TOKENS_PER_MINUTE", "1000000000".into()),
-    ];
+    ]);
     let log = Path::new(env!("CARGO_MANIFEST_DIR")).join(".local/bench-api.log");
     std::fs::create_dir_all(log.parent().expect("a parent"))?;
     let server = Proc::start(&env, &log);

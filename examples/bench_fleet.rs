@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use stolid::testkit::bench;
 use stolid::testkit::fake_openai::{Arrival, BucketCaps, FakeOpenAi};
-use stolid::testkit::infra::{base_env, create_infra};
+use stolid::testkit::infra::create_infra;
 use stolid::testkit::process::Proc;
 
 /// The provider's per-request limits (OpenAI's).
@@ -156,11 +156,8 @@ async fn run(
         requests_per_minute: scenario.requests_per_minute,
         tokens_per_minute: scenario.tokens_per_minute,
     });
-    let env: Vec<(&str, String)> = vec![
-        ("DATABASE_URL", infra.database_url.clone()),
-        ("S3_BUCKET", infra.bucket.clone()),
-        ("SQS_QUEUE_URL", infra.queue_url.clone()),
-        ("AWS_ENDPOINT_URL", base_env()["AWS_ENDPOINT_URL"].clone()),
+    let mut env = infra.process_env();
+    env.extend([
         ("OPENAI_API_KEY", "sk-bench".into()),
         ("OPENAI_BASE_URL", fake.base_url()),
         ("WORKER_WAIT_TIME_SECS", "1".into()),
@@ -168,7 +165,7 @@ async fn run(
         // "No cap" is a cap the provider never reaches.
         ("EMBED_REQUESTS_PER_MINUTE", scenario.requests_per_minute.unwrap_or(1_000_000).to_string()),
         ("EMBED_TOKENS_PER_MINUTE", scenario.tokens_per_minute.unwrap_or(100_000_000).to_string()),
-    ];
+    ]);
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".local/bench-fleet");
     std::fs::create_dir_all(&dir)?;
     // Every process at the same moment, as an ECS service with this desired count.

@@ -93,13 +93,8 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let infra = create_infra().await;
-    let mut env: Vec<(&str, String)> = vec![
-        ("DATABASE_URL", infra.database_url.clone()),
-        ("S3_BUCKET", infra.bucket.clone()),
-        ("SQS_QUEUE_URL", infra.queue_url.clone()),
-        ("AWS_ENDPOINT_URL", base_env()["AWS_ENDPOINT_URL"].clone()),
-        ("WORKER_WAIT_TIME_SECS", "1".into()),
-    ];
+    let mut env = infra.process_env();
+    env.extend([("WORKER_WAIT_TIME_SECS", "1".into())]);
     // The local provider's embedding model, as `make up` runs it (`--env LOCAL_EMBEDDING_MODEL_DIR=` turns it off).
     if let Some(dir) = base_env().get("LOCAL_EMBEDDING_MODEL_DIR") {
         env.push(("LOCAL_EMBEDDING_MODEL_DIR", dir.clone()));

@@ -37,6 +37,17 @@ pub struct Infra {
 }
 
 impl Infra {
+    /// What a `stolid serve` child process ([`super::process::Proc`]) needs to
+    /// run on this infrastructure; callers add their own settings.
+    pub fn process_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("DATABASE_URL", self.database_url.clone()),
+            ("S3_BUCKET", self.bucket.clone()),
+            ("SQS_QUEUE_URL", self.queue_url.clone()),
+            ("AWS_ENDPOINT_URL", base_env()["AWS_ENDPOINT_URL"].clone()),
+        ]
+    }
+
     /// Drops what [`create_infra`] made: the database, both queues, the bucket
     /// and its objects. For long runs (benchmarks) that make many; `make test`
     /// drops leftover databases itself.
