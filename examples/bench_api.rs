@@ -330,7 +330,7 @@ async fn main() -> anyhow::Result<()> {
     ]);
     let log = Path::new(env!("CARGO_MANIFEST_DIR")).join(".local/bench-api.log");
     std::fs::create_dir_all(log.parent().expect("a parent"))?;
-    let server = Proc::start(&env, &log);
+    let mut server = Proc::start(&env, &log);
     let db = sqlx::postgres::PgPoolOptions::new().max_connections(16).connect(&infra.database_url).await?;
     let docs = stolid::store::keys::ensure_tenant(&db, "docs").await?;
     let docs_key = stolid::store::keys::create_key(&db, docs).await?.key;
@@ -456,5 +456,8 @@ async fn main() -> anyhow::Result<()> {
 
     println!("server peak memory: {:.0} MB", peak_rss_mb(server.child.id()));
     println!("(total {:.0} s)", started.elapsed().as_secs_f64());
+    server.terminate(Duration::from_secs(10));
+    db.close().await;
+    infra.remove().await?;
     Ok(())
 }
