@@ -73,6 +73,7 @@ variables! {
     sweep_max_requeues: u32 = "SWEEP_MAX_REQUEUES", number(3);
     max_extracted_bytes: usize = "MAX_EXTRACTED_BYTES", positive(10 * 1024 * 1024);
     hnsw_ef_search: u32 = "HNSW_EF_SEARCH", positive(100);
+    keyword_term_postings: i64 = "KEYWORD_TERM_POSTINGS", positive(200);
     chat_top_k: usize = "CHAT_TOP_K", positive(8);
     chat_context_tokens: usize = "CHAT_CONTEXT_TOKENS", positive(3_000);
     chat_history_tokens: usize = "CHAT_HISTORY_TOKENS", number(2_000);
@@ -262,6 +263,8 @@ pub struct Config {
     pub chunking: ChunkSettings,
     /// HNSW candidate list size per search: recall against latency.
     pub hnsw_ef_search: u32,
+    /// Best postings read per query word by a tenant-wide keyword search: recall against latency.
+    pub keyword_term_postings: i64,
     pub chat: ChatConfig,
     pub rerank: RerankConfig,
     pub port: u16,
@@ -384,6 +387,7 @@ impl Config {
             },
             chunking: ChunkSettings { max_tokens: vars.chunk_max_tokens, overlap_tokens: vars.chunk_overlap_tokens },
             hnsw_ef_search: vars.hnsw_ef_search,
+            keyword_term_postings: vars.keyword_term_postings,
             chat: ChatConfig {
                 top_k: vars.chat_top_k,
                 context_tokens: vars.chat_context_tokens,

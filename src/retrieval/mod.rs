@@ -159,7 +159,14 @@ pub async fn search(state: &AppState, ctx: &CallContext, query: Query<'_>) -> Re
     let keyword = async {
         match query.mode {
             Mode::Vector => Ok::<_, DomainError>(Vec::new()),
-            _ => Ok(search::keyword(&mut *state.db.acquire().await?, &query.scope, query.text, depth).await?),
+            _ => Ok(search::keyword(
+                &mut *state.db.acquire().await?,
+                &query.scope,
+                query.text,
+                depth,
+                state.config.keyword_term_postings,
+            )
+            .await?),
         }
     };
     let ((vector_hits, mut too_far), keyword_hits) = tokio::try_join!(vector, keyword)?;

@@ -96,33 +96,40 @@ pub async fn vector(
     q.build_query_as().fetch_all(&mut *conn).await
 }
 
-/// BM25's term-frequency saturation and length normalisation (the usual defaults).
-const BM25_K1: f64 = 1.2;
-const BM25_B: f64 = 0.75;
-
-/// Each query term contributes at most this many chunks as candidates. Terms
-/// rarer than this are counted and ranked exactly; a term in more chunks than
-/// this is common enough that its own matches add little, so it brings a sample
-/// and still scores the candidates the rarer terms found. The cost of a search
-/// is then bounded by terms x this, however many rows match.
-pub const TERM_CANDIDATES: i64 = 2_000;
+/// A search within a collection or a metadata filter reads, per word, at most
+/// this many matching chunks inside the scope (GIN on `tsv`): the postings are
+/// per tenant, and their top entries may all lie outside a narrow scope.
+pub const SCOPED_TERM_CANDIDATES: i64 = 2_000;
 
 /// At most this many distinct words of a query are searched for: a pasted
 /// paragraph must not turn into a hundred index scans.
 pub const MAX_QUERY_TERMS: usize = 16;
 
-/// Best chunks for a question, ranked like BM25: a chunk matching *some* of the
+/// Best chunks for a question, ranked by BM25: a chunk matching *some* of the
 /// query's words scores the sum over those words of their inverse document
 /// frequency (rare words count more; English stop words, dropped by
-/// `to_tsvector`, nothing), with stemming, longer chunks damped. A word in the
-/// chunk's context (title and headings) counts as a second occurrence.
+/// `to_tsvector`, nothing) times the word's impact in the chunk (its
+/// occurrences, saturated, longer chunks damped; a word of the chunk's title or
+/// headings counts as two more). Impacts and frequencies are kept by the
+/// database as chunks are written (migration 0007).
 ///
-/// Each word is one index scan (GIN on `tsv`) of at most [`TERM_CANDIDATES`]
-/// rows inside the caller's scope, so the cost is bounded by the words of the
-/// query, not by the rows that match. Document frequencies come from those same
-/// scans (exact below the cap, capped above), so they are never stale and need
-/// no table kept in step with every write.
-pub async fn keyword(conn: &mut PgConnection, scope: &Scope, query: &str, k: i64) -> sqlx::Result<Vec<Hit>> {
+/// Across the whole tenant each word is one index-only range scan of its
+/// `term_postings` best postings, so the cost is bounded by the words of the
+/// query, not by the rows that match. The best candidates by those partial sums
+/// are then scored exactly over every query word, so a chunk strong in a rare
+/// word keeps the credit of the common word it also contains.
+///
+/// `term_postings` (`KEYWORD_TERM_POSTINGS`) is how many postings a word brings:
+/// a word in fewer chunks than that is read completely, so rare words, the ones
+/// that decide a ranking, are exact; a commoner word brings the chunks where it
+/// weighs most.
+pub async fn keyword(
+    conn: &mut PgConnection,
+    scope: &Scope,
+    query: &str,
+    k: i64,
+    term_postings: i64,
+) -> sqlx::Result<Vec<Hit>> {
     // Postgres's own parser and stemmer make the terms, as they made the index.
     let mut terms: Vec<String> = sqlx::query_scalar(
         "SELECT lexeme FROM unnest(tsvector_to_array(to_tsvector('english', $1))) AS lexeme ORDER BY lexeme",
@@ -134,44 +141,46 @@ pub async fn keyword(conn: &mut PgConnection, scope: &Scope, query: &str, k: i64
     if terms.is_empty() {
         return Ok(Vec::new());
     }
-    let mut q = QueryBuilder::new("WITH matches AS (");
-    for (i, term) in terms.iter().enumerate() {
-        if i > 0 {
-            q.push(" UNION ALL ");
+    let mut q = QueryBuilder::new(
+        "WITH idf AS (
+             SELECT f.lexeme, ln(1 + (greatest(n.chunks, f.chunks) - f.chunks + 0.5) / (f.chunks + 0.5)) AS idf
+             FROM keyword_frequencies f JOIN keyword_frequencies n ON n.tenant_id = f.tenant_id AND n.lexeme = ''
+             WHERE f.chunks > 0 AND f.tenant_id = ",
+    );
+    q.push_bind(scope.tenant_id).push(" AND f.lexeme = ANY(").push_bind(terms.clone()).push(")), candidates AS (");
+    if scope.collection.is_none() && scope.metadata_any.is_empty() {
+        // Index-only scans of `chunk_terms_rank_idx`, one per word, in rank order.
+        q.push(
+            "SELECT p.chunk_id FROM idf CROSS JOIN LATERAL (
+                 SELECT t.chunk_id, t.impact FROM chunk_terms t
+                 WHERE t.lexeme = idf.lexeme AND t.tenant_id = ",
+        );
+        q.push_bind(scope.tenant_id).push(" ORDER BY t.impact DESC, t.chunk_id LIMIT ").push_bind(term_postings);
+        q.push(") p GROUP BY p.chunk_id ORDER BY sum(idf.idf * p.impact) DESC, p.chunk_id LIMIT ");
+        q.push_bind(rescored(k));
+    } else {
+        for (i, term) in terms.iter().enumerate() {
+            if i > 0 {
+                q.push(" UNION ");
+            }
+            // One branch per word, its lexeme a bound value: the planner sees each
+            // match as an index condition of its own.
+            q.push("(SELECT c.id AS chunk_id FROM chunks c JOIN documents d ON d.id = c.document_id");
+            q.push(" WHERE c.tsv @@ keyword_lexeme(").push_bind(term.clone()).push(") AND c.tenant_id = ");
+            q.push_bind(scope.tenant_id);
+            push_scope(&mut q, scope);
+            q.push(" LIMIT ").push_bind(SCOPED_TERM_CANDIDATES).push(")");
         }
-        // One branch per word, its lexeme a bound value: the planner sees each
-        // match as an index condition of its own.
-        q.push(format!("(SELECT {i} AS term, c.id AS chunk_id, c.token_count, c.tsv @@ keyword_lexeme("));
-        q.push_bind(term.clone()).push(", 'B') AS in_context FROM chunks c JOIN documents d ON d.id = c.document_id");
-        q.push(" WHERE c.tsv @@ keyword_lexeme(").push_bind(term.clone()).push(") AND c.tenant_id = ");
-        q.push_bind(scope.tenant_id);
-        push_scope(&mut q, scope);
-        q.push(" LIMIT ").push_bind(TERM_CANDIDATES).push(")");
     }
     q.push(
-        "), frequencies AS (
-             SELECT term, count(*)::float8 AS df FROM matches GROUP BY term
-         ), corpus AS (
-             SELECT greatest(sum(d.chunk_count), 1)::float8 AS chunks,
-                    greatest(sum(d.token_count)::float8 / greatest(sum(d.chunk_count), 1), 1) AS average_tokens
-             FROM documents d WHERE d.status = 'indexed'",
-    );
-    push_scope(&mut q, scope);
-    q.push(format!(
         "), scored AS (
-             SELECT m.chunk_id, sum(
-                 ln(1 + (greatest(corpus.chunks, f.df) - f.df + 0.5) / (f.df + 0.5))
-                 * w.tf * ({BM25_K1} + 1)
-                 / (w.tf + {BM25_K1} * (1 - {BM25_B} + {BM25_B} * m.token_count / corpus.average_tokens))
-             ) AS score
-             FROM matches m
-             JOIN frequencies f USING (term)
-             CROSS JOIN corpus
-             CROSS JOIN LATERAL (SELECT CASE WHEN m.in_context THEN 2.0 ELSE 1.0 END AS tf) w
-             GROUP BY m.chunk_id
-             ORDER BY score DESC, m.chunk_id
-             LIMIT "
-    ));
+             SELECT t.chunk_id, sum(idf.idf * t.impact) AS score
+             FROM candidates c JOIN chunk_terms t ON t.chunk_id = c.chunk_id AND t.lexeme = ANY(",
+    );
+    q.push_bind(terms).push(
+        ") JOIN idf ON idf.lexeme = t.lexeme
+         GROUP BY t.chunk_id ORDER BY score DESC, t.chunk_id LIMIT ",
+    );
     q.push_bind(k).push(
         ")
          SELECT c.id AS chunk_id, c.document_id, d.title, d.collection, c.content, c.heading_path,
@@ -180,6 +189,11 @@ pub async fn keyword(conn: &mut PgConnection, scope: &Scope, query: &str, k: i64
          ORDER BY s.score DESC, c.id",
     );
     q.build_query_as().fetch_all(&mut *conn).await
+}
+
+/// How many candidates, best by their partial sums, are scored over every word.
+fn rescored(k: i64) -> i64 {
+    (k * 4).max(100)
 }
 
 /// Embedding models other than `current` that some of the tenant's documents

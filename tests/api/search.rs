@@ -282,3 +282,102 @@ async fn a_small_tenant_gets_k_results_through_the_hnsw_index() {
     assert!(plan.contains(&index), "plan does not use {index}:\n{plan}");
     assert_eq!(rows, 10, "an HNSW scan followed by the filter starved the result");
 }
+
+/// Rows of the keyword postings and frequencies that differ from what the
+/// chunks say they should be (migration 0007 keeps them by trigger).
+async fn keyword_index_drift(app: &TestApp) -> (i64, i64) {
+    let postings = sqlx::query_scalar(
+        "WITH derived AS (
+             SELECT c.id AS chunk_id, t.lexeme, c.tenant_id, keyword_impact(t.weights, c.token_count) AS impact
+             FROM chunks c CROSS JOIN LATERAL unnest(c.tsv) AS t
+         ), stored AS (SELECT chunk_id, lexeme, tenant_id, impact FROM chunk_terms)
+         SELECT count(*) FROM ((TABLE derived EXCEPT ALL TABLE stored) UNION ALL (TABLE stored EXCEPT ALL TABLE derived)) x",
+    )
+    .fetch_one(&app.state.db)
+    .await
+    .unwrap();
+    let frequencies = sqlx::query_scalar(
+        "WITH derived AS (
+             SELECT tenant_id, lexeme, count(*) AS chunks FROM chunk_terms GROUP BY tenant_id, lexeme
+             UNION ALL SELECT tenant_id, '', count(*) FROM chunks GROUP BY tenant_id
+         ), stored AS (SELECT tenant_id, lexeme, chunks FROM keyword_frequencies WHERE chunks <> 0)
+         SELECT count(*) FROM ((TABLE derived EXCEPT TABLE stored) UNION ALL (TABLE stored EXCEPT TABLE derived)) x",
+    )
+    .fetch_one(&app.state.db)
+    .await
+    .unwrap();
+    (postings, frequencies)
+}
+
+/// Keyword search reads postings and word frequencies the database keeps beside
+/// the chunks; indexing in parallel, re-indexing and deleting (two tenants at
+/// once) leave them exactly what the chunks say.
+#[tokio::test]
+async fn keyword_postings_and_frequencies_follow_every_write() {
+    let app = spawn_app().await;
+    let texts: Vec<String> = (0..12)
+        .map(|i| {
+            format!("# Part {i}\n\nThe borrow checker checks borrows, part {i}. Lifetimes {i} end where values drop.")
+        })
+        .collect();
+    let ids = index(&app, &texts.iter().map(|t| ("doc", t.as_str(), json!({}))).collect::<Vec<_>>()).await;
+    let other = app.new_tenant("globex").await;
+    let body = json!({"text": "Lifetimes of borrowed values, for another tenant.", "title": "theirs"});
+    let response = app.client.post(app.url("/v1/documents")).bearer_auth(&other).json(&body).send().await.unwrap();
+    assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
+    app.drain_queue().await;
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM chunk_terms").fetch_one(&app.state.db).await.unwrap();
+    assert!(stored > 12 * 5, "{stored} postings");
+    assert_eq!(keyword_index_drift(&app).await, (0, 0), "after indexing");
+
+    for id in &ids[..3] {
+        let response = app.post(&format!("/v1/documents/{id}/reindex")).send().await.unwrap();
+        assert_eq!(response.status(), 202);
+    }
+    for id in &ids[3..6] {
+        let response = app.client.delete(app.url(&format!("/v1/documents/{id}"))).bearer_auth(&app.api_key).send();
+        assert_eq!(response.await.unwrap().status(), 204);
+    }
+    app.drain_queue().await;
+    assert_eq!(keyword_index_drift(&app).await, (0, 0), "after re-indexing and deleting");
+    let chunks: i64 = sqlx::query_scalar("SELECT chunks FROM keyword_frequencies WHERE tenant_id = $1 AND lexeme = ''")
+        .bind(app.tenant_id)
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
+    assert_eq!(chunks, 9, "the corpus size counts the nine documents left");
+    let results = search(&app, json!({"query": "borrow checker lifetimes", "mode": "keyword", "k": 20})).await;
+    assert_eq!(results.len(), 9, "{results:?}");
+
+    // Chunks are replaced, never edited: an edit would leave the postings stale.
+    let edit = sqlx::query("UPDATE chunks SET content = 'changed'").execute(&app.state.db).await;
+    assert!(edit.unwrap_err().to_string().contains("replaced, not updated"));
+}
+
+/// A search inside a collection finds candidates another way (the whole
+/// tenant's best postings may all lie outside a narrow scope) but must rank
+/// them exactly as the unscoped search does.
+#[tokio::test]
+async fn a_scoped_keyword_search_ranks_as_the_whole_tenant_does() {
+    let app = spawn_app().await;
+    let docs = [
+        ("answer", "In Rust, the question mark operator propagates an Err to the caller."),
+        ("aside", "Many a question about lifetimes is asked by newcomers."),
+        ("errors", "Errors in Rust are values: Result carries an Err or an Ok, and callers decide."),
+        ("panics", "A panic unwinds the stack; errors that callers can handle belong in a Result."),
+        ("operators", "Operators such as + and * are traits; the question mark operator is one too."),
+    ];
+    index(&app, &docs.iter().map(|(t, x)| (*t, *x, json!({}))).collect::<Vec<_>>()).await;
+    let ranked = |results: Vec<Value>| -> Vec<(String, String)> {
+        results
+            .iter()
+            .map(|r| (r["title"].as_str().unwrap().to_string(), format!("{:.9}", r["score"].as_f64().unwrap())))
+            .collect()
+    };
+    for query in ["question mark operator", "how do callers handle errors in rust?", "lifetimes panic"] {
+        let whole = ranked(search(&app, json!({"query": query, "mode": "keyword"})).await);
+        let scoped = ranked(search(&app, json!({"query": query, "mode": "keyword", "collection": "default"})).await);
+        assert!(!whole.is_empty(), "{query}");
+        assert_eq!(whole, scoped, "{query}");
+    }
+}
