@@ -46,40 +46,37 @@ RETURN (
     SELECT (n * 2.2 / (n + 1.2 * (0.25 + 0.75 * greatest(token_count, 1) / 250.0)))::real FROM tf
 );
 
--- Frequencies change in one statement per trigger, rows taken in one fixed
--- order ('' first, then by byte order), so two transactions indexing the same
--- tenant queue on the '' row instead of deadlocking.
-CREATE FUNCTION chunk_terms_add() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    WITH added AS (
-        INSERT INTO chunk_terms (chunk_id, lexeme, tenant_id, impact)
-        SELECT c.id, t.lexeme, c.tenant_id, keyword_impact(t.weights, c.token_count)
-        FROM added_chunks c CROSS JOIN LATERAL unnest(c.tsv) AS t
-        RETURNING tenant_id, lexeme
-    ), counts AS (
-        SELECT tenant_id, lexeme, count(*) AS chunks FROM added GROUP BY tenant_id, lexeme
-        UNION ALL
-        SELECT tenant_id, '', count(*) FROM added_chunks GROUP BY tenant_id
-    )
-    INSERT INTO keyword_frequencies (tenant_id, lexeme, chunks)
-    SELECT tenant_id, lexeme, chunks FROM counts ORDER BY tenant_id, lexeme COLLATE "C"
-    ON CONFLICT (tenant_id, lexeme) DO UPDATE SET chunks = keyword_frequencies.chunks + excluded.chunks;
-    RETURN NULL;
-END $$;
+-- A chunk's postings: each word of its text, with its impact there.
+CREATE FUNCTION keyword_postings(tsv tsvector, token_count int) RETURNS TABLE (lexeme text, impact real)
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT t.lexeme, keyword_impact(t.weights, token_count) FROM unnest(tsv) AS t;
+END;
 
-CREATE FUNCTION chunk_terms_remove() RETURNS trigger LANGUAGE plpgsql AS $$
+-- One function for both events: postings written or removed with their chunks,
+-- then the frequencies moved by the same counts in one statement, rows taken in
+-- one fixed order ('' first, then by byte order), so two transactions indexing
+-- the same tenant queue on the '' row instead of deadlocking.
+CREATE FUNCTION chunk_terms_follow() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    direction bigint := CASE WHEN TG_OP = 'INSERT' THEN 1 ELSE -1 END;
 BEGIN
-    WITH removed AS (
-        DELETE FROM chunk_terms t USING removed_chunks c WHERE t.chunk_id = c.id
-        RETURNING t.tenant_id, t.lexeme
-    ), counts AS (
-        SELECT tenant_id, lexeme, count(*) AS chunks FROM removed GROUP BY tenant_id, lexeme
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO chunk_terms (chunk_id, lexeme, tenant_id, impact)
+        SELECT c.id, p.lexeme, c.tenant_id, p.impact
+        FROM changed_chunks c CROSS JOIN LATERAL keyword_postings(c.tsv, c.token_count) AS p;
+    ELSE
+        DELETE FROM chunk_terms t USING changed_chunks c WHERE t.chunk_id = c.id;
+    END IF;
+    WITH counts AS (
+        SELECT c.tenant_id, t.lexeme, count(*) AS chunks
+        FROM changed_chunks c CROSS JOIN LATERAL unnest(c.tsv) AS t GROUP BY c.tenant_id, t.lexeme
         UNION ALL
-        SELECT tenant_id, '', count(*) FROM removed_chunks GROUP BY tenant_id
+        SELECT tenant_id, '', count(*) FROM changed_chunks GROUP BY tenant_id
     )
     -- A tenant being deleted (its row already gone) keeps no frequencies.
     INSERT INTO keyword_frequencies (tenant_id, lexeme, chunks)
-    SELECT c.tenant_id, c.lexeme, -c.chunks FROM counts c
+    SELECT c.tenant_id, c.lexeme, direction * c.chunks FROM counts c
     WHERE EXISTS (SELECT 1 FROM tenants WHERE id = c.tenant_id)
     ORDER BY c.tenant_id, c.lexeme COLLATE "C"
     ON CONFLICT (tenant_id, lexeme) DO UPDATE SET chunks = keyword_frequencies.chunks + excluded.chunks;
@@ -87,9 +84,9 @@ BEGIN
 END $$;
 
 CREATE TRIGGER chunk_terms_add AFTER INSERT ON chunks
-    REFERENCING NEW TABLE AS added_chunks FOR EACH STATEMENT EXECUTE FUNCTION chunk_terms_add();
+    REFERENCING NEW TABLE AS changed_chunks FOR EACH STATEMENT EXECUTE FUNCTION chunk_terms_follow();
 CREATE TRIGGER chunk_terms_remove AFTER DELETE ON chunks
-    REFERENCING OLD TABLE AS removed_chunks FOR EACH STATEMENT EXECUTE FUNCTION chunk_terms_remove();
+    REFERENCING OLD TABLE AS changed_chunks FOR EACH STATEMENT EXECUTE FUNCTION chunk_terms_follow();
 
 -- Chunks are replaced, never edited: an edit of their text would leave the postings stale.
 CREATE FUNCTION chunks_text_is_immutable() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -103,8 +100,7 @@ CREATE TRIGGER chunks_text_is_immutable BEFORE UPDATE OF content, context ON chu
 -- code would hold every posting in memory at once; inserting directly and
 -- counting afterwards does not.
 INSERT INTO chunk_terms (chunk_id, lexeme, tenant_id, impact)
-SELECT c.id, t.lexeme, c.tenant_id, keyword_impact(t.weights, c.token_count)
-FROM chunks c CROSS JOIN LATERAL unnest(c.tsv) AS t;
+SELECT c.id, p.lexeme, c.tenant_id, p.impact FROM chunks c CROSS JOIN LATERAL keyword_postings(c.tsv, c.token_count) AS p;
 INSERT INTO keyword_frequencies (tenant_id, lexeme, chunks)
 SELECT tenant_id, lexeme, count(*) FROM chunk_terms GROUP BY tenant_id, lexeme
 UNION ALL

@@ -288,8 +288,8 @@ async fn a_small_tenant_gets_k_results_through_the_hnsw_index() {
 async fn keyword_index_drift(app: &TestApp) -> (i64, i64) {
     let postings = sqlx::query_scalar(
         "WITH derived AS (
-             SELECT c.id AS chunk_id, t.lexeme, c.tenant_id, keyword_impact(t.weights, c.token_count) AS impact
-             FROM chunks c CROSS JOIN LATERAL unnest(c.tsv) AS t
+             SELECT c.id AS chunk_id, p.lexeme, c.tenant_id, p.impact
+             FROM chunks c CROSS JOIN LATERAL keyword_postings(c.tsv, c.token_count) AS p
          ), stored AS (SELECT chunk_id, lexeme, tenant_id, impact FROM chunk_terms)
          SELECT count(*) FROM ((TABLE derived EXCEPT ALL TABLE stored) UNION ALL (TABLE stored EXCEPT ALL TABLE derived)) x",
     )
