@@ -23,7 +23,9 @@
 //! time the fake server spent answering the phase's model calls (by its own
 //! clock), shared out per request; and the server's peak memory.
 //!
-//! Options: --chunks 100000,1000000  --vector-chunks 100000  --requests 200  --latency-ms 50
+//! Options: --chunks 100000,1000000 (or `none`: chat and suggest only)  --vector-chunks 100000  --requests 200  --latency-ms 50
+//! --concurrency 1,8,32,64 (of chat and suggest)  --keep (leave the database behind, to inspect its plans)
+//! --env K=V,K2=V2 (added to the server's environment)
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,7 +37,7 @@ use sqlx::PgPool;
 use stolid::ingest::chunk::{ChunkSettings, chunk, embedding_text};
 use stolid::ingest::extract::{Format, extract};
 use stolid::llm::local;
-use stolid::retrieval::score_fusion;
+use stolid::retrieval::{hybrid_depth, score_fusion};
 use stolid::store::chunks::Chunk;
 use stolid::store::search::{self, Scope};
 use stolid::testkit::bench;
@@ -51,8 +53,6 @@ const BOOKS: [&str; 8] =
     ["book", "reference", "rust-by-example", "cargo", "rustc", "unstable-book", "error_codes", "std"];
 /// What `/v1/search` asks for, and what the SQL side does the same work for.
 const K: usize = 10;
-/// Hybrid fuses lists this deep (as `retrieval::search` does for `k: 10`).
-const HYBRID_DEPTH: usize = 40;
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
@@ -282,7 +282,7 @@ async fn search_in_sql(db: &PgPool, scope: &Scope, mode: &str, query: &str, ef_s
     match mode {
         "keyword" => drop(keyword(K).await),
         "vector" => drop(vector(K).await),
-        _ => drop(score_fusion(vector(HYBRID_DEPTH).await, keyword(HYBRID_DEPTH).await, K)),
+        _ => drop(score_fusion(vector(hybrid_depth(K)).await, keyword(hybrid_depth(K)).await, K)),
     }
 }
 
@@ -300,17 +300,22 @@ fn peak_rss_mb(pid: u32) -> f64 {
 async fn main() -> anyhow::Result<()> {
     let options = bench::options();
     let number = |name: &str, default: usize| options.get(name).map_or(default, |v| v.parse().expect(name));
-    let scales: Vec<usize> = options
-        .get("chunks")
-        .map_or("100000,1000000", String::as_str)
-        .split(',')
-        .map(|n| n.trim().parse().expect("--chunks N,N"))
-        .collect();
+    // `--chunks none` measures chat and suggest only.
+    let scales: Vec<usize> = match options.get("chunks").map_or("100000,1000000", String::as_str) {
+        "none" => Vec::new(),
+        list => list.split(',').map(|n| n.trim().parse().expect("--chunks N,N")).collect(),
+    };
     let vector_chunks = number("vector-chunks", 100_000);
     let requests = number("requests", 200);
     let model_latency = Duration::from_millis(number("latency-ms", 50) as u64);
     let ef_search = 100;
     let term_postings = number("term-postings", 200) as i64;
+    let concurrencies: Vec<usize> = options
+        .get("concurrency")
+        .map_or("1,8,32,64", String::as_str)
+        .split(',')
+        .map(|n| n.trim().parse().expect("--concurrency N,N"))
+        .collect();
 
     let questions: Vec<String> = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/eval/rust-docs.jsonl"))?
         .lines()
@@ -336,6 +341,8 @@ async fn main() -> anyhow::Result<()> {
         ("EMBED_REQUESTS_PER_MINUTE", "10000000".into()),
         ("EMBED_TOKENS_PER_MINUTE", "1000000000".into()),
     ]);
+    let extra = bench::extra_env(&options);
+    env.extend(extra.iter().map(|(k, v)| (k.as_str(), v.clone())));
     let log = Path::new(env!("CARGO_MANIFEST_DIR")).join(".local/bench-api.log");
     std::fs::create_dir_all(log.parent().expect("a parent"))?;
     let mut server = Proc::start(&env, &log);
@@ -391,7 +398,7 @@ async fn main() -> anyhow::Result<()> {
         ("/v1/chat", (|q: &str| json!({"message": q})) as fn(&str) -> serde_json::Value),
         ("/v1/suggest", |q: &str| json!({"text": q})),
     ] {
-        for concurrency in [1, 8, 32, 64] {
+        for &concurrency in &concurrencies {
             let before = fake.stats();
             let total = requests.max(4 * concurrency);
             let (lat, rate) =
@@ -411,15 +418,21 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // The book's tenant is measured alone: chunks of other tenants share its full-text index.
-    eprintln!("bench-api: loading the other books");
-    let originals = load(&db, docs, &pages.iter().collect::<Vec<_>>()).await?;
+    let originals = if scales.is_empty() {
+        Vec::new()
+    } else {
+        eprintln!("bench-api: loading the other books");
+        load(&db, docs, &pages.iter().collect::<Vec<_>>()).await?
+    };
     drop(pages);
 
     fake.set_latency(Duration::ZERO);
     let (mut have, mut round) = (base_chunks, 0);
-    println!(
-        "--- search on real text: HTTP vs the same SQL at concurrency 1, then HTTP at 8 / 32 / 64 (p50 / p99 ms) ---"
-    );
+    if !scales.is_empty() {
+        println!(
+            "--- search on real text: HTTP vs the same SQL at concurrency 1, then HTTP at 8 / 32 / 64 (p50 / p99 ms) ---"
+        );
+    }
     for &scale in &scales {
         let with_vectors = scale <= vector_chunks;
         drop_indexes(&db, indexes.iter().filter(|(_, definition)| with_vectors || !definition.contains("hnsw")))
@@ -467,6 +480,10 @@ async fn main() -> anyhow::Result<()> {
     println!("(total {:.0} s)", started.elapsed().as_secs_f64());
     server.terminate(Duration::from_secs(10));
     db.close().await;
-    infra.remove().await?;
+    if options.contains_key("keep") {
+        println!("kept for inspection: {}", infra.database_url);
+    } else {
+        infra.remove().await?;
+    }
     Ok(())
 }

@@ -99,10 +99,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(dir) = base_env().get("LOCAL_EMBEDDING_MODEL_DIR") {
         env.push(("LOCAL_EMBEDDING_MODEL_DIR", dir.clone()));
     }
-    let extra: Vec<(String, String)> = options
-        .get("env")
-        .map(|list| list.split(',').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.into(), v.into())).collect())
-        .unwrap_or_default();
+    let extra = bench::extra_env(&options);
     env.extend(extra.iter().map(|(k, v)| (k.as_str(), v.clone())));
     let log = Path::new(env!("CARGO_MANIFEST_DIR")).join(".local/eval.log");
     std::fs::create_dir_all(log.parent().expect("a parent"))?;

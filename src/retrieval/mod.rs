@@ -123,6 +123,14 @@ pub fn reciprocal_rank_fusion(lists: Vec<Vec<Hit>>, k: usize) -> Vec<Hit> {
     hits
 }
 
+/// How deep each list of a hybrid search is read to return `wanted` hits. A list
+/// adds nothing below its [`FUSION_FLOOR_RANK`]th hit, so fusion needs it that
+/// deep and no deeper: more would only order hits that neither list ranks, and a
+/// deeper keyword list costs more rescoring.
+pub fn hybrid_depth(wanted: usize) -> usize {
+    wanted.max(FUSION_FLOOR_RANK)
+}
+
 pub struct Query<'a> {
     pub text: &'a str,
     pub k: usize,
@@ -146,8 +154,7 @@ pub async fn search(state: &AppState, ctx: &CallContext, query: Query<'_>) -> Re
     let rerank = query.rerank && state.config.rerank.candidates > 0 && state.gateway.has_language_model();
     // The reranker sees more candidates than most callers keep.
     let wanted = if rerank { query.k.max(state.config.rerank.candidates) } else { query.k };
-    // Hybrid fuses deeper candidate lists than it returns.
-    let depth = if query.mode == Mode::Hybrid { (wanted * 4).max(20) } else { wanted } as i64;
+    let depth = if query.mode == Mode::Hybrid { hybrid_depth(wanted) } else { wanted } as i64;
     // The halves run side by side: keyword search does not wait for the query
     // embedding, and each half holds a connection only for its own queries.
     let vector = async {

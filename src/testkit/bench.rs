@@ -17,6 +17,24 @@ pub fn options() -> HashMap<String, String> {
     options
 }
 
+/// `--env K=V,K2=V2`: settings added to the server's environment. A piece that
+/// does not start with an upper-case name and `=` continues the value before it,
+/// so `--env RUST_LOG=info,sqlx::query=debug` passes one variable.
+pub fn extra_env(options: &HashMap<String, String>) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    for piece in options.get("env").map(String::as_str).unwrap_or_default().split(',').filter(|p| !p.is_empty()) {
+        let named = piece.split_once('=').filter(|(key, _)| {
+            !key.is_empty() && key.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        });
+        match (named, env.last_mut()) {
+            (Some((key, value)), _) => env.push((key.to_string(), value.to_string())),
+            (None, Some((_, value))) => *value = format!("{value},{piece}"),
+            (None, None) => panic!("--env {piece}: expected NAME=value"),
+        }
+    }
+    env
+}
+
 /// `rustc --print sysroot`/share/doc/rust/html: the books shipped with the toolchain.
 pub fn rust_docs() -> PathBuf {
     let sysroot = std::process::Command::new("rustc").args(["--print", "sysroot"]).output().expect("running rustc");
