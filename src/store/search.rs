@@ -141,33 +141,22 @@ pub async fn keyword(
     if terms.is_empty() {
         return Ok(Vec::new());
     }
-    let tenant_wide = scope.collection.is_none() && scope.metadata_any.is_empty();
-    // `complete`: the word is in no more chunks than it brings postings, so a
-    // candidate missing from its postings does not contain it.
     let mut q = QueryBuilder::new(
         "WITH idf AS (
-             SELECT f.lexeme, ln(1 + (greatest(n.chunks, f.chunks) - f.chunks + 0.5) / (f.chunks + 0.5)) AS idf,
-                    f.chunks <= ",
-    );
-    q.push_bind(term_postings).push(
-        " AS complete
+             SELECT f.lexeme, ln(1 + (greatest(n.chunks, f.chunks) - f.chunks + 0.5) / (f.chunks + 0.5)) AS idf
              FROM keyword_frequencies f JOIN keyword_frequencies n ON n.tenant_id = f.tenant_id AND n.lexeme = ''
              WHERE f.chunks > 0 AND f.tenant_id = ",
     );
-    q.push_bind(scope.tenant_id).push(" AND f.lexeme = ANY(").push_bind(terms.clone()).push(")), ");
-    // MATERIALIZED: inlined, the candidates' sort was redone for every query word of the scoring join.
-    q.push("candidates AS MATERIALIZED (");
-    if tenant_wide {
-        // Index-only scans of `chunk_terms_rank_idx`, one per word, in rank
-        // order; each candidate keeps its partial sum and the words it had.
+    q.push_bind(scope.tenant_id).push(" AND f.lexeme = ANY(").push_bind(terms.clone()).push(")), candidates AS (");
+    if scope.collection.is_none() && scope.metadata_any.is_empty() {
+        // Index-only scans of `chunk_terms_rank_idx`, one per word, in rank order.
         q.push(
-            "SELECT p.chunk_id, sum(idf.idf * p.impact) AS partial, array_agg(idf.lexeme) AS known
-             FROM idf CROSS JOIN LATERAL (
+            "SELECT p.chunk_id FROM idf CROSS JOIN LATERAL (
                  SELECT t.chunk_id, t.impact FROM chunk_terms t
                  WHERE t.lexeme = idf.lexeme AND t.tenant_id = ",
         );
         q.push_bind(scope.tenant_id).push(" ORDER BY t.impact DESC, t.chunk_id LIMIT ").push_bind(term_postings);
-        q.push(") p GROUP BY p.chunk_id ORDER BY partial DESC, p.chunk_id LIMIT ");
+        q.push(") p GROUP BY p.chunk_id ORDER BY sum(idf.idf * p.impact) DESC, p.chunk_id LIMIT ");
         q.push_bind(rescored(k));
     } else {
         for (i, term) in terms.iter().enumerate() {
@@ -183,39 +172,21 @@ pub async fn keyword(
             q.push(" LIMIT ").push_bind(SCOPED_TERM_CANDIDATES).push(")");
         }
     }
-    // Both rank on the score to six decimals: sums taken in a different order
-    // differ in their last bits, and a tie must fall to the chunk id whichever
-    // way the score was summed.
-    if tenant_wide {
-        // Exact scores: the partial sum, plus the impacts of the words a
-        // candidate lacked in their postings, looked up only where it may
-        // still have them (the word's postings were cut short).
-        q.push(
-            "), scored AS (
-                 SELECT c.chunk_id, c.partial + coalesce(m.missing, 0) AS score
-                 FROM candidates c CROSS JOIN LATERAL (
-                     SELECT sum(idf.idf * t.impact) AS missing FROM idf
-                     JOIN chunk_terms t ON t.chunk_id = c.chunk_id AND t.lexeme = idf.lexeme
-                     WHERE NOT idf.complete AND idf.lexeme <> ALL(c.known)) m
-                 ORDER BY round((c.partial + coalesce(m.missing, 0))::numeric, 6) DESC, c.chunk_id",
-        );
-    } else {
-        q.push(
-            "), scored AS (
-                 SELECT t.chunk_id, sum(idf.idf * t.impact) AS score
-                 FROM candidates c JOIN chunk_terms t ON t.chunk_id = c.chunk_id AND t.lexeme = ANY(",
-        );
-        q.push_bind(terms).push(
-            ") JOIN idf ON idf.lexeme = t.lexeme
-             GROUP BY t.chunk_id ORDER BY round(sum(idf.idf * t.impact)::numeric, 6) DESC, t.chunk_id",
-        );
-    }
-    q.push(" LIMIT ").push_bind(k).push(
+    q.push(
+        "), scored AS (
+             SELECT t.chunk_id, sum(idf.idf * t.impact) AS score
+             FROM candidates c JOIN chunk_terms t ON t.chunk_id = c.chunk_id AND t.lexeme = ANY(",
+    );
+    q.push_bind(terms).push(
+        ") JOIN idf ON idf.lexeme = t.lexeme
+         GROUP BY t.chunk_id ORDER BY score DESC, t.chunk_id LIMIT ",
+    );
+    q.push_bind(k).push(
         ")
          SELECT c.id AS chunk_id, c.document_id, d.title, d.collection, c.content, c.heading_path,
                 c.start_offset, c.end_offset, s.score::float8 AS score
          FROM scored s JOIN chunks c ON c.id = s.chunk_id JOIN documents d ON d.id = c.document_id
-         ORDER BY round(s.score::numeric, 6) DESC, c.id",
+         ORDER BY s.score DESC, c.id",
     );
     q.build_query_as().fetch_all(&mut *conn).await
 }
