@@ -301,21 +301,17 @@ async fn main() -> anyhow::Result<()> {
     let options = bench::options();
     let number = |name: &str, default: usize| options.get(name).map_or(default, |v| v.parse().expect(name));
     // `--chunks none` measures chat and suggest only.
-    let scales: Vec<usize> = match options.get("chunks").map_or("100000,1000000", String::as_str) {
-        "none" => Vec::new(),
-        list => list.split(',').map(|n| n.trim().parse().expect("--chunks N,N")).collect(),
+    let scales: Vec<usize> = if options.get("chunks").is_some_and(|c| c == "none") {
+        Vec::new()
+    } else {
+        bench::list(&options, "chunks", "100000,1000000")
     };
     let vector_chunks = number("vector-chunks", 100_000);
     let requests = number("requests", 200);
     let model_latency = Duration::from_millis(number("latency-ms", 50) as u64);
     let ef_search = 100;
     let term_postings = number("term-postings", 200) as i64;
-    let concurrencies: Vec<usize> = options
-        .get("concurrency")
-        .map_or("1,8,32,64", String::as_str)
-        .split(',')
-        .map(|n| n.trim().parse().expect("--concurrency N,N"))
-        .collect();
+    let concurrencies: Vec<usize> = bench::list(&options, "concurrency", "1,8,32,64");
 
     let questions: Vec<String> = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/eval/rust-docs.jsonl"))?
         .lines()

@@ -56,14 +56,11 @@ struct Args {
 
 fn args() -> Args {
     let map = bench::options();
-    let list = |k: &str, d: &str| -> Vec<String> {
-        map.get(k).map_or(d, String::as_str).split(',').map(str::to_string).collect()
-    };
     Args {
         corpus: map.get("corpus").map(PathBuf::from).unwrap_or_else(bench::rust_book),
         docs: map.get("docs").map_or(usize::MAX, |v| v.parse().expect("--docs N")),
-        procs: list("procs", "1,3").iter().map(|v| v.parse().expect("--procs 1,3")).collect(),
-        scenarios: list("scenarios", "requests,tokens,none")
+        procs: bench::list(&map, "procs", "1,3"),
+        scenarios: bench::list::<String>(&map, "scenarios", "requests,tokens,none")
             .iter()
             .map(|name| *SCENARIOS.iter().find(|s| s.name == name).expect("scenarios: requests, tokens, none, tier"))
             .collect(),

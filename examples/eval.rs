@@ -69,12 +69,7 @@ async fn main() -> anyhow::Result<()> {
         .get("questions")
         .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("eval/rust-docs.jsonl"), PathBuf::from);
     let root = options.get("root").map_or_else(bench::rust_docs, PathBuf::from);
-    let modes: Vec<String> = options
-        .get("modes")
-        .map_or("vector,keyword,hybrid,rerank", String::as_str)
-        .split(',')
-        .map(str::to_string)
-        .collect();
+    let modes: Vec<String> = bench::list(&options, "modes", "vector,keyword,hybrid,rerank");
     let followups_path = options
         .get("followups")
         .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("eval/rust-docs-followups.jsonl"), PathBuf::from);

@@ -17,6 +17,12 @@ pub fn options() -> HashMap<String, String> {
     options
 }
 
+/// A comma-separated option (`--concurrency 1,8,32`), or `default` when absent.
+pub fn list<T: std::str::FromStr>(options: &HashMap<String, String>, name: &str, default: &str) -> Vec<T> {
+    let value = options.get(name).map_or(default, String::as_str);
+    value.split(',').map(|piece| piece.trim().parse().unwrap_or_else(|_| panic!("--{name}: {piece:?}"))).collect()
+}
+
 /// `--env K=V,K2=V2`: settings added to the server's environment. A piece that
 /// does not start with an upper-case name and `=` continues the value before it,
 /// so `--env RUST_LOG=info,sqlx::query=debug` passes one variable.
@@ -52,4 +58,22 @@ pub fn corpus(dir: &Path, limit: usize) -> anyhow::Result<Vec<PathBuf>> {
     files.truncate(limit);
     anyhow::ensure!(!files.is_empty(), "no documents under {}", dir.display());
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_and_env_options_parse_as_documented() {
+        let options: HashMap<String, String> =
+            [("concurrency", "1, 8"), ("env", "RUST_LOG=info,sqlx::query=debug,A_1=")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        assert_eq!(list::<usize>(&options, "concurrency", "64"), [1, 8]);
+        assert_eq!(list::<usize>(&options, "chunks", "100,200"), [100, 200], "absent: the default");
+        let env = extra_env(&options);
+        assert_eq!(env, [("RUST_LOG".into(), "info,sqlx::query=debug".into()), ("A_1".into(), String::new())]);
+    }
 }
