@@ -266,14 +266,10 @@ async fn build_indexes(db: &PgPool, indexes: &[(String, String)]) -> anyhow::Res
 
 /// The same retrieval `/v1/search` does for `mode`, straight in SQL (the query
 /// embedded in process, as the fake server would embed it).
-async fn search_in_sql(db: &PgPool, scope: &Scope, mode: &str, query: &str, ef_search: u32, term_postings: i64) {
+async fn search_in_sql(db: &PgPool, scope: &Scope, mode: &str, query: &str, term_postings: i64) {
     let vector = |depth: usize| async move {
         let embedding = local::embed(query, DIMS);
-        let mut tx = db.begin().await.expect("begin");
-        let hits =
-            search::vector(&mut tx, scope, MODEL, DIMS, &embedding, depth as i64, ef_search).await.expect("vector");
-        tx.commit().await.expect("commit");
-        hits
+        search::vector(db, scope, MODEL, DIMS, &embedding, depth as i64).await.expect("vector")
     };
     let keyword = |depth: usize| async move {
         let mut conn = db.acquire().await.expect("a connection");
@@ -342,7 +338,9 @@ async fn main() -> anyhow::Result<()> {
     let log = Path::new(env!("CARGO_MANIFEST_DIR")).join(".local/bench-api.log");
     std::fs::create_dir_all(log.parent().expect("a parent"))?;
     let mut server = Proc::start(&env, &log);
-    let db = sqlx::postgres::PgPoolOptions::new().max_connections(16).connect(&infra.database_url).await?;
+    // The server's HNSW settings, so the SQL baseline runs the same search.
+    let session = stolid::store::search_session(ef_search);
+    let db = stolid::store::connect(&infra.database_url, 16, Duration::from_secs(30), &session).await?;
     let docs = stolid::store::keys::ensure_tenant(&db, "docs").await?;
     let docs_key = stolid::store::keys::create_key(&db, docs).await?.key;
     let book = stolid::store::keys::ensure_tenant(&db, "book").await?;
@@ -446,7 +444,7 @@ async fn main() -> anyhow::Result<()> {
             failed();
             let (http, _) = measure(requests, 1, search).await;
             let (sql, _) = measure(requests, 1, |i| {
-                search_in_sql(&db, &scope, mode, &questions[i % questions.len()], ef_search, term_postings)
+                search_in_sql(&db, &scope, mode, &questions[i % questions.len()], term_postings)
             })
             .await;
             let mut line = format!(

@@ -13,7 +13,7 @@ use crate::domain_error::{DomainError, Result};
 use crate::llm::{ChatMessage, ChatRequest, Role, TokenUsage, ToolSpec};
 use crate::retrieval::{self, Mode};
 use crate::state::AppState;
-use crate::store::conversations;
+use crate::store::conversations::{self, Thread};
 use crate::store::documents::{self, DocumentFilter};
 use crate::store::search::{Hit, Scope};
 use crate::tenant::Tenant;
@@ -88,16 +88,13 @@ pub async fn run(
     if input.message.trim().is_empty() {
         return Err(DomainError::invalid("message is empty"));
     }
-    let conversation_id = match input.conversation_id {
-        Some(id) => {
-            conversations::get(&state.db, tenant.id, id).await?.ok_or(DomainError::NotFound("conversation"))?.id
-        }
-        None => {
-            conversations::create(&state.db, tenant.id, input.message.chars().take(80).collect::<String>().trim())
-                .await?
-                .id
-        }
+    let thread = match input.conversation_id {
+        Some(id) => Thread::Existing(
+            conversations::get(&state.db, tenant.id, id).await?.ok_or(DomainError::NotFound("conversation"))?.id,
+        ),
+        None => Thread::start(&input.message),
     };
+    let conversation_id = thread.id();
     let ctx = tenant.call_context("agent", Some(conversation_id));
     let mut messages = vec![ChatMessage::system(SYSTEM_PROMPT), ChatMessage::user(input.message.clone())];
     let mut passages: Vec<Hit> = Vec::new();
@@ -153,7 +150,7 @@ pub async fn run(
     };
     let citations = prompt::citations(&answer, &passages);
     let assistant = crate::chat::answer_message(&answer, &citations, &usage);
-    conversations::add_turn(&state.db, tenant.id, conversation_id, &input.message, assistant).await?;
+    conversations::add_turn(&state.db, tenant.id, &thread, &input.message, assistant).await?;
     Ok(AgentReply { conversation_id, answer, citations, trace, steps, stop_reason, usage })
 }
 

@@ -36,8 +36,13 @@ impl Application {
     /// Connects, migrates, prepares the embedding index and binds the port
     /// (`config.port`, 0 for any free port).
     pub async fn build(config: Config, role: ProcessRole, usage_log: bool) -> anyhow::Result<Self> {
-        let db = store::connect(&config.database_url, config.database_max_connections, config.database_acquire_timeout)
-            .await?;
+        let db = store::connect(
+            &config.database_url,
+            config.database_max_connections,
+            config.database_acquire_timeout,
+            &store::search_session(config.hnsw_ef_search),
+        )
+        .await?;
         store::MIGRATOR.run(&db).await.context("running migrations")?;
         store::embeddings::ensure_index(&db, &config.llm.embedding_model, config.llm.embedding_dimensions)
             .await

@@ -12,7 +12,7 @@ use crate::domain_error::{DomainError, Result};
 use crate::llm::{ChatRequest, Role, TokenUsage};
 use crate::retrieval::{self, Mode};
 use crate::state::AppState;
-use crate::store::conversations::{self, NewMessage};
+use crate::store::conversations::{self, NewMessage, Thread};
 use crate::store::search::Scope;
 use crate::tenant::Tenant;
 use prompt::{Budget, Citation, Prompt, Turn};
@@ -36,10 +36,17 @@ pub struct ChatInput {
 
 /// Everything decided before the model is called.
 pub struct Prepared {
+    /// Where the turn is stored: the same conversation, or one it starts;
     /// `None` for a stateless turn.
-    pub conversation_id: Option<Uuid>,
+    pub thread: Option<Thread>,
     pub prompt: Prompt,
     pub request: ChatRequest,
+}
+
+impl Prepared {
+    pub fn conversation_id(&self) -> Option<Uuid> {
+        self.thread.as_ref().map(Thread::id)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -60,7 +67,7 @@ pub async fn prepare(state: &AppState, tenant: &Tenant, input: &ChatInput) -> Re
     if input.message.trim().is_empty() {
         return Err(DomainError::invalid("message is empty"));
     }
-    let (conversation_id, history) = match (&input.history, input.conversation_id) {
+    let (thread, history) = match (&input.history, input.conversation_id) {
         (Some(history), _) => (None, history.clone()),
         (None, Some(id)) => {
             let id =
@@ -73,13 +80,11 @@ pub async fn prepare(state: &AppState, tenant: &Tenant, input: &ChatInput) -> Re
                     content: m.content,
                 })
                 .collect();
-            (Some(id), history)
+            (Some(Thread::Existing(id)), history)
         }
-        (None, None) => {
-            let title: String = input.message.chars().take(80).collect();
-            (Some(conversations::create(&state.db, tenant.id, title.trim()).await?.id), Vec::new())
-        }
+        (None, None) => (Some(Thread::start(&input.message)), Vec::new()),
     };
+    let conversation_id = thread.as_ref().map(Thread::id);
     let chat = &state.config.chat;
     let ctx = tenant.call_context("chat", conversation_id);
     let rewrite = input.rewrite_query && state.gateway.has_language_model();
@@ -105,7 +110,7 @@ pub async fn prepare(state: &AppState, tenant: &Tenant, input: &ChatInput) -> Re
         temperature: Some(0.2),
         ..Default::default()
     };
-    Ok(Prepared { conversation_id, prompt, request })
+    Ok(Prepared { thread, prompt, request })
 }
 
 /// The follow-up rewritten by the chat model into a query that stands alone.
@@ -139,7 +144,7 @@ pub async fn respond(state: &AppState, tenant: &Tenant, input: ChatInput) -> Res
         let model = state.gateway.chat_model().to_string();
         return finish(state, tenant, &input.message, prepared, NOT_FOUND.to_string(), usage, model).await;
     }
-    let ctx = tenant.call_context("chat", prepared.conversation_id);
+    let ctx = tenant.call_context("chat", prepared.conversation_id());
     let response = state.gateway.chat(&ctx, &prepared.request).await?;
     finish(state, tenant, &input.message, prepared, response.content, response.usage, response.model).await
 }
@@ -156,7 +161,7 @@ pub async fn finish(
 ) -> Result<ChatReply> {
     let citations = prompt::citations(&answer, &prepared.prompt.passages);
     let reply = |message_id| ChatReply {
-        conversation_id: prepared.conversation_id,
+        conversation_id: prepared.conversation_id(),
         message_id,
         answer: answer.clone(),
         citations: citations.clone(),
@@ -164,11 +169,11 @@ pub async fn finish(
         model: model.clone(),
         provider: state.gateway.provider_name(),
     };
-    let Some(conversation_id) = prepared.conversation_id else {
+    let Some(thread) = &prepared.thread else {
         return Ok(reply(None));
     };
     let assistant = answer_message(&answer, &citations, &usage);
-    let message_id = conversations::add_turn(&state.db, tenant.id, conversation_id, question, assistant).await?;
+    let message_id = conversations::add_turn(&state.db, tenant.id, thread, question, assistant).await?;
     Ok(reply(Some(message_id)))
 }
 

@@ -43,7 +43,7 @@ pub async fn respond(state: AppState, tenant: Tenant, input: ChatInput) -> Resul
         };
         futures::stream::iter([Ok(StreamItem::Delta(NOT_FOUND.to_string())), Ok(StreamItem::Done(done))]).boxed()
     } else {
-        let ctx = tenant.call_context("chat", prepared.conversation_id);
+        let ctx = tenant.call_context("chat", prepared.conversation_id());
         state.gateway.chat_stream(ctx, prepared.request.clone()).await?
     };
     let turn = Turn { state, tenant, question: input.message, prepared: Some(prepared), upstream };

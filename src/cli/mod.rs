@@ -123,14 +123,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Migrate => {
             telemetry::init("warn", std::io::stderr);
-            let db = store::connect(&database_url()?, 2, std::time::Duration::from_secs(10)).await?;
+            let db = store::connect(&database_url()?, 2, std::time::Duration::from_secs(10), &[]).await?;
             store::MIGRATOR.run(&db).await.context("running migrations")?;
             eprintln!("migrations applied");
             Ok(())
         }
         Command::Keys { command } => {
             telemetry::init("warn", std::io::stderr);
-            let db = store::connect(&database_url()?, 2, std::time::Duration::from_secs(10)).await?;
+            let db = store::connect(&database_url()?, 2, std::time::Duration::from_secs(10), &[]).await?;
             store::MIGRATOR.run(&db).await.context("running migrations")?;
             match command {
                 KeysCommand::Create { tenant } => {

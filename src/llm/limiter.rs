@@ -22,6 +22,16 @@
 //! 3. **Queries first**: a search's embedding queues in front of bulk work (bulk
 //!    waiters pass a second lock first, so at most one bulk reservation is ever
 //!    ahead of a query).
+//! 4. **A query credit**: where the cap is large enough, each task keeps one
+//!    query embedding's budget ([`QUERY_CREDIT_TOKENS`]) reserved ahead, so a
+//!    search's embedding leaves at once instead of after a round trip to the
+//!    row; using it reserves the next one in the background. A credit may be
+//!    sent long after its moment, which GCRA's window bound does not cover, so
+//!    every reservation keeps room in both bursts for one credit per task of
+//!    the fleet (migration 0008). In any window a task sends at most one credit
+//!    reserved before it (the next is reserved only after the last is used), so
+//!    the bound holds. A credit lapses after [`MEMBER_TTL`], while its holder is
+//!    still counted, and a 429 voids it.
 //!
 //! The pace is derived from the cap as the provider enforces it: over short
 //! windows (OpenAI publishes per-minute limits and enforces them as a bucket of
@@ -81,6 +91,11 @@ pub const RECOVERY: Duration = Duration::from_secs(3);
 pub const MEMBER_TTL: Duration = Duration::from_secs(10);
 /// How long reservations are retried while Postgres does not answer.
 pub const UNAVAILABLE_AFTER: Duration = Duration::from_secs(10);
+/// The tokens a query credit covers: a question, not a document.
+pub const QUERY_CREDIT_TOKENS: u32 = 256;
+/// Credits are held only where both bursts are at least this many credits: the
+/// room kept for them then stays a small part of the burst.
+const CREDIT_MIN_BURSTS: f64 = 32.0;
 
 /// Who is waiting: searches and chat (a person) or indexing (a queue).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,7 +118,7 @@ pub fn pace_for(cap: RateCap) -> Pace {
     let per_second = limit / window * window.min(1.0);
     let late = (GRANT_LIFE + SEND_JITTER).as_secs_f64();
     let burst = (per_second - rate * late).min(limit - rate * (window + late)).max(1.0);
-    Pace { interval: 1.0 / rate, burst }
+    Pace { interval: 1.0 / rate, burst, held: 0.0 }
 }
 
 pub struct EmbedLimiter {
@@ -113,6 +128,10 @@ pub struct EmbedLimiter {
     member: Uuid,
     requests: Pace,
     tokens: Pace,
+    /// Whether this cap is large enough for query credits (the same for every task).
+    credits: bool,
+    credit: Mutex<Credit>,
+    credit_hits_total: AtomicU64,
     max_in_flight: usize,
     slots: Mutex<Slots>,
     slot_freed: Notify,
@@ -148,6 +167,22 @@ struct Grant {
     generation: u64,
 }
 
+/// This task's query credit: one request of up to [`QUERY_CREDIT_TOKENS`].
+#[derive(Debug, Clone, Copy)]
+enum Credit {
+    None,
+    Reserving,
+    Held { usable_from: Instant, until: Instant, generation: u64 },
+}
+
+impl Credit {
+    fn usable(&self, current_generation: u64) -> bool {
+        let now = Instant::now();
+        matches!(*self, Credit::Held { usable_from, until, generation }
+            if generation == current_generation && usable_from <= now && now <= until)
+    }
+}
+
 #[derive(Debug, Default)]
 struct Observed {
     slowdown: u32,
@@ -178,16 +213,30 @@ pub struct LimiterStatus {
     /// Tasks sharing the cap, as last seen.
     pub fleet_members: u32,
     pub in_flight_share: usize,
+    /// Query embeddings sent on a credit, without waiting for a reservation.
+    pub query_credit_hits: u64,
+    /// Whether the next query embedding can leave on a credit now.
+    pub query_credit_ready: bool,
 }
 
 impl EmbedLimiter {
     pub fn new(db: PgPool, key: String, limits: &EmbeddingLimits) -> Self {
+        let (mut requests, mut tokens) = (pace_for(limits.requests), pace_for(limits.tokens));
+        let credits =
+            requests.burst >= CREDIT_MIN_BURSTS && tokens.burst >= CREDIT_MIN_BURSTS * f64::from(QUERY_CREDIT_TOKENS);
+        if credits {
+            requests.held = 1.0;
+            tokens.held = f64::from(QUERY_CREDIT_TOKENS);
+        }
         Self {
             db,
             key,
             member: Uuid::now_v7(),
-            requests: pace_for(limits.requests),
-            tokens: pace_for(limits.tokens),
+            requests,
+            tokens,
+            credits,
+            credit: Mutex::new(Credit::None),
+            credit_hits_total: AtomicU64::new(0),
             max_in_flight: limits.max_in_flight,
             slots: Mutex::new(Slots { used: 0, share: limits.max_in_flight }),
             slot_freed: Notify::new(),
@@ -200,9 +249,11 @@ impl EmbedLimiter {
         }
     }
 
-    /// The most tokens one request may carry and still fit the burst.
+    /// The most tokens one request may carry and still fit the burst. With
+    /// credits, half of it: the room kept for the fleet's credits never takes
+    /// more than the other half (migration 0008, and [`Self::credits_fit`]).
     pub fn max_tokens_per_call(&self) -> usize {
-        self.tokens.burst as usize
+        if self.credits { (self.tokens.burst / 2.0) as usize } else { self.tokens.burst as usize }
     }
 
     /// Tokens per request at the pace of both caps: one request's share of the token cap.
@@ -233,8 +284,93 @@ impl EmbedLimiter {
     }
 
     /// Waits until a request of `tokens` tokens may be sent now, fleet-wide.
-    pub async fn pace(&self, tokens: usize, lane: Lane) -> Result<(), LimiterUnavailable> {
+    pub async fn pace(self: &Arc<Self>, tokens: usize, lane: Lane) -> Result<(), LimiterUnavailable> {
         let tokens = (tokens as u32).clamp(1, self.tokens.burst as u32);
+        if lane == Lane::Query {
+            let on_credit = self.take_credit(tokens);
+            if !on_credit {
+                self.pace_in_turn(tokens, lane).await?;
+            }
+            self.reserve_next_credit();
+            return Ok(());
+        }
+        self.pace_in_turn(tokens, lane).await
+    }
+
+    /// Takes this task's credit if it covers `tokens` and may be sent now.
+    fn take_credit(&self, tokens: u32) -> bool {
+        if !self.credits || tokens > QUERY_CREDIT_TOKENS {
+            return false;
+        }
+        {
+            let observed = self.observed.lock().unwrap();
+            let paused = observed.paused_until.is_some_and(|until| Instant::now() < until);
+            if paused || !self.credits_fit(observed.members) {
+                return false;
+            }
+        }
+        let mut credit = self.credit.lock().unwrap();
+        if !credit.usable(self.generation.load(Ordering::SeqCst)) {
+            return false;
+        }
+        *credit = Credit::None;
+        self.credit_hits_total.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    fn credit_ready(&self) -> bool {
+        self.credit.lock().unwrap().usable(self.generation.load(Ordering::SeqCst))
+    }
+
+    /// Whether a fleet of `members` tasks can hold credits without the room
+    /// kept for them passing half a burst (where 0008 stops keeping more).
+    fn credits_fit(&self, members: u32) -> bool {
+        let members = f64::from(members.max(1));
+        members * self.requests.held <= self.requests.burst / 2.0
+            && members * self.tokens.held <= self.tokens.burst / 2.0
+    }
+
+    /// Reserves the next credit in the background, unless one is held or on its way.
+    fn reserve_next_credit(self: &Arc<Self>) {
+        if !self.credits {
+            return;
+        }
+        {
+            let mut credit = self.credit.lock().unwrap();
+            let generation = self.generation.load(Ordering::SeqCst);
+            match *credit {
+                Credit::Reserving => return,
+                Credit::Held { until, generation: held, .. } if held == generation && Instant::now() <= until => {
+                    return;
+                }
+                _ => *credit = Credit::Reserving,
+            }
+        }
+        let limiter = self.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let generation = limiter.generation.load(Ordering::SeqCst);
+            let next = match limiter.reserve(1, QUERY_CREDIT_TOKENS).await {
+                Ok(lease) => {
+                    limiter.observe(&lease);
+                    Credit::Held {
+                        usable_from: Instant::now() + Duration::from_secs_f64(lease.ready_in.max(0.0)),
+                        // Within the membership the reservation renewed, so the holder is counted.
+                        until: started + MEMBER_TTL,
+                        generation,
+                    }
+                }
+                Err(err) => {
+                    tracing::debug!(error = %err, "could not reserve a query credit");
+                    Credit::None
+                }
+            };
+            *limiter.credit.lock().unwrap() = next;
+        });
+    }
+
+    /// Waits for this task's turn at the row, and reserves for everyone waiting.
+    async fn pace_in_turn(&self, tokens: u32, lane: Lane) -> Result<(), LimiterUnavailable> {
         {
             let mut waiting = self.waiting.lock().unwrap();
             waiting.requests += 1;
@@ -358,6 +494,8 @@ impl EmbedLimiter {
             throttled_total: self.throttled_total.load(Ordering::Relaxed),
             fleet_members: observed.members,
             in_flight_share: self.slots.lock().unwrap().share,
+            query_credit_hits: self.credit_hits_total.load(Ordering::Relaxed),
+            query_credit_ready: self.credit_ready(),
         }
     }
 }

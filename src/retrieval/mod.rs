@@ -217,18 +217,13 @@ async fn vector_half(
         let embedding = gateway.embed_query(ctx, &model, dims as usize, query.text).await?;
         embedded.push((model, dims as usize, embedding));
     }
-    // Embedded before the connection is taken: a slow model must never hold one
-    // of the pool's few connections idle in a transaction.
-    let mut tx = state.db.begin().await?;
     let (mut lists, mut too_far) = (Vec::with_capacity(embedded.len()), HashSet::new());
     for (model, dims, embedding) in &embedded {
-        let hits =
-            search::vector(&mut tx, &query.scope, model, *dims, embedding, depth, state.config.hnsw_ef_search).await?;
+        let hits = search::vector(&state.db, &query.scope, model, *dims, embedding, depth).await?;
         let below = |hit: &&Hit| query.min_similarity.is_some_and(|min| hit.score < min);
         too_far.extend(hits.iter().filter(below).map(|hit| hit.chunk_id));
         lists.push(hits);
     }
-    tx.commit().await?;
     let hits =
         if lists.len() == 1 { lists.pop().unwrap_or_default() } else { reciprocal_rank_fusion(lists, depth as usize) };
     Ok((hits, too_far))

@@ -86,34 +86,80 @@ pub struct NewMessage<'a> {
     pub cost_usd: f64,
 }
 
+/// The conversation a turn belongs to.
+#[derive(Debug, Clone)]
+pub enum Thread {
+    Existing(Uuid),
+    /// Started by this turn and created with it, so a first turn that fails
+    /// leaves no empty conversation behind, and costs no round trip of its own.
+    New {
+        id: Uuid,
+        title: String,
+    },
+}
+
+impl Thread {
+    /// A conversation to start with `message`, titled by its first 80 characters.
+    pub fn start(message: &str) -> Self {
+        Thread::New { id: Uuid::now_v7(), title: message.chars().take(80).collect::<String>().trim().to_string() }
+    }
+
+    pub fn id(&self) -> Uuid {
+        match self {
+            Thread::Existing(id) | Thread::New { id, .. } => *id,
+        }
+    }
+}
+
 /// Stores a question and its answer as one turn, in one statement (so both or
-/// neither, in one round trip); returns the answer's id.
+/// neither, in one round trip), with the conversation if the turn starts it;
+/// returns the answer's id.
 pub async fn add_turn(
     db: &sqlx::PgPool,
     tenant_id: Uuid,
-    conversation_id: Uuid,
+    thread: &Thread,
     question: &str,
     answer: NewMessage<'_>,
 ) -> sqlx::Result<Uuid> {
     // Both rows get the same `created_at`; the ids (v7, made in this order) keep the question first.
     let (question_id, answer_id) = (Uuid::now_v7(), Uuid::now_v7());
-    sqlx::query(
-        "WITH touched AS (UPDATE conversations SET updated_at = now() WHERE tenant_id = $2 AND id = $3)
-         INSERT INTO messages (id, tenant_id, conversation_id, role, content, citations, input_tokens, output_tokens, cost_usd)
-         VALUES ($1, $2, $3, 'user', $4, '[]', 0, 0, 0), ($5, $2, $3, $6, $7, $8, $9, $10, $11)",
-    )
-    .bind(question_id)
-    .bind(tenant_id)
-    .bind(conversation_id)
-    .bind(question)
-    .bind(answer_id)
-    .bind(answer.role)
-    .bind(answer.content)
-    .bind(answer.citations)
-    .bind(answer.input_tokens)
-    .bind(answer.output_tokens)
-    .bind(answer.cost_usd)
-    .execute(db)
-    .await?;
+    // Two literal statements (sqlx checks that SQL is not built at run time).
+    macro_rules! turn_after {
+        ($conversation:literal) => {
+            concat!(
+                "WITH ", $conversation, "
+                 INSERT INTO messages (id, tenant_id, conversation_id, role, content, citations, input_tokens, output_tokens, cost_usd)
+                 VALUES ($1, $2, $3, 'user', $4, '[]', 0, 0, 0), ($5, $2, $3, $6, $7, $8, $9, $10, $11)"
+            )
+        };
+    }
+    let (sql, title) = match thread {
+        Thread::Existing(_) => (
+            // $12, the new title, is NULL here: named only so both statements take the same parameters.
+            turn_after!(
+                "touched AS (UPDATE conversations SET updated_at = now() WHERE tenant_id = $2 AND id = $3 AND $12::text IS NULL)"
+            ),
+            None,
+        ),
+        Thread::New { title, .. } => (
+            turn_after!("started AS (INSERT INTO conversations (id, tenant_id, title) VALUES ($3, $2, $12))"),
+            Some(title),
+        ),
+    };
+    sqlx::query(sql)
+        .bind(question_id)
+        .bind(tenant_id)
+        .bind(thread.id())
+        .bind(question)
+        .bind(answer_id)
+        .bind(answer.role)
+        .bind(answer.content)
+        .bind(answer.citations)
+        .bind(answer.input_tokens)
+        .bind(answer.output_tokens)
+        .bind(answer.cost_usd)
+        .bind(title)
+        .execute(db)
+        .await?;
     Ok(answer_id)
 }

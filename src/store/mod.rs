@@ -19,14 +19,37 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// The pool. `acquire_timeout` bounds how long anything waits for a connection,
 /// so a database outage or a saturated pool turns into a quick 503, not a hang.
-pub async fn connect(url: &str, max_connections: u32, acquire_timeout: std::time::Duration) -> anyhow::Result<PgPool> {
+/// `session` settings are sent when each connection starts (see [`search_session`]).
+pub async fn connect(
+    url: &str,
+    max_connections: u32,
+    acquire_timeout: std::time::Duration,
+    session: &[(&str, String)],
+) -> anyhow::Result<PgPool> {
     use anyhow::Context;
+    let options = url
+        .parse::<sqlx::postgres::PgConnectOptions>()
+        .with_context(|| format!("parsing the database URL {}", redact(url)))?
+        .options(session.iter().cloned());
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(acquire_timeout)
-        .connect(url)
+        .connect_with(options)
         .await
         .with_context(|| format!("connecting to the database at {}", redact(url)))
+}
+
+/// The HNSW search settings, for every connection of the server's pool: a
+/// vector query then needs no transaction around it to `SET LOCAL` them (three
+/// round trips fewer). Sent before pgvector is loaded, they wait as
+/// placeholders that pgvector adopts.
+pub fn search_session(ef_search: u32) -> Vec<(&'static str, String)> {
+    vec![
+        ("hnsw.ef_search", ef_search.clamp(1, 1000).to_string()),
+        // Iterative index scans (pgvector 0.8) keep scanning until `k` rows pass
+        // the filters, so a selective filter does not starve the result.
+        ("hnsw.iterative_scan", "relaxed_order".to_string()),
+    ]
 }
 
 /// Whether the error means the database cannot be reached or has no connection

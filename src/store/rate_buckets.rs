@@ -1,5 +1,5 @@
 //! `embed_rate_buckets` and `fleet_members`: the fleet's embedding cap. The
-//! arithmetic lives in the SQL functions of migration 0005, so each call is one
+//! arithmetic lives in the SQL functions of migrations 0005 and 0008, so each call is one
 //! statement and the row lock never spans a round trip; the design is in
 //! `llm::limiter`.
 
@@ -8,11 +8,14 @@ use std::time::Duration;
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
-/// GCRA parameters of one cap: seconds per cell, and the burst in cells.
+/// GCRA parameters of one cap: seconds per cell, the burst in cells, and the
+/// cells each task may hold reserved ahead (its query credit), for which every
+/// reservation keeps room.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Pace {
     pub interval: f64,
     pub burst: f64,
+    pub held: f64,
 }
 
 /// A reservation: send in `ready_in` seconds; who else shares the cap.
@@ -34,7 +37,7 @@ pub async fn lease(
     recovery: Duration,
     member_ttl: Duration,
 ) -> sqlx::Result<Lease> {
-    sqlx::query_as("SELECT * FROM embed_lease($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
+    sqlx::query_as("SELECT * FROM embed_lease($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)")
         .bind(key)
         .bind(member)
         .bind(requests as i32)
@@ -45,6 +48,8 @@ pub async fn lease(
         .bind(token_pace.burst)
         .bind(recovery.as_secs_f64())
         .bind(member_ttl.as_secs_f64())
+        .bind(request_pace.held)
+        .bind(token_pace.held)
         .fetch_one(db)
         .await
 }

@@ -2,7 +2,7 @@
 //! tenant-scoped with collection and metadata filters applied inside the SQL.
 
 use serde::Serialize;
-use sqlx::{PgConnection, Postgres, QueryBuilder};
+use sqlx::{PgConnection, PgExecutor, Postgres, QueryBuilder};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -53,25 +53,16 @@ fn push_scope(q: &mut QueryBuilder<Postgres>, scope: &Scope) {
     }
 }
 
-/// Nearest chunks by cosine distance through the model's HNSW index. Iterative
-/// index scans (pgvector 0.8) keep scanning until `k` rows pass the filters, so
-/// a selective filter does not starve the result.
+/// Nearest chunks by cosine distance through the model's HNSW index, with the
+/// connection's HNSW settings (`store::search_session`).
 pub async fn vector(
-    conn: &mut PgConnection,
+    db: impl PgExecutor<'_>,
     scope: &Scope,
     model: &str,
     dims: usize,
     embedding: &[f32],
     k: i64,
-    ef_search: u32,
 ) -> sqlx::Result<Vec<Hit>> {
-    // Settings are per transaction (`SET LOCAL`); the caller wraps this in one.
-    sqlx::query(
-        "SELECT set_config('hnsw.ef_search', $1, true), set_config('hnsw.iterative_scan', 'relaxed_order', true)",
-    )
-    .bind(ef_search.clamp(1, 1000).to_string())
-    .execute(&mut *conn)
-    .await?;
     // The model and dimension are spliced as literals: the partial expression
     // index only matches a query that repeats its exact predicate and expression.
     let model = model.replace('\'', "''");
@@ -93,7 +84,7 @@ pub async fn vector(
         .push_bind(vector)
         .push(format!("::vector({dims}) LIMIT "))
         .push_bind(k);
-    q.build_query_as().fetch_all(&mut *conn).await
+    q.build_query_as().fetch_all(db).await
 }
 
 /// A search within a collection or a metadata filter reads, per word, at most

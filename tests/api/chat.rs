@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
+use stolid::testkit::fake_openai::Fault;
+
 use crate::helpers::{Options, TestApp, spawn_app_with_fake, sse_events};
 
 const DOCS: [(&str, &str); 3] = [
@@ -136,6 +138,25 @@ async fn streaming_chat_sends_deltas_then_the_final_event() {
     let id = done["conversation_id"].as_str().unwrap();
     let conversation: Value = app.get_json(&format!("/v1/conversations/{id}")).await;
     assert_eq!(conversation["messages"].as_array().unwrap().len(), 2, "the streamed turn is kept too");
+}
+
+/// A conversation is stored with its first turn: a first message that fails
+/// leaves no empty conversation behind, and the next one starts cleanly.
+#[tokio::test]
+async fn a_failed_first_turn_leaves_no_conversation() {
+    let (app, fake) = spawn_app_with_fake(Options::default()).await;
+    index_docs(&app).await;
+    fake.push_faults([Fault::QuotaExhausted]);
+    let response =
+        app.post("/v1/chat").json(&json!({"message": "What happens when the owner goes out of scope?"})).send().await;
+    assert!(response.unwrap().status().is_server_error());
+    assert_eq!(app.get_json("/v1/conversations").await["conversations"], json!([]));
+
+    let reply = chat(&app, json!({"message": "What does Cargo download?"})).await;
+    let listed = app.get_json("/v1/conversations").await;
+    assert_eq!(listed["conversations"].as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed["conversations"][0]["id"], reply["conversation_id"]);
+    assert_eq!(listed["conversations"][0]["title"], "What does Cargo download?");
 }
 
 /// A client that disconnects mid-stream stops the upstream model call, and the

@@ -157,6 +157,41 @@ async fn a_task_that_dies_holding_a_reservation_stalls_the_fleet_no_longer_than_
     assert_eq!(reserve(alive, 1).await.unwrap().members, 1);
 }
 
+/// Every reservation keeps room in the burst for one query credit per task of
+/// the fleet, since a credit may be sent long after its moment; the room never
+/// takes more than half the burst.
+#[tokio::test]
+async fn reservations_keep_room_for_every_tasks_query_credit() {
+    let app = spawn_app().await;
+    let db = &app.state.db;
+    let (recovery, ttl) = (Duration::from_secs(3), Duration::from_secs(10));
+    // A cell every 100 s: nothing refills while the burst is counted.
+    let pace = |held| rate_buckets::Pace { interval: 100.0, burst: 20.0, held };
+    let members: Vec<uuid::Uuid> = (0..3).map(|_| uuid::Uuid::now_v7()).collect();
+    for &member in &members {
+        rate_buckets::lease(db, "warm-up", member, (1, 1), (pace(0.0), pace(0.0)), recovery, ttl).await.unwrap();
+    }
+    let member = members[0];
+    // How many one-request reservations leave at once before one must wait.
+    let sent_at_once = |key: &'static str, held: f64| async move {
+        let mut count = 0;
+        loop {
+            let lease =
+                rate_buckets::lease(db, key, member, (1, 1), (pace(held), pace(0.0)), recovery, ttl).await.unwrap();
+            if lease.ready_in > 0.0 {
+                return (count, lease.members);
+            }
+            count += 1;
+        }
+    };
+    let (without, fleet) = sent_at_once("no-credits", 0.0).await;
+    assert_eq!(without, 20);
+    let (with, _) = sent_at_once("credits", 2.0).await;
+    assert_eq!(with, 20 - 2 * fleet as usize, "{fleet} tasks");
+    let (capped, _) = sent_at_once("large-credits", 8.0).await;
+    assert_eq!(capped, 10, "at most half the burst is kept");
+}
+
 /// Chunks of several documents travel in one request, and each document gets
 /// its own vectors back in order (the fake's vectors are a function of the text).
 #[tokio::test]

@@ -134,6 +134,42 @@ async fn a_repeated_query_is_embedded_once() {
     assert_eq!(fake.stats().embedding_requests, 2);
 }
 
+/// With a cap large enough for query credits, a query embedding after the
+/// first leaves on the credit its predecessor reserved, without waiting for a
+/// reservation; a small cap holds none.
+#[tokio::test]
+async fn a_query_embedding_leaves_on_a_credit_reserved_ahead() {
+    let (app, fake) = spawn_app_with_fake(Options::default()).await;
+    let gateway = &app.state.gateway;
+    gateway.embed_query(&ctx(&app, "r"), MODEL, 384, "first question").await.unwrap();
+    assert_eq!(gateway.limiter().status().query_credit_hits, 0, "the first one reserves");
+    wait_for(|| gateway.limiter().status().query_credit_ready).await;
+    gateway.embed_query(&ctx(&app, "r"), MODEL, 384, "second question").await.unwrap();
+    assert_eq!(gateway.limiter().status().query_credit_hits, 1);
+    wait_for(|| gateway.limiter().status().query_credit_ready).await;
+    assert_eq!(fake.stats().embedding_requests, 2);
+
+    let options = Options {
+        tweak: Some(Box::new(|config| config.llm.embedding_limits.requests = RateCap::per_minute(600))),
+        ..Default::default()
+    };
+    let (app, _fake) = spawn_app_with_fake(options).await;
+    let gateway = &app.state.gateway;
+    for question in ["first question", "second question"] {
+        gateway.embed_query(&ctx(&app, "r"), MODEL, 384, question).await.unwrap();
+    }
+    let status = gateway.limiter().status();
+    assert!(!status.query_credit_ready && status.query_credit_hits == 0, "{status:?}");
+}
+
+async fn wait_for(condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Many concurrent queries (each its own request) share one limiter: the provider never sees more than
 /// the cap in a window, nor more than `max_in_flight` calls at once.
 #[tokio::test]
