@@ -18,6 +18,8 @@ use crate::tokens::count_tokens;
 
 /// Passage text sent per suggestion request at most, in tokens: suggestions need gist, not detail.
 const CONTEXT_BUDGET: usize = 900;
+/// A passage shows the model its first this many characters.
+const SNIPPET_CHARS: usize = 600;
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Suggestion {
@@ -69,9 +71,13 @@ pub async fn suggest(state: &AppState, tenant: &Tenant, input: SuggestInput) -> 
     let mut context = String::new();
     let mut used = 0;
     for hit in hits {
-        let snippet: String = hit.content.chars().take(600).collect();
-        let block = format!("[{}] {}: {}\n", passages.len() + 1, hit.title, snippet);
-        let tokens = count_tokens(&block);
+        let snippet: String = hit.content.chars().take(SNIPPET_CHARS).collect();
+        let header = format!("[{}] {}: ", passages.len() + 1, hit.title);
+        // A whole passage's count is kept since indexing; only a cut one is counted.
+        let snippet_tokens =
+            if snippet.len() == hit.content.len() { hit.token_count as usize } else { count_tokens(&snippet) };
+        let tokens = count_tokens(&header) + snippet_tokens + 1;
+        let block = format!("{header}{snippet}\n");
         if used + tokens > CONTEXT_BUDGET {
             break;
         }
@@ -145,6 +151,7 @@ mod tests {
             heading_path: vec![],
             start_offset: 0,
             end_offset: 0,
+            token_count: 0,
             score: 1.0,
         }
     }

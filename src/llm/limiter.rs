@@ -267,20 +267,25 @@ impl EmbedLimiter {
             let freed = self.slot_freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            {
-                let mut slots = self.slots.lock().unwrap();
-                let limit = match lane {
-                    Lane::Query => slots.share,
-                    Lane::Bulk if slots.share > 1 => slots.share - 1,
-                    Lane::Bulk => 1,
-                };
-                if slots.used < limit {
-                    slots.used += 1;
-                    return Slot { limiter: self.clone() };
-                }
+            if let Some(slot) = self.try_slot(lane) {
+                return slot;
             }
             freed.await;
         }
+    }
+
+    /// An in-flight slot if one is free now.
+    pub fn try_slot(self: &Arc<Self>, lane: Lane) -> Option<Slot> {
+        let mut slots = self.slots.lock().unwrap();
+        let limit = match lane {
+            Lane::Query => slots.share,
+            Lane::Bulk if slots.share > 1 => slots.share - 1,
+            Lane::Bulk => 1,
+        };
+        (slots.used < limit).then(|| {
+            slots.used += 1;
+            Slot { limiter: self.clone() }
+        })
     }
 
     /// Waits until a request of `tokens` tokens may be sent now, fleet-wide.

@@ -12,6 +12,7 @@ pub mod limiter;
 pub mod local;
 pub mod openai;
 pub mod provider;
+mod query_groups;
 pub mod sentence_model;
 pub mod usage;
 
@@ -212,6 +213,7 @@ pub struct Gateway {
     config: LlmConfig,
     limiter: Arc<EmbedLimiter>,
     batches: BatchQueue,
+    query_groups: query_groups::QueryGroups,
     recorder: UsageRecorder,
     /// Set when the provider answered `insufficient_quota`; reported by `/readyz`.
     quota_exhausted: Mutex<Option<String>>,
@@ -251,6 +253,7 @@ impl Gateway {
         Ok(Self {
             limiter: Arc::new(limiter),
             batches: BatchQueue::new(),
+            query_groups: Default::default(),
             provider,
             recorder,
             quota_exhausted: Mutex::new(None),
@@ -323,8 +326,7 @@ impl Gateway {
         if let Some((index, &n)) = tokens.iter().enumerate().find(|(_, n)| **n > limits.max_input_tokens) {
             return Err(LlmError::InputTooLong { index, tokens: n, max: limits.max_input_tokens });
         }
-        let batch_limits = BatchLimits { inputs: limits.max_batch_inputs, tokens: self.max_tokens_per_request() };
-        let queue = self.batches.sender(self, batch_limits);
+        let queue = self.batches.sender(self, self.batch_limits());
         let now = tokio::time::Instant::now();
         let caller = batcher::next_caller();
         let stopped = || LlmError::Unavailable("the embedding queue has stopped".into());
@@ -355,9 +357,11 @@ impl Gateway {
     /// Embeds one query (search, chat) at once, ahead of bulk work, with
     /// `model`: while documents are re-indexed to a new model, queries are
     /// embedded with the old one too, to search the old vectors. A query
-    /// embedded recently is answered from the process's cache, with no call.
+    /// embedded recently is answered from the process's cache, with no call;
+    /// queries that find every in-flight slot taken share requests
+    /// ([`query_groups`]).
     pub async fn embed_query(
-        &self,
+        self: &Arc<Self>,
         ctx: &CallContext,
         model: &str,
         dims: usize,
@@ -374,15 +378,24 @@ impl Gateway {
         if tokens > max {
             return Err(LlmError::InputTooLong { index: 0, tokens, max });
         }
-        let _slot = self.limiter.slot(Lane::Query).await;
-        let shares = [(ctx.clone(), tokens)];
-        let (mut vectors, _) =
-            self.embed_request(&shares, model, dims, &[text.to_string()], tokens, Paced::Query).await?;
-        let vector = vectors.swap_remove(0);
+        let vector = match self.limiter.try_slot(Lane::Query) {
+            Some(_slot) => {
+                let shares = [(ctx.clone(), tokens)];
+                let (mut vectors, _) =
+                    self.embed_request(&shares, model, dims, &[text.to_string()], tokens, Paced::Query).await?;
+                vectors.swap_remove(0)
+            }
+            None => query_groups::embed_in_group(self, model, dims, ctx, text, tokens).await?,
+        };
         if let Some(cache) = &self.query_embeddings {
             cache.lock().unwrap().put(key, vector.clone());
         }
         Ok(vector)
+    }
+
+    /// How full one embedding request may be.
+    fn batch_limits(&self) -> BatchLimits {
+        BatchLimits { inputs: self.config.embedding_limits.max_batch_inputs, tokens: self.max_tokens_per_request() }
     }
 
     /// The most tokens one embedding request carries: the provider's limit, or

@@ -286,6 +286,7 @@ mod tests {
             heading_path: vec![],
             start_offset: 0,
             end_offset: 0,
+            token_count: 0,
             score: 0.0,
         }
     }

@@ -109,6 +109,7 @@ mod tests {
             heading_path: vec!["Intro".into()],
             start_offset: 0,
             end_offset: 0,
+            token_count: crate::tokens::count_tokens(&"x".repeat(2_000)) as i32,
             score: 0.0,
         }
     }

@@ -17,6 +17,8 @@ pub struct Hit {
     pub heading_path: Vec<String>,
     pub start_offset: i32,
     pub end_offset: i32,
+    /// The chunk's length in tokens (cl100k), as counted when it was indexed.
+    pub token_count: i32,
     /// Mode-specific: cosine similarity, text rank, or fused score.
     pub score: f64,
 }
@@ -69,7 +71,7 @@ pub async fn vector(
     let vector = pgvector::Vector::from(embedding.to_vec());
     let mut q = QueryBuilder::new(format!(
         "SELECT c.id AS chunk_id, c.document_id, d.title, d.collection, c.content, c.heading_path,
-                c.start_offset, c.end_offset, (1 - (e.embedding::vector({dims}) <=> "
+                c.start_offset, c.end_offset, c.token_count, (1 - (e.embedding::vector({dims}) <=> "
     ));
     q.push_bind(vector.clone()).push(format!(
         "::vector({dims})))::float8 AS score
@@ -175,7 +177,7 @@ pub async fn keyword(
     q.push_bind(k).push(
         ")
          SELECT c.id AS chunk_id, c.document_id, d.title, d.collection, c.content, c.heading_path,
-                c.start_offset, c.end_offset, s.score::float8 AS score
+                c.start_offset, c.end_offset, c.token_count, s.score::float8 AS score
          FROM scored s JOIN chunks c ON c.id = s.chunk_id JOIN documents d ON d.id = c.document_id
          ORDER BY s.score DESC, c.id",
     );

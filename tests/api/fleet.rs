@@ -73,7 +73,9 @@ async fn fleet(count: usize, env: HashMap<&'static str, String>) -> (Vec<TestApp
 /// knows it is one of three.
 #[tokio::test]
 async fn the_cap_holds_across_three_instances_sharing_one_database() {
-    let env = HashMap::from([("EMBED_REQUESTS_PER_MINUTE", "600".to_string())]);
+    // A slot for every query, so each is its own request and the request cap binds.
+    let env =
+        HashMap::from([("EMBED_REQUESTS_PER_MINUTE", "600".to_string()), ("EMBED_MAX_IN_FLIGHT", "48".to_string())]);
     let (apps, fake) = fleet(3, env).await;
     fake.set_bucket_caps(BucketCaps { requests_per_minute: Some(600), tokens_per_minute: None });
     fake.set_latency(Duration::from_millis(20));
