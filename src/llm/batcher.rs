@@ -12,7 +12,8 @@
 //! when requests bind, that share is large and the late-arriving inputs ride
 //! along; when tokens bind, it is small and no token budget is left unused.
 //! A first input waits up to [`LINGER`] for company. Queries never enter this
-//! queue: the gateway sends them at once, ahead of bulk work (`Lane::Query`).
+//! queue: the gateway sends them at once, ahead of bulk work (`Lane::Query`),
+//! or, when every slot is taken, together (`super::query_groups`).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Weak};
