@@ -128,8 +128,6 @@ pub struct EmbedLimiter {
     member: Uuid,
     requests: Pace,
     tokens: Pace,
-    /// Whether this cap is large enough for query credits (the same for every task).
-    credits: bool,
     credit: Mutex<Credit>,
     credit_hits_total: AtomicU64,
     max_in_flight: usize,
@@ -234,7 +232,6 @@ impl EmbedLimiter {
             member: Uuid::now_v7(),
             requests,
             tokens,
-            credits,
             credit: Mutex::new(Credit::None),
             credit_hits_total: AtomicU64::new(0),
             max_in_flight: limits.max_in_flight,
@@ -249,11 +246,17 @@ impl EmbedLimiter {
         }
     }
 
+    /// Whether this cap is large enough for query credits (the same for every
+    /// task): then each task's pace keeps room for one.
+    fn credits(&self) -> bool {
+        self.requests.held > 0.0
+    }
+
     /// The most tokens one request may carry and still fit the burst. With
     /// credits, half of it: the room kept for the fleet's credits never takes
     /// more than the other half (migration 0008, and [`Self::credits_fit`]).
     pub fn max_tokens_per_call(&self) -> usize {
-        if self.credits { (self.tokens.burst / 2.0) as usize } else { self.tokens.burst as usize }
+        if self.credits() { (self.tokens.burst / 2.0) as usize } else { self.tokens.burst as usize }
     }
 
     /// Tokens per request at the pace of both caps: one request's share of the token cap.
@@ -304,7 +307,7 @@ impl EmbedLimiter {
 
     /// Takes this task's credit if it covers `tokens` and may be sent now.
     fn take_credit(&self, tokens: u32) -> bool {
-        if !self.credits || tokens > QUERY_CREDIT_TOKENS {
+        if !self.credits() || tokens > QUERY_CREDIT_TOKENS {
             return false;
         }
         {
@@ -337,7 +340,7 @@ impl EmbedLimiter {
 
     /// Reserves the next credit in the background, unless one is held or on its way.
     fn reserve_next_credit(self: &Arc<Self>) {
-        if !self.credits {
+        if !self.credits() {
             return;
         }
         {
