@@ -6,8 +6,9 @@
 -- times the tasks seen in the last `p_member_ttl`. A credit lapses within the
 -- member TTL of the reservation that made it, so every holder is counted.
 --
--- Otherwise the same as the ten-argument `embed_lease` of 0005, which stays for
--- tasks of the previous release during a rolling deploy (they hold no credits).
+-- Otherwise the same as the ten-argument `embed_lease` of 0005, which now calls
+-- this one (keeping no room) for tasks of the previous release during a rolling
+-- deploy: they hold no credits, and one body decides every reservation.
 CREATE FUNCTION embed_lease(
     p_key text, p_member uuid, p_requests integer, p_tokens integer,
     p_request_interval double precision, p_request_burst double precision,
@@ -27,8 +28,8 @@ DECLARE
     token_burst double precision;
     ready double precision;
 BEGIN
-    -- Counted before the bucket's lock, and the rows are written in 0005's
-    -- order (bucket, then members), so the two functions cannot deadlock.
+    -- Counted before the bucket's lock (the room depends on it); the rows are
+    -- written in 0005's order, bucket then members.
     SELECT count(*) FILTER (WHERE m.id <> p_member)::integer + 1,
            (count(*) FILTER (WHERE m.id < p_member))::integer
       INTO n, my_rank
@@ -60,4 +61,15 @@ BEGIN
     DELETE FROM fleet_members WHERE last_seen < now_s - 3600;
     RETURN QUERY SELECT ready - now_s, b.slowdown, n, my_rank;
 END
+$$;
+
+CREATE OR REPLACE FUNCTION embed_lease(
+    p_key text, p_member uuid, p_requests integer, p_tokens integer,
+    p_request_interval double precision, p_request_burst double precision,
+    p_token_interval double precision, p_token_burst double precision,
+    p_recovery double precision, p_member_ttl double precision
+) RETURNS TABLE (ready_in double precision, slowdown integer, members integer, member_rank integer)
+LANGUAGE sql AS $$
+    SELECT * FROM embed_lease(p_key, p_member, p_requests, p_tokens, p_request_interval, p_request_burst,
+                              p_token_interval, p_token_burst, p_recovery, p_member_ttl, 0::float8, 0::float8)
 $$;
