@@ -4,12 +4,17 @@
 //! work shows as a flat MB/s column; the last column is each size's time per
 //! MB over the smallest size's (1.0 = perfectly linear).
 //!
-//! Options: --sizes-kb 256,1024,4096 (default)
+//! Then the same work on a real corpus (by default the Rust book's HTML, as
+//! `make bench-fleet` indexes it): CPU seconds in extraction and in chunking,
+//! per 100 documents, and the chunks and tokens they make.
+//!
+//! Options: --sizes-kb 256,1024,4096 (default)  --corpus DIR
 
 use std::time::Instant;
 
 use stolid::ingest::chunk::{ChunkSettings, chunk};
 use stolid::ingest::extract::{Format, extract};
+use stolid::testkit::bench;
 
 fn prose(bytes: usize) -> String {
     let words = ["ownership", "borrow", "the", "value", "a", "moves", "into", "function", "reference", "lifetime"];
@@ -77,13 +82,10 @@ fn flat_html(bytes: usize) -> Vec<u8> {
 }
 
 fn main() {
-    let sizes: Vec<usize> = std::env::args()
-        .skip_while(|a| a != "--sizes-kb")
-        .nth(1)
-        .unwrap_or_else(|| "256,1024,4096".into())
-        .split(',')
-        .map(|s| s.trim().parse::<usize>().expect("--sizes-kb takes numbers") * 1024)
-        .collect();
+    let options = bench::options();
+    let sizes: Vec<usize> =
+        bench::list::<usize>(&options, "sizes-kb", "256,1024,4096").iter().map(|kb| kb * 1024).collect();
+    let corpus = options.get("corpus").map(std::path::PathBuf::from).unwrap_or_else(bench::rust_book);
     let settings = ChunkSettings::default();
     println!("{:<16} {:>9} {:>9} {:>8} {:>9} {:>12}", "input", "size_kb", "secs", "chunks", "MB/s", "s/MB vs min");
     type Make = fn(usize) -> (Format, Vec<u8>);
@@ -113,4 +115,34 @@ fn main() {
             println!("{name:<16} {:>9} {secs:>9.3} {chunks:>8} {:>9.2} {ratio:>12.2}", bytes.len() / 1024, mb / secs);
         }
     }
+    real_corpus(&corpus, settings);
+}
+
+/// Extraction and chunking of every document under `dir`, timed apart, as the
+/// indexing job runs them (one document at a time on one thread).
+fn real_corpus(dir: &std::path::Path, settings: ChunkSettings) {
+    let files = bench::corpus(dir, usize::MAX).expect("a corpus");
+    let (mut extracting, mut chunking, mut docs, mut chunks, mut tokens) = (0.0, 0.0, 0usize, 0usize, 0i64);
+    for file in &files {
+        let Some(format) = Format::detect(None, file.file_name().and_then(|n| n.to_str())) else { continue };
+        let bytes = std::fs::read(file).expect("readable");
+        let started = Instant::now();
+        let Ok(extracted) = extract(format, &bytes, usize::MAX) else { continue };
+        let extracted_at = Instant::now();
+        let pieces = chunk(&extracted.text, extracted.markdown, settings, "bench");
+        chunking += extracted_at.elapsed().as_secs_f64();
+        extracting += extracted_at.duration_since(started).as_secs_f64();
+        docs += 1;
+        chunks += pieces.len();
+        tokens += pieces.iter().map(|c| c.token_count as i64).sum::<i64>();
+    }
+    let per_100 = |secs: f64| secs * 100.0 / docs.max(1) as f64;
+    println!(
+        "\n{} ({docs} documents, {chunks} chunks, {tokens} tokens): extraction {extracting:.2} s, chunking {chunking:.2} s; \
+         per 100 documents {:.3} + {:.3} = {:.3} s",
+        dir.display(),
+        per_100(extracting),
+        per_100(chunking),
+        per_100(extracting + chunking)
+    );
 }

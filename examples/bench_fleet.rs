@@ -221,7 +221,21 @@ async fn run(
     }
     db.close().await;
     infra.remove().await?;
-    Ok(Outcome { scenario, procs, started, docs, failed, wall, cpu, log: fake.embedding_log() })
+    let log = fake.embedding_log();
+    write_arrivals(&dir.join(format!("{}-{procs}-arrivals.csv", scenario.name)), clock, &log)?;
+    Ok(Outcome { scenario, procs, started, docs, failed, wall, cpu, log })
+}
+
+/// The provider's side of the run, one request a line, for looking at where
+/// the wall time went (gaps, partial requests).
+fn write_arrivals(path: &std::path::Path, clock: Instant, log: &[Arrival]) -> std::io::Result<()> {
+    use std::fmt::Write as _;
+    let mut csv = String::from("seconds,status,inputs,tokens\n");
+    for a in log {
+        let at = a.at.checked_duration_since(clock).unwrap_or_default().as_secs_f64();
+        let _ = writeln!(csv, "{at:.3},{},{},{}", a.status, a.inputs, a.tokens);
+    }
+    std::fs::write(path, csv)
 }
 
 struct Figures {
