@@ -104,8 +104,14 @@ pub async fn run(
     let mut steps = 0;
     while steps < input.max_steps {
         steps += 1;
-        let request =
-            ChatRequest { messages: messages.clone(), tools: tools(), temperature: Some(0.2), ..Default::default() };
+        let request = ChatRequest {
+            messages: messages.clone(),
+            tools: tools(),
+            temperature: Some(0.2),
+            // Bounded like chat's answers, which also bounds what a step reserves of a budget.
+            max_tokens: Some(state.config.chat.max_answer_tokens),
+            ..Default::default()
+        };
         let response = state.gateway.chat(&ctx, &request).await?;
         usage.input_tokens += response.usage.input_tokens;
         usage.output_tokens += response.usage.output_tokens;

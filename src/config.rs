@@ -63,6 +63,7 @@ variables! {
     embed_max_batch_tokens: usize = "EMBED_MAX_BATCH_TOKENS", positive(300_000);
     embed_max_input_tokens: usize = "EMBED_MAX_INPUT_TOKENS", positive(8_192);
     query_embedding_cache: usize = "QUERY_EMBEDDING_CACHE", number(1_024);
+    budget_reservation_ttl_secs: f64 = "BUDGET_RESERVATION_TTL_SECS", positive(900.0);
     worker_pollers: usize = "WORKER_POLLERS", number(1);
     worker_concurrency: usize = "WORKER_CONCURRENCY", positive(32);
     worker_visibility_timeout_secs: u64 = "WORKER_VISIBILITY_TIMEOUT_SECS", positive(60);
@@ -160,6 +161,9 @@ pub struct LlmConfig {
     pub local_embeddings: LocalEmbeddings,
     /// How many query embeddings (by model and text) a process keeps for reuse; zero keeps none.
     pub query_embedding_cache: usize,
+    /// How long a budget reservation counts if its task dies mid-call: longer
+    /// than any call or index job runs.
+    pub budget_reservation_ttl: Duration,
 }
 
 /// The local provider's embeddings: a sentence-embedding model when its files
@@ -358,6 +362,7 @@ impl Config {
                 ProviderKind::OpenAi => LocalEmbeddings::Hashed { reason: "the provider is not local".into() },
             },
             query_embedding_cache: vars.query_embedding_cache,
+            budget_reservation_ttl: Duration::from_secs_f64(vars.budget_reservation_ttl_secs),
         };
         let config = Config {
             database_url: vars.database_url,

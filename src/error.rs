@@ -65,6 +65,9 @@ pub struct ErrorDetail {
     pub code: String,
     /// Human-readable explanation.
     pub message: String,
+    /// With `budget_exceeded`: the limit that was reached and when it resets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget: Option<crate::llm::budget::Exceeded>,
 }
 
 impl Error {
@@ -118,6 +121,7 @@ impl Error {
             Error::Llm(LlmError::InputTooLong { .. }) => (StatusCode::UNPROCESSABLE_ENTITY, "input_too_long"),
             Error::Llm(LlmError::Provider(_) | LlmError::Refused(_)) => (StatusCode::BAD_GATEWAY, "model_error"),
             Error::Llm(LlmError::Unavailable(_)) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Error::Llm(LlmError::BudgetExceeded(_)) => (StatusCode::TOO_MANY_REQUESTS, "budget_exceeded"),
             // An outage or a saturated pool is the caller's cue to come back, not a bug.
             Error::Database(err) if crate::store::is_unavailable(err) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
@@ -131,16 +135,22 @@ impl Error {
 /// A JSON error response with a given status; also used for errors raised by
 /// middleware (body limit, timeout, unknown route).
 pub fn error_response(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    let body = ErrorBody { error: ErrorDetail { code: code.to_string(), message: message.into() } };
+    let body = ErrorBody { error: ErrorDetail { code: code.to_string(), message: message.into(), budget: None } };
     (status, axum::Json(body)).into_response()
 }
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let (status, code, message) = self.reported("request failed");
-        let mut response = error_response(status, code, message);
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+        let budget = self.budget_detail();
+        let retry_after = match &budget {
+            Some(exceeded) => HeaderValue::from(exceeded.retry_after_secs()),
+            None => HeaderValue::from_static(RETRY_AFTER_SECS),
+        };
+        let body = ErrorBody { error: ErrorDetail { code: code.to_string(), message, budget } };
+        let mut response = (status, axum::Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE || code == "budget_exceeded" {
+            response.headers_mut().insert(header::RETRY_AFTER, retry_after);
         }
         response
     }
@@ -151,7 +161,15 @@ impl Error {
     /// 200 was sent (an SSE `error` event); server errors are logged here.
     pub fn event_body(self) -> serde_json::Value {
         let (_, code, message) = self.reported("stream failed");
-        serde_json::json!({"error": {"code": code, "message": message}})
+        let body = ErrorBody { error: ErrorDetail { code: code.to_string(), message, budget: self.budget_detail() } };
+        serde_json::to_value(body).unwrap_or_default()
+    }
+
+    fn budget_detail(&self) -> Option<crate::llm::budget::Exceeded> {
+        match self {
+            Error::Llm(LlmError::BudgetExceeded(exceeded)) => Some((**exceeded).clone()),
+            _ => None,
+        }
     }
 
     /// Status, code and public message; a server error's cause is logged once, here.

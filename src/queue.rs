@@ -26,6 +26,9 @@ impl Job {
     }
 }
 
+/// The longest delay SQS gives a message.
+pub const MAX_DELAY: Duration = Duration::from_secs(900);
+
 #[derive(Clone)]
 pub struct Queue {
     client: aws_sdk_sqs::Client,
@@ -68,6 +71,20 @@ impl Queue {
         let output =
             self.client.send_message().queue_url(&self.url).message_body(body).send().await.context("send_message")?;
         Ok(output.message_id.unwrap_or_default())
+    }
+
+    /// Sends a message that becomes visible after `delay` (SQS allows up to 15 minutes).
+    pub async fn send_delayed(&self, body: String, delay: Duration) -> anyhow::Result<()> {
+        let delay = delay.min(MAX_DELAY).as_secs() as i32;
+        self.client
+            .send_message()
+            .queue_url(&self.url)
+            .message_body(body)
+            .delay_seconds(delay)
+            .send()
+            .await
+            .context("send_message")?;
+        Ok(())
     }
 
     /// Sends many messages, ten per request (SQS's batch limit).

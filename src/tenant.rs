@@ -11,11 +11,19 @@ use crate::llm::CallContext;
 pub struct Tenant {
     pub id: Uuid,
     pub request_id: String,
+    /// Whether the tenant has spend limits, so its model calls reserve first.
+    pub budgeted: bool,
 }
 
 impl Tenant {
     /// The usage context for model calls made on this request.
     pub fn call_context(&self, endpoint: &'static str, conversation_id: Option<Uuid>) -> CallContext {
-        CallContext { tenant_id: Some(self.id), request_id: Some(self.request_id.clone()), conversation_id, endpoint }
+        CallContext {
+            tenant_id: Some(self.id),
+            request_id: Some(self.request_id.clone()),
+            conversation_id,
+            endpoint,
+            budgeted: self.budgeted,
+        }
     }
 }

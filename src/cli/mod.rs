@@ -1,4 +1,4 @@
-//! The command line: `serve`, `migrate`, `keys ...`, `ingest`.
+//! The command line: `serve`, `migrate`, `keys ...`, `budgets ...`, `ingest`.
 
 pub mod ingest;
 
@@ -52,6 +52,53 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Set and list tenants' spend limits (enforced before every model call).
+    Budgets {
+        #[command(subcommand)]
+        command: BudgetsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BudgetsCommand {
+    /// Set a tenant's limits; each option given replaces that limit (`none` removes
+    /// it), the others stay as they are. Hard limits refuse calls with
+    /// `budget_exceeded`; the soft limit only logs its crossing, once a day.
+    Set {
+        #[arg(long)]
+        tenant: String,
+        /// Hard limit in USD per UTC day.
+        #[arg(long, value_name = "USD|none", value_parser = limit::<f64>)]
+        usd_per_day: Option<Limit<f64>>,
+        /// Hard limit in USD per UTC calendar month.
+        #[arg(long, value_name = "USD|none", value_parser = limit::<f64>)]
+        usd_per_month: Option<Limit<f64>>,
+        /// Hard limit in tokens (input and output) per UTC day.
+        #[arg(long, value_name = "TOKENS|none", value_parser = limit::<i64>)]
+        tokens_per_day: Option<Limit<i64>>,
+        /// Soft limit in USD per UTC day (a tenant may set a lower one of its own).
+        #[arg(long, value_name = "USD|none", value_parser = limit::<f64>)]
+        soft_usd_per_day: Option<Limit<f64>>,
+    },
+    /// List tenants with limits, and what each spent today and this month.
+    List,
+}
+
+/// A limit given on the command line: a number, or `none` for no limit.
+#[derive(Debug, Clone, Copy)]
+struct Limit<T>(Option<T>);
+
+fn limit<T>(raw: &str) -> Result<Limit<T>, String>
+where
+    T: std::str::FromStr + PartialOrd + Default + Copy + Send + Sync + 'static,
+{
+    if raw.eq_ignore_ascii_case("none") {
+        return Ok(Limit(None));
+    }
+    match raw.parse::<T>() {
+        Ok(value) if value >= T::default() => Ok(Limit(Some(value))),
+        _ => Err(format!("expected a number, 0 or more, or `none`; got {raw:?}")),
+    }
 }
 
 #[derive(Subcommand)]
@@ -166,5 +213,58 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Budgets { command } => {
+            telemetry::init("warn", std::io::stderr);
+            let db = store::connect(&database_url()?, 2, std::time::Duration::from_secs(10), &[]).await?;
+            store::MIGRATOR.run(&db).await.context("running migrations")?;
+            match command {
+                BudgetsCommand::Set { tenant, usd_per_day, usd_per_month, tokens_per_day, soft_usd_per_day } => {
+                    let tenant_id = store::keys::tenant_by_name(&db, &tenant)
+                        .await?
+                        .with_context(|| format!("no tenant named {tenant:?} (`stolid keys create` makes one)"))?;
+                    let changes = store::budgets::LimitChanges {
+                        usd_per_day: usd_per_day.map(|l| l.0),
+                        usd_per_month: usd_per_month.map(|l| l.0),
+                        tokens_per_day: tokens_per_day.map(|l| l.0),
+                        soft_usd_per_day: soft_usd_per_day.map(|l| l.0),
+                    };
+                    let limits = store::budgets::set_limits(&db, tenant_id, &changes).await?;
+                    eprintln!(
+                        "limits of {tenant} set; they apply to new API requests at once and to indexing jobs as they start"
+                    );
+                    print_budgets(&[store::budgets::Listed {
+                        tenant,
+                        limits,
+                        day_spent_usd: f64::NAN,
+                        month_spent_usd: f64::NAN,
+                    }]);
+                }
+                BudgetsCommand::List => print_budgets(&store::budgets::list(&db).await?),
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_budgets(rows: &[store::budgets::Listed]) {
+    let usd = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
+    let spent = |v: f64| if v.is_nan() { "".to_string() } else { format!("{v:.4}") };
+    println!(
+        "{:<20} {:>10} {:>12} {:>14} {:>10} {:>12} {:>14} {:>16}",
+        "tenant", "usd/day", "usd/month", "tokens/day", "soft/day", "tenant soft", "spent today", "spent this month"
+    );
+    for row in rows {
+        let l = &row.limits;
+        println!(
+            "{:<20} {:>10} {:>12} {:>14} {:>10} {:>12} {:>14} {:>16}",
+            row.tenant,
+            usd(l.usd_per_day),
+            usd(l.usd_per_month),
+            l.tokens_per_day.map_or_else(|| "-".to_string(), |t| t.to_string()),
+            usd(l.soft_usd_per_day),
+            usd(l.tenant_soft_usd_per_day),
+            spent(row.day_spent_usd),
+            spent(row.month_spent_usd),
+        );
     }
 }

@@ -21,10 +21,10 @@ impl FromRequestParts<AppState> for Tenant {
             .map(str::trim)
             .filter(|k| !k.is_empty())
             .ok_or(Error::Unauthorized)?;
-        let id = store::keys::tenant_for_key(&state.db, key).await?.ok_or(Error::Unauthorized)?;
+        let (id, budgeted) = store::keys::caller_for_key(&state.db, key).await?.ok_or(Error::Unauthorized)?;
         tracing::Span::current().record("tenant_id", tracing::field::display(id));
         let request_id =
             parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-        Ok(Tenant { id, request_id })
+        Ok(Tenant { id, request_id, budgeted })
     }
 }

@@ -84,8 +84,11 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     let gateway = &state.gateway;
     let body = Readiness {
         status: if failed.is_empty() { "ready" } else { "unavailable" },
-        error: (!failed.is_empty())
-            .then(|| ErrorDetail { code: "not_ready".into(), message: format!("unreachable: {}", failed.join(", ")) }),
+        error: (!failed.is_empty()).then(|| ErrorDetail {
+            code: "not_ready".into(),
+            message: format!("unreachable: {}", failed.join(", ")),
+            budget: None,
+        }),
         checks: Checks { postgres, s3, sqs },
         model: ModelStatus {
             provider: gateway.provider_name(),

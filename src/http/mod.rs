@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod auth;
+pub mod budget;
 pub mod chat;
 pub mod documents;
 pub mod health;
@@ -37,7 +38,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
     info(title = "stolid", description = "Retrieval-augmented AI backend: documents, search, chat, suggest, agent, usage."),
     paths(
         health::healthz, health::readyz, me::me, search::search,
-        usage::get_usage, agent::run_agent, suggest::suggest_questions, openai_compat::chat_completions,
+        usage::get_usage, budget::get_budget, budget::put_budget, agent::run_agent, suggest::suggest_questions, openai_compat::chat_completions,
         chat::chat, chat::list_conversations, chat::get_conversation, chat::delete_conversation,
         documents::create_documents, documents::list_documents, documents::get_document,
         documents::list_chunks, documents::get_content, documents::delete_document, documents::reindex_document,
@@ -146,6 +147,7 @@ pub fn router(state: AppState) -> Router {
         .merge(search::router())
         .merge(chat::router())
         .merge(usage::router())
+        .merge(budget::router())
         .merge(agent::router())
         .merge(suggest::router())
         .merge(openai_compat::router())

@@ -8,6 +8,7 @@
 //!   cost, request id, outcome), logged and written to Postgres off the request path.
 
 pub mod batcher;
+pub mod budget;
 pub mod limiter;
 pub mod local;
 pub mod openai;
@@ -39,6 +40,8 @@ pub struct CallContext {
     pub conversation_id: Option<Uuid>,
     /// What caused the call, e.g. `chat`, `search`, `worker.index`.
     pub endpoint: &'static str,
+    /// Whether the tenant has spend limits, so each call must reserve first ([`budget`]).
+    pub budgeted: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -197,9 +200,13 @@ pub enum LlmError {
     /// The provider refused the input itself; sending it again cannot help.
     #[error("the model provider refused the input: {0}")]
     Refused(String),
-    /// The fleet's rate limiter could not be reached: nothing is sent without it.
-    #[error("embedding is temporarily unavailable; try again shortly")]
+    /// The fleet's rate limiter or the tenant's budget could not be reached:
+    /// nothing is sent without them.
+    #[error("the model is temporarily unavailable; try again shortly")]
     Unavailable(String),
+    /// The tenant's hard spend limit leaves no room for the call; nothing was sent.
+    #[error("{0}")]
+    BudgetExceeded(Box<budget::Exceeded>),
 }
 
 impl From<limiter::LimiterUnavailable> for LlmError {
@@ -215,6 +222,7 @@ pub struct Gateway {
     batches: BatchQueue,
     query_groups: query_groups::QueryGroups,
     recorder: UsageRecorder,
+    budgets: budget::Budgets,
     /// Set when the provider answered `insufficient_quota`; reported by `/readyz`.
     quota_exhausted: Mutex<Option<String>>,
     /// Recent query embeddings by (model, dimensions, text): a repeated question
@@ -249,8 +257,9 @@ impl Gateway {
                 }
             }),
         };
-        let limiter = EmbedLimiter::new(db, limit_key(&config), &config.embedding_limits);
+        let limiter = EmbedLimiter::new(db.clone(), limit_key(&config), &config.embedding_limits);
         Ok(Self {
+            budgets: budget::Budgets::new(db, recorder.clone(), config.budget_reservation_ttl),
             limiter: Arc::new(limiter),
             batches: BatchQueue::new(),
             query_groups: Default::default(),
@@ -326,6 +335,8 @@ impl Gateway {
         if let Some((index, &n)) = tokens.iter().enumerate().find(|(_, n)| **n > limits.max_input_tokens) {
             return Err(LlmError::InputTooLong { index, tokens: n, max: limits.max_input_tokens });
         }
+        let _reservation =
+            self.reserve(ctx, || self.embedding_estimate(&self.config.embedding_model, tokens.iter().sum())).await?;
         let queue = self.batches.sender(self, self.batch_limits());
         let now = tokio::time::Instant::now();
         let caller = batcher::next_caller();
@@ -378,6 +389,7 @@ impl Gateway {
         if tokens > max {
             return Err(LlmError::InputTooLong { index: 0, tokens, max });
         }
+        let _reservation = self.reserve(ctx, || self.embedding_estimate(model, tokens)).await?;
         let vector = match self.limiter.try_slot(Lane::Query) {
             Some(_slot) => {
                 let shares = [(ctx.clone(), tokens)];
@@ -503,6 +515,7 @@ impl Gateway {
     /// A chat completion with the configured (or requested) model.
     pub async fn chat(&self, ctx: &CallContext, request: &ChatRequest) -> Result<ChatResponse, LlmError> {
         let model = request.model.clone().unwrap_or_else(|| self.config.chat_model.clone());
+        let _reservation = self.reserve(ctx, || self.chat_estimate(&model, request)).await?;
         let attempts = self.config.chat_max_attempts;
         let ((output, input_tokens, output_tokens), latency, _) = self
             .retrying(ctx, Operation::Chat, &model, attempts, Pacing::Own, || self.provider.chat(&model, request))
@@ -530,6 +543,7 @@ impl Gateway {
     ) -> Result<futures::stream::BoxStream<'static, Result<StreamItem, LlmError>>, LlmError> {
         let model = request.model.clone().unwrap_or_else(|| self.config.chat_model.clone());
         let input_estimate = request.estimated_input_tokens() as u32;
+        let reservation = self.reserve(&ctx, || self.chat_estimate(&model, &request)).await?;
         let started = Instant::now();
         // Opening the stream is retried like any call; once it flows, a failure ends it.
         let attempts = self.config.chat_max_attempts;
@@ -547,6 +561,7 @@ impl Gateway {
             text: String::new(),
             usage: None,
             finished: false,
+            _reservation: reservation,
         };
         Ok(futures::stream::unfold((upstream, guard), |(mut upstream, mut guard)| async move {
             if guard.finished {
@@ -640,6 +655,40 @@ impl Gateway {
             ProviderError::Refused(message) => LlmError::Refused(message),
             other => LlmError::Provider(other.to_string()),
         }
+    }
+
+    /// Holds room in the tenant's budget for one call, if the tenant has limits
+    /// (`estimate` is only worked out then).
+    async fn reserve(
+        &self,
+        ctx: &CallContext,
+        estimate: impl FnOnce() -> budget::Estimate,
+    ) -> Result<Option<budget::Reservation>, LlmError> {
+        match ctx.tenant_id {
+            Some(tenant_id) if ctx.budgeted => Ok(Some(self.budgets.reserve(tenant_id, estimate()).await?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// The most a chat call can cost: its input as counted, with a margin, and
+    /// its output at `max_tokens`.
+    fn chat_estimate(&self, model: &str, request: &ChatRequest) -> budget::Estimate {
+        let tools: usize = request
+            .tools
+            .iter()
+            .map(|t| count_tokens(&t.name) + count_tokens(&t.description) + count_tokens(&t.parameters.to_string()))
+            .sum();
+        let input = ((request.estimated_input_tokens() + tools) as f64 * budget::ESTIMATE_MARGIN).ceil() as u32;
+        let output = request.max_tokens.unwrap_or(budget::DEFAULT_OUTPUT_RESERVE);
+        budget::Estimate {
+            usd: self.config.prices.cost_usd(model, input, output),
+            tokens: u64::from(input) + u64::from(output),
+        }
+    }
+
+    fn embedding_estimate(&self, model: &str, tokens: usize) -> budget::Estimate {
+        let input = (tokens as f64 * budget::ESTIMATE_MARGIN).ceil() as u32;
+        budget::Estimate { usd: self.config.prices.cost_usd(model, input, 0), tokens: u64::from(input) }
     }
 
     /// Records one attempt (a `model_calls` row and an EMF log line); returns its cost.
@@ -736,6 +785,8 @@ struct StreamGuard {
     /// Reported by the provider in the last chunk, when it does.
     usage: Option<(u32, u32)>,
     finished: bool,
+    /// Released after the call is recorded (fields drop after `drop` runs).
+    _reservation: Option<budget::Reservation>,
 }
 
 impl StreamGuard {

@@ -1,7 +1,10 @@
 //! Usage accounting: every model call becomes one JSON log line (in CloudWatch
 //! Embedded Metric Format, so tokens, latency and cost become metrics with no
 //! agent) and one `model_calls` row, written in batches by a background task so
-//! the request path never waits on it.
+//! the request path never waits on it. The same transaction adds the calls'
+//! cost to their tenants' budget spend and deletes the budget reservations of
+//! calls that ended ([`UsageRecorder::release`]), so a reservation stops
+//! counting exactly when its call's cost starts to.
 
 use std::io::Write;
 
@@ -9,6 +12,7 @@ use serde_json::json;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use uuid::Uuid;
 
 pub use crate::store::usage::{ModelCall, Operation, Outcome};
 
@@ -17,6 +21,8 @@ const MAX_BATCH: usize = 500;
 
 enum Message {
     Call(Box<ModelCall>),
+    /// A budget reservation whose call has ended (every attempt recorded before it).
+    Release(Uuid),
     /// Acknowledged once every call sent before it is in Postgres.
     Flush(oneshot::Sender<()>),
 }
@@ -33,7 +39,7 @@ impl UsageRecorder {
     /// queue is drained, so awaiting the handle at shutdown flushes pending rows.
     pub fn spawn(pool: PgPool, emit_log: bool) -> (Self, JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let handle = tokio::spawn(write_loop(pool, rx));
+        let handle = tokio::spawn(write_loop(pool, rx, emit_log));
         (Self { tx, emit_log }, handle)
     }
 
@@ -48,6 +54,13 @@ impl UsageRecorder {
         }
     }
 
+    /// Ends a budget reservation once the calls recorded before this are stored.
+    pub fn release(&self, reservation: Uuid) {
+        if self.tx.send(Message::Release(reservation)).is_err() {
+            tracing::error!("usage writer is gone; a budget reservation stays until it expires");
+        }
+    }
+
     /// Waits until every call recorded so far is stored.
     pub async fn flush(&self) {
         let (ack, done) = oneshot::channel();
@@ -57,14 +70,16 @@ impl UsageRecorder {
     }
 }
 
-async fn write_loop(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Message>) {
+async fn write_loop(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Message>, emit_log: bool) {
     let mut batch: Vec<ModelCall> = Vec::new();
+    let mut released = Vec::new();
     let mut acks = Vec::new();
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         while let Some(message) = next.take() {
             match message {
                 Message::Call(call) => batch.push(*call),
+                Message::Release(id) => released.push(id),
                 Message::Flush(ack) => acks.push(ack),
             }
             if batch.len() >= MAX_BATCH {
@@ -72,9 +87,10 @@ async fn write_loop(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Message>) {
             }
             next = rx.try_recv().ok();
         }
-        if !batch.is_empty() {
-            store_with_retry(&pool, &batch).await;
+        if !batch.is_empty() || !released.is_empty() {
+            store_with_retry(&pool, &batch, &released, emit_log).await;
             batch.clear();
+            released.clear();
         }
         for ack in acks.drain(..) {
             let _ = ack.send(());
@@ -82,18 +98,68 @@ async fn write_loop(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Message>) {
     }
 }
 
-async fn store_with_retry(pool: &PgPool, batch: &[ModelCall]) {
+async fn store_with_retry(pool: &PgPool, batch: &[ModelCall], released: &[Uuid], emit_log: bool) {
     for attempt in 0..3u32 {
-        match crate::store::usage::insert_model_calls(pool, batch).await {
-            Ok(()) => return,
+        match store(pool, batch, released).await {
+            Ok(crossings) => {
+                for crossing in crossings {
+                    if emit_log {
+                        log_soft_crossing(&crossing);
+                    } else {
+                        tracing::warn!(tenant_id = %crossing.tenant_id, spent_usd = crossing.spent_usd,
+                            soft_usd_per_day = crossing.soft_usd_per_day, "a tenant crossed its soft daily budget");
+                    }
+                }
+                return;
+            }
             Err(err) => {
                 tracing::warn!(error = %err, rows = batch.len(), attempt, "storing model calls failed; retrying");
                 tokio::time::sleep(crate::retry::jittered_backoff(attempt)).await;
             }
         }
     }
-    // The calls are still in the log stream (one EMF line each), so they can be recovered.
+    // The calls are still in the log stream (one EMF line each), so they can be
+    // recovered; their budget reservations count until they expire.
     tracing::error!(rows = batch.len(), "giving up storing model calls; they remain in the logs");
+}
+
+async fn store(
+    pool: &PgPool,
+    batch: &[ModelCall],
+    released: &[Uuid],
+) -> sqlx::Result<Vec<crate::store::budgets::SoftCrossing>> {
+    let mut tx = pool.begin().await?;
+    if !batch.is_empty() {
+        crate::store::usage::insert_model_calls(&mut *tx, batch).await?;
+    }
+    let crossings = crate::store::budgets::settle(&mut tx, batch, released).await?;
+    tx.commit().await?;
+    Ok(crossings)
+}
+
+/// What an alarm on budgets hangs on: one line per tenant and day, in EMF.
+fn log_soft_crossing(crossing: &crate::store::budgets::SoftCrossing) {
+    let line = json!({
+        "_aws": {
+            "Timestamp": chrono::Utc::now().timestamp_millis(),
+            "CloudWatchMetrics": [{
+                "Namespace": "stolid",
+                "Dimensions": [["event"]],
+                "Metrics": [{"Name": "budget_soft_crossings", "Unit": "Count"}]
+            }]
+        },
+        "timestamp": chrono::Utc::now().to_rfc3339(),
+        "level": "WARN",
+        "target": "stolid::budget",
+        "message": "a tenant crossed its soft daily budget",
+        "event": "budget_soft_limit_crossed",
+        "budget_soft_crossings": 1,
+        "tenant_id": crossing.tenant_id,
+        "spent_usd": crossing.spent_usd,
+        "soft_usd_per_day": crossing.soft_usd_per_day,
+    });
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
 }
 
 /// The call as one CloudWatch Embedded Metric Format object: the `_aws` block

@@ -66,6 +66,9 @@ pub struct Document {
     pub updated_at: DateTime<Utc>,
     pub processing_started_at: Option<DateTime<Utc>>,
     pub indexed_at: Option<DateTime<Utc>>,
+    /// Set while indexing waits for the tenant's budget (`queued`, `error`
+    /// says why): when the period resets, if the limit is not raised sooner.
+    pub paused_until: Option<DateTime<Utc>>,
 }
 
 pub struct NewDocument<'a> {
@@ -188,7 +191,8 @@ pub async fn delete(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid) -> sqlx:
 
 pub async fn mark_processing(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid) -> sqlx::Result<()> {
     sqlx::query(
-        "UPDATE documents SET status = 'processing', processing_started_at = now(), updated_at = now(), error = NULL
+        "UPDATE documents SET status = 'processing', processing_started_at = now(), updated_at = now(), error = NULL,
+                paused_until = NULL
          WHERE tenant_id = $1 AND id = $2 AND status <> 'indexed'",
     )
     .bind(tenant_id)
@@ -231,7 +235,7 @@ pub async fn mark_indexed(
 ) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE documents SET status = 'indexed', error = NULL, chunk_count = $2, token_count = $3,
-                embedding_model = $4, indexed_at = now(), updated_at = now(), sweeps = 0
+                embedding_model = $4, indexed_at = now(), updated_at = now(), sweeps = 0, paused_until = NULL
          WHERE id = $1",
     )
     .bind(id)
@@ -332,6 +336,52 @@ pub async fn requeue(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid, reason:
     Ok(())
 }
 
+/// Indexing waits for the tenant's budget: the document stays `queued`, with
+/// the reason, until the sweeper resumes it (at `until`, or sooner if the limit is raised).
+pub async fn pause(
+    db: impl PgExecutor<'_>,
+    tenant_id: Uuid,
+    id: Uuid,
+    reason: &str,
+    until: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE documents SET status = 'queued', error = $3, paused_until = $4, updated_at = now()
+         WHERE tenant_id = $1 AND id = $2 AND status IN ('queued', 'processing')",
+    )
+    .bind(tenant_id)
+    .bind(id)
+    .bind(reason)
+    .bind(until)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Ends the pause of up to `limit` budget-paused documents that may have room
+/// now: their pause ran out (the period reset), or their tenant's limits
+/// changed since they paused (raised, or removed). Returns (tenant, document)
+/// pairs, whose jobs the caller sends again. Whether a document fits is not
+/// guessed here: a job that still finds no room pauses again.
+pub async fn resume_paused(db: impl PgExecutor<'_>, limit: i64) -> sqlx::Result<Vec<(Uuid, Uuid)>> {
+    sqlx::query_as(
+        "UPDATE documents SET paused_until = NULL, error = NULL, updated_at = now()
+         WHERE id IN (SELECT d.id FROM documents d LEFT JOIN budgets b ON b.tenant_id = d.tenant_id
+                      WHERE d.paused_until IS NOT NULL
+                        AND (d.paused_until <= now() OR b.tenant_id IS NULL OR b.updated_at > d.updated_at)
+                      ORDER BY d.created_at LIMIT $1 FOR UPDATE OF d SKIP LOCKED)
+         RETURNING tenant_id, id",
+    )
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// How many documents wait for their tenant's budget.
+pub async fn count_paused(db: impl PgExecutor<'_>) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT count(*) FROM documents WHERE paused_until IS NOT NULL").fetch_one(db).await
+}
+
 /// A document the sweeper looks at: unfinished and untouched for a while.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Unfinished {
@@ -341,11 +391,13 @@ pub struct Unfinished {
     pub updated_at: DateTime<Utc>,
 }
 
-/// Documents `queued` or `processing` and not updated for `idle_secs`, oldest first.
+/// Documents `queued` or `processing` and not updated for `idle_secs`, oldest
+/// first (not those paused by their budget: they wait on purpose).
 pub async fn unfinished(db: impl PgExecutor<'_>, idle_secs: f64, limit: i64) -> sqlx::Result<Vec<Unfinished>> {
     sqlx::query_as(
         "SELECT id, tenant_id, sweeps, updated_at FROM documents
-         WHERE status IN ('queued', 'processing') AND updated_at < now() - make_interval(secs => $1)
+         WHERE status IN ('queued', 'processing') AND paused_until IS NULL
+           AND updated_at < now() - make_interval(secs => $1)
          ORDER BY updated_at LIMIT $2",
     )
     .bind(idle_secs)

@@ -32,6 +32,11 @@ pub async fn ensure_tenant(db: impl PgExecutor<'_>, name: &str) -> sqlx::Result<
     .await
 }
 
+/// The id of the tenant named `name`, if there is one.
+pub async fn tenant_by_name(db: impl PgExecutor<'_>, name: &str) -> sqlx::Result<Option<Uuid>> {
+    sqlx::query_scalar("SELECT id FROM tenants WHERE name = $1").bind(name).fetch_optional(db).await
+}
+
 #[derive(Debug, Clone)]
 pub struct CreatedKey {
     pub id: Uuid,
@@ -59,6 +64,18 @@ pub async fn tenant_for_key(db: impl PgExecutor<'_>, key: &str) -> sqlx::Result<
         .bind(hash_key(key))
         .fetch_optional(db)
         .await
+}
+
+/// A live key's tenant, and whether that tenant has spend limits (one lookup
+/// per request answers both).
+pub async fn caller_for_key(db: impl PgExecutor<'_>, key: &str) -> sqlx::Result<Option<(Uuid, bool)>> {
+    sqlx::query_as(
+        "SELECT k.tenant_id, EXISTS (SELECT 1 FROM budgets b WHERE b.tenant_id = k.tenant_id)
+         FROM api_keys k WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
+    )
+    .bind(hash_key(key))
+    .fetch_optional(db)
+    .await
 }
 
 /// Revokes a key given either the key itself or its id. Returns whether one was revoked.

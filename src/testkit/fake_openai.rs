@@ -448,6 +448,24 @@ struct ChatBody {
     tools: Vec<Value>,
     #[serde(default)]
     stream_options: Option<Value>,
+    /// Honoured as a provider does: the answer stops there (`finish_reason: length`).
+    #[serde(default)]
+    max_tokens: Option<usize>,
+}
+
+/// The longest run of `text`'s leading words within `max` tokens.
+fn truncate_to_tokens(text: &str, max: usize) -> String {
+    use crate::tokens::count_tokens;
+    if count_tokens(text) <= max {
+        return text.to_string();
+    }
+    let words: Vec<&str> = text.split(' ').collect();
+    let (mut fits, mut too_many) = (0, words.len());
+    while too_many - fits > 1 {
+        let mid = (fits + too_many) / 2;
+        if count_tokens(&words[..mid].join(" ")) <= max { fits = mid } else { too_many = mid }
+    }
+    words[..fits].join(" ")
 }
 
 fn to_request(body: &ChatBody) -> ChatRequest {
@@ -512,7 +530,13 @@ async fn chat(State(shared): State<Arc<Mutex<Shared>>>, _headers: HeaderMap, Jso
         s.last_chat_messages = body.messages.clone();
     }
     let request = to_request(&body);
-    let (mut output, prompt_tokens, completion_tokens) = local::chat_counted(&request);
+    let (mut output, prompt_tokens, mut completion_tokens) = local::chat_counted(&request);
+    let mut truncated = false;
+    if let Some(max) = body.max_tokens.filter(|&max| completion_tokens as usize > max) {
+        output.content = truncate_to_tokens(&output.content, max);
+        completion_tokens = crate::tokens::count_tokens(&output.content) as _;
+        truncated = true;
+    }
     if request.task == Task::Rerank {
         let mut s = shared.lock().unwrap();
         s.stats.rerank_requests += 1;
@@ -528,7 +552,11 @@ async fn chat(State(shared): State<Arc<Mutex<Shared>>>, _headers: HeaderMap, Jso
         .enumerate()
         .map(|(i, c)| json!({"index": i, "id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
         .collect();
-    let finish_reason = if tool_calls.is_empty() { "stop" } else { "tool_calls" };
+    let finish_reason = match (tool_calls.is_empty(), truncated) {
+        (false, _) => "tool_calls",
+        (true, true) => "length",
+        (true, false) => "stop",
+    };
     let id = format!("chatcmpl-fake-{}", shared.lock().unwrap().stats.chat_requests);
     if !body.stream {
         let mut message = json!({"role": "assistant", "content": output.content});

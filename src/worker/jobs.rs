@@ -18,6 +18,10 @@ pub enum JobError {
     /// Can never succeed (e.g. a malformed message): delete it, do not retry.
     #[error("{0}")]
     Unprocessable(String),
+    /// Cannot run yet (its tenant's budget is spent): sent again to run after
+    /// `delay`, so waiting does not use up the deliveries the redrive policy allows.
+    #[error("{reason}")]
+    Deferred { delay: std::time::Duration, reason: String },
 }
 
 /// After a job was stopped before finishing (shutdown, or its deadline): the

@@ -177,6 +177,17 @@ async fn process(state: &AppState, deleter: &Deleter, message: Received, last_at
             tracing::error!(reason, "message can never be processed; deleting it");
             deleter.delete(message.receipt_handle);
         }
+        Some(Ok(Err(jobs::JobError::Deferred { delay, reason }))) => {
+            match state.queue.send_delayed(message.body.clone(), delay).await {
+                Ok(()) => {
+                    tracing::info!(reason, delay_secs = delay.as_secs(), "job deferred");
+                    deleter.delete(message.receipt_handle);
+                }
+                Err(err) => {
+                    tracing::warn!(error = format!("{err:#}"), reason, "could not defer the job; it will be retried")
+                }
+            }
+        }
         Some(Ok(Err(jobs::JobError::Retry(err)))) => {
             tracing::warn!(error = format!("{err:#}"), duration_ms = elapsed_ms, "job failed; it will be retried");
         }

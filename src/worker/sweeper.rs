@@ -7,7 +7,7 @@
 //! purged by an operator. Originals can outlive their rows: an S3 delete that
 //! failed after the row was deleted, an upload refused after its put.
 //!
-//! Two passes, each run by one task of the fleet at a time and paced through
+//! Three passes, each run by one task of the fleet at a time and paced through
 //! `maintenance_leases` (no connection is held while a pass runs):
 //! - **stuck documents**, every `SWEEP_INTERVAL_SECS`: documents untouched
 //!   for `SWEEP_STUCK_AFTER_SECS` (longer than any job may run) get their
@@ -16,6 +16,12 @@
 //!   document, so while the queue holds messages (a backlog the document may
 //!   simply be waiting in) only documents idle six times as long are re-sent.
 //!   A duplicate message costs little: jobs are idempotent and reuse embeddings.
+//! - **paused documents**, every `SWEEP_INTERVAL_SECS`: documents whose
+//!   indexing waits for their tenant's budget get their job sent again once
+//!   the pause has run out (the period reset) or the tenant's limits changed
+//!   (raised, say). A resumed job that still finds no room pauses again;
+//!   pauses never count as re-sends. Expired budget reservations (of tasks that
+//!   died mid-call) are deleted in the same pass.
 //! - **orphaned originals**, hourly: objects under `tenants/` older than the
 //!   stuck threshold whose document row does not exist are deleted. Objects
 //!   elsewhere (the `imports/` prefix) belong to operators and are never touched.
@@ -31,7 +37,7 @@ use uuid::Uuid;
 use crate::documents::document_of_original;
 use crate::queue::Job;
 use crate::state::AppState;
-use crate::store::{documents, leases};
+use crate::store::{budgets, documents, leases};
 
 /// How often the fleet lists the bucket for orphans: listing is billed per page.
 const ORPHAN_PASS_EVERY: Duration = Duration::from_secs(3600);
@@ -44,6 +50,13 @@ pub struct StuckReport {
     pub failed: usize,
     /// Idle past the threshold, but left alone while the queue has a backlog.
     pub deferred: usize,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PausedReport {
+    pub resumed: usize,
+    /// Documents still paused (no reset and no new limits since they paused).
+    pub waiting: usize,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -81,6 +94,10 @@ async fn run_due_passes(state: &AppState, holder: Uuid) -> anyhow::Result<()> {
             "stuck_documents",
             json!({"requeued": report.requeued, "failed": report.failed, "deferred": report.deferred}),
         );
+    }
+    if leases::try_take(&state.db, "sweep_paused", holder, period).await? {
+        let report = sweep_paused(state).await?;
+        log_pass("paused_documents", json!({"resumed": report.resumed, "waiting": report.waiting}));
     }
     let orphan_period = ORPHAN_PASS_EVERY.mul_f64(0.9).as_secs_f64();
     if leases::try_take(&state.db, "sweep_orphans", holder, orphan_period).await? {
@@ -127,6 +144,24 @@ pub async fn sweep_stuck(state: &AppState) -> anyhow::Result<StuckReport> {
         report.requeued = ids.len();
     }
     Ok(report)
+}
+
+/// Sends the jobs of budget-paused documents again where there is room now.
+pub async fn sweep_paused(state: &AppState) -> anyhow::Result<PausedReport> {
+    budgets::delete_expired_reservations(&state.db).await?;
+    let resumed = documents::resume_paused(&state.db, BATCH).await?;
+    let jobs =
+        resumed.iter().map(|&(tenant_id, document_id)| Job::IndexDocument { tenant_id, document_id }.to_message());
+    if let Err(err) = state.queue.send_many(jobs.collect()).await {
+        // Paused again with a pause that has run out, so the next pass retries; nothing is lost.
+        let now = chrono::Utc::now();
+        for &(tenant_id, id) in &resumed {
+            documents::pause(&state.db, tenant_id, id, "paused: resuming failed; trying again", now).await?;
+        }
+        return Err(err.context("re-sending paused documents' jobs"));
+    }
+    let waiting = documents::count_paused(&state.db).await? as usize;
+    Ok(PausedReport { resumed: resumed.len(), waiting })
 }
 
 /// Deletes originals under `tenants/` whose document no longer exists.

@@ -16,6 +16,7 @@ fn ctx(app: &TestApp, request_id: &str) -> CallContext {
         request_id: Some(request_id.into()),
         conversation_id: None,
         endpoint: "test",
+        budgeted: false,
     }
 }
 

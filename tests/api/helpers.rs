@@ -118,15 +118,17 @@ impl TestApp {
     }
 
     /// Waits until the workers have emptied the queue: no message waiting or in
-    /// flight, and no document `queued` or `processing`.
+    /// flight, and no document `queued` or `processing` (but those paused by
+    /// their budget, which wait on purpose).
     pub async fn drain_queue(&self) {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {
-            let open: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM documents WHERE status IN ('queued', 'processing')")
-                    .fetch_one(&self.state.db)
-                    .await
-                    .unwrap();
+            let open: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM documents WHERE status IN ('queued', 'processing') AND paused_until IS NULL",
+            )
+            .fetch_one(&self.state.db)
+            .await
+            .unwrap();
             if open == 0 && self.state.queue.depth().await.unwrap_or(1) == 0 {
                 return;
             }

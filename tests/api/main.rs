@@ -3,6 +3,7 @@
 //! fake OpenAI-compatible server over real HTTP.
 
 mod agent;
+mod budget;
 mod chat;
 mod deploy_files;
 pub mod documents;

@@ -22,6 +22,16 @@ use crate::tokens::count_tokens;
 pub async fn run(state: &AppState, tenant_id: Uuid, document_id: Uuid, last_attempt: bool) -> Result<(), JobError> {
     match index(state, tenant_id, document_id).await {
         Ok(()) => Ok(()),
+        Err(Failure::OverBudget(exceeded)) => {
+            // Nothing is lost: the document waits, `queued` with the reason,
+            // and the sweeper sends its job again when there is room.
+            let reason = format!("paused: {exceeded}; indexing resumes then, or when the limit is raised");
+            tracing::info!(reason, "indexing paused by the tenant's budget");
+            documents::pause(&state.db, tenant_id, document_id, &reason, exceeded.resets_at)
+                .await
+                .context("pausing the document")?;
+            Ok(())
+        }
         Err(Failure::Permanent(reason)) => {
             tracing::warn!(reason, "document cannot be indexed");
             documents::mark_failed(&state.db, tenant_id, document_id, &reason).await.context("marking failed")?;
@@ -39,6 +49,8 @@ pub async fn run(state: &AppState, tenant_id: Uuid, document_id: Uuid, last_atte
 enum Failure {
     /// Retrying cannot help: bad content, exhausted quota.
     Permanent(String),
+    /// The tenant's budget has no room for the embeddings until it resets or is raised.
+    OverBudget(Box<crate::llm::budget::Exceeded>),
     Transient(anyhow::Error),
 }
 
@@ -112,6 +124,7 @@ async fn index(state: &AppState, tenant_id: Uuid, document_id: Uuid) -> Result<(
             request_id: None,
             conversation_id: None,
             endpoint: "worker.index",
+            budgeted: crate::store::budgets::is_budgeted(&state.db, tenant_id).await?,
         };
         // The chunker counted every chunk's own tokens already; only the short context line is new.
         let texts: Vec<String> = missing.iter().map(|c| chunk::embedding_text(&c.context, &c.content)).collect();
@@ -119,6 +132,7 @@ async fn index(state: &AppState, tenant_id: Uuid, document_id: Uuid) -> Result<(
             missing.iter().map(|c| c.token_count as usize + count_tokens(&c.context) + 1).collect();
         let embedded = gateway.embed_counted(&ctx, &texts, tokens).await.map_err(|err| match err {
             LlmError::QuotaExhausted(m) => Failure::Permanent(format!("embedding quota exhausted: {m}")),
+            LlmError::BudgetExceeded(exceeded) => Failure::OverBudget(exceeded),
             LlmError::InputTooLong { .. } | LlmError::Refused(_) => Failure::Permanent(err.to_string()),
             other => Failure::Transient(other.into()),
         })?;

@@ -57,9 +57,14 @@ pub async fn run(state: &AppState, tenant_id: Uuid, document_id: Uuid) -> Result
         request_id: None,
         conversation_id: None,
         endpoint: "worker.summarize",
+        budgeted: crate::store::budgets::is_budgeted(&state.db, tenant_id).await.context("reading the budget")?,
     };
     let response = state.gateway.chat(&ctx, &request).await.map_err(|err| match err {
         LlmError::QuotaExhausted(m) => JobError::Unprocessable(format!("quota exhausted: {m}")),
+        LlmError::BudgetExceeded(exceeded) => JobError::Deferred {
+            delay: crate::queue::MAX_DELAY.min(std::time::Duration::from_secs(exceeded.retry_after_secs())),
+            reason: exceeded.to_string(),
+        },
         other => JobError::Retry(other.into()),
     })?;
     documents::set_summary(&state.db, tenant_id, document_id, response.content.trim())
