@@ -12,6 +12,7 @@ use crate::chat::prompt::{self, Citation};
 use crate::domain_error::{DomainError, Result};
 use crate::llm::{ChatMessage, ChatRequest, Role, TokenUsage, ToolSpec};
 use crate::retrieval::{self, Mode};
+use crate::signals::Stopwatch;
 use crate::state::AppState;
 use crate::store::conversations::{self, Thread};
 use crate::store::documents::{self, DocumentFilter};
@@ -88,6 +89,7 @@ pub async fn run(
     if input.message.trim().is_empty() {
         return Err(DomainError::invalid("message is empty"));
     }
+    let mut stopwatch = Stopwatch::start(input.conversation_id.is_none());
     let thread = match input.conversation_id {
         Some(id) => Thread::Existing(
             conversations::get(&state.db, tenant.id, id).await?.ok_or(DomainError::NotFound("conversation"))?.id,
@@ -113,6 +115,7 @@ pub async fn run(
             ..Default::default()
         };
         let response = state.gateway.chat(&ctx, &request).await?;
+        stopwatch.model(response.latency);
         usage.input_tokens += response.usage.input_tokens;
         usage.output_tokens += response.usage.output_tokens;
         usage.cost_usd += response.usage.cost_usd;
@@ -143,8 +146,9 @@ pub async fn run(
         });
         for call in &response.tool_calls {
             let arguments: Value = serde_json::from_str(&call.arguments).unwrap_or(Value::Null);
-            let (output, summary) =
+            let (output, summary, timings) =
                 run_tool(state, tenant, &input.scope, input.rerank, &call.name, &arguments, &mut passages).await?;
+            stopwatch.retrieved(timings);
             let step = TraceStep { step: steps, tool: call.name.clone(), arguments, result: summary };
             report(&progress, &mut trace, step).await;
             messages.push(ChatMessage::tool(&call.id, output));
@@ -157,6 +161,7 @@ pub async fn run(
     let citations = prompt::citations(&answer, &passages);
     let assistant = crate::chat::answer_message(&answer, &citations, &usage);
     conversations::add_turn(&state.db, tenant.id, &thread, &input.message, assistant).await?;
+    stopwatch.record(state, tenant, "agent", Some(conversation_id));
     Ok(AgentReply { conversation_id, answer, citations, trace, steps, stop_reason, usage })
 }
 
@@ -180,11 +185,12 @@ async fn run_tool(
     name: &str,
     arguments: &Value,
     passages: &mut Vec<Hit>,
-) -> Result<(String, String)> {
+) -> Result<(String, String, retrieval::Timings)> {
+    let none = retrieval::Timings::default();
     match name {
         "search_documents" => {
             let Some(query) = arguments["query"].as_str().filter(|q| !q.trim().is_empty()) else {
-                return Ok(("error: `query` is required".into(), "invalid arguments".into()));
+                return Ok(("error: `query` is required".into(), "invalid arguments".into(), none));
             };
             let k = arguments["k"].as_u64().unwrap_or(5).clamp(1, 10) as usize;
             let search = retrieval::Query {
@@ -195,20 +201,21 @@ async fn run_tool(
                 min_similarity: Some(state.config.chat.min_similarity),
                 rerank,
             };
-            let hits = retrieval::search(state, &tenant.call_context("agent", None), search).await?.hits;
+            let retrieved = retrieval::search(state, &tenant.call_context("agent", None), search).await?;
+            let (hits, timings) = (retrieved.hits, retrieved.timings);
             if hits.is_empty() {
-                return Ok(("no matching passages".into(), "0 passages".into()));
+                return Ok(("no matching passages".into(), "0 passages".into(), timings));
             }
             let mut output = String::new();
             for hit in &hits {
                 passages.push(hit.clone());
                 output.push_str(&format!("[{}] {}\n{}\n\n", passages.len(), hit.title, hit.content));
             }
-            Ok((output.trim_end().to_string(), format!("{} passages", hits.len())))
+            Ok((output.trim_end().to_string(), format!("{} passages", hits.len()), timings))
         }
         "get_document" => {
             let Some(id) = arguments["document_id"].as_str().and_then(|s| s.parse::<Uuid>().ok()) else {
-                return Ok(("error: `document_id` must be a document id".into(), "invalid arguments".into()));
+                return Ok(("error: `document_id` must be a document id".into(), "invalid arguments".into(), none));
             };
             let filter =
                 DocumentFilter { collection: scope.collection.clone(), ids: Some(vec![id]), ..Default::default() };
@@ -219,9 +226,9 @@ async fn run_tool(
                 Some(doc) => {
                     let value = json!({"id": doc.id, "title": doc.title, "collection": doc.collection, "status": doc.status,
                         "metadata": doc.metadata, "summary": doc.summary, "chunk_count": doc.chunk_count});
-                    (value.to_string(), format!("document {}", doc.title))
+                    (value.to_string(), format!("document {}", doc.title), none)
                 }
-                None => ("error: no such document".into(), "not found".into()),
+                None => ("error: no such document".into(), "not found".into(), none),
             })
         }
         "list_documents" => {
@@ -235,9 +242,9 @@ async fn run_tool(
                 .map(|d| json!({"id": d.id, "title": d.title, "status": d.status}))
                 .collect();
             let summary = format!("{} documents", docs.len());
-            Ok((Value::Array(docs).to_string(), summary))
+            Ok((Value::Array(docs).to_string(), summary, none))
         }
-        other => Ok((format!("error: unknown tool `{other}`"), "unknown tool".into())),
+        other => Ok((format!("error: unknown tool `{other}`"), "unknown tool".into(), none)),
     }
 }
 

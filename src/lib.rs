@@ -11,6 +11,7 @@
 //!   and the sweeper.
 //! - The domain: [`documents`] (upload, dedupe, re-index, delete), [`retrieval`] (search),
 //!   [`chat`], [`suggest`] and [`agent`]; they fail with [`domain_error::DomainError`].
+//!   [`signals`]: where their time goes, and the three signals an operator watches.
 //! - [`ingest`]: extraction and chunking, pure functions the index job runs on blocking threads.
 //! - [`llm`]: the model gateway; every chat and embedding call, its retries, its usage record, the
 //!   fleet-wide embedding cap (`llm::limiter`, state in Postgres) and the cross-document batcher;
@@ -40,6 +41,7 @@ pub mod pricing;
 pub mod queue;
 pub mod retrieval;
 pub mod retry;
+pub mod signals;
 pub mod state;
 pub mod store;
 pub mod suggest;

@@ -10,6 +10,7 @@ use uuid::Uuid;
 use crate::domain_error::{DomainError, Result};
 use crate::llm::{ChatMessage, ChatRequest, Task, TokenUsage};
 use crate::retrieval::{self, Mode};
+use crate::signals::Stopwatch;
 use crate::state::AppState;
 use crate::store::conversations;
 use crate::store::search::{Hit, Scope};
@@ -44,6 +45,7 @@ pub struct SuggestInput {
 }
 
 pub async fn suggest(state: &AppState, tenant: &Tenant, input: SuggestInput) -> Result<SuggestReply> {
+    let mut stopwatch = Stopwatch::start(input.conversation_id.is_none());
     // Between turns the text may be empty: the conversation's last message is the topic.
     let mut topic = input.text.trim().to_string();
     if let Some(id) = input.conversation_id {
@@ -66,7 +68,9 @@ pub async fn suggest(state: &AppState, tenant: &Tenant, input: SuggestInput) -> 
         min_similarity: Some(state.config.chat.min_similarity),
         rerank: input.rerank,
     };
-    let hits = retrieval::search(state, &ctx, query).await?.hits;
+    let retrieved = retrieval::search(state, &ctx, query).await?;
+    stopwatch.retrieved(retrieved.timings);
+    let hits = retrieved.hits;
     let mut passages: Vec<Hit> = Vec::new();
     let mut context = String::new();
     let mut used = 0;
@@ -86,6 +90,7 @@ pub async fn suggest(state: &AppState, tenant: &Tenant, input: SuggestInput) -> 
         passages.push(hit);
     }
     if passages.is_empty() {
+        stopwatch.record(state, tenant, "suggest", input.conversation_id);
         return Ok(SuggestReply { suggestions: vec![], usage: empty });
     }
     let request = ChatRequest {
@@ -103,7 +108,9 @@ pub async fn suggest(state: &AppState, tenant: &Tenant, input: SuggestInput) -> 
         ..Default::default()
     };
     let response = state.gateway.chat(&ctx, &request).await?;
+    stopwatch.model(response.latency);
     let suggestions = parse(&response.content, &passages, input.n);
+    stopwatch.record(state, tenant, "suggest", input.conversation_id);
     Ok(SuggestReply { suggestions, usage: response.usage })
 }
 

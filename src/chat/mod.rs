@@ -11,6 +11,7 @@ use uuid::Uuid;
 use crate::domain_error::{DomainError, Result};
 use crate::llm::{ChatRequest, Role, TokenUsage};
 use crate::retrieval::{self, Mode};
+use crate::signals::Stopwatch;
 use crate::state::AppState;
 use crate::store::conversations::{self, NewMessage, Thread};
 use crate::store::search::Scope;
@@ -41,6 +42,8 @@ pub struct Prepared {
     pub thread: Option<Thread>,
     pub prompt: Prompt,
     pub request: ChatRequest,
+    /// The turn's time so far; recorded by [`finish`].
+    pub stopwatch: Stopwatch,
 }
 
 impl Prepared {
@@ -84,12 +87,16 @@ pub async fn prepare(state: &AppState, tenant: &Tenant, input: &ChatInput) -> Re
         }
         (None, None) => (Some(Thread::start(&input.message)), Vec::new()),
     };
+    let mut stopwatch = Stopwatch::start(!history.iter().any(|t| t.role == Role::User));
     let conversation_id = thread.as_ref().map(Thread::id);
     let chat = &state.config.chat;
     let ctx = tenant.call_context("chat", conversation_id);
     let rewrite = input.rewrite_query && state.gateway.has_language_model();
     let standalone = if rewrite && history.iter().any(|t| t.role == Role::User) {
-        standalone_query(state, &ctx, &history, &input.message).await
+        let rewriting = std::time::Instant::now();
+        let query = standalone_query(state, &ctx, &history, &input.message).await;
+        stopwatch.model(rewriting.elapsed());
+        query
     } else {
         input.message.clone()
     };
@@ -101,7 +108,9 @@ pub async fn prepare(state: &AppState, tenant: &Tenant, input: &ChatInput) -> Re
         min_similarity: Some(chat.min_similarity),
         rerank: input.rerank,
     };
-    let hits = retrieval::search(state, &ctx, query).await?.hits;
+    let retrieved = retrieval::search(state, &ctx, query).await?;
+    stopwatch.retrieved(retrieved.timings);
+    let hits = retrieved.hits;
     let budget = Budget { context_tokens: chat.context_tokens, history_tokens: chat.history_tokens };
     let prompt = prompt::build(&hits, &history, &input.message, budget);
     let request = ChatRequest {
@@ -110,7 +119,7 @@ pub async fn prepare(state: &AppState, tenant: &Tenant, input: &ChatInput) -> Re
         temperature: Some(0.2),
         ..Default::default()
     };
-    Ok(Prepared { thread, prompt, request })
+    Ok(Prepared { thread, prompt, request, stopwatch })
 }
 
 /// The follow-up rewritten by the chat model into a query that stands alone.
@@ -138,7 +147,7 @@ async fn standalone_query(state: &AppState, ctx: &crate::llm::CallContext, histo
 
 /// Answers one message (non-streaming).
 pub async fn respond(state: &AppState, tenant: &Tenant, input: ChatInput) -> Result<ChatReply> {
-    let prepared = prepare(state, tenant, &input).await?;
+    let mut prepared = prepare(state, tenant, &input).await?;
     if prepared.prompt.passages.is_empty() {
         let usage = TokenUsage { input_tokens: 0, output_tokens: 0, cost_usd: 0.0 };
         let model = state.gateway.chat_model().to_string();
@@ -146,6 +155,7 @@ pub async fn respond(state: &AppState, tenant: &Tenant, input: ChatInput) -> Res
     }
     let ctx = tenant.call_context("chat", prepared.conversation_id());
     let response = state.gateway.chat(&ctx, &prepared.request).await?;
+    prepared.stopwatch.model(response.latency);
     finish(state, tenant, &input.message, prepared, response.content, response.usage, response.model).await
 }
 
@@ -170,10 +180,12 @@ pub async fn finish(
         provider: state.gateway.provider_name(),
     };
     let Some(thread) = &prepared.thread else {
+        prepared.stopwatch.record(state, tenant, "chat", None);
         return Ok(reply(None));
     };
     let assistant = answer_message(&answer, &citations, &usage);
     let message_id = conversations::add_turn(&state.db, tenant.id, thread, question, assistant).await?;
+    prepared.stopwatch.record(state, tenant, "chat", Some(thread.id()));
     Ok(reply(Some(message_id)))
 }
 

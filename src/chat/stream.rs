@@ -53,7 +53,8 @@ pub async fn respond(state: AppState, tenant: Tenant, input: ChatInput) -> Resul
         match turn.upstream.next().await {
             Some(Ok(StreamItem::Delta(text))) => Some((TurnEvent::Delta(text), turn)),
             Some(Ok(StreamItem::Done(response))) => {
-                let prepared = turn.prepared.take().expect("checked above");
+                let mut prepared = turn.prepared.take().expect("checked above");
+                prepared.stopwatch.model(response.latency);
                 let reply = super::finish(
                     &turn.state,
                     &turn.tenant,

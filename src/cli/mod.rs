@@ -52,6 +52,16 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// The three signals for the whole deployment: cold start, retrieval's share
+    /// of response time, embedding throughput; each with a verdict.
+    Signals {
+        /// The window, in seconds back from now.
+        #[arg(long, default_value_t = 3600)]
+        window_secs: u64,
+        /// Print the JSON `GET /v1/ops/signals` gives, for the deployment.
+        #[arg(long)]
+        json: bool,
+    },
     /// Set and list tenants' spend limits (enforced before every model call).
     Budgets {
         #[command(subcommand)]
@@ -210,6 +220,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     let Some(tenant_id) = tenant else { anyhow::bail!("key is not valid") };
                     println!("{tenant_id}");
                 }
+            }
+            Ok(())
+        }
+        Command::Signals { window_secs, json } => {
+            telemetry::init("warn", std::io::stderr);
+            // The cap the signals compare with is the service's own configuration.
+            let config = Config::from_env()?;
+            let db = store::connect(&config.database_url, 2, std::time::Duration::from_secs(10), &[]).await?;
+            let window = std::time::Duration::from_secs(window_secs.max(1));
+            let signals = crate::signals::measure(&db, &config.llm.embedding_limits, None, window).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&signals)?);
+            } else {
+                print!("{}", crate::signals::report(&signals));
             }
             Ok(())
         }

@@ -10,6 +10,7 @@ pub mod documents;
 pub mod health;
 pub mod me;
 pub mod openai_compat;
+pub mod ops;
 pub mod search;
 pub mod suggest;
 pub mod usage;
@@ -38,7 +39,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
     info(title = "stolid", description = "Retrieval-augmented AI backend: documents, search, chat, suggest, agent, usage."),
     paths(
         health::healthz, health::readyz, me::me, search::search,
-        usage::get_usage, budget::get_budget, budget::put_budget, agent::run_agent, suggest::suggest_questions, openai_compat::chat_completions,
+        usage::get_usage, budget::get_budget, budget::put_budget, ops::get_signals, agent::run_agent, suggest::suggest_questions, openai_compat::chat_completions,
         chat::chat, chat::list_conversations, chat::get_conversation, chat::delete_conversation,
         documents::create_documents, documents::list_documents, documents::get_document,
         documents::list_chunks, documents::get_content, documents::delete_document, documents::reindex_document,
@@ -148,6 +149,7 @@ pub fn router(state: AppState) -> Router {
         .merge(chat::router())
         .merge(usage::router())
         .merge(budget::router())
+        .merge(ops::router())
         .merge(agent::router())
         .merge(suggest::router())
         .merge(openai_compat::router())

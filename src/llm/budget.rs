@@ -136,12 +136,37 @@ impl Budgets {
         })?;
         if let Some(refusal) = refused {
             let exceeded = Exceeded::from(refusal);
-            tracing::info!(event = "budget_exceeded", tenant_id = %tenant_id, period = exceeded.period,
-                unit = exceeded.unit, limit = exceeded.limit, used = exceeded.used, "call refused: over budget");
+            self.recorder.emit(refusal_line(tenant_id, &exceeded));
             return Err(LlmError::BudgetExceeded(Box::new(exceeded)));
         }
         Ok(Reservation { id, recorder: self.recorder.clone() })
     }
+}
+
+/// A refused call as one EMF line (metric `budget_refusals`, by period).
+pub fn refusal_line(tenant_id: Uuid, exceeded: &Exceeded) -> serde_json::Value {
+    serde_json::json!({
+        "_aws": {
+            "Timestamp": Utc::now().timestamp_millis(),
+            "CloudWatchMetrics": [{
+                "Namespace": "stolid",
+                "Dimensions": [["event"], ["event", "period"]],
+                "Metrics": [{"Name": "budget_refusals", "Unit": "Count"}]
+            }]
+        },
+        "timestamp": Utc::now().to_rfc3339(),
+        "level": "INFO",
+        "target": "stolid::budget",
+        "message": "call refused: over budget",
+        "event": "budget_exceeded",
+        "budget_refusals": 1,
+        "tenant_id": tenant_id,
+        "period": exceeded.period,
+        "unit": exceeded.unit,
+        "limit": exceeded.limit,
+        "used": exceeded.used,
+        "resets_at": exceeded.resets_at,
+    })
 }
 
 /// Room held for one call. Dropping it ends the reservation once the call's
@@ -168,5 +193,6 @@ mod tests {
         assert_eq!(exceeded.to_string(), "the daily budget of $5.00 is spent; it resets at 2026-12-03T00:00:00Z");
         let tokens = Exceeded { period: "day", unit: "tokens", limit: 1000.0, ..exceeded };
         assert_eq!(tokens.to_string(), "the daily budget of 1000 tokens is spent; it resets at 2026-12-03T00:00:00Z");
+        crate::testkit::emf::check(&refusal_line(Uuid::nil(), &tokens)).unwrap();
     }
 }

@@ -384,6 +384,7 @@ impl Gateway {
         {
             return Ok(vector.clone());
         }
+        let asked = tokio::time::Instant::now();
         let max = self.config.embedding_limits.max_input_tokens;
         let tokens = count_tokens(text);
         if tokens > max {
@@ -394,7 +395,7 @@ impl Gateway {
             Some(_slot) => {
                 let shares = [(ctx.clone(), tokens)];
                 let (mut vectors, _) =
-                    self.embed_request(&shares, model, dims, &[text.to_string()], tokens, Paced::Query).await?;
+                    self.embed_request(&shares, model, dims, &[text.to_string()], tokens, Paced::Query, asked).await?;
                 vectors.swap_remove(0)
             }
             None => query_groups::embed_in_group(self, model, dims, ctx, text, tokens).await?,
@@ -457,7 +458,8 @@ impl Gateway {
             }
         }
         let texts: Vec<String> = batch.iter().map(|p| p.text.clone()).collect();
-        match self.embed_request(&shares, &model, dims, &texts, tokens, paced).await {
+        let waiting_since = batch.iter().map(|p| p.enqueued).min().unwrap_or_else(tokio::time::Instant::now);
+        match self.embed_request(&shares, &model, dims, &texts, tokens, paced, waiting_since).await {
             Ok((vectors, attempts)) => {
                 for (item, vector) in batch.into_iter().zip(vectors) {
                     let _ = item.reply.send(Ok(batcher::Embedded { vector, request, attempts }));
@@ -471,6 +473,9 @@ impl Gateway {
     /// One provider request (with retries) for inputs that fit its limits.
     /// Success is recorded once per caller in `shares`, with that caller's
     /// part of the provider's token count; failed attempts once, for the first.
+    /// `waiting_since`: when its inputs were asked for, so the record says how
+    /// long the limiter held them.
+    #[allow(clippy::too_many_arguments)]
     async fn embed_request(
         &self,
         shares: &[(CallContext, usize)],
@@ -479,7 +484,9 @@ impl Gateway {
         inputs: &[String],
         estimated_tokens: usize,
         paced: Paced,
+        waiting_since: tokio::time::Instant,
     ) -> Result<(Vec<Vec<f32>>, u32), LlmError> {
+        let queued = waiting_since.elapsed();
         let attempts = self.config.embedding_limits.max_attempts;
         let (lane, first_done) = match paced {
             Paced::Query => (Lane::Query, false),
@@ -487,7 +494,7 @@ impl Gateway {
             Paced::AlreadyOnce => (Lane::Bulk, true),
         };
         let pacing = Pacing::SharedLimiter { tokens: estimated_tokens, lane, first_done };
-        let ((vectors, input_tokens), latency, tries) = self
+        let ((vectors, input_tokens), latency, tries, paced_for) = self
             .retrying(&shares[0].0, Operation::Embed, model, attempts, pacing, || {
                 self.provider.embed(model, dims, inputs, estimated_tokens)
             })
@@ -501,7 +508,9 @@ impl Gateway {
             };
             let part = part.min(left);
             left -= part;
-            self.record(ctx, Attempt::succeeded(Operation::Embed, model, latency, part, 0));
+            let attempt =
+                Attempt { wait: queued + paced_for, ..Attempt::succeeded(Operation::Embed, model, latency, part, 0) };
+            self.record(ctx, attempt);
         }
         if let Some(bad) = vectors.iter().find(|v| v.len() != dims) {
             return Err(LlmError::Provider(format!(
@@ -517,7 +526,7 @@ impl Gateway {
         let model = request.model.clone().unwrap_or_else(|| self.config.chat_model.clone());
         let _reservation = self.reserve(ctx, || self.chat_estimate(&model, request)).await?;
         let attempts = self.config.chat_max_attempts;
-        let ((output, input_tokens, output_tokens), latency, _) = self
+        let ((output, input_tokens, output_tokens), latency, _, _) = self
             .retrying(ctx, Operation::Chat, &model, attempts, Pacing::Own, || self.provider.chat(&model, request))
             .await?;
         let cost_usd =
@@ -547,7 +556,7 @@ impl Gateway {
         let started = Instant::now();
         // Opening the stream is retried like any call; once it flows, a failure ends it.
         let attempts = self.config.chat_max_attempts;
-        let (upstream, _, _) = self
+        let (upstream, _, _, _) = self
             .retrying(&ctx, Operation::Chat, &model, attempts, Pacing::Own, || {
                 self.provider.chat_stream(&model, &request)
             })
@@ -596,8 +605,8 @@ impl Gateway {
     }
 
     /// Runs `call` until it succeeds or retrying cannot help, recording each
-    /// failed attempt; returns the value, the successful attempt's latency and
-    /// the attempts made. The one retry policy of every model call: a 429 waits
+    /// failed attempt; returns the value, the successful attempt's latency,
+    /// the attempts made and the time spent waiting for the shared limiter. The one retry policy of every model call: a 429 waits
     /// (for embeddings inside the shared limiter, so every caller waits), 5xx
     /// and timeouts back off with jitter, quota and other errors give up at once.
     async fn retrying<T, F, Fut>(
@@ -608,22 +617,25 @@ impl Gateway {
         max_attempts: u32,
         pacing: Pacing,
         mut call: F,
-    ) -> Result<(T, Duration, u32), LlmError>
+    ) -> Result<(T, Duration, u32, Duration), LlmError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, ProviderError>>,
     {
+        let mut paced_for = Duration::ZERO;
         for attempt in 0..max_attempts {
             if let Pacing::SharedLimiter { tokens, lane, first_done } = pacing
                 && !(first_done && attempt == 0)
             {
+                let pacing_started = Instant::now();
                 self.limiter.pace(tokens, lane).await?;
+                paced_for += pacing_started.elapsed();
             }
             let started = Instant::now();
             let result = call().await;
             let latency = started.elapsed();
             let err = match result {
-                Ok(value) => return Ok((value, latency, attempt + 1)),
+                Ok(value) => return Ok((value, latency, attempt + 1, paced_for)),
                 Err(err) => err,
             };
             self.record(ctx, Attempt::failed(operation, model, latency, &err));
@@ -706,6 +718,7 @@ impl Gateway {
             input_tokens: attempt.input_tokens,
             output_tokens: attempt.output_tokens,
             latency_ms: attempt.latency.as_secs_f64() * 1000.0,
+            wait_ms: attempt.wait.as_secs_f64() * 1000.0,
             cost_usd,
             outcome: attempt.outcome,
             error: attempt.error,
@@ -743,6 +756,8 @@ struct Attempt<'a> {
     input_tokens: u32,
     output_tokens: u32,
     latency: Duration,
+    /// Time the shared limiter held the call before it was sent.
+    wait: Duration,
     outcome: Outcome,
     error: Option<String>,
 }
@@ -755,7 +770,16 @@ impl<'a> Attempt<'a> {
         input_tokens: u32,
         output_tokens: u32,
     ) -> Self {
-        Self { operation, model, input_tokens, output_tokens, latency, outcome: Outcome::Ok, error: None }
+        Self {
+            operation,
+            model,
+            input_tokens,
+            output_tokens,
+            latency,
+            wait: Duration::ZERO,
+            outcome: Outcome::Ok,
+            error: None,
+        }
     }
 
     fn failed(operation: Operation, model: &'a str, latency: Duration, err: &ProviderError) -> Self {
@@ -763,7 +787,8 @@ impl<'a> Attempt<'a> {
             ProviderError::RateLimited { .. } => Outcome::RateLimited,
             _ => Outcome::Error,
         };
-        Self { operation, model, input_tokens: 0, output_tokens: 0, latency, outcome, error: Some(err.to_string()) }
+        let error = Some(err.to_string());
+        Self { operation, model, input_tokens: 0, output_tokens: 0, latency, wait: Duration::ZERO, outcome, error }
     }
 }
 

@@ -24,6 +24,8 @@ pub(super) struct Waiter {
     pub ctx: CallContext,
     pub text: String,
     pub tokens: usize,
+    /// When the query was asked for, to record how long it waited for a slot.
+    pub asked: tokio::time::Instant,
     pub reply: oneshot::Sender<Result<Vec<f32>, LlmError>>,
 }
 
@@ -77,7 +79,7 @@ pub(super) async fn embed_in_group(
 ) -> Result<Vec<f32>, LlmError> {
     let key = (model.to_string(), dims);
     let (reply, vector) = oneshot::channel();
-    let waiter = Waiter { ctx: ctx.clone(), text: text.to_string(), tokens, reply };
+    let waiter = Waiter { ctx: ctx.clone(), text: text.to_string(), tokens, asked: tokio::time::Instant::now(), reply };
     if gateway.query_groups.join(&key, waiter) {
         tokio::spawn(dispatch(gateway.clone(), key));
     }
@@ -102,7 +104,8 @@ async fn send(gateway: Arc<Gateway>, (model, dims): GroupKey, waiters: Vec<Waite
     let shares: Vec<(CallContext, usize)> = waiters.iter().map(|w| (w.ctx.clone(), w.tokens)).collect();
     let texts: Vec<String> = waiters.iter().map(|w| w.text.clone()).collect();
     let tokens = shares.iter().map(|(_, t)| t).sum();
-    let result = gateway.embed_request(&shares, &model, dims, &texts, tokens, Paced::Query).await;
+    let asked = waiters.iter().map(|w| w.asked).min().unwrap_or_else(tokio::time::Instant::now);
+    let result = gateway.embed_request(&shares, &model, dims, &texts, tokens, Paced::Query, asked).await;
     drop(slot);
     match result {
         Ok((vectors, _)) => {
@@ -124,7 +127,16 @@ mod tests {
 
     fn waiter(tokens: usize) -> (Waiter, oneshot::Receiver<Result<Vec<f32>, LlmError>>) {
         let (reply, rx) = oneshot::channel();
-        (Waiter { ctx: CallContext::default(), text: String::new(), tokens, reply }, rx)
+        (
+            Waiter {
+                ctx: CallContext::default(),
+                text: String::new(),
+                tokens,
+                asked: tokio::time::Instant::now(),
+                reply,
+            },
+            rx,
+        )
     }
 
     #[test]

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-pub use crate::store::usage::{ModelCall, Operation, Outcome};
+pub use crate::store::usage::{ModelCall, Operation, Outcome, RequestTiming};
 
 /// Rows written per INSERT at most.
 const MAX_BATCH: usize = 500;
@@ -23,6 +23,7 @@ enum Message {
     Call(Box<ModelCall>),
     /// A budget reservation whose call has ended (every attempt recorded before it).
     Release(Uuid),
+    Timing(Box<RequestTiming>),
     /// Acknowledged once every call sent before it is in Postgres.
     Flush(oneshot::Sender<()>),
 }
@@ -54,6 +55,25 @@ impl UsageRecorder {
         }
     }
 
+    /// Records where a request's time went (`request_timings`, and an EMF line).
+    pub fn record_timing(&self, timing: RequestTiming) {
+        if self.emit_log {
+            let line = timing_line(&timing).to_string();
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+        }
+        if self.tx.send(Message::Timing(Box::new(timing))).is_err() {
+            tracing::error!("usage writer is gone; a request timing was not stored");
+        }
+    }
+
+    /// Prints an event's EMF line (when this process logs them).
+    pub fn emit(&self, line: serde_json::Value) {
+        if self.emit_log {
+            let _ = writeln!(std::io::stdout().lock(), "{line}");
+        }
+    }
+
     /// Ends a budget reservation once the calls recorded before this are stored.
     pub fn release(&self, reservation: Uuid) {
         if self.tx.send(Message::Release(reservation)).is_err() {
@@ -73,6 +93,7 @@ impl UsageRecorder {
 async fn write_loop(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Message>, emit_log: bool) {
     let mut batch: Vec<ModelCall> = Vec::new();
     let mut released = Vec::new();
+    let mut timings = Vec::new();
     let mut acks = Vec::new();
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
@@ -80,17 +101,20 @@ async fn write_loop(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Message>, emit
             match message {
                 Message::Call(call) => batch.push(*call),
                 Message::Release(id) => released.push(id),
+                Message::Timing(timing) => timings.push(*timing),
                 Message::Flush(ack) => acks.push(ack),
             }
-            if batch.len() >= MAX_BATCH {
+            if batch.len() >= MAX_BATCH || timings.len() >= MAX_BATCH {
                 break;
             }
             next = rx.try_recv().ok();
         }
-        if !batch.is_empty() || !released.is_empty() {
-            store_with_retry(&pool, &batch, &released, emit_log).await;
+        if !batch.is_empty() || !released.is_empty() || !timings.is_empty() {
+            let records = Records { calls: &batch, released: &released, timings: &timings };
+            store_with_retry(&pool, records, emit_log).await;
             batch.clear();
             released.clear();
+            timings.clear();
         }
         for ack in acks.drain(..) {
             let _ = ack.send(());
@@ -98,13 +122,22 @@ async fn write_loop(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Message>, emit
     }
 }
 
-async fn store_with_retry(pool: &PgPool, batch: &[ModelCall], released: &[Uuid], emit_log: bool) {
+/// One batch of the writer: calls, ended reservations, request timings.
+#[derive(Clone, Copy)]
+struct Records<'a> {
+    calls: &'a [ModelCall],
+    released: &'a [Uuid],
+    timings: &'a [RequestTiming],
+}
+
+async fn store_with_retry(pool: &PgPool, records: Records<'_>, emit_log: bool) {
     for attempt in 0..3u32 {
-        match store(pool, batch, released).await {
+        match store(pool, records).await {
             Ok(crossings) => {
                 for crossing in crossings {
                     if emit_log {
-                        log_soft_crossing(&crossing);
+                        let line = soft_crossing_line(&crossing).to_string();
+                        let _ = writeln!(std::io::stdout().lock(), "{line}");
                     } else {
                         tracing::warn!(tenant_id = %crossing.tenant_id, spent_usd = crossing.spent_usd,
                             soft_usd_per_day = crossing.soft_usd_per_day, "a tenant crossed its soft daily budget");
@@ -113,33 +146,23 @@ async fn store_with_retry(pool: &PgPool, batch: &[ModelCall], released: &[Uuid],
                 return;
             }
             Err(err) => {
-                tracing::warn!(error = %err, rows = batch.len(), attempt, "storing model calls failed; retrying");
+                tracing::warn!(error = %err, rows = records.calls.len(), attempt, "storing model calls failed; retrying");
                 tokio::time::sleep(crate::retry::jittered_backoff(attempt)).await;
             }
         }
     }
     // The calls are still in the log stream (one EMF line each), so they can be
     // recovered; their budget reservations count until they expire.
-    tracing::error!(rows = batch.len(), "giving up storing model calls; they remain in the logs");
+    tracing::error!(rows = records.calls.len(), "giving up storing model calls; they remain in the logs");
 }
 
-async fn store(
-    pool: &PgPool,
-    batch: &[ModelCall],
-    released: &[Uuid],
-) -> sqlx::Result<Vec<crate::store::budgets::SoftCrossing>> {
-    let mut tx = pool.begin().await?;
-    if !batch.is_empty() {
-        crate::store::usage::insert_model_calls(&mut *tx, batch).await?;
-    }
-    let crossings = crate::store::budgets::settle(&mut tx, batch, released).await?;
-    tx.commit().await?;
-    Ok(crossings)
+async fn store(pool: &PgPool, records: Records<'_>) -> sqlx::Result<Vec<crate::store::budgets::SoftCrossing>> {
+    crate::store::usage::write_batch(pool, records.calls, records.timings, records.released).await
 }
 
 /// What an alarm on budgets hangs on: one line per tenant and day, in EMF.
-fn log_soft_crossing(crossing: &crate::store::budgets::SoftCrossing) {
-    let line = json!({
+pub fn soft_crossing_line(crossing: &crate::store::budgets::SoftCrossing) -> serde_json::Value {
+    json!({
         "_aws": {
             "Timestamp": chrono::Utc::now().timestamp_millis(),
             "CloudWatchMetrics": [{
@@ -157,15 +180,48 @@ fn log_soft_crossing(crossing: &crate::store::budgets::SoftCrossing) {
         "tenant_id": crossing.tenant_id,
         "spent_usd": crossing.spent_usd,
         "soft_usd_per_day": crossing.soft_usd_per_day,
-    });
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
+    })
+}
+
+/// A request's timings as one EMF line: what the retrieval-time alarm watches.
+pub fn timing_line(timing: &RequestTiming) -> serde_json::Value {
+    without_nulls(json!({
+        "_aws": {
+            "Timestamp": timing.created_at.timestamp_millis(),
+            "CloudWatchMetrics": [{
+                "Namespace": "stolid",
+                "Dimensions": [["endpoint"]],
+                "Metrics": [
+                    {"Name": "total_ms", "Unit": "Milliseconds"},
+                    {"Name": "retrieval_ms", "Unit": "Milliseconds"},
+                    {"Name": "vector_ms", "Unit": "Milliseconds"},
+                    {"Name": "keyword_ms", "Unit": "Milliseconds"},
+                    {"Name": "model_ms", "Unit": "Milliseconds"}
+                ]
+            }]
+        },
+        "timestamp": timing.created_at.to_rfc3339(),
+        "level": "INFO",
+        "target": "stolid::usage",
+        "message": "request timing",
+        "event": "request_timing",
+        "tenant_id": timing.tenant_id,
+        "request_id": timing.request_id,
+        "conversation_id": timing.conversation_id,
+        "endpoint": timing.endpoint,
+        "first_message": timing.first_message,
+        "total_ms": timing.total_ms,
+        "retrieval_ms": timing.vector_ms.max(timing.keyword_ms),
+        "vector_ms": timing.vector_ms,
+        "keyword_ms": timing.keyword_ms,
+        "model_ms": timing.model_ms,
+    }))
 }
 
 /// The call as one CloudWatch Embedded Metric Format object: the `_aws` block
 /// tells CloudWatch which fields are metrics and which are dimensions.
 pub fn emf_line(call: &ModelCall) -> serde_json::Value {
-    json!({
+    without_nulls(json!({
         "_aws": {
             "Timestamp": call.created_at.timestamp_millis(),
             "CloudWatchMetrics": [{
@@ -175,6 +231,7 @@ pub fn emf_line(call: &ModelCall) -> serde_json::Value {
                     {"Name": "input_tokens", "Unit": "Count"},
                     {"Name": "output_tokens", "Unit": "Count"},
                     {"Name": "latency_ms", "Unit": "Milliseconds"},
+                    {"Name": "limiter_wait_ms", "Unit": "Milliseconds"},
                     {"Name": "cost_usd", "Unit": "None"}
                 ]
             }]
@@ -195,10 +252,20 @@ pub fn emf_line(call: &ModelCall) -> serde_json::Value {
         "input_tokens": call.input_tokens,
         "output_tokens": call.output_tokens,
         "latency_ms": call.latency_ms,
+        "limiter_wait_ms": call.wait_ms,
         "cost_usd": call.cost_usd,
         "outcome": call.outcome,
         "error": call.error,
-    })
+    }))
+}
+
+/// Fields without a value are left out rather than written as `null`, so
+/// `ispresent(conversation_id)` in Logs Insights means what it says.
+fn without_nulls(mut line: serde_json::Value) -> serde_json::Value {
+    if let Some(fields) = line.as_object_mut() {
+        fields.retain(|_, value| !value.is_null());
+    }
+    line
 }
 
 #[cfg(test)]
@@ -219,12 +286,14 @@ mod tests {
             input_tokens: 120,
             output_tokens: 30,
             latency_ms: 812.5,
+            wait_ms: 0.0,
             cost_usd: 0.000036,
             outcome: Outcome::Ok,
             error: None,
             created_at: chrono::Utc::now(),
         };
         let line = emf_line(&call);
+        crate::testkit::emf::check(&line).unwrap();
         let metrics = &line["_aws"]["CloudWatchMetrics"][0]["Metrics"];
         for metric in metrics.as_array().unwrap() {
             let name = metric["Name"].as_str().unwrap();
@@ -235,5 +304,26 @@ mod tests {
         }
         assert_eq!(line["request_id"], "req-1");
         assert_eq!(line["outcome"], "ok");
+    }
+
+    #[test]
+    fn the_timing_and_budget_lines_are_valid_emf() {
+        let timing = RequestTiming {
+            id: uuid::Uuid::nil(),
+            tenant_id: uuid::Uuid::nil(),
+            request_id: None,
+            endpoint: "chat",
+            conversation_id: None,
+            first_message: true,
+            total_ms: 120.0,
+            vector_ms: 4.0,
+            keyword_ms: 3.0,
+            model_ms: 100.0,
+            created_at: chrono::Utc::now(),
+        };
+        crate::testkit::emf::check(&timing_line(&timing)).unwrap();
+        let crossing =
+            crate::store::budgets::SoftCrossing { tenant_id: uuid::Uuid::nil(), spent_usd: 1.5, soft_usd_per_day: 1.0 };
+        crate::testkit::emf::check(&soft_crossing_line(&crossing)).unwrap();
     }
 }

@@ -10,6 +10,7 @@
 pub mod rerank;
 
 use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -148,6 +149,24 @@ pub struct Retrieved {
     pub hits: Vec<Hit>,
     /// Whether the reranker's order was applied.
     pub reranked: bool,
+    pub timings: Timings,
+}
+
+/// Where a search's time went (for the ops signals): the two halves' own
+/// queries, and the model calls (query embedding, reranking) they waited for.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timings {
+    pub vector: Duration,
+    pub keyword: Duration,
+    pub model: Duration,
+}
+
+impl std::ops::AddAssign for Timings {
+    fn add_assign(&mut self, other: Self) {
+        self.vector += other.vector;
+        self.keyword += other.keyword;
+        self.model += other.model;
+    }
 }
 
 pub async fn search(state: &AppState, ctx: &CallContext, query: Query<'_>) -> Result<Retrieved> {
@@ -159,24 +178,29 @@ pub async fn search(state: &AppState, ctx: &CallContext, query: Query<'_>) -> Re
     // embedding, and each half holds a connection only for its own queries.
     let vector = async {
         match query.mode {
-            Mode::Keyword => Ok::<_, DomainError>((Vec::new(), HashSet::new())),
+            Mode::Keyword => Ok::<_, DomainError>((Vec::new(), HashSet::new(), Timings::default())),
             _ => vector_half(state, ctx, &query, depth).await,
         }
     };
     let keyword = async {
         match query.mode {
-            Mode::Vector => Ok::<_, DomainError>(Vec::new()),
-            _ => Ok(search::keyword(
-                &mut *state.db.acquire().await?,
-                &query.scope,
-                query.text,
-                depth,
-                state.config.keyword_term_postings,
-            )
-            .await?),
+            Mode::Vector => Ok::<_, DomainError>((Vec::new(), Duration::ZERO)),
+            _ => {
+                let started = Instant::now();
+                let hits = search::keyword(
+                    &mut *state.db.acquire().await?,
+                    &query.scope,
+                    query.text,
+                    depth,
+                    state.config.keyword_term_postings,
+                )
+                .await?;
+                Ok((hits, started.elapsed()))
+            }
         }
     };
-    let ((vector_hits, mut too_far), keyword_hits) = tokio::try_join!(vector, keyword)?;
+    let ((vector_hits, mut too_far, mut timings), (keyword_hits, keyword_time)) = tokio::try_join!(vector, keyword)?;
+    timings.keyword = keyword_time;
     // A passage keyword search found stays, however far its vector.
     for hit in &keyword_hits {
         too_far.remove(&hit.chunk_id);
@@ -188,9 +212,13 @@ pub async fn search(state: &AppState, ctx: &CallContext, query: Query<'_>) -> Re
     };
     hits.retain(|hit| !too_far.contains(&hit.chunk_id));
     hits.truncate(wanted);
+    let reranking = Instant::now();
     let (mut hits, reranked) = if rerank { rerank::rerank(state, ctx, query.text, hits).await } else { (hits, false) };
+    if rerank {
+        timings.model += reranking.elapsed();
+    }
     hits.truncate(query.k);
-    Ok(Retrieved { hits, reranked })
+    Ok(Retrieved { hits, reranked, timings })
 }
 
 /// The vector half: the query embedded, then the nearest chunks, and those of
@@ -205,9 +233,10 @@ async fn vector_half(
     ctx: &CallContext,
     query: &Query<'_>,
     depth: i64,
-) -> Result<(Vec<Hit>, HashSet<Uuid>)> {
+) -> Result<(Vec<Hit>, HashSet<Uuid>, Timings)> {
     let gateway = &state.gateway;
     let (model, dims) = (gateway.embedding_model(), gateway.embedding_dimensions());
+    let embedding_started = Instant::now();
     let (embedding, others) = tokio::try_join!(
         async { Ok::<_, DomainError>(gateway.embed_query(ctx, model, dims, query.text).await?) },
         async { Ok(search::other_models(&state.db, query.scope.tenant_id, model).await?) },
@@ -217,6 +246,8 @@ async fn vector_half(
         let embedding = gateway.embed_query(ctx, &model, dims as usize, query.text).await?;
         embedded.push((model, dims as usize, embedding));
     }
+    let model_time = embedding_started.elapsed();
+    let searching = Instant::now();
     let (mut lists, mut too_far) = (Vec::with_capacity(embedded.len()), HashSet::new());
     for (model, dims, embedding) in &embedded {
         let hits = search::vector(&state.db, &query.scope, model, *dims, embedding, depth).await?;
@@ -226,7 +257,7 @@ async fn vector_half(
     }
     let hits =
         if lists.len() == 1 { lists.pop().unwrap_or_default() } else { reciprocal_rank_fusion(lists, depth as usize) };
-    Ok((hits, too_far))
+    Ok((hits, too_far, Timings { vector: searching.elapsed(), keyword: Duration::ZERO, model: model_time }))
 }
 
 #[cfg(test)]

@@ -1,13 +1,9 @@
 //! `budgets`, `budget_spend`, `budget_reservations`: per-tenant spend limits
 //! and what counts against them (migration 0009 explains the design).
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, Utc};
-use sqlx::{PgExecutor, Postgres, Transaction};
+use sqlx::PgExecutor;
 use uuid::Uuid;
-
-use super::usage::ModelCall;
 
 /// A tenant's limits; `None` is no limit.
 #[derive(Debug, Clone, Default, PartialEq, sqlx::FromRow)]
@@ -187,61 +183,6 @@ pub struct SoftCrossing {
     pub tenant_id: Uuid,
     pub spent_usd: f64,
     pub soft_usd_per_day: f64,
-}
-
-/// Adds the calls' cost to their tenants' day, deletes the reservations of
-/// the calls that ended (`released`), and returns the soft limits this crossed,
-/// each once per day. Runs in the transaction that stores the calls.
-pub async fn settle(
-    tx: &mut Transaction<'_, Postgres>,
-    calls: &[ModelCall],
-    released: &[Uuid],
-) -> sqlx::Result<Vec<SoftCrossing>> {
-    let mut by_tenant: HashMap<Uuid, (f64, i64)> = HashMap::new();
-    for call in calls {
-        if let Some(tenant) = call.tenant_id {
-            let entry = by_tenant.entry(tenant).or_default();
-            entry.0 += call.cost_usd;
-            entry.1 += i64::from(call.input_tokens) + i64::from(call.output_tokens);
-        }
-    }
-    // Sorted, so two writers touch the same tenants' rows in the same order.
-    let mut tenants: Vec<Uuid> = by_tenant.keys().copied().collect();
-    tenants.sort();
-    let usd: Vec<f64> = tenants.iter().map(|t| by_tenant[t].0).collect();
-    let tokens: Vec<i64> = tenants.iter().map(|t| by_tenant[t].1).collect();
-    if !tenants.is_empty() {
-        sqlx::query(
-            "INSERT INTO budget_spend (tenant_id, day, spent_usd, spent_tokens)
-             SELECT t, (now() AT TIME ZONE 'UTC')::date, u, k FROM UNNEST($1::uuid[], $2::float8[], $3::int8[]) AS x(t, u, k)
-             WHERE EXISTS (SELECT 1 FROM tenants WHERE id = x.t)
-             ON CONFLICT (tenant_id, day) DO UPDATE
-                SET spent_usd = budget_spend.spent_usd + EXCLUDED.spent_usd,
-                    spent_tokens = budget_spend.spent_tokens + EXCLUDED.spent_tokens",
-        )
-        .bind(&tenants)
-        .bind(&usd)
-        .bind(&tokens)
-        .execute(&mut **tx)
-        .await?;
-    }
-    if !released.is_empty() {
-        sqlx::query("DELETE FROM budget_reservations WHERE id = ANY($1)").bind(released).execute(&mut **tx).await?;
-    }
-    if tenants.is_empty() {
-        return Ok(vec![]);
-    }
-    sqlx::query_as(
-        "UPDATE budget_spend s SET soft_crossed_at = now()
-         FROM budgets b
-         WHERE b.tenant_id = s.tenant_id AND s.tenant_id = ANY($1)
-           AND s.day = (now() AT TIME ZONE 'UTC')::date AND s.soft_crossed_at IS NULL
-           AND s.spent_usd >= least(b.soft_usd_per_day, b.tenant_soft_usd_per_day)
-         RETURNING s.tenant_id, s.spent_usd, least(b.soft_usd_per_day, b.tenant_soft_usd_per_day) AS soft_usd_per_day",
-    )
-    .bind(&tenants)
-    .fetch_all(&mut **tx)
-    .await
 }
 
 /// Deletes reservations that stopped counting (their task died mid-call).

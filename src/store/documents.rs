@@ -431,6 +431,16 @@ pub async fn fail_unfinished(db: impl PgExecutor<'_>, ids: &[Uuid], reason: &str
     Ok(())
 }
 
+/// Documents that failed within the last `secs` (all tenants).
+pub async fn failed_since(db: impl PgExecutor<'_>, secs: f64) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM documents WHERE status = 'failed' AND updated_at > now() - make_interval(secs => $1)",
+    )
+    .bind(secs)
+    .fetch_one(db)
+    .await
+}
+
 /// Which of these ids have a document row (in any tenant).
 pub async fn existing(db: impl PgExecutor<'_>, ids: &[Uuid]) -> sqlx::Result<Vec<Uuid>> {
     sqlx::query_scalar("SELECT id FROM documents WHERE id = ANY($1)").bind(ids).fetch_all(db).await

@@ -11,6 +11,7 @@ pub mod keys;
 pub mod leases;
 pub mod rate_buckets;
 pub mod search;
+pub mod signals;
 pub mod usage;
 
 use sqlx::PgPool;

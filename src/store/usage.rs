@@ -5,6 +5,8 @@ use serde::Serialize;
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
+use super::budgets::SoftCrossing;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Operation {
@@ -53,72 +55,119 @@ pub struct ModelCall {
     pub input_tokens: u32,
     pub output_tokens: u32,
     pub latency_ms: f64,
+    /// How long an embedding waited for the fleet's limiter before it was sent.
+    pub wait_ms: f64,
     pub cost_usd: f64,
     pub outcome: Outcome,
     pub error: Option<String>,
     pub created_at: DateTime<Utc>,
 }
 
-/// Inserts many calls in one statement (arrays unnested server-side).
+/// Inserts many calls in one statement (arrays unnested server-side), with
+/// their cost added to their tenants' budget spend ([`write_batch`]).
 pub async fn insert_model_calls(db: impl PgExecutor<'_>, calls: &[ModelCall]) -> sqlx::Result<()> {
-    let mut ids = Vec::with_capacity(calls.len());
-    let mut tenants = Vec::with_capacity(calls.len());
-    let mut request_ids = Vec::with_capacity(calls.len());
-    let mut conversations = Vec::with_capacity(calls.len());
-    let mut endpoints = Vec::with_capacity(calls.len());
-    let mut providers = Vec::with_capacity(calls.len());
-    let mut models = Vec::with_capacity(calls.len());
-    let mut operations = Vec::with_capacity(calls.len());
-    let mut inputs = Vec::with_capacity(calls.len());
-    let mut outputs = Vec::with_capacity(calls.len());
-    let mut latencies = Vec::with_capacity(calls.len());
-    let mut costs = Vec::with_capacity(calls.len());
-    let mut outcomes = Vec::with_capacity(calls.len());
-    let mut errors = Vec::with_capacity(calls.len());
-    let mut created = Vec::with_capacity(calls.len());
-    for c in calls {
-        ids.push(c.id);
-        tenants.push(c.tenant_id);
-        request_ids.push(c.request_id.clone());
-        conversations.push(c.conversation_id);
-        endpoints.push(c.endpoint.clone());
-        providers.push(c.provider.to_string());
-        models.push(c.model.clone());
-        operations.push(c.operation.as_str().to_string());
-        inputs.push(c.input_tokens as i32);
-        outputs.push(c.output_tokens as i32);
-        latencies.push(c.latency_ms);
-        costs.push(c.cost_usd);
-        outcomes.push(c.outcome.as_str().to_string());
-        errors.push(c.error.clone());
-        created.push(c.created_at);
-    }
-    sqlx::query(
-        "INSERT INTO model_calls (id, tenant_id, request_id, conversation_id, endpoint, provider, model,
-                                  operation, input_tokens, output_tokens, latency_ms, cost_usd, outcome,
-                                  error, created_at)
-         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::text[], $6::text[],
-                              $7::text[], $8::text[], $9::int4[], $10::int4[], $11::float8[],
-                              $12::float8[], $13::text[], $14::text[], $15::timestamptz[])",
+    write_batch(db, calls, &[], &[]).await.map(drop)
+}
+
+/// Where one chat, suggest or agent request's time went (`request_timings`).
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestTiming {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub request_id: Option<String>,
+    pub endpoint: &'static str,
+    pub conversation_id: Option<Uuid>,
+    pub first_message: bool,
+    pub total_ms: f64,
+    pub vector_ms: f64,
+    pub keyword_ms: f64,
+    pub model_ms: f64,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The usage writer's batch, in one statement (so atomic, and one round
+/// trip): the calls, their cost added to their tenants' day in
+/// `budget_spend`, the budget reservations of the calls that ended
+/// (`released`) deleted, and the request timings. A reservation thus stops
+/// counting exactly when its call's cost starts to. Returns the soft daily
+/// limits this spend crossed, each once per tenant and day.
+pub async fn write_batch(
+    db: impl PgExecutor<'_>,
+    calls: &[ModelCall],
+    timings: &[RequestTiming],
+    released: &[Uuid],
+) -> sqlx::Result<Vec<SoftCrossing>> {
+    let of = |f: fn(&ModelCall) -> f64| calls.iter().map(f).collect::<Vec<f64>>();
+    let timed = |f: fn(&RequestTiming) -> f64| timings.iter().map(f).collect::<Vec<f64>>();
+    sqlx::query_as(
+        "WITH calls AS (
+             INSERT INTO model_calls (id, tenant_id, request_id, conversation_id, endpoint, provider, model,
+                                      operation, input_tokens, output_tokens, latency_ms, cost_usd, outcome,
+                                      error, created_at, wait_ms)
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::text[], $6::text[],
+                                  $7::text[], $8::text[], $9::int4[], $10::int4[], $11::float8[],
+                                  $12::float8[], $13::text[], $14::text[], $15::timestamptz[], $16::float8[])
+             RETURNING tenant_id, cost_usd, input_tokens, output_tokens
+         ), released AS (
+             DELETE FROM budget_reservations WHERE id = ANY($17)
+         ), timings AS (
+             INSERT INTO request_timings (id, tenant_id, request_id, endpoint, conversation_id, first_message,
+                                          total_ms, vector_ms, keyword_ms, model_ms, created_at)
+             SELECT * FROM UNNEST($18::uuid[], $19::uuid[], $20::text[], $21::text[], $22::uuid[], $23::bool[],
+                                  $24::float8[], $25::float8[], $26::float8[], $27::float8[], $28::timestamptz[])
+         ), spend AS (
+             INSERT INTO budget_spend AS s (tenant_id, day, spent_usd, spent_tokens, soft_crossed_at)
+             SELECT c.tenant_id, (now() AT TIME ZONE 'UTC')::date, sum(c.cost_usd),
+                    sum(c.input_tokens + c.output_tokens),
+                    CASE WHEN sum(c.cost_usd) >= min(least(b.soft_usd_per_day, b.tenant_soft_usd_per_day))
+                         THEN now() END
+             FROM calls c LEFT JOIN budgets b ON b.tenant_id = c.tenant_id
+             WHERE c.tenant_id IS NOT NULL
+             GROUP BY c.tenant_id
+             ON CONFLICT (tenant_id, day) DO UPDATE
+                SET spent_usd = s.spent_usd + EXCLUDED.spent_usd,
+                    spent_tokens = s.spent_tokens + EXCLUDED.spent_tokens,
+                    soft_crossed_at = coalesce(s.soft_crossed_at, CASE
+                        WHEN s.spent_usd + EXCLUDED.spent_usd >= (
+                            SELECT least(b.soft_usd_per_day, b.tenant_soft_usd_per_day)
+                            FROM budgets b WHERE b.tenant_id = EXCLUDED.tenant_id)
+                        THEN now() END)
+             RETURNING tenant_id, spent_usd, soft_crossed_at
+         )
+         SELECT s.tenant_id, s.spent_usd, least(b.soft_usd_per_day, b.tenant_soft_usd_per_day) AS soft_usd_per_day
+         FROM spend s JOIN budgets b ON b.tenant_id = s.tenant_id
+         WHERE s.soft_crossed_at = now()",
     )
-    .bind(ids)
-    .bind(tenants)
-    .bind(request_ids)
-    .bind(conversations)
-    .bind(endpoints)
-    .bind(providers)
-    .bind(models)
-    .bind(operations)
-    .bind(inputs)
-    .bind(outputs)
-    .bind(latencies)
-    .bind(costs)
-    .bind(outcomes)
-    .bind(errors)
-    .bind(created)
-    .execute(db)
-    .await?;
-    Ok(())
+    .bind(calls.iter().map(|c| c.id).collect::<Vec<_>>())
+    .bind(calls.iter().map(|c| c.tenant_id).collect::<Vec<_>>())
+    .bind(calls.iter().map(|c| c.request_id.clone()).collect::<Vec<_>>())
+    .bind(calls.iter().map(|c| c.conversation_id).collect::<Vec<_>>())
+    .bind(calls.iter().map(|c| c.endpoint.clone()).collect::<Vec<_>>())
+    .bind(calls.iter().map(|c| c.provider).collect::<Vec<_>>())
+    .bind(calls.iter().map(|c| c.model.clone()).collect::<Vec<_>>())
+    .bind(calls.iter().map(|c| c.operation.as_str()).collect::<Vec<_>>())
+    .bind(calls.iter().map(|c| c.input_tokens as i32).collect::<Vec<_>>())
+    .bind(calls.iter().map(|c| c.output_tokens as i32).collect::<Vec<_>>())
+    .bind(of(|c| c.latency_ms))
+    .bind(of(|c| c.cost_usd))
+    .bind(calls.iter().map(|c| c.outcome.as_str()).collect::<Vec<_>>())
+    .bind(calls.iter().map(|c| c.error.clone()).collect::<Vec<_>>())
+    .bind(calls.iter().map(|c| c.created_at).collect::<Vec<_>>())
+    .bind(of(|c| c.wait_ms))
+    .bind(released)
+    .bind(timings.iter().map(|r| r.id).collect::<Vec<_>>())
+    .bind(timings.iter().map(|r| r.tenant_id).collect::<Vec<_>>())
+    .bind(timings.iter().map(|r| r.request_id.clone()).collect::<Vec<_>>())
+    .bind(timings.iter().map(|r| r.endpoint).collect::<Vec<_>>())
+    .bind(timings.iter().map(|r| r.conversation_id).collect::<Vec<_>>())
+    .bind(timings.iter().map(|r| r.first_message).collect::<Vec<_>>())
+    .bind(timed(|r| r.total_ms))
+    .bind(timed(|r| r.vector_ms))
+    .bind(timed(|r| r.keyword_ms))
+    .bind(timed(|r| r.model_ms))
+    .bind(timings.iter().map(|r| r.created_at).collect::<Vec<_>>())
+    .fetch_all(db)
+    .await
 }
 
 /// What usage is grouped by.

@@ -2,8 +2,10 @@
 //! `fake-openai` binary share one implementation.
 
 pub mod bench;
+pub mod emf;
 pub mod fake_openai;
 pub mod infra;
+pub mod insights;
 pub mod process;
 pub mod proxy;
 

@@ -15,6 +15,7 @@
 //!   another task to pick up at once.
 
 pub mod deleter;
+pub mod gauges;
 pub mod jobs;
 pub mod sweeper;
 

@@ -27,6 +27,8 @@
 //!   elsewhere (the `imports/` prefix) belong to operators and are never touched.
 //!
 //! Each pass logs one `sweep` event with its counts (CloudWatch EMF metrics).
+//! On the same period and the same terms, one task writes the fleet's gauges
+//! ([`super::gauges`]).
 
 use std::time::Duration;
 
@@ -98,6 +100,10 @@ async fn run_due_passes(state: &AppState, holder: Uuid) -> anyhow::Result<()> {
     if leases::try_take(&state.db, "sweep_paused", holder, period).await? {
         let report = sweep_paused(state).await?;
         log_pass("paused_documents", json!({"resumed": report.resumed, "waiting": report.waiting}));
+    }
+    if leases::try_take(&state.db, "ops_gauges", holder, period).await? {
+        let gauges = super::gauges::measure(state).await?;
+        println!("{}", super::gauges::emf_line(&gauges));
     }
     let orphan_period = ORPHAN_PASS_EVERY.mul_f64(0.9).as_secs_f64();
     if leases::try_take(&state.db, "sweep_orphans", holder, orphan_period).await? {
@@ -197,6 +203,10 @@ pub async fn sweep_orphans(state: &AppState) -> anyhow::Result<OrphanReport> {
 /// One log line per pass, in CloudWatch Embedded Metric Format so the counts
 /// are metrics an alarm can watch (namespace `stolid`, dimension `pass`).
 fn log_pass(pass: &str, counts: serde_json::Value) {
+    println!("{}", pass_line(pass, counts));
+}
+
+fn pass_line(pass: &str, counts: serde_json::Value) -> serde_json::Value {
     let metrics: Vec<serde_json::Value> =
         counts.as_object().map(|o| o.keys().map(|k| json!({"Name": k, "Unit": "Count"})).collect()).unwrap_or_default();
     let mut line = json!({
@@ -214,5 +224,15 @@ fn log_pass(pass: &str, counts: serde_json::Value) {
     if let (Some(line), Some(counts)) = (line.as_object_mut(), counts.as_object()) {
         line.extend(counts.clone());
     }
-    println!("{line}");
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_sweep_line_is_valid_emf() {
+        let line = super::pass_line("stuck_documents", serde_json::json!({"requeued": 1, "failed": 0, "deferred": 2}));
+        crate::testkit::emf::check(&line).unwrap();
+        assert_eq!(line["requeued"], 1);
+    }
 }

@@ -25,16 +25,17 @@ const FLOORS: &[(&str, u32)] = &[
     ("state", 6),
     // The domain.
     ("retrieval", 7),
-    ("chat", 8),
-    ("suggest", 8),
-    ("documents", 8),
-    ("agent", 9),
+    ("signals", 8),
+    ("chat", 9),
+    ("suggest", 9),
+    ("documents", 9),
+    ("agent", 10),
     // The edges: HTTP (with its error type) and the workers, then the process.
-    ("error", 10),
-    ("http", 11),
-    ("worker", 11),
-    ("app", 12),
-    ("cli", 13),
+    ("error", 11),
+    ("http", 12),
+    ("worker", 12),
+    ("app", 13),
+    ("cli", 14),
 ];
 
 /// The top-level modules each top-level module of `src/` refers to (`crate::x`), tests and comments aside.

@@ -19,5 +19,6 @@ mod layout;
 mod openai_compat;
 mod process;
 mod search;
+mod signals;
 mod suggest;
 mod usage;

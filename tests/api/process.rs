@@ -182,3 +182,114 @@ async fn sigterm_during_a_long_extraction_exits_within_the_stop_timeout() {
     assert_eq!(doc.status, DocumentStatus::Queued, "{doc:?}");
     assert!(doc.error.as_deref().unwrap_or("").contains("shutdown"), "{doc:?}");
 }
+
+/// The README's Logs Insights queries, run (by `testkit::insights`) over the
+/// log of a real run: chats in two conversations, a throttled embedding and a
+/// call refused by a budget. Each answers what it says, from the same figures
+/// Postgres holds; and every EMF line is valid EMF.
+#[tokio::test]
+async fn the_readmes_logs_insights_queries_answer_from_a_real_runs_log() {
+    use stolid::testkit::fake_openai::{FakeOpenAi, Fault};
+    use stolid::testkit::{emf, insights};
+
+    let fake = FakeOpenAi::start().await;
+    let base_url = fake.base_url();
+    let env = [
+        ("OPENAI_API_KEY", "sk-fake"),
+        ("OPENAI_BASE_URL", base_url.as_str()),
+        ("EMBEDDING_DIMENSIONS", "384"),
+        ("RERANK_CANDIDATES", "0"),
+    ];
+    let mut seen = Vec::new();
+    let (mut server, infra) = start_server(&mut seen, &env).await;
+    let db = sqlx::PgPool::connect(&infra.database_url).await.unwrap();
+    let tenant = stolid::store::keys::ensure_tenant(&db, "acme").await.unwrap();
+    let key = stolid::store::keys::create_key(&db, tenant).await.unwrap().key;
+    let client = reqwest::Client::new();
+    let url = |path: &str| format!("http://127.0.0.1:{}{path}", server.port);
+    let post = |path: &str, body: serde_json::Value, request_id: &str| {
+        client.post(url(path)).bearer_auth(&key).header("x-request-id", request_id).json(&body).send()
+    };
+
+    let body = serde_json::json!({"text": "Ownership moves values. Borrowing lends them.", "title": "own"});
+    let uploaded: serde_json::Value = post("/v1/documents", body, "upload").await.unwrap().json().await.unwrap();
+    let id: uuid::Uuid = uploaded["documents"][0]["id"].as_str().unwrap().parse().unwrap();
+    wait_for_status(&db, tenant, id, DocumentStatus::Indexed).await;
+    let first: serde_json::Value = post("/v1/chat", serde_json::json!({"message": "How do values move?"}), "asked-1")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let conversation = first["conversation_id"].as_str().unwrap();
+    let follow_up = serde_json::json!({"message": "And borrowing?", "conversation_id": conversation});
+    assert_eq!(post("/v1/chat", follow_up, "asked-2").await.unwrap().status(), 200);
+    let other = serde_json::json!({"message": "What lends values?"});
+    assert_eq!(post("/v1/chat", other, "asked-3").await.unwrap().status(), 200);
+    fake.push_faults([Fault::RateLimited { retry_after_secs: 0.05 }]);
+    let search = serde_json::json!({"query": "throttled once", "mode": "vector"});
+    assert_eq!(post("/v1/search", search, "throttled").await.unwrap().status(), 200);
+    let limits = stolid::store::budgets::LimitChanges { tokens_per_day: Some(Some(1)), ..Default::default() };
+    stolid::store::budgets::set_limits(&db, tenant, &limits).await.unwrap();
+    let refused = post("/v1/chat", serde_json::json!({"message": "Over budget?"}), "refused").await.unwrap();
+    assert_eq!(refused.status(), 429);
+
+    assert!(server.terminate(Duration::from_secs(10)).success());
+    seen.extend(server.lines.try_iter());
+    let lines: Vec<serde_json::Value> = seen.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for line in lines.iter().filter(|l| l.get("_aws").is_some()) {
+        emf::check(line).unwrap_or_else(|err| panic!("{err}: {line}"));
+    }
+
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let queries = insights::documented_queries(&readme);
+    assert!(queries.len() >= 6, "{queries:?}");
+    for (title, query) in queries {
+        let query = query.replace("REQUEST-ID", "asked-1");
+        let rows = insights::run(&query, &lines).unwrap_or_else(|err| panic!("{title}: {err}"));
+        let number = |row: &serde_json::Map<String, serde_json::Value>, field: &str| {
+            row.get(field).and_then(|v| v.as_f64()).unwrap_or_else(|| panic!("{title}: no {field} in {row:?}"))
+        };
+        if title.starts_with("P95 cost per conversation") {
+            let most: f64 = sqlx::query_scalar(
+                "SELECT max(cost) FROM (SELECT sum(cost_usd) AS cost FROM model_calls
+                 WHERE conversation_id IS NOT NULL GROUP BY conversation_id) c",
+            )
+            .fetch_one(&db)
+            .await
+            .unwrap();
+            assert_eq!(number(&rows[0], "conversations"), 2.0, "{title}: {rows:?}");
+            assert!((number(&rows[0], "max") - most).abs() < 1e-12 && most > 0.0, "{title}: {rows:?} vs {most}");
+            assert!(number(&rows[0], "p95") <= most, "{title}: {rows:?}");
+        } else if title.starts_with("Tokens, cost and latency") {
+            let counts: Vec<(String, i64)> =
+                sqlx::query_as("SELECT model, count(*) FROM model_calls GROUP BY model").fetch_all(&db).await.unwrap();
+            assert_eq!(rows.len(), counts.len(), "{title}: {rows:?}");
+            for (model, calls) in counts {
+                let row = rows.iter().find(|r| r["model"] == model.as_str()).expect("a row per model");
+                assert_eq!(number(row, "calls"), calls as f64, "{title}: {model}");
+            }
+        } else if title.starts_with("Throttling") {
+            let throttled: Vec<_> = rows.iter().filter(|r| r["outcome"] == "rate_limited").collect();
+            assert_eq!(throttled.len(), 1, "{title}: {rows:?}");
+            assert_eq!(number(throttled[0], "count(*)"), 1.0);
+        } else if title.starts_with("Everything one request did") {
+            assert!(rows.iter().any(|r| r.get("span").is_some()), "{title}: the HTTP line");
+            assert!(rows.iter().any(|r| r["event"] == "model_call"), "{title}: its model calls");
+            assert!(rows.iter().any(|r| r["event"] == "request_timing"), "{title}: its timing");
+            let times: Vec<&str> = rows.iter().map(|r| r["timestamp"].as_str().unwrap()).collect();
+            assert!(times.windows(2).all(|w| w[0] <= w[1]), "{title}: in time order");
+        } else if title.starts_with("Where chat's time goes") {
+            let requests = |first: bool| {
+                let row = rows.iter().find(|r| r["first_message"] == first).expect("both kinds of message");
+                number(row, "requests")
+            };
+            assert_eq!((requests(true), requests(false)), (2.0, 1.0), "{title}: {rows:?}");
+        } else if title.starts_with("Calls refused by budgets") {
+            assert_eq!(rows.len(), 1, "{title}: {rows:?}");
+            assert_eq!((rows[0]["period"].as_str(), number(&rows[0], "refused")), (Some("day"), 1.0));
+        } else {
+            panic!("a new documented query, {title:?}: say here what it must answer");
+        }
+    }
+}

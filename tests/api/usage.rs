@@ -27,6 +27,7 @@ fn call(
         input_tokens: 100,
         output_tokens: 10,
         latency_ms,
+        wait_ms: 0.0,
         cost_usd: cost,
         outcome,
         error: None,
