@@ -65,10 +65,17 @@ pub struct Exceeded {
     pub limit: f64,
     /// Spent plus reserved by calls in flight, in the period.
     pub used: f64,
+    /// What the refused call needed reserved (in `unit`).
+    pub needed: f64,
     pub resets_at: DateTime<Utc>,
 }
 
 impl Exceeded {
+    /// Whether the call could never fit, even in an unused period.
+    pub fn larger_than_limit(&self) -> bool {
+        self.needed > self.limit
+    }
+
     /// Whole seconds until the period resets (at least 1), for `Retry-After`.
     pub fn retry_after_secs(&self) -> u64 {
         (self.resets_at - Utc::now()).num_seconds().max(1) as u64
@@ -86,14 +93,16 @@ impl std::fmt::Display for Exceeded {
     }
 }
 
-impl From<Refusal> for Exceeded {
-    fn from(r: Refusal) -> Self {
+impl Exceeded {
+    fn new(refusal: Refusal, estimate: Estimate) -> Self {
+        let unit = if refusal.unit == "tokens" { "tokens" } else { "usd" };
         Self {
-            period: if r.period == "month" { "month" } else { "day" },
-            unit: if r.unit == "tokens" { "tokens" } else { "usd" },
-            limit: r.limit_value,
-            used: r.used,
-            resets_at: r.resets_at,
+            period: if refusal.period == "month" { "month" } else { "day" },
+            unit,
+            limit: refusal.limit_value,
+            used: refusal.used,
+            needed: if unit == "tokens" { estimate.tokens as f64 } else { estimate.usd },
+            resets_at: refusal.resets_at,
         }
     }
 }
@@ -135,7 +144,7 @@ impl Budgets {
             LlmError::Unavailable(format!("the spend limit could not be checked: {err}"))
         })?;
         if let Some(refusal) = refused {
-            let exceeded = Exceeded::from(refusal);
+            let exceeded = Exceeded::new(refusal, estimate);
             self.recorder.emit(refusal_line(tenant_id, &exceeded));
             return Err(LlmError::BudgetExceeded(Box::new(exceeded)));
         }
@@ -189,7 +198,8 @@ mod tests {
     #[test]
     fn an_exceeded_budget_says_which_limit_and_when_it_resets() {
         let resets_at = "2026-12-03T00:00:00Z".parse().unwrap();
-        let exceeded = Exceeded { period: "day", unit: "usd", limit: 5.0, used: 4.99, resets_at };
+        let exceeded = Exceeded { period: "day", unit: "usd", limit: 5.0, used: 4.99, needed: 0.02, resets_at };
+        assert!(!exceeded.larger_than_limit());
         assert_eq!(exceeded.to_string(), "the daily budget of $5.00 is spent; it resets at 2026-12-03T00:00:00Z");
         let tokens = Exceeded { period: "day", unit: "tokens", limit: 1000.0, ..exceeded };
         assert_eq!(tokens.to_string(), "the daily budget of 1000 tokens is spent; it resets at 2026-12-03T00:00:00Z");

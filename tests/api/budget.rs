@@ -122,7 +122,12 @@ async fn over_budget_indexing_pauses_and_resumes_when_the_limit_is_raised() {
 
     let waiting = app.get_json(&format!("/v1/documents/{id}")).await;
     assert_eq!(waiting["status"], "queued", "{waiting}");
-    assert!(waiting["error"].as_str().unwrap().starts_with("paused: the daily budget of 5 tokens"), "{waiting}");
+    let reason = waiting["error"].as_str().unwrap();
+    assert!(
+        reason.starts_with("paused: embedding it needs")
+            && reason.contains("more than the whole day limit of 5 tokens"),
+        "{waiting}"
+    );
     assert!(waiting["paused_until"].is_string(), "{waiting}");
     // More than the 5 tokens the limit allows (a one-word query would fit).
     let query = "how long does a document wait for its tenant's budget to reset?";
@@ -141,6 +146,47 @@ async fn over_budget_indexing_pauses_and_resumes_when_the_limit_is_raised() {
     let indexed = app.get_json(&format!("/v1/documents/{id}")).await;
     assert_eq!(indexed["status"], "indexed", "{indexed}");
     assert!(indexed["error"].is_null() && indexed["paused_until"].is_null(), "{indexed}");
+}
+
+/// A tenant whose day is spent has its documents wait until the day resets;
+/// then they index, nothing lost. (The reset is simulated: today's spend
+/// becomes yesterday's, and the pause's end is moved to the past.)
+#[tokio::test]
+async fn a_paused_document_indexes_after_the_period_resets() {
+    let (app, _fake) = spawn_app_with_fake(Options::default()).await;
+    set_limits(&app, LimitChanges { tokens_per_day: Some(Some(1_000)), ..Default::default() }).await;
+    sqlx::query(
+        "INSERT INTO budget_spend (tenant_id, day, spent_tokens) VALUES ($1, (now() AT TIME ZONE 'UTC')::date, 1000)",
+    )
+    .bind(app.tenant_id)
+    .execute(&app.state.db)
+    .await
+    .unwrap();
+    let doc = upload_text(&app, json!({"title": "tomorrow", "text": "Indexed once the day's budget resets."})).await;
+    let id: Uuid = doc["id"].as_str().unwrap().parse().unwrap();
+    app.drain_queue().await;
+    let waiting = app.get_json(&format!("/v1/documents/{id}")).await;
+    assert!(
+        waiting["error"].as_str().unwrap().starts_with("paused: the daily budget of 1000 tokens is spent"),
+        "{waiting}"
+    );
+
+    sqlx::query("UPDATE budget_spend SET day = day - 1 WHERE tenant_id = $1")
+        .bind(app.tenant_id)
+        .execute(&app.state.db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE documents SET paused_until = now() - interval '1 second' WHERE id = $1")
+        .bind(id)
+        .execute(&app.state.db)
+        .await
+        .unwrap();
+    let report = stolid::worker::sweeper::sweep_paused(&app.state).await.unwrap();
+    assert_eq!(report.resumed, 1);
+    app.drain_queue().await;
+    let indexed = app.get_json(&format!("/v1/documents/{id}")).await;
+    assert_eq!(indexed["status"], "indexed", "{indexed}");
+    assert!(indexed["chunk_count"].as_i64().unwrap() > 0);
 }
 
 /// When a pause runs out (the period reset) the job runs again even if the

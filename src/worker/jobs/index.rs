@@ -25,7 +25,16 @@ pub async fn run(state: &AppState, tenant_id: Uuid, document_id: Uuid, last_atte
         Err(Failure::OverBudget(exceeded)) => {
             // Nothing is lost: the document waits, `queued` with the reason,
             // and the sweeper sends its job again when there is room.
-            let reason = format!("paused: {exceeded}; indexing resumes then, or when the limit is raised");
+            let reason = if exceeded.larger_than_limit() {
+                let unit = if exceeded.unit == "tokens" { " tokens" } else { " USD" };
+                format!(
+                    "paused: embedding it needs {}{unit}, more than the whole {} limit of {}{unit}; \
+                     indexing resumes when the limit is raised",
+                    exceeded.needed, exceeded.period, exceeded.limit
+                )
+            } else {
+                format!("paused: {exceeded}; indexing resumes then, or when the limit is raised")
+            };
             tracing::info!(reason, "indexing paused by the tenant's budget");
             documents::pause(&state.db, tenant_id, document_id, &reason, exceeded.resets_at)
                 .await
