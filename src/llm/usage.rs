@@ -18,6 +18,8 @@ pub use crate::store::usage::{ModelCall, Operation, Outcome, RequestTiming};
 
 /// Rows written per INSERT at most.
 const MAX_BATCH: usize = 500;
+/// How long the writer waits after a record for more to join its batch.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(50);
 
 enum Message {
     Call(Box<ModelCall>),
@@ -96,6 +98,11 @@ async fn write_loop(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Message>, emit
     let mut timings = Vec::new();
     let mut acks = Vec::new();
     while let Some(first) = rx.recv().await {
+        // A moment for the rest of the request's records, so a request costs
+        // one statement rather than one per call; a flush is not kept waiting.
+        if !matches!(first, Message::Flush(_)) {
+            tokio::time::sleep(LINGER).await;
+        }
         let mut next = Some(first);
         while let Some(message) = next.take() {
             match message {
