@@ -257,8 +257,17 @@ fn per_minute(limit: u32, window: Duration) -> u32 {
 
 /// First messages whose p95 is 1.5x (watch) or 2x (act) that of later ones.
 pub fn judge_cold_start(first: &Percentiles, later: &Percentiles) -> (Verdict, String) {
+    if first.count + later.count == 0 {
+        return (Verdict::Ok, "no chat traffic in the window".into());
+    }
     let (Some(first_p95), Some(later_p95)) = (first.p95, later.p95) else {
-        return (Verdict::Ok, "no chat traffic to compare in the window".into());
+        return (
+            Verdict::Ok,
+            format!(
+                "too few messages to judge ({} first, {} later; {MIN_SAMPLES} of each needed)",
+                first.count, later.count
+            ),
+        );
     };
     if first.count < MIN_SAMPLES || later.count < MIN_SAMPLES {
         return (

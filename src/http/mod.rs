@@ -199,10 +199,21 @@ async fn json_errors(response: Response) -> Response {
         s if s.is_server_error() => "internal",
         _ => "bad_request",
     };
-    let message = status.canonical_reason().unwrap_or("error").to_lowercase();
+    let allow = response.headers().get(header::ALLOW).cloned();
+    // A client error's text (an extractor's rejection, such as a query string
+    // that does not parse) says what was wrong with the request: keep it.
+    let text = if status.is_client_error() {
+        axum::body::to_bytes(response.into_body(), 2048).await.ok().and_then(|b| String::from_utf8(b.to_vec()).ok())
+    } else {
+        None
+    };
+    let message = text
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_lowercase());
     let mut json = error_response(status, code, message);
-    if let Some(allow) = response.headers().get(header::ALLOW) {
-        json.headers_mut().insert(header::ALLOW, allow.clone());
+    if let Some(allow) = allow {
+        json.headers_mut().insert(header::ALLOW, allow);
     }
     json
 }

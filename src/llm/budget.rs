@@ -85,9 +85,17 @@ impl Exceeded {
 impl std::fmt::Display for Exceeded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let period = if self.period == "month" { "monthly" } else { "daily" };
-        match self.unit {
-            "tokens" => write!(f, "the {period} budget of {} tokens is spent", self.limit)?,
-            _ => write!(f, "the {period} budget of ${:.2} is spent", self.limit)?,
+        let amount = |v: f64| if self.unit == "tokens" { format!("{v} tokens") } else { format!("${v:.2}") };
+        if self.used >= self.limit {
+            write!(f, "the {period} budget of {} is spent", amount(self.limit))?;
+        } else {
+            write!(
+                f,
+                "the {period} budget of {} has no room for this call ({} used or reserved, {} needed)",
+                amount(self.limit),
+                amount(self.used),
+                amount(self.needed)
+            )?;
         }
         write!(f, "; it resets at {}", self.resets_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
     }
@@ -200,8 +208,12 @@ mod tests {
         let resets_at = "2026-12-03T00:00:00Z".parse().unwrap();
         let exceeded = Exceeded { period: "day", unit: "usd", limit: 5.0, used: 4.99, needed: 0.02, resets_at };
         assert!(!exceeded.larger_than_limit());
-        assert_eq!(exceeded.to_string(), "the daily budget of $5.00 is spent; it resets at 2026-12-03T00:00:00Z");
-        let tokens = Exceeded { period: "day", unit: "tokens", limit: 1000.0, ..exceeded };
+        assert_eq!(
+            exceeded.to_string(),
+            "the daily budget of $5.00 has no room for this call ($4.99 used or reserved, $0.02 needed); \
+             it resets at 2026-12-03T00:00:00Z"
+        );
+        let tokens = Exceeded { period: "day", unit: "tokens", limit: 1000.0, used: 1000.0, ..exceeded };
         assert_eq!(tokens.to_string(), "the daily budget of 1000 tokens is spent; it resets at 2026-12-03T00:00:00Z");
         crate::testkit::emf::check(&refusal_line(Uuid::nil(), &tokens)).unwrap();
     }
