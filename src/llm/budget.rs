@@ -162,28 +162,25 @@ impl Budgets {
 
 /// A refused call as one EMF line (metric `budget_refusals`, by period).
 pub fn refusal_line(tenant_id: Uuid, exceeded: &Exceeded) -> serde_json::Value {
-    serde_json::json!({
-        "_aws": {
-            "Timestamp": Utc::now().timestamp_millis(),
-            "CloudWatchMetrics": [{
-                "Namespace": "stolid",
-                "Dimensions": [["event"], ["event", "period"]],
-                "Metrics": [{"Name": "budget_refusals", "Unit": "Count"}]
-            }]
-        },
-        "timestamp": Utc::now().to_rfc3339(),
-        "level": "INFO",
-        "target": "stolid::budget",
-        "message": "call refused: over budget",
-        "event": "budget_exceeded",
-        "budget_refusals": 1,
-        "tenant_id": tenant_id,
-        "period": exceeded.period,
-        "unit": exceeded.unit,
-        "limit": exceeded.limit,
-        "used": exceeded.used,
-        "resets_at": exceeded.resets_at,
-    })
+    crate::telemetry::emf(
+        Utc::now(),
+        &[&["event"], &["event", "period"]],
+        &[("budget_refusals", "Count")],
+        serde_json::json!({
+            "level": "INFO",
+            "target": "stolid::budget",
+            "message": "call refused: over budget",
+            "event": "budget_exceeded",
+            "budget_refusals": 1,
+            "tenant_id": tenant_id,
+            "period": exceeded.period,
+            "unit": exceeded.unit,
+            "limit": exceeded.limit,
+            "used": exceeded.used,
+            "needed": exceeded.needed,
+            "resets_at": exceeded.resets_at,
+        }),
+    )
 }
 
 /// Room held for one call. Dropping it ends the reservation once the call's

@@ -169,110 +169,86 @@ async fn store(pool: &PgPool, records: Records<'_>) -> sqlx::Result<Vec<crate::s
 
 /// What an alarm on budgets hangs on: one line per tenant and day, in EMF.
 pub fn soft_crossing_line(crossing: &crate::store::budgets::SoftCrossing) -> serde_json::Value {
-    json!({
-        "_aws": {
-            "Timestamp": chrono::Utc::now().timestamp_millis(),
-            "CloudWatchMetrics": [{
-                "Namespace": "stolid",
-                "Dimensions": [["event"]],
-                "Metrics": [{"Name": "budget_soft_crossings", "Unit": "Count"}]
-            }]
-        },
-        "timestamp": chrono::Utc::now().to_rfc3339(),
-        "level": "WARN",
-        "target": "stolid::budget",
-        "message": "a tenant crossed its soft daily budget",
-        "event": "budget_soft_limit_crossed",
-        "budget_soft_crossings": 1,
-        "tenant_id": crossing.tenant_id,
-        "spent_usd": crossing.spent_usd,
-        "soft_usd_per_day": crossing.soft_usd_per_day,
-    })
+    crate::telemetry::emf(
+        chrono::Utc::now(),
+        &[&["event"]],
+        &[("budget_soft_crossings", "Count")],
+        json!({
+            "level": "WARN",
+            "target": "stolid::budget",
+            "message": "a tenant crossed its soft daily budget",
+            "event": "budget_soft_limit_crossed",
+            "budget_soft_crossings": 1,
+            "tenant_id": crossing.tenant_id,
+            "spent_usd": crossing.spent_usd,
+            "soft_usd_per_day": crossing.soft_usd_per_day,
+        }),
+    )
 }
 
 /// A request's timings as one EMF line: what the retrieval-time alarm watches.
 pub fn timing_line(timing: &RequestTiming) -> serde_json::Value {
-    without_nulls(json!({
-        "_aws": {
-            "Timestamp": timing.created_at.timestamp_millis(),
-            "CloudWatchMetrics": [{
-                "Namespace": "stolid",
-                "Dimensions": [["endpoint"]],
-                "Metrics": [
-                    {"Name": "total_ms", "Unit": "Milliseconds"},
-                    {"Name": "retrieval_ms", "Unit": "Milliseconds"},
-                    {"Name": "vector_ms", "Unit": "Milliseconds"},
-                    {"Name": "keyword_ms", "Unit": "Milliseconds"},
-                    {"Name": "model_ms", "Unit": "Milliseconds"}
-                ]
-            }]
-        },
-        "timestamp": timing.created_at.to_rfc3339(),
-        "level": "INFO",
-        "target": "stolid::usage",
-        "message": "request timing",
-        "event": "request_timing",
-        "tenant_id": timing.tenant_id,
-        "request_id": timing.request_id,
-        "conversation_id": timing.conversation_id,
-        "endpoint": timing.endpoint,
-        "first_message": timing.first_message,
-        "total_ms": timing.total_ms,
-        "retrieval_ms": timing.vector_ms.max(timing.keyword_ms),
-        "vector_ms": timing.vector_ms,
-        "keyword_ms": timing.keyword_ms,
-        "model_ms": timing.model_ms,
-    }))
+    const MS: &str = "Milliseconds";
+    let metrics = [("total_ms", MS), ("retrieval_ms", MS), ("vector_ms", MS), ("keyword_ms", MS), ("model_ms", MS)];
+    crate::telemetry::emf(
+        timing.created_at,
+        &[&["endpoint"]],
+        &metrics,
+        json!({
+            "level": "INFO",
+            "target": "stolid::usage",
+            "message": "request timing",
+            "event": "request_timing",
+            "tenant_id": timing.tenant_id,
+            "request_id": timing.request_id,
+            "conversation_id": timing.conversation_id,
+            "endpoint": timing.endpoint,
+            "first_message": timing.first_message,
+            "total_ms": timing.total_ms,
+            "retrieval_ms": timing.vector_ms.max(timing.keyword_ms),
+            "vector_ms": timing.vector_ms,
+            "keyword_ms": timing.keyword_ms,
+            "model_ms": timing.model_ms,
+        }),
+    )
 }
 
 /// The call as one CloudWatch Embedded Metric Format object: the `_aws` block
 /// tells CloudWatch which fields are metrics and which are dimensions.
 pub fn emf_line(call: &ModelCall) -> serde_json::Value {
-    without_nulls(json!({
-        "_aws": {
-            "Timestamp": call.created_at.timestamp_millis(),
-            "CloudWatchMetrics": [{
-                "Namespace": "stolid",
-                "Dimensions": [["provider", "model", "operation"], ["operation"]],
-                "Metrics": [
-                    {"Name": "input_tokens", "Unit": "Count"},
-                    {"Name": "output_tokens", "Unit": "Count"},
-                    {"Name": "latency_ms", "Unit": "Milliseconds"},
-                    {"Name": "limiter_wait_ms", "Unit": "Milliseconds"},
-                    {"Name": "cost_usd", "Unit": "None"}
-                ]
-            }]
-        },
-        "timestamp": call.created_at.to_rfc3339(),
-        "level": "INFO",
-        "target": "stolid::usage",
-        "message": "model call",
-        "event": "model_call",
-        "call_id": call.id,
-        "tenant_id": call.tenant_id,
-        "request_id": call.request_id,
-        "conversation_id": call.conversation_id,
-        "endpoint": call.endpoint,
-        "provider": call.provider,
-        "model": call.model,
-        "operation": call.operation,
-        "input_tokens": call.input_tokens,
-        "output_tokens": call.output_tokens,
-        "latency_ms": call.latency_ms,
-        "limiter_wait_ms": call.wait_ms,
-        "cost_usd": call.cost_usd,
-        "outcome": call.outcome,
-        "error": call.error,
-    }))
-}
-
-/// Fields without a value are left out rather than written as `null`, so
-/// `ispresent(conversation_id)` in Logs Insights means what it says.
-fn without_nulls(mut line: serde_json::Value) -> serde_json::Value {
-    if let Some(fields) = line.as_object_mut() {
-        fields.retain(|_, value| !value.is_null());
-    }
-    line
+    let metrics = [
+        ("input_tokens", "Count"),
+        ("output_tokens", "Count"),
+        ("latency_ms", "Milliseconds"),
+        ("limiter_wait_ms", "Milliseconds"),
+        ("cost_usd", "None"),
+    ];
+    crate::telemetry::emf(
+        call.created_at,
+        &[&["provider", "model", "operation"], &["operation"]],
+        &metrics,
+        json!({
+            "level": "INFO",
+            "target": "stolid::usage",
+            "message": "model call",
+            "event": "model_call",
+            "call_id": call.id,
+            "tenant_id": call.tenant_id,
+            "request_id": call.request_id,
+            "conversation_id": call.conversation_id,
+            "endpoint": call.endpoint,
+            "provider": call.provider,
+            "model": call.model,
+            "operation": call.operation,
+            "input_tokens": call.input_tokens,
+            "output_tokens": call.output_tokens,
+            "latency_ms": call.latency_ms,
+            "limiter_wait_ms": call.wait_ms,
+            "cost_usd": call.cost_usd,
+            "outcome": call.outcome,
+            "error": call.error,
+        }),
+    )
 }
 
 #[cfg(test)]

@@ -33,32 +33,29 @@ pub async fn measure(state: &AppState) -> anyhow::Result<Gauges> {
 
 /// The gauges as one CloudWatch Embedded Metric Format line.
 pub fn emf_line(gauges: &Gauges) -> serde_json::Value {
-    json!({
-        "_aws": {
-            "Timestamp": chrono::Utc::now().timestamp_millis(),
-            "CloudWatchMetrics": [{
-                "Namespace": "stolid",
-                "Dimensions": [["event"]],
-                "Metrics": [
-                    {"Name": "queue_depth", "Unit": "Count"},
-                    {"Name": "queued_documents", "Unit": "Count"},
-                    {"Name": "oldest_queued_age_secs", "Unit": "Seconds"},
-                    {"Name": "paused_documents", "Unit": "Count"},
-                    {"Name": "failed_documents_last_hour", "Unit": "Count"}
-                ]
-            }]
-        },
-        "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-        "level": "INFO",
-        "target": "stolid::gauges",
-        "message": "ops gauges",
-        "event": "ops_gauges",
-        "queue_depth": gauges.queue_depth,
-        "queued_documents": gauges.queued_documents,
-        "oldest_queued_age_secs": gauges.oldest_queued_age_secs,
-        "paused_documents": gauges.paused_documents,
-        "failed_documents_last_hour": gauges.failed_documents_last_hour,
-    })
+    let metrics = [
+        ("queue_depth", "Count"),
+        ("queued_documents", "Count"),
+        ("oldest_queued_age_secs", "Seconds"),
+        ("paused_documents", "Count"),
+        ("failed_documents_last_hour", "Count"),
+    ];
+    crate::telemetry::emf(
+        chrono::Utc::now(),
+        &[&["event"]],
+        &metrics,
+        json!({
+            "level": "INFO",
+            "target": "stolid::gauges",
+            "message": "ops gauges",
+            "event": "ops_gauges",
+            "queue_depth": gauges.queue_depth,
+            "queued_documents": gauges.queued_documents,
+            "oldest_queued_age_secs": gauges.oldest_queued_age_secs,
+            "paused_documents": gauges.paused_documents,
+            "failed_documents_last_hour": gauges.failed_documents_last_hour,
+        }),
+    )
 }
 
 #[cfg(test)]

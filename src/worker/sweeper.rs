@@ -207,24 +207,19 @@ fn log_pass(pass: &str, counts: serde_json::Value) {
 }
 
 fn pass_line(pass: &str, counts: serde_json::Value) -> serde_json::Value {
-    let metrics: Vec<serde_json::Value> =
-        counts.as_object().map(|o| o.keys().map(|k| json!({"Name": k, "Unit": "Count"})).collect()).unwrap_or_default();
-    let mut line = json!({
-        "_aws": {
-            "Timestamp": chrono::Utc::now().timestamp_millis(),
-            "CloudWatchMetrics": [{"Namespace": "stolid", "Dimensions": [["pass"]], "Metrics": metrics}]
-        },
-        "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+    let names: Vec<String> = counts.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
+    let metrics: Vec<(&str, &str)> = names.iter().map(|name| (name.as_str(), "Count")).collect();
+    let mut fields = json!({
         "level": "INFO",
         "target": "stolid::sweeper",
         "message": "sweep",
         "event": "sweep",
         "pass": pass,
     });
-    if let (Some(line), Some(counts)) = (line.as_object_mut(), counts.as_object()) {
-        line.extend(counts.clone());
+    if let (Some(fields), Some(counts)) = (fields.as_object_mut(), counts.as_object()) {
+        fields.extend(counts.clone());
     }
-    line
+    crate::telemetry::emf(chrono::Utc::now(), &[&["pass"]], &metrics, fields)
 }
 
 #[cfg(test)]

@@ -32,6 +32,17 @@ async fn budget(app: &TestApp) -> Value {
     response.json().await.unwrap()
 }
 
+/// Moves the document's pause end to the past and runs the sweeper's pass, which resumes it.
+async fn resume_as_if_the_pause_ran_out(app: &TestApp, id: Uuid) {
+    sqlx::query("UPDATE documents SET paused_until = now() - interval '1 second' WHERE id = $1")
+        .bind(id)
+        .execute(&app.state.db)
+        .await
+        .unwrap();
+    let report = stolid::worker::sweeper::sweep_paused(&app.state).await.unwrap();
+    assert_eq!(report.resumed, 1);
+}
+
 async fn recorded_cost(app: &TestApp) -> f64 {
     sqlx::query_scalar("SELECT coalesce(sum(cost_usd), 0) FROM model_calls WHERE tenant_id = $1")
         .bind(app.tenant_id)
@@ -176,13 +187,7 @@ async fn a_paused_document_indexes_after_the_period_resets() {
         .execute(&app.state.db)
         .await
         .unwrap();
-    sqlx::query("UPDATE documents SET paused_until = now() - interval '1 second' WHERE id = $1")
-        .bind(id)
-        .execute(&app.state.db)
-        .await
-        .unwrap();
-    let report = stolid::worker::sweeper::sweep_paused(&app.state).await.unwrap();
-    assert_eq!(report.resumed, 1);
+    resume_as_if_the_pause_ran_out(&app, id).await;
     app.drain_queue().await;
     let indexed = app.get_json(&format!("/v1/documents/{id}")).await;
     assert_eq!(indexed["status"], "indexed", "{indexed}");
@@ -199,13 +204,7 @@ async fn a_document_whose_pause_ran_out_is_retried_and_paused_again_while_still_
     let doc = upload_text(&app, json!({"title": "again", "text": "Waiting for the reset."})).await;
     let id: Uuid = doc["id"].as_str().unwrap().parse().unwrap();
     app.drain_queue().await;
-    sqlx::query("UPDATE documents SET paused_until = now() - interval '1 second' WHERE id = $1")
-        .bind(id)
-        .execute(&app.state.db)
-        .await
-        .unwrap();
-    let report = stolid::worker::sweeper::sweep_paused(&app.state).await.unwrap();
-    assert_eq!(report.resumed, 1);
+    resume_as_if_the_pause_ran_out(&app, id).await;
     app.drain_queue().await;
     let (status, sweeps, paused): (String, i32, bool) =
         sqlx::query_as("SELECT status, sweeps, paused_until > now() FROM documents WHERE id = $1")
