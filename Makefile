@@ -10,6 +10,7 @@ up: infra build
 	@scripts/dev-key.sh
 	@set -a; source .env; set +a; echo "[up] dev API key (tenant dev): $$STOLID_DEV_API_KEY"; \
 	 echo "[up] try: curl -H \"Authorization: Bearer $$STOLID_DEV_API_KEY\" localhost:$(PORT)/v1/me"; \
+	 echo "[up] console: http://localhost:$(PORT)/console (sign in with the dev key)"; \
 	 PORT=$(PORT) exec target/debug/stolid serve
 
 ## infra: PostgreSQL + pgvector, moto (S3/SQS), bucket and queues, .env (idempotent)

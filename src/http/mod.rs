@@ -6,6 +6,7 @@ pub mod agent;
 pub mod auth;
 pub mod budget;
 pub mod chat;
+pub mod console;
 pub mod documents;
 pub mod health;
 pub mod me;
@@ -143,6 +144,7 @@ pub fn router(state: AppState) -> Router {
 
     Router::new()
         .merge(health::router())
+        .merge(console::router())
         .merge(me::router())
         .merge(documents::router())
         .merge(search::router())

@@ -5,6 +5,7 @@
 mod agent;
 mod budget;
 mod chat;
+mod console;
 mod deploy_files;
 pub mod documents;
 mod fleet;
