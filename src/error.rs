@@ -141,15 +141,14 @@ pub fn error_response(status: StatusCode, code: &str, message: impl Into<String>
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        let (status, code, message) = self.reported("request failed");
-        let budget = self.budget_detail();
-        let retry_after = match &budget {
-            Some(exceeded) => HeaderValue::from(exceeded.retry_after_secs()),
-            None => HeaderValue::from_static(RETRY_AFTER_SECS),
+        let (status, body) = self.reported("request failed");
+        let retry_after = match &body.error.budget {
+            Some(exceeded) => Some(HeaderValue::from(exceeded.retry_after_secs())),
+            None if status == StatusCode::SERVICE_UNAVAILABLE => Some(HeaderValue::from_static(RETRY_AFTER_SECS)),
+            None => None,
         };
-        let body = ErrorBody { error: ErrorDetail { code: code.to_string(), message, budget } };
         let mut response = (status, axum::Json(body)).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE || code == "budget_exceeded" {
+        if let Some(retry_after) = retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, retry_after);
         }
         response
@@ -160,25 +159,21 @@ impl Error {
     /// The `{"error": {...}}` body for a failure that happens after a stream's
     /// 200 was sent (an SSE `error` event); server errors are logged here.
     pub fn event_body(self) -> serde_json::Value {
-        let (_, code, message) = self.reported("stream failed");
-        let body = ErrorBody { error: ErrorDetail { code: code.to_string(), message, budget: self.budget_detail() } };
+        let (_, body) = self.reported("stream failed");
         serde_json::to_value(body).unwrap_or_default()
     }
 
-    fn budget_detail(&self) -> Option<crate::llm::budget::Exceeded> {
-        match self {
-            Error::Llm(LlmError::BudgetExceeded(exceeded)) => Some((**exceeded).clone()),
-            _ => None,
-        }
-    }
-
-    /// Status, code and public message; a server error's cause is logged once, here.
-    fn reported(&self, what: &'static str) -> (StatusCode, &'static str, String) {
+    /// The status and the body the caller sees; a server error's cause is logged once, here.
+    fn reported(&self, what: &'static str) -> (StatusCode, ErrorBody) {
         let (status, code) = self.status_and_code();
         if status.is_server_error() {
             tracing::error!(error = ?self, "{what}");
         }
-        (status, code, self.public_message())
+        let budget = match self {
+            Error::Llm(LlmError::BudgetExceeded(exceeded)) => Some((**exceeded).clone()),
+            _ => None,
+        };
+        (status, ErrorBody { error: ErrorDetail { code: code.to_string(), message: self.public_message(), budget } })
     }
 }
 

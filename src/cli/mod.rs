@@ -252,16 +252,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         tokens_per_day: tokens_per_day.map(|l| l.0),
                         soft_usd_per_day: soft_usd_per_day.map(|l| l.0),
                     };
-                    let limits = store::budgets::set_limits(&db, tenant_id, &changes).await?;
+                    store::budgets::set_limits(&db, tenant_id, &changes).await?;
                     eprintln!(
                         "limits of {tenant} set; they apply to new API requests at once and to indexing jobs as they start"
                     );
-                    print_budgets(&[store::budgets::Listed {
-                        tenant,
-                        limits,
-                        day_spent_usd: f64::NAN,
-                        month_spent_usd: f64::NAN,
-                    }]);
+                    let rows = store::budgets::list(&db).await?;
+                    print_budgets(&rows.into_iter().filter(|row| row.tenant == tenant).collect::<Vec<_>>());
                 }
                 BudgetsCommand::List => print_budgets(&store::budgets::list(&db).await?),
             }
@@ -272,7 +268,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn print_budgets(rows: &[store::budgets::Listed]) {
     let usd = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
-    let spent = |v: f64| if v.is_nan() { "".to_string() } else { format!("{v:.4}") };
     println!(
         "{:<20} {:>10} {:>12} {:>14} {:>10} {:>12} {:>14} {:>16}",
         "tenant", "usd/day", "usd/month", "tokens/day", "soft/day", "tenant soft", "spent today", "spent this month"
@@ -287,8 +282,8 @@ fn print_budgets(rows: &[store::budgets::Listed]) {
             l.tokens_per_day.map_or_else(|| "-".to_string(), |t| t.to_string()),
             usd(l.soft_usd_per_day),
             usd(l.tenant_soft_usd_per_day),
-            spent(row.day_spent_usd),
-            spent(row.month_spent_usd),
+            format!("{:.4}", row.day_spent_usd),
+            format!("{:.4}", row.month_spent_usd),
         );
     }
 }

@@ -60,10 +60,6 @@ pub struct PeriodView {
 
 fn view(limits: Limits, standing: Standing) -> BudgetResponse {
     let remaining = |limit: Option<f64>, spent: f64| limit.map(|l| (l - spent - standing.reserved_usd).max(0.0));
-    let soft = match (limits.soft_usd_per_day, limits.tenant_soft_usd_per_day) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
     BudgetResponse {
         day: PeriodView {
             spent_usd: standing.day_spent_usd,
@@ -90,7 +86,7 @@ fn view(limits: Limits, standing: Standing) -> BudgetResponse {
             usd_per_day: limits.usd_per_day,
             usd_per_month: limits.usd_per_month,
             tokens_per_day: limits.tokens_per_day,
-            soft_usd_per_day: soft,
+            soft_usd_per_day: limits.soft_usd_per_day_in_force(),
             operator_soft_usd_per_day: limits.soft_usd_per_day,
             tenant_soft_usd_per_day: limits.tenant_soft_usd_per_day,
         },

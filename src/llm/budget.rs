@@ -71,6 +71,23 @@ pub struct Exceeded {
 }
 
 impl Exceeded {
+    fn new(refusal: Refusal, estimate: Estimate) -> Self {
+        let unit = if refusal.unit == "tokens" { "tokens" } else { "usd" };
+        Self {
+            period: if refusal.period == "month" { "month" } else { "day" },
+            unit,
+            limit: refusal.limit_value,
+            used: refusal.used,
+            needed: if unit == "tokens" { estimate.tokens as f64 } else { estimate.usd },
+            resets_at: refusal.resets_at,
+        }
+    }
+
+    /// An amount in the limit's unit, as people read it: `$5.00`, `1000 tokens`.
+    pub fn amount(&self, value: f64) -> String {
+        if self.unit == "tokens" { format!("{value} tokens") } else { format!("${value:.2}") }
+    }
+
     /// Whether the call could never fit, even in an unused period.
     pub fn larger_than_limit(&self) -> bool {
         self.needed > self.limit
@@ -85,33 +102,18 @@ impl Exceeded {
 impl std::fmt::Display for Exceeded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let period = if self.period == "month" { "monthly" } else { "daily" };
-        let amount = |v: f64| if self.unit == "tokens" { format!("{v} tokens") } else { format!("${v:.2}") };
         if self.used >= self.limit {
-            write!(f, "the {period} budget of {} is spent", amount(self.limit))?;
+            write!(f, "the {period} budget of {} is spent", self.amount(self.limit))?;
         } else {
             write!(
                 f,
                 "the {period} budget of {} has no room for this call ({} used or reserved, {} needed)",
-                amount(self.limit),
-                amount(self.used),
-                amount(self.needed)
+                self.amount(self.limit),
+                self.amount(self.used),
+                self.amount(self.needed)
             )?;
         }
         write!(f, "; it resets at {}", self.resets_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-    }
-}
-
-impl Exceeded {
-    fn new(refusal: Refusal, estimate: Estimate) -> Self {
-        let unit = if refusal.unit == "tokens" { "tokens" } else { "usd" };
-        Self {
-            period: if refusal.period == "month" { "month" } else { "day" },
-            unit,
-            limit: refusal.limit_value,
-            used: refusal.used,
-            needed: if unit == "tokens" { estimate.tokens as f64 } else { estimate.usd },
-            resets_at: refusal.resets_at,
-        }
     }
 }
 

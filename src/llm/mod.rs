@@ -606,7 +606,8 @@ impl Gateway {
 
     /// Runs `call` until it succeeds or retrying cannot help, recording each
     /// failed attempt; returns the value, the successful attempt's latency,
-    /// the attempts made and the time spent waiting for the shared limiter. The one retry policy of every model call: a 429 waits
+    /// the attempts made and the time spent waiting for the shared limiter.
+    /// The one retry policy of every model call: a 429 waits
     /// (for embeddings inside the shared limiter, so every caller waits), 5xx
     /// and timeouts back off with jitter, quota and other errors give up at once.
     async fn retrying<T, F, Fut>(

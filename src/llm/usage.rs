@@ -47,11 +47,7 @@ impl UsageRecorder {
     }
 
     pub fn record(&self, call: ModelCall) {
-        if self.emit_log {
-            let line = emf_line(&call).to_string();
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{line}");
-        }
+        self.emit(emf_line(&call));
         if self.tx.send(Message::Call(Box::new(call))).is_err() {
             tracing::error!("usage writer is gone; a model call was not stored");
         }
@@ -59,11 +55,7 @@ impl UsageRecorder {
 
     /// Records where a request's time went (`request_timings`, and an EMF line).
     pub fn record_timing(&self, timing: RequestTiming) {
-        if self.emit_log {
-            let line = timing_line(&timing).to_string();
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{line}");
-        }
+        self.emit(timing_line(&timing));
         if self.tx.send(Message::Timing(Box::new(timing))).is_err() {
             tracing::error!("usage writer is gone; a request timing was not stored");
         }
@@ -72,7 +64,7 @@ impl UsageRecorder {
     /// Prints an event's EMF line (when this process logs them).
     pub fn emit(&self, line: serde_json::Value) {
         if self.emit_log {
-            let _ = writeln!(std::io::stdout().lock(), "{line}");
+            print_line(&line);
         }
     }
 
@@ -139,12 +131,11 @@ struct Records<'a> {
 
 async fn store_with_retry(pool: &PgPool, records: Records<'_>, emit_log: bool) {
     for attempt in 0..3u32 {
-        match store(pool, records).await {
+        match crate::store::usage::write_batch(pool, records.calls, records.timings, records.released).await {
             Ok(crossings) => {
                 for crossing in crossings {
                     if emit_log {
-                        let line = soft_crossing_line(&crossing).to_string();
-                        let _ = writeln!(std::io::stdout().lock(), "{line}");
+                        print_line(&soft_crossing_line(&crossing));
                     } else {
                         tracing::warn!(tenant_id = %crossing.tenant_id, spent_usd = crossing.spent_usd,
                             soft_usd_per_day = crossing.soft_usd_per_day, "a tenant crossed its soft daily budget");
@@ -163,8 +154,9 @@ async fn store_with_retry(pool: &PgPool, records: Records<'_>, emit_log: bool) {
     tracing::error!(rows = records.calls.len(), "giving up storing model calls; they remain in the logs");
 }
 
-async fn store(pool: &PgPool, records: Records<'_>) -> sqlx::Result<Vec<crate::store::budgets::SoftCrossing>> {
-    crate::store::usage::write_batch(pool, records.calls, records.timings, records.released).await
+/// One line on stdout, whole (the lock keeps lines of concurrent writers apart).
+fn print_line(line: &serde_json::Value) {
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
 }
 
 /// What an alarm on budgets hangs on: one line per tenant and day, in EMF.

@@ -17,6 +17,17 @@ pub struct Limits {
     pub tenant_soft_usd_per_day: Option<f64>,
 }
 
+impl Limits {
+    /// The soft daily limit in force: the lower of the operator's and the
+    /// tenant's (as `least(...)` in the usage writer's statement).
+    pub fn soft_usd_per_day_in_force(&self) -> Option<f64> {
+        match (self.soft_usd_per_day, self.tenant_soft_usd_per_day) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
 /// The hard limit a call would pass.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct Refusal {

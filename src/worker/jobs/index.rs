@@ -26,11 +26,12 @@ pub async fn run(state: &AppState, tenant_id: Uuid, document_id: Uuid, last_atte
             // Nothing is lost: the document waits, `queued` with the reason,
             // and the sweeper sends its job again when there is room.
             let reason = if exceeded.larger_than_limit() {
-                let unit = if exceeded.unit == "tokens" { " tokens" } else { " USD" };
                 format!(
-                    "paused: embedding it needs {}{unit}, more than the whole {} limit of {}{unit}; \
+                    "paused: embedding it needs {}, more than the whole {} limit of {}; \
                      indexing resumes when the limit is raised",
-                    exceeded.needed, exceeded.period, exceeded.limit
+                    exceeded.amount(exceeded.needed),
+                    exceeded.period,
+                    exceeded.amount(exceeded.limit)
                 )
             } else {
                 format!("paused: {exceeded}; indexing resumes then, or when the limit is raised")
