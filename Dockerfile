@@ -14,6 +14,9 @@ RUN mkdir -p src/bin && echo 'fn main() {}' > src/main.rs && echo 'fn main() {}'
 # 2. The application.
 COPY src ./src
 COPY migrations ./migrations
+# The console's files are built into the binary (its script is the committed build in dist/).
+COPY console/index.html console/app.css ./console/
+COPY console/dist ./console/dist
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin stolid
 
 # 3. The local provider's embedding model (all-MiniLM-L6-v2, Apache-2.0), from

@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PORT ?= 8080
 CARGO ?= cargo
 
-.PHONY: up infra build test bench-ingest bench-fleet bench-api bench-chunk eval chaos lint fmt clean-test-dbs
+.PHONY: up infra build test console console-check bench-ingest bench-fleet bench-api bench-chunk eval chaos lint fmt clean-test-dbs
 
 ## up: start the local stack, create a dev API key once (kept in .env), run stolid in the foreground
 up: infra build
@@ -20,9 +20,17 @@ infra:
 build:
 	$(CARGO) build --locked --bins
 
-## test: the whole suite against the real local stack
-test: infra clean-test-dbs
+## test: the whole suite against the real local stack, the console's browser tests included
+test: infra clean-test-dbs console-check
 	$(CARGO) test --locked --no-fail-fast --lib --bins --tests
+
+## console: rebuild console/dist/app.js from console/src (esbuild + Chart.js); commit the result
+console:
+	@scripts/console.sh build
+
+## console-check: the browser tests' tools (Node packages, Debian's chromium), and dist/ is current
+console-check:
+	@scripts/console.sh check
 
 ## drop databases left by interrupted test runs
 clean-test-dbs:

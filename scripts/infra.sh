@@ -19,13 +19,9 @@ VENV="$PWD/.local/venv"
 BUCKET="${S3_BUCKET:-stolid-dev}"
 QUEUE="${SQS_QUEUE_NAME:-stolid-jobs}"
 MAX_RECEIVES="${SQS_MAX_RECEIVE_COUNT:-5}"
-log() { echo "[infra] $*" >&2; }
-as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+LOG_PREFIX=infra
+source scripts/lib.sh
 as_postgres() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else sudo -u postgres --preserve-env=PGOPTIONS "$@"; fi; }
-apt_install() {
-  [ -n "${APT_UPDATED:-}" ] || { as_root apt-get update -qq; APT_UPDATED=1; }
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "$@" >/dev/null
-}
 
 # --- PostgreSQL -------------------------------------------------------------
 if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then

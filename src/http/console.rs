@@ -10,7 +10,7 @@ use axum::routing::get;
 use crate::state::AppState;
 
 const INDEX: &str = include_str!("../../console/index.html");
-const SCRIPT: &str = include_str!("../../console/app.js");
+const SCRIPT: &str = include_str!("../../console/dist/app.js");
 const STYLE: &str = include_str!("../../console/app.css");
 
 /// Only our own files run; API calls go to our own origin.

@@ -21,7 +21,7 @@ use crate::ingest::extract::Format;
 use crate::queue::Job;
 use crate::state::AppState;
 use crate::store::chunks::{self, ChunkView};
-use crate::store::documents::{self, Document, DocumentFilter, DocumentStatus};
+use crate::store::documents::{self, CollectionSummary, Document, DocumentFilter, DocumentStatus};
 use crate::tenant::Tenant;
 
 pub fn router() -> Router<AppState> {
@@ -34,6 +34,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/documents/{id}/summarize", post(summarize_document))
         .route("/v1/documents/reindex", post(reindex_documents))
         .route("/v1/documents/summarize", post(summarize_documents))
+        .route("/v1/collections", get(list_collections))
 }
 
 /// JSON upload: inline `text`, or `s3_uri` of an object under the caller's
@@ -271,6 +272,18 @@ pub async fn list_documents(
         None
     };
     Ok(AppJson(DocumentList { documents: docs, next_cursor }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CollectionList {
+    collections: Vec<CollectionSummary>,
+}
+
+/// The tenant's collections, by name, with their document, indexed and chunk counts.
+#[utoipa::path(get, path = "/v1/collections", tag = "documents", security(("api_key" = [])),
+    responses((status = 200, body = CollectionList)))]
+pub async fn list_collections(State(state): State<AppState>, tenant: Tenant) -> Result<AppJson<CollectionList>> {
+    Ok(AppJson(CollectionList { collections: documents::collections(&state.db, tenant.id).await? }))
 }
 
 async fn find(state: &AppState, tenant: &Tenant, id: Uuid) -> Result<Document> {

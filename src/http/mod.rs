@@ -42,7 +42,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
         health::healthz, health::readyz, me::me, search::search,
         usage::get_usage, budget::get_budget, budget::put_budget, ops::get_signals, agent::run_agent, suggest::suggest_questions, openai_compat::chat_completions,
         chat::chat, chat::list_conversations, chat::get_conversation, chat::delete_conversation,
-        documents::create_documents, documents::list_documents, documents::get_document,
+        documents::create_documents, documents::list_documents, documents::list_collections, documents::get_document,
         documents::list_chunks, documents::get_content, documents::delete_document, documents::reindex_document,
         documents::summarize_document, documents::reindex_documents, documents::summarize_documents,
     ),

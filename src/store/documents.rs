@@ -180,6 +180,26 @@ pub async fn list(
     .await
 }
 
+/// A collection of the tenant's, with how much of it is searchable.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
+pub struct CollectionSummary {
+    pub name: String,
+    pub documents: i64,
+    pub indexed: i64,
+    pub chunks: i64,
+}
+
+pub async fn collections(db: impl PgExecutor<'_>, tenant_id: Uuid) -> sqlx::Result<Vec<CollectionSummary>> {
+    sqlx::query_as(
+        "SELECT collection AS name, count(*) AS documents, count(*) FILTER (WHERE status = 'indexed') AS indexed,
+                coalesce(sum(chunk_count), 0)::int8 AS chunks
+         FROM documents WHERE tenant_id = $1 GROUP BY collection ORDER BY collection",
+    )
+    .bind(tenant_id)
+    .fetch_all(db)
+    .await
+}
+
 /// Deletes the row (chunks and embeddings cascade); returns its S3 key.
 pub async fn delete(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid) -> sqlx::Result<Option<String>> {
     sqlx::query_scalar("DELETE FROM documents WHERE tenant_id = $1 AND id = $2 RETURNING s3_key")

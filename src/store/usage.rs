@@ -235,7 +235,21 @@ pub struct ConversationCosts {
     pub p50_cost_usd: Option<f64>,
     pub p95_cost_usd: Option<f64>,
     pub max_cost_usd: Option<f64>,
+    /// The distribution as up to `COST_BUCKETS` equal-width buckets from 0 to
+    /// the maximum (one when every conversation cost the same); empty without conversations.
+    #[sqlx(json)]
+    pub histogram: Vec<CostBucket>,
 }
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct CostBucket {
+    pub from_usd: f64,
+    pub to_usd: f64,
+    pub conversations: i64,
+}
+
+/// Enough to see the shape of a long tail, few enough to read as bars.
+const COST_BUCKETS: i32 = 12;
 
 pub async fn conversation_costs(
     db: impl PgExecutor<'_>,
@@ -245,20 +259,36 @@ pub async fn conversation_costs(
 ) -> sqlx::Result<ConversationCosts> {
     sqlx::query_as(
         "WITH per_conversation AS (
-             SELECT conversation_id, sum(cost_usd) AS cost
+             SELECT conversation_id, sum(cost_usd)::float8 AS cost
              FROM model_calls
              WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3 AND conversation_id IS NOT NULL
-             GROUP BY conversation_id)
+             GROUP BY conversation_id),
+         top AS (SELECT max(cost) AS max_cost FROM per_conversation),
+         -- Bucket n of N covers [max (n-1)/N, max n/N); the maximum itself goes in the last.
+         bucketed AS (
+             SELECT CASE WHEN max_cost > 0 THEN least(width_bucket(cost, 0, max_cost, $4), $4) ELSE 1 END AS bucket,
+                    CASE WHEN max_cost > 0 THEN $4 ELSE 1 END AS buckets, max_cost
+             FROM per_conversation, top),
+         counts AS (SELECT bucket, count(*) AS conversations FROM bucketed GROUP BY bucket),
+         histogram AS (
+             SELECT coalesce(jsonb_agg(jsonb_build_object(
+                        'from_usd', max_cost * (b - 1) / buckets, 'to_usd', max_cost * b / buckets,
+                        'conversations', coalesce(counts.conversations, 0)) ORDER BY b), '[]') AS histogram
+             FROM (SELECT DISTINCT buckets, max_cost FROM bucketed) AS shape
+             CROSS JOIN generate_series(1, shape.buckets) AS b
+             LEFT JOIN counts ON counts.bucket = b)
          SELECT count(*) AS count,
                 avg(cost)::float8 AS mean_cost_usd,
                 percentile_cont(0.50) WITHIN GROUP (ORDER BY cost) AS p50_cost_usd,
                 percentile_cont(0.95) WITHIN GROUP (ORDER BY cost) AS p95_cost_usd,
-                max(cost)::float8 AS max_cost_usd
+                max(cost)::float8 AS max_cost_usd,
+                (SELECT histogram FROM histogram) AS histogram
          FROM per_conversation",
     )
     .bind(tenant_id)
     .bind(from)
     .bind(to)
+    .bind(COST_BUCKETS)
     .fetch_one(db)
     .await
 }

@@ -1,14 +1,20 @@
-//! The web console's files, as the binary serves them. (What a person does
-//! with them in a browser is not tested here yet: see the README.)
+//! The web console: its files as the binary serves them, and what a newcomer
+//! does with it in a real browser (headless Debian Chromium driven by
+//! playwright-core, `console/e2e/console.mjs`; `make infra` installs both).
 
-use crate::helpers::spawn_app;
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::helpers::{Options, spawn_app, spawn_app_with_fake};
 
 /// `/console` and its script and style come from the binary itself, with their
 /// types and a policy that lets only our own files run; no key is needed to
-/// load them, and the script calls nothing but the public `/v1` API.
+/// load them. The script is the committed build of `console/src`.
 #[tokio::test]
 async fn the_console_is_served_from_the_binary_with_a_strict_policy() {
     let app = spawn_app().await;
+    let built = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("console/dist/app.js")).unwrap();
     for (path, content_type, marker) in [
         ("/console", "text/html", "<form id=\"sign-in-form\">"),
         ("/console/app.js", "text/javascript", "sessionStorage"),
@@ -22,10 +28,51 @@ async fn the_console_is_served_from_the_binary_with_a_strict_policy() {
         let body = response.text().await.unwrap();
         assert!(body.contains(marker), "{path}");
         if path.ends_with(".js") {
-            let calls: Vec<&str> = body.match_indices("api(`").map(|(i, _)| &body[i + 5..i + 9]).collect();
-            let calls: Vec<&str> =
-                calls.into_iter().chain(body.match_indices("api(\"").map(|(i, _)| &body[i + 5..i + 9])).collect();
-            assert!(!calls.is_empty() && calls.iter().all(|c| *c == "/v1/"), "{calls:?}");
+            assert_eq!(body, built, "the served script is console/dist/app.js");
         }
     }
+}
+
+/// Sign in (a wrong key first), see an empty tenant's pages, drop a Markdown
+/// file and watch it reach `indexed`, read its chunks, get suggestions while
+/// typing, ask and watch the answer stream in, open the cited passage, run the
+/// agent and watch its tool calls, reopen a conversation, and find the calls
+/// in usage. The script also fails on any console error, CSP violation or
+/// request outside `/console` and `/v1`. Screenshots of each page land in
+/// `target/tmp/console-screenshots`.
+#[tokio::test]
+async fn a_newcomer_uses_the_console_in_a_real_browser() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    for needed in [root.join("console/node_modules/playwright-core"), chromium.clone().into()] {
+        assert!(needed.exists(), "{} is missing: `make infra` installs the browser tests' tools", needed.display());
+    }
+    // Small chunks, so each section of the uploaded handbook is a passage of its own.
+    let env = HashMap::from([("CHUNK_MAX_TOKENS", "30".to_string()), ("CHUNK_OVERLAP_TOKENS", "0".to_string())]);
+    let (app, fake) = spawn_app_with_fake(Options { env, ..Options::default() }).await;
+    // Words arrive apart, as from a real model, so the page can show a reply being written.
+    fake.set_stream_gap(Duration::from_millis(40));
+    let screenshots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
+    let run = tokio::process::Command::new("node")
+        .arg(root.join("console/e2e/console.mjs"))
+        .env("STOLID_URL", &app.address)
+        .env("STOLID_KEY", &app.api_key)
+        .env("CHAT_MODEL", &app.state.config.llm.chat_model)
+        .env("SCREENSHOTS", &screenshots)
+        .env("CHROMIUM", &chromium)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(240), run)
+        .await
+        .expect("the browser test finished within 4 minutes")
+        .expect("node runs (`make infra` installs it if missing)");
+    let report = format!(
+        "{}{}\nscreenshots: {}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+        screenshots.display()
+    );
+    println!("{report}");
+    assert!(output.status.success(), "the browser test failed:\n{report}");
+    assert!(report.contains("ok   usage shows the calls just made"), "every step ran:\n{report}");
 }

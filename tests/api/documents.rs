@@ -283,11 +283,27 @@ async fn listing_filters_and_pages_within_the_tenant() {
     assert_eq!(even["documents"].as_array().unwrap().len(), 3);
     let bad = app.get("/v1/documents?status=done").send().await.unwrap();
     assert_eq!(bad.status(), 422);
+    // Collections by name, with what of them is searchable once indexed.
+    app.drain_queue().await;
+    let collections: Value = app.get_json("/v1/collections").await;
+    let counts: Vec<(&str, i64, i64, bool)> = collections["collections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let name = c["name"].as_str().unwrap();
+            (name, c["documents"].as_i64().unwrap(), c["indexed"].as_i64().unwrap(), c["chunks"].as_i64().unwrap() > 0)
+        })
+        .collect();
+    assert_eq!(counts, [("even", 3, 3, true), ("odd", 2, 2, true)], "{collections}");
 
     let other = app.new_tenant("globex").await;
     let theirs: Value =
         app.client.get(app.url("/v1/documents")).bearer_auth(&other).send().await.unwrap().json().await.unwrap();
     assert_eq!(theirs["documents"].as_array().unwrap().len(), 0);
+    let their_collections: Value =
+        app.client.get(app.url("/v1/collections")).bearer_auth(&other).send().await.unwrap().json().await.unwrap();
+    assert_eq!(their_collections["collections"], json!([]));
     let id = &seen[0];
     let peek = app.client.get(app.url(&format!("/v1/documents/{id}"))).bearer_auth(&other).send().await.unwrap();
     assert_eq!(peek.status(), 404);

@@ -75,6 +75,13 @@ async fn usage_reports_sums_and_per_conversation_percentiles() {
     assert!((conversations["p50_cost_usd"].as_f64().unwrap() - 10.5).abs() < 1e-9);
     assert!((conversations["p95_cost_usd"].as_f64().unwrap() - 19.05).abs() < 1e-9, "{conversations}");
     assert!((conversations["max_cost_usd"].as_f64().unwrap() - 20.0).abs() < 1e-9);
+    // Costs 1..=20 in 12 buckets of $1.67 from 0 to 20; the maximum counts in the last.
+    let histogram = conversations["histogram"].as_array().unwrap();
+    let counts: Vec<i64> = histogram.iter().map(|b| b["conversations"].as_i64().unwrap()).collect();
+    assert_eq!(counts, [1, 2, 1, 2, 2, 1, 2, 2, 1, 2, 2, 2], "{conversations}");
+    assert_eq!(histogram[0]["from_usd"], 0.0);
+    assert!((histogram[11]["to_usd"].as_f64().unwrap() - 20.0).abs() < 1e-9);
+    assert!((histogram[1]["from_usd"].as_f64().unwrap() - 20.0 / 12.0).abs() < 1e-9);
 
     let by_endpoint: Value = app.get_json("/v1/usage?group_by=endpoint").await;
     let keys: Vec<&str> =
@@ -86,6 +93,7 @@ async fn usage_reports_sums_and_per_conversation_percentiles() {
     let earlier: Value = app.get_json("/v1/usage?from=2020-01-01&to=2020-02-01").await;
     assert_eq!(earlier["groups"].as_array().unwrap().len(), 0);
     assert_eq!(earlier["conversations"]["count"], 0);
+    assert_eq!(earlier["conversations"]["histogram"], serde_json::json!([]));
 
     let other = app.new_tenant("globex").await;
     let theirs: Value =
