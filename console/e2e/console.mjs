@@ -86,9 +86,9 @@ try {
     await shot("02-wrong-key");
   });
 
-  await step("signing in opens an empty tenant's documents without errors", async () => {
+  await step("signing in with the keyboard alone opens an empty tenant's documents", async () => {
     await page.getByLabel("API key").fill(apiKey);
-    await page.getByRole("button", { name: "Sign in" }).click();
+    await page.getByLabel("API key").press("Enter");
     await visible("#no-documents");
     await expectText("#who", /tenant .* provider/);
     if (await page.locator("#error").isVisible()) throw new Error(await page.locator("#error").innerText());
@@ -147,6 +147,10 @@ try {
     await expectText("#passage-text", /twenty five vacation days per year/);
     await expectText("#conversation-list", /vacation days/);
     await shot("06-chat-cited");
+    await page.getByRole("button", { name: "Open in its document" }).click();
+    await expectText("#document-chunks li.cited", /twenty five vacation days per year/);
+    await page.getByRole("button", { name: "Playground" }).click();
+    await expectText("#transcript .turn.assistant", /twenty five vacation days/);
   });
 
   await step("the agent shows its tool calls as it makes them, then answers with citations", async () => {

@@ -75,7 +75,8 @@ async function act(path, method, done) {
 }
 
 /// A document: its status, metadata and summary, and its chunks with heading paths.
-export async function showDocument(id) {
+/// (`chunkId`: scroll to that chunk and mark it, as when a citation is followed.)
+export async function showDocument(id, chunkId) {
   const [doc, page] = await Promise.all([api(`/v1/documents/${id}`), api(`/v1/documents/${id}/chunks?limit=${CHUNK_PAGE}`)]);
   const view = $("#document-view");
   view.dataset.id = id;
@@ -96,7 +97,9 @@ export async function showDocument(id) {
   $("#document-chunks").replaceChildren();
   appendChunks(doc, page.chunks);
   view.hidden = false;
-  view.scrollIntoView({ block: "start" });
+  const cited = chunkId && document.getElementById(`chunk-${chunkId}`);
+  if (cited) cited.classList.add("cited");
+  (cited || view).scrollIntoView({ block: "start" });
 }
 
 const CHUNK_PAGE = 200;

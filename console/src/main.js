@@ -2,7 +2,7 @@
 // call goes through the public /v1 API with the key signed in with.
 
 import { api, key } from "./api.js";
-import { loadCollections, loadDocuments, stopRefreshing, wireDocuments } from "./documents.js";
+import { loadCollections, loadDocuments, showDocument, stopRefreshing, wireDocuments } from "./documents.js";
 import { $, $$, run } from "./dom.js";
 import { loadConversations, wirePlayground } from "./playground.js";
 import { loadUsage, wireUsage } from "./usage.js";
@@ -52,5 +52,12 @@ document.addEventListener("DOMContentLoaded", () => {
   wireDocuments();
   wirePlayground();
   wireUsage();
+  // A cited passage opens in its document (the playground does not know the views).
+  document.addEventListener("open-document", (e) =>
+    run(async () => {
+      await show("documents");
+      await showDocument(e.detail.id, e.detail.chunkId);
+    }),
+  );
   if (key.get()) run(() => signIn(key.get()));
 });

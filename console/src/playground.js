@@ -77,6 +77,7 @@ function openPassage(citation) {
   passage.dataset.chunkId = citation.chunk_id;
   $("#passage-source").textContent = `[${citation.number}] ` + [citation.title, ...citation.heading_path].join(" › ");
   $("#passage-text").textContent = citation.snippet;
+  $("#passage-open").onclick = () => document.dispatchEvent(new CustomEvent("open-document", { detail: { id: citation.document_id, chunkId: citation.chunk_id } }));
   passage.hidden = false;
   passage.focus();
 }
