@@ -102,7 +102,7 @@ try {
     await shot("03-usage-empty");
   });
 
-  await step("a Markdown file dropped with a collection and metadata reaches indexed", async () => {
+  await step("a Markdown file dropped with a collection and metadata reaches indexed; an image beside it is refused with the API's reason", async () => {
     await page.getByRole("button", { name: "Documents" }).click();
     await page.locator("#collection").fill("handbook");
     await page.getByLabel("Metadata (JSON object)").fill('{"team": "people"}');
@@ -110,9 +110,11 @@ try {
     await page.evaluate((text) => {
       const data = new DataTransfer();
       data.items.add(new File([text], "handbook.md", { type: "text/markdown" }));
+      data.items.add(new File([new Uint8Array([0x89, 0x50, 0x4e, 0x47, 13, 10, 26, 10])], "photo.png", { type: "image/png" }));
       document.querySelector("#drop").dispatchEvent(new DragEvent("drop", { dataTransfer: data, bubbles: true, cancelable: true }));
     }, HANDBOOK);
-    await expectText("#upload-status", /1 uploaded/);
+    await expectText("#upload-status", /^1 of 2 uploaded; 1 refused/);
+    await expectText("#upload-refused", /^photo\.png: unsupported type image\/png.* \(unsupported_media_type\)$/);
     await expectText("#document-table tbody tr:has-text('handbook') .status", /^indexed$/);
     await shot("04-documents-indexed");
   });

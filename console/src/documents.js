@@ -125,26 +125,60 @@ function appendChunks(doc, chunks) {
     });
 }
 
-async function upload(files) {
+/// Files go one per request, a few at a time: each is held to the server's body
+/// limit alone, and one refused file (an image, an empty file) does not stop the rest.
+const UPLOADS_AT_ONCE = 3;
+
+async function upload(chosen) {
+  const files = [...chosen];
   if (!files.length) throw new Error("choose or drop at least one file");
-  const form = new FormData();
-  for (const file of files) form.append("file", file);
   const collection = $("#collection").value.trim();
-  if (collection) form.append("collection", collection);
   const metadata = $("#metadata").value.trim();
   if (metadata) {
+    let parsed;
     try {
-      JSON.parse(metadata);
+      parsed = JSON.parse(metadata);
     } catch {
-      throw new Error("metadata must be a JSON object, e.g. {\"team\": \"docs\"}");
+      // Checked here so that no file is sent with metadata the API would refuse.
     }
-    form.append("metadata", metadata);
+    if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
+      throw new Error('metadata must be a JSON object, e.g. {"team": "docs"}');
+    }
   }
-  $("#upload-status").textContent = `uploading ${files.length} file(s)…`;
-  const { documents } = await api("/v1/documents", { method: "POST", body: form });
-  const duplicates = documents.filter((d) => d.duplicate).length;
-  $("#upload-status").textContent =
-    `${documents.length} uploaded` + (duplicates ? `, ${duplicates} already there (same content)` : "") + "; indexing shows below.";
+  const status = $("#upload-status");
+  const refused = $("#upload-refused");
+  refused.replaceChildren();
+  let sent = 0;
+  let uploaded = 0;
+  let duplicates = 0;
+  const progress = () => (status.textContent = `uploading: ${sent} of ${files.length} sent…`);
+  progress();
+  const queue = [...files];
+  const worker = async () => {
+    for (let file = queue.shift(); file; file = queue.shift()) {
+      const form = new FormData();
+      form.append("file", file);
+      if (collection) form.append("collection", collection);
+      if (metadata) form.append("metadata", metadata);
+      try {
+        const { documents } = await api("/v1/documents", { method: "POST", body: form });
+        uploaded += documents.length;
+        duplicates += documents.filter((d) => d.duplicate).length;
+      } catch (error) {
+        // The API's reason usually names the file already.
+        refused.append(el("li", {}, error.message.startsWith(file.name) ? error.message : `${file.name}: ${error.message}`));
+      }
+      sent += 1;
+      progress();
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(UPLOADS_AT_ONCE, files.length) }, worker));
+  const failures = files.length - uploaded;
+  status.textContent =
+    `${uploaded} of ${files.length} uploaded` +
+    (duplicates ? `, ${duplicates} already there (same content)` : "") +
+    (failures ? `; ${failures} refused (below)` : "") +
+    (uploaded ? "; indexing shows in the list." : ".");
   $("#files").value = "";
   await Promise.all([loadDocuments(), loadCollections()]);
 }
