@@ -21,8 +21,10 @@ build:
 	$(CARGO) build --locked --bins
 
 ## test: the whole suite against the real local stack, the console's browser tests included
+## (a green run drops its databases; a failed one keeps them to look at, until the next run)
 test: infra clean-test-dbs console-check
 	$(CARGO) test --locked --no-fail-fast --lib --bins --tests
+	@scripts/clean-test-dbs.sh
 
 ## console: rebuild console/dist/app.js from console/src (esbuild + Chart.js); commit the result
 console:

@@ -42,7 +42,7 @@ use stolid::store::chunks::Chunk;
 use stolid::store::search::{self, Scope};
 use stolid::testkit::bench;
 use stolid::testkit::fake_openai::FakeOpenAi;
-use stolid::testkit::infra::create_infra;
+use stolid::testkit::infra::create_infra_for;
 use stolid::testkit::process::Proc;
 use uuid::Uuid;
 
@@ -316,7 +316,7 @@ async fn main() -> anyhow::Result<()> {
         .collect();
 
     let fake = FakeOpenAi::start().await;
-    let infra = create_infra().await;
+    let infra = create_infra_for("bench").await;
     let mut env = infra.process_env();
     env.extend([
         ("OPENAI_API_KEY", "sk-bench".into()),

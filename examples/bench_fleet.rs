@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use stolid::testkit::bench;
 use stolid::testkit::fake_openai::{Arrival, BucketCaps, FakeOpenAi};
-use stolid::testkit::infra::create_infra;
+use stolid::testkit::infra::create_infra_for;
 use stolid::testkit::process::Proc;
 
 /// The provider's per-request limits (OpenAI's).
@@ -146,7 +146,7 @@ async fn run(
     corpus: &[(String, Vec<u8>)],
     latency: Duration,
 ) -> anyhow::Result<Outcome> {
-    let infra = create_infra().await;
+    let infra = create_infra_for("bench").await;
     let fake = FakeOpenAi::start().await;
     fake.set_latency(latency);
     fake.set_bucket_caps(BucketCaps {

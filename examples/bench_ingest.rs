@@ -20,7 +20,7 @@ use stolid::app::ProcessRole;
 use stolid::config::RateCap;
 use stolid::testkit::bench;
 use stolid::testkit::fake_openai::FakeOpenAi;
-use stolid::testkit::infra::{create_infra, start_app};
+use stolid::testkit::infra::{create_infra_for, start_app};
 
 struct Args {
     corpus: PathBuf,
@@ -53,7 +53,7 @@ async fn main() -> anyhow::Result<()> {
     let fake = FakeOpenAi::start().await;
     fake.set_latency(args.latency);
     fake.set_rate_cap(Some(RateCap { limit: args.provider_cap.unwrap_or(args.cap), window: args.window }));
-    let infra = create_infra().await;
+    let infra = create_infra_for("bench").await;
     let env = HashMap::from([
         ("OPENAI_API_KEY", "sk-bench".to_string()),
         ("OPENAI_BASE_URL", fake.base_url()),

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use stolid::testkit::fake_openai::{FakeOpenAi, Fault};
-use stolid::testkit::infra::{Infra, base_env, create_infra};
+use stolid::testkit::infra::{Infra, base_env, create_infra_for};
 use stolid::testkit::process;
 use stolid::testkit::proxy::{FaultProxy, ProxyMode, upstream_of, via};
 
@@ -95,7 +95,7 @@ struct Stack {
 
 impl Stack {
     async fn new(name: &str) -> Self {
-        let infra = create_infra().await;
+        let infra = create_infra_for("chaos").await;
         let fake = FakeOpenAi::start().await;
         let pg = FaultProxy::start(upstream_of(&infra.database_url).await).await;
         let aws = FaultProxy::start(upstream_of(&base_env()["AWS_ENDPOINT_URL"]).await).await;

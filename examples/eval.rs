@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde::Deserialize;
 use stolid::testkit::bench;
-use stolid::testkit::infra::{base_env, create_infra};
+use stolid::testkit::infra::{base_env, create_infra_for};
 use stolid::testkit::process::Proc;
 
 #[derive(Debug, Deserialize)]
@@ -87,7 +87,7 @@ async fn main() -> anyhow::Result<()> {
         corpus.push((collection, dir, files));
     }
 
-    let infra = create_infra().await;
+    let infra = create_infra_for("eval").await;
     let mut env = infra.process_env();
     env.extend([("WORKER_WAIT_TIME_SECS", "1".into())]);
     // The local provider's embedding model, as `make up` runs it (`--env LOCAL_EMBEDDING_MODEL_DIR=` turns it off).

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Drops the per-test databases (stolid_test_*) that interrupted runs left behind.
+# Drops the per-test databases (stolid_test_*) that earlier runs left behind. Benchmarks,
+# eval and chaos name theirs stolid_bench_*, stolid_eval_*, stolid_chaos_*: a run of theirs
+# going on meanwhile keeps its database.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 set -a; source .env; set +a

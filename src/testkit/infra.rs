@@ -80,10 +80,19 @@ impl Infra {
 /// Redrive limit of test queues: a message is delivered this many times, then dead-lettered.
 pub const MAX_RECEIVES: u32 = 3;
 
+/// A test's own database, bucket and queues (`stolid_test_*`, which `make
+/// test` drops before it runs).
 pub async fn create_infra() -> Infra {
+    create_infra_for("test").await
+}
+
+/// [`create_infra`] for a run of `purpose` (`bench`, `eval`, `chaos`): its
+/// database is `stolid_<purpose>_*`, so a `make test` started meanwhile does
+/// not drop it mid-run.
+pub async fn create_infra_for(purpose: &str) -> Infra {
     let env = base_env();
     let admin_url = &env["DATABASE_URL"];
-    let name = format!("stolid_test_{}", Uuid::new_v4().simple());
+    let name = format!("stolid_{purpose}_{}", Uuid::new_v4().simple());
     let admin = sqlx::PgPool::connect(admin_url).await.expect("connecting to the admin database");
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&admin)
