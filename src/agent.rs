@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::chat::prompt::{self, Citation};
 use crate::domain_error::{DomainError, Result};
-use crate::llm::{ChatMessage, ChatRequest, Role, TokenUsage, ToolSpec};
+use crate::llm::{CallContext, ChatMessage, ChatRequest, Role, TokenUsage, ToolSpec};
 use crate::retrieval::{self, Mode};
 use crate::signals::Stopwatch;
 use crate::state::AppState;
@@ -97,11 +97,11 @@ pub async fn run(
         None => Thread::start(&input.message),
     };
     let conversation_id = thread.id();
-    let ctx = tenant.call_context("agent", Some(conversation_id));
+    // Every call of the run, the tools' searches too, counts for the conversation and in `usage`.
+    let ctx = tenant.call_context("agent", Some(conversation_id)).metered();
     let mut messages = vec![ChatMessage::system(SYSTEM_PROMPT), ChatMessage::user(input.message.clone())];
     let mut passages: Vec<Hit> = Vec::new();
     let mut trace = Vec::new();
-    let mut usage = TokenUsage { input_tokens: 0, output_tokens: 0, cost_usd: 0.0 };
     let mut answer = None;
     let mut steps = 0;
     while steps < input.max_steps {
@@ -116,9 +116,6 @@ pub async fn run(
         };
         let response = state.gateway.chat(&ctx, &request).await?;
         stopwatch.model(response.latency);
-        usage.input_tokens += response.usage.input_tokens;
-        usage.output_tokens += response.usage.output_tokens;
-        usage.cost_usd += response.usage.cost_usd;
         if response.tool_calls.is_empty() {
             answer = Some(response.content);
             break;
@@ -147,7 +144,8 @@ pub async fn run(
         for call in &response.tool_calls {
             let arguments: Value = serde_json::from_str(&call.arguments).unwrap_or(Value::Null);
             let (output, summary, timings) =
-                run_tool(state, tenant, &input.scope, input.rerank, &call.name, &arguments, &mut passages).await?;
+                run_tool(state, tenant, &ctx, &input.scope, input.rerank, &call.name, &arguments, &mut passages)
+                    .await?;
             stopwatch.retrieved(timings);
             let step = TraceStep { step: steps, tool: call.name.clone(), arguments, result: summary };
             report(&progress, &mut trace, step).await;
@@ -159,6 +157,7 @@ pub async fn run(
         None => (format!("I stopped after {steps} steps without reaching an answer."), "max_steps"),
     };
     let citations = prompt::citations(&answer, &passages);
+    let usage = ctx.metered_usage();
     let assistant = crate::chat::answer_message(&answer, &citations, &usage);
     conversations::add_turn(&state.db, tenant.id, &thread, &input.message, assistant).await?;
     stopwatch.record(state, tenant, "agent", Some(conversation_id));
@@ -177,9 +176,11 @@ async fn report(progress: &Option<tokio::sync::mpsc::Sender<TraceStep>>, trace: 
 /// Runs one tool inside the caller's scope. Returns what the model sees and a
 /// one-line summary for the trace. Bad arguments are reported to the model, not
 /// raised: it can correct itself on the next step.
+#[allow(clippy::too_many_arguments)] // the run's state, each borrowed as it is
 async fn run_tool(
     state: &AppState,
     tenant: &Tenant,
+    ctx: &CallContext,
     scope: &Scope,
     rerank: bool,
     name: &str,
@@ -201,7 +202,7 @@ async fn run_tool(
                 min_similarity: Some(state.config.chat.min_similarity),
                 rerank,
             };
-            let retrieved = retrieval::search(state, &tenant.call_context("agent", None), search).await?;
+            let retrieved = retrieval::search(state, ctx, search).await?;
             let (hits, timings) = (retrieved.hits, retrieved.timings);
             if hits.is_empty() {
                 return Ok(("no matching passages".into(), "0 passages".into(), timings));

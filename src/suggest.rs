@@ -58,8 +58,8 @@ pub async fn suggest(state: &AppState, tenant: &Tenant, input: SuggestInput) -> 
     if topic.is_empty() {
         return Err(DomainError::invalid("give `text`, or a `conversation_id` with messages"));
     }
-    let empty = TokenUsage { input_tokens: 0, output_tokens: 0, cost_usd: 0.0 };
-    let ctx = tenant.call_context("suggest", input.conversation_id);
+    // `usage` is what every call cost: the query embedding and rerank with the suggestion.
+    let ctx = tenant.call_context("suggest", input.conversation_id).metered();
     let query = retrieval::Query {
         text: &topic,
         k: input.n * 2,
@@ -91,7 +91,7 @@ pub async fn suggest(state: &AppState, tenant: &Tenant, input: SuggestInput) -> 
     }
     if passages.is_empty() {
         stopwatch.record(state, tenant, "suggest", input.conversation_id);
-        return Ok(SuggestReply { suggestions: vec![], usage: empty });
+        return Ok(SuggestReply { suggestions: vec![], usage: ctx.metered_usage() });
     }
     let request = ChatRequest {
         task: Task::Suggest,
@@ -111,7 +111,7 @@ pub async fn suggest(state: &AppState, tenant: &Tenant, input: SuggestInput) -> 
     stopwatch.model(response.latency);
     let suggestions = parse(&response.content, &passages, input.n);
     stopwatch.record(state, tenant, "suggest", input.conversation_id);
-    Ok(SuggestReply { suggestions, usage: response.usage })
+    Ok(SuggestReply { suggestions, usage: ctx.metered_usage() })
 }
 
 /// Lines ending in a valid `[n]` become suggestions; anything else is dropped.

@@ -24,6 +24,7 @@ impl Tenant {
             conversation_id,
             endpoint,
             budgeted: self.budgeted,
+            meter: None,
         }
     }
 }

@@ -40,6 +40,8 @@ pub struct Prepared {
     /// Where the turn is stored: the same conversation, or one it starts;
     /// `None` for a stateless turn.
     pub thread: Option<Thread>,
+    /// For every model call of the turn; its meter adds up what the turn cost.
+    pub ctx: crate::llm::CallContext,
     pub prompt: Prompt,
     pub request: ChatRequest,
     /// The turn's time so far; recorded by [`finish`].
@@ -90,7 +92,7 @@ pub async fn prepare(state: &AppState, tenant: &Tenant, input: &ChatInput) -> Re
     let mut stopwatch = Stopwatch::start(!history.iter().any(|t| t.role == Role::User));
     let conversation_id = thread.as_ref().map(Thread::id);
     let chat = &state.config.chat;
-    let ctx = tenant.call_context("chat", conversation_id);
+    let ctx = tenant.call_context("chat", conversation_id).metered();
     let rewrite = input.rewrite_query && state.gateway.has_language_model();
     let standalone = if rewrite && history.iter().any(|t| t.role == Role::User) {
         let rewriting = std::time::Instant::now();
@@ -119,7 +121,7 @@ pub async fn prepare(state: &AppState, tenant: &Tenant, input: &ChatInput) -> Re
         temperature: Some(0.2),
         ..Default::default()
     };
-    Ok(Prepared { thread, prompt, request, stopwatch })
+    Ok(Prepared { thread, ctx, prompt, request, stopwatch })
 }
 
 /// The follow-up rewritten by the chat model into a query that stands alone.
@@ -149,26 +151,25 @@ async fn standalone_query(state: &AppState, ctx: &crate::llm::CallContext, histo
 pub async fn respond(state: &AppState, tenant: &Tenant, input: ChatInput) -> Result<ChatReply> {
     let mut prepared = prepare(state, tenant, &input).await?;
     if prepared.prompt.passages.is_empty() {
-        let usage = TokenUsage { input_tokens: 0, output_tokens: 0, cost_usd: 0.0 };
         let model = state.gateway.chat_model().to_string();
-        return finish(state, tenant, &input.message, prepared, NOT_FOUND.to_string(), usage, model).await;
+        return finish(state, tenant, &input.message, prepared, NOT_FOUND.to_string(), model).await;
     }
-    let ctx = tenant.call_context("chat", prepared.conversation_id());
-    let response = state.gateway.chat(&ctx, &prepared.request).await?;
+    let response = state.gateway.chat(&prepared.ctx, &prepared.request).await?;
     prepared.stopwatch.model(response.latency);
-    finish(state, tenant, &input.message, prepared, response.content, response.usage, response.model).await
+    finish(state, tenant, &input.message, prepared, response.content, response.model).await
 }
 
-/// Cites and stores the turn (question and answer) in one transaction.
+/// Cites and stores the turn (question and answer) in one transaction, with
+/// what all of its model calls cost (once the answer's call is recorded).
 pub async fn finish(
     state: &AppState,
     tenant: &Tenant,
     question: &str,
     prepared: Prepared,
     answer: String,
-    usage: TokenUsage,
     model: String,
 ) -> Result<ChatReply> {
+    let usage = prepared.ctx.metered_usage();
     let citations = prompt::citations(&answer, &prepared.prompt.passages);
     let reply = |message_id| ChatReply {
         conversation_id: prepared.conversation_id(),

@@ -43,8 +43,7 @@ pub async fn respond(state: AppState, tenant: Tenant, input: ChatInput) -> Resul
         };
         futures::stream::iter([Ok(StreamItem::Delta(NOT_FOUND.to_string())), Ok(StreamItem::Done(done))]).boxed()
     } else {
-        let ctx = tenant.call_context("chat", prepared.conversation_id());
-        state.gateway.chat_stream(ctx, prepared.request.clone()).await?
+        state.gateway.chat_stream(prepared.ctx.clone(), prepared.request.clone()).await?
     };
     let turn = Turn { state, tenant, question: input.message, prepared: Some(prepared), upstream };
     Ok(futures::stream::unfold(turn, |mut turn| async move {
@@ -61,7 +60,6 @@ pub async fn respond(state: AppState, tenant: Tenant, input: ChatInput) -> Resul
                     &turn.question,
                     prepared,
                     response.content,
-                    response.usage,
                     response.model,
                 )
                 .await;

@@ -42,7 +42,27 @@ pub struct CallContext {
     pub endpoint: &'static str,
     /// Whether the tenant has spend limits, so each call must reserve first ([`budget`]).
     pub budgeted: bool,
+    /// Adds up what every call made with this context (and its clones) cost,
+    /// so a chat turn can report all of its calls: the rewrite, the query
+    /// embedding, the rerank and the answer, not the answer alone.
+    pub meter: Option<std::sync::Arc<Meter>>,
 }
+
+impl CallContext {
+    /// This context with a fresh meter; read it with [`CallContext::metered_usage`].
+    pub fn metered(self) -> Self {
+        Self { meter: Some(Default::default()), ..self }
+    }
+
+    /// What the calls made with this context have cost so far (zero without a meter).
+    pub fn metered_usage(&self) -> TokenUsage {
+        self.meter.as_ref().map_or_else(TokenUsage::default, |m| m.0.lock().expect("meter lock").clone())
+    }
+}
+
+/// Tokens and cost of the calls made under one [`CallContext`], failed and cancelled ones included.
+#[derive(Debug, Default)]
+pub struct Meter(std::sync::Mutex<TokenUsage>);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -142,7 +162,7 @@ pub struct ChatOutput {
     pub tool_calls: Vec<ToolCall>,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct TokenUsage {
     pub input_tokens: u32,
     pub output_tokens: u32,
@@ -725,6 +745,12 @@ impl Gateway {
             error: attempt.error,
             created_at: chrono::Utc::now(),
         });
+        if let Some(meter) = &ctx.meter {
+            let mut total = meter.0.lock().expect("meter lock");
+            total.input_tokens += attempt.input_tokens;
+            total.output_tokens += attempt.output_tokens;
+            total.cost_usd += cost_usd;
+        }
         cost_usd
     }
 }

@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Options, TestApp, spawn_app, spawn_app_with_fake, sse_events};
+use crate::helpers::{Options, TestApp, recorded_usage, spawn_app, spawn_app_with_fake, sse_events};
 
 async fn index(app: &TestApp, docs: &[(&str, &str, &str)]) {
     app.index_all(
@@ -47,6 +47,26 @@ async fn the_agent_searches_then_answers_with_citations_and_a_trace() {
             .await
             .unwrap();
     assert_eq!(steps, 2, "each step is a model call recorded under the request id");
+    // `usage` is the whole run: both steps and the search tool's embedding (and rerank).
+    let (input, output, cost) = recorded_usage(&app, "agent-req-1").await;
+    assert_eq!(reply["usage"]["input_tokens"].as_i64().unwrap(), input, "{reply}");
+    assert_eq!(reply["usage"]["output_tokens"].as_i64().unwrap(), output, "{reply}");
+    assert!((reply["usage"]["cost_usd"].as_f64().unwrap() - cost).abs() < 1e-12, "{reply}");
+    let in_conversation: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM model_calls WHERE request_id = 'agent-req-1' AND conversation_id = $1::uuid",
+    )
+    .bind(reply["conversation_id"].as_str().unwrap())
+    .fetch_one(&app.state.db)
+    .await
+    .unwrap();
+    let all: i64 = sqlx::query_scalar("SELECT count(*) FROM model_calls WHERE request_id = 'agent-req-1'")
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
+    assert!(
+        all > 2 && in_conversation == all,
+        "the tools' calls count for the conversation too: {in_conversation} of {all}"
+    );
 }
 
 /// The loop is bounded: with one step allowed, a model that still wants a tool

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use stolid::testkit::fake_openai::Fault;
 
-use crate::helpers::{Options, TestApp, spawn_app_with_fake, sse_events};
+use crate::helpers::{Options, TestApp, recorded_usage, spawn_app_with_fake, sse_events};
 
 const DOCS: [(&str, &str); 3] = [
     ("ownership", "Each value in Rust has an owner. When the owner goes out of scope, the value is dropped."),
@@ -315,4 +315,51 @@ async fn the_chat_model_reranks_the_passages_before_answering() {
     let kept = chat(&app, ask).await;
     assert!(!kept["citations"].as_array().unwrap().is_empty(), "{kept}");
     assert_eq!(answer_context(), listed_titles(&fake.last_rerank_listing()), "the retrieval order is kept");
+}
+
+/// A turn's `usage` (and its stored message's tokens and cost) is what all of
+/// its model calls cost, as recorded: the follow-up's rewrite, the query
+/// embedding and the rerank as well as the answer, streamed or not.
+#[tokio::test]
+async fn a_turns_usage_is_every_model_call_it_made() {
+    let (app, fake) = spawn_app_with_fake(Options::default()).await;
+    index_docs(&app).await;
+    let first: Value = app
+        .post("/v1/chat")
+        .header("x-request-id", "turn-1")
+        .json(&json!({"message": "What happens when the owner goes out of scope?"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = first["conversation_id"].as_str().unwrap();
+    let streamed = app
+        .post("/v1/chat")
+        .header("x-request-id", "turn-2")
+        .json(&json!({"message": "And what does Cargo download?", "conversation_id": id, "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    let done = sse_events(streamed).await.into_iter().find(|(event, _)| event == "done").expect("a done event").1;
+    assert!(fake.stats().rerank_requests >= 1, "the turns made more calls than their answers");
+    let messages = app.get_json(&format!("/v1/conversations/{id}")).await["messages"].as_array().unwrap().clone();
+    for (request_id, reply, message) in [("turn-1", &first, &messages[1]), ("turn-2", &done, &messages[3])] {
+        let (input, output, cost) = recorded_usage(&app, request_id).await;
+        let usage = &reply["usage"];
+        assert_eq!(usage["input_tokens"].as_i64().unwrap(), input, "{request_id}: {reply}");
+        assert_eq!(usage["output_tokens"].as_i64().unwrap(), output, "{request_id}");
+        assert!((usage["cost_usd"].as_f64().unwrap() - cost).abs() < 1e-12, "{request_id}: {usage} vs {cost}");
+        assert_eq!(message["input_tokens"].as_i64().unwrap(), input, "{request_id}: the stored message");
+        assert!((message["cost_usd"].as_f64().unwrap() - cost).abs() < 1e-12, "{request_id}: the stored message");
+    }
+    // The answer's call alone was less: the rest is the embedding, the rerank (and the rewrite).
+    let (answer_input,): (i64,) = sqlx::query_as(
+        "SELECT input_tokens::int8 FROM model_calls WHERE request_id = 'turn-1' AND endpoint = 'chat' AND operation = 'chat'",
+    )
+    .fetch_one(&app.state.db)
+    .await
+    .unwrap();
+    assert!(answer_input < first["usage"]["input_tokens"].as_i64().unwrap(), "{first}");
 }

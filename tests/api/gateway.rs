@@ -17,6 +17,7 @@ fn ctx(app: &TestApp, request_id: &str) -> CallContext {
         conversation_id: None,
         endpoint: "test",
         budgeted: false,
+        meter: None,
     }
 }
 

@@ -228,3 +228,18 @@ pub async fn sse_events(response: reqwest::Response) -> Vec<(String, serde_json:
         })
         .collect()
 }
+
+/// What one request's model calls cost, from `model_calls`: input and output
+/// tokens, and USD.
+pub async fn recorded_usage(app: &TestApp, request_id: &str) -> (i64, i64, f64) {
+    app.state.gateway.recorder().flush().await;
+    sqlx::query_as(
+        "SELECT coalesce(sum(input_tokens), 0)::int8, coalesce(sum(output_tokens), 0)::int8,
+                coalesce(sum(cost_usd), 0)::float8
+         FROM model_calls WHERE request_id = $1",
+    )
+    .bind(request_id)
+    .fetch_one(&app.state.db)
+    .await
+    .unwrap()
+}

@@ -135,6 +135,7 @@ async fn index(state: &AppState, tenant_id: Uuid, document_id: Uuid) -> Result<(
             conversation_id: None,
             endpoint: "worker.index",
             budgeted: crate::store::budgets::is_budgeted(&state.db, tenant_id).await?,
+            meter: None,
         };
         // The chunker counted every chunk's own tokens already; only the short context line is new.
         let texts: Vec<String> = missing.iter().map(|c| chunk::embedding_text(&c.context, &c.content)).collect();
