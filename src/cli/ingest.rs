@@ -169,6 +169,11 @@ fn settled(doc: &Value) -> Option<Outcome> {
     }
 }
 
+/// The longest a `Retry-After` is waited out before each retry of an upload:
+/// a longer one (a reset tomorrow, say) would stall the whole run, so after
+/// its retries the file is reported as failed instead.
+const MAX_RETRY_AFTER_SECS: u64 = 30;
+
 async fn upload(
     client: &reqwest::Client,
     base: &str,
@@ -188,6 +193,11 @@ async fn upload(
         }
         let response = client.post(format!("{base}/v1/documents")).bearer_auth(key).multipart(form).send().await?;
         let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+            .map(|secs| Duration::from_secs(secs.min(MAX_RETRY_AFTER_SECS)));
         let body: Value = response.json().await.unwrap_or(Value::Null);
         if status.is_success() {
             let doc = body["documents"][0].clone();
@@ -197,7 +207,9 @@ async fn upload(
         // 429/503 are worth another try; anything else is this file's problem.
         if matches!(status.as_u16(), 429 | 503) && attempt < 5 {
             attempt += 1;
-            tokio::time::sleep(crate::retry::jittered_backoff(attempt)).await;
+            // The server's own estimate when it gives one, spread out so the retries do not arrive together.
+            let wait = retry_after.map_or_else(|| crate::retry::jittered_backoff(attempt), crate::retry::at_least);
+            tokio::time::sleep(wait).await;
             continue;
         }
         let message = body["error"]["message"].as_str().unwrap_or("request failed");

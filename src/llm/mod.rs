@@ -342,6 +342,18 @@ impl Gateway {
         self.embed_counted(ctx, inputs, tokens).await
     }
 
+    /// Holds room in the tenant's budget for embedding `tokens` with the
+    /// configured model, if the tenant has limits, until the guard is dropped:
+    /// for work cut into several calls (a large document's slices) that must
+    /// fit as a whole, whose calls then run with `budgeted: false`.
+    pub async fn reserve_embedding(
+        &self,
+        ctx: &CallContext,
+        tokens: usize,
+    ) -> Result<Option<budget::Reservation>, LlmError> {
+        self.reserve(ctx, || self.embedding_estimate(&self.config.embedding_model, tokens)).await
+    }
+
     /// [`Self::embed`] for inputs whose token counts the caller has already
     /// (`tokens[i]` is `count_tokens(&inputs[i])`).
     pub async fn embed_counted(

@@ -69,6 +69,9 @@ pub struct Document {
     /// Set while indexing waits for the tenant's budget (`queued`, `error`
     /// says why): when the period resets, if the limit is not raised sooner.
     pub paused_until: Option<DateTime<Utc>>,
+    /// Which generation of chunks is the document's (migration 0011).
+    #[serde(skip)]
+    pub chunk_generation: i64,
 }
 
 pub struct NewDocument<'a> {
@@ -222,9 +225,15 @@ pub async fn mark_processing(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid)
     Ok(())
 }
 
+/// Marks the document failed, dropping what unfinished attempts wrote (chunks
+/// of generations it does not show): its last indexed chunks stay searchable.
 pub async fn mark_failed(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid, reason: &str) -> sqlx::Result<()> {
     sqlx::query(
-        "UPDATE documents SET status = 'failed', error = $3, updated_at = now() WHERE tenant_id = $1 AND id = $2",
+        "WITH failed AS (
+             UPDATE documents SET status = 'failed', error = $3, updated_at = now() WHERE tenant_id = $1 AND id = $2
+             RETURNING id, chunk_generation
+         )
+         DELETE FROM chunks c USING failed f WHERE c.document_id = f.id AND c.generation <> f.chunk_generation",
     )
     .bind(tenant_id)
     .bind(id)
@@ -246,22 +255,26 @@ pub async fn mark_queued(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid) -> 
     .await
 }
 
+/// Marks the document indexed, showing the chunks of `chunk_generation`.
 pub async fn mark_indexed(
     db: impl PgExecutor<'_>,
     id: Uuid,
+    chunk_generation: i64,
     chunk_count: i32,
     token_count: i32,
     embedding_model: &str,
 ) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE documents SET status = 'indexed', error = NULL, chunk_count = $2, token_count = $3,
-                embedding_model = $4, indexed_at = now(), updated_at = now(), sweeps = 0, paused_until = NULL
+                embedding_model = $4, chunk_generation = $5, indexed_at = now(), updated_at = now(), sweeps = 0,
+                paused_until = NULL
          WHERE id = $1",
     )
     .bind(id)
     .bind(chunk_count)
     .bind(token_count)
     .bind(embedding_model)
+    .bind(chunk_generation)
     .execute(db)
     .await?;
     Ok(())
@@ -438,11 +451,15 @@ pub async fn record_sweep(db: impl PgExecutor<'_>, ids: &[Uuid]) -> sqlx::Result
     Ok(())
 }
 
-/// Fails unfinished documents for good, with the reason.
+/// Fails unfinished documents for good, with the reason (and without their unpublished chunks).
 pub async fn fail_unfinished(db: impl PgExecutor<'_>, ids: &[Uuid], reason: &str) -> sqlx::Result<()> {
     sqlx::query(
-        "UPDATE documents SET status = 'failed', error = $2, updated_at = now()
-         WHERE id = ANY($1) AND status IN ('queued', 'processing')",
+        "WITH failed AS (
+             UPDATE documents SET status = 'failed', error = $2, updated_at = now()
+             WHERE id = ANY($1) AND status IN ('queued', 'processing')
+             RETURNING id, chunk_generation
+         )
+         DELETE FROM chunks c USING failed f WHERE c.document_id = f.id AND c.generation <> f.chunk_generation",
     )
     .bind(ids)
     .bind(reason)

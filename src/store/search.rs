@@ -78,7 +78,8 @@ pub async fn vector(
          FROM chunk_embeddings e
          JOIN chunks c ON c.id = e.chunk_id
          JOIN documents d ON d.id = c.document_id
-         WHERE e.model = '{model}' AND d.embedding_model = e.model AND e.tenant_id = "
+         WHERE e.model = '{model}' AND d.embedding_model = e.model AND c.generation = d.chunk_generation
+           AND e.tenant_id = "
     ));
     q.push_bind(scope.tenant_id);
     push_scope(&mut q, scope);
@@ -142,15 +143,22 @@ pub async fn keyword(
     );
     q.push_bind(scope.tenant_id).push(" AND f.lexeme = ANY(").push_bind(terms.clone()).push(")), candidates AS (");
     if scope.collection.is_none() && scope.metadata_any.is_empty() {
-        // Index-only scans of `chunk_terms_rank_idx`, one per word, in rank order.
+        // Index-only scans of `chunk_terms_rank_idx`, one per word, in rank
+        // order; postings of chunks their document does not show (a generation
+        // still being written) are dropped before scoring.
         q.push(
-            "SELECT p.chunk_id FROM idf CROSS JOIN LATERAL (
-                 SELECT t.chunk_id, t.impact FROM chunk_terms t
-                 WHERE t.lexeme = idf.lexeme AND t.tenant_id = ",
+            "SELECT best.chunk_id FROM (
+                 SELECT p.chunk_id FROM idf CROSS JOIN LATERAL (
+                     SELECT t.chunk_id, t.impact FROM chunk_terms t
+                     WHERE t.lexeme = idf.lexeme AND t.tenant_id = ",
         );
         q.push_bind(scope.tenant_id).push(" ORDER BY t.impact DESC, t.chunk_id LIMIT ").push_bind(term_postings);
         q.push(") p GROUP BY p.chunk_id ORDER BY sum(idf.idf * p.impact) DESC, p.chunk_id LIMIT ");
         q.push_bind(rescored(k));
+        q.push(
+            ") best JOIN chunks c ON c.id = best.chunk_id JOIN documents d ON d.id = c.document_id
+             WHERE c.generation = d.chunk_generation",
+        );
     } else {
         for (i, term) in terms.iter().enumerate() {
             if i > 0 {
@@ -159,7 +167,8 @@ pub async fn keyword(
             // One branch per word, its lexeme a bound value: the planner sees each
             // match as an index condition of its own.
             q.push("(SELECT c.id AS chunk_id FROM chunks c JOIN documents d ON d.id = c.document_id");
-            q.push(" WHERE c.tsv @@ keyword_lexeme(").push_bind(term.clone()).push(") AND c.tenant_id = ");
+            q.push(" WHERE c.tsv @@ keyword_lexeme(").push_bind(term.clone());
+            q.push(") AND c.generation = d.chunk_generation AND c.tenant_id = ");
             q.push_bind(scope.tenant_id);
             push_scope(&mut q, scope);
             q.push(" LIMIT ").push_bind(SCOPED_TERM_CANDIDATES).push(")");

@@ -41,6 +41,7 @@ impl Proc {
         let mut child = command.spawn().expect("starting target/release/stolid (build it with --release first)");
         let stdout = child.stdout.take().expect("piped stdout");
         let (port_tx, port_rx) = std::sync::mpsc::channel();
+        let log_path = log.to_path_buf();
         let mut log = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("opening the log");
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -51,7 +52,15 @@ impl Proc {
                 }
             }
         });
-        let port = port_rx.recv_timeout(Duration::from_secs(60)).expect("stolid did not start listening");
+        let port = match port_rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(port) => port,
+            Err(why) => {
+                // Not left running: a run that gives up must not leak a server holding its database.
+                let _ = child.kill();
+                let exit = child.wait().map_or_else(|e| e.to_string(), |status| status.to_string());
+                panic!("stolid did not start listening ({why}; it ended with {exit}); its log: {}", log_path.display());
+            }
+        };
         Self { child, base: format!("http://127.0.0.1:{port}") }
     }
 

@@ -12,7 +12,9 @@
 //! - **stuck documents**, every `SWEEP_INTERVAL_SECS`: documents untouched
 //!   for `SWEEP_STUCK_AFTER_SECS` (longer than any job may run) get their
 //!   index job sent again; after `SWEEP_MAX_REQUEUES` sends a document is
-//!   `failed` with the reason. SQS cannot say whether a message exists for a
+//!   `failed` with the reason. Chunk generations a dead attempt left
+//!   half-written (opened longer ago than the threshold) are deleted in the
+//!   same pass. SQS cannot say whether a message exists for a
 //!   document, so while the queue holds messages (a backlog the document may
 //!   simply be waiting in) only documents idle six times as long are re-sent.
 //!   A duplicate message costs little: jobs are idempotent and reuse embeddings.
@@ -39,7 +41,7 @@ use uuid::Uuid;
 use crate::documents::document_of_original;
 use crate::queue::Job;
 use crate::state::AppState;
-use crate::store::{budgets, documents, leases};
+use crate::store::{budgets, chunks, documents, leases};
 
 /// How often the fleet lists the bucket for orphans: listing is billed per page.
 const ORPHAN_PASS_EVERY: Duration = Duration::from_secs(3600);
@@ -52,6 +54,8 @@ pub struct StuckReport {
     pub failed: usize,
     /// Idle past the threshold, but left alone while the queue has a backlog.
     pub deferred: usize,
+    /// Chunk generations a dead attempt left half-written, deleted.
+    pub abandoned: usize,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -94,7 +98,12 @@ async fn run_due_passes(state: &AppState, holder: Uuid) -> anyhow::Result<()> {
         let report = sweep_stuck(state).await?;
         log_pass(
             "stuck_documents",
-            json!({"requeued": report.requeued, "failed": report.failed, "deferred": report.deferred}),
+            json!({
+                "requeued": report.requeued,
+                "failed": report.failed,
+                "deferred": report.deferred,
+                "abandoned_generations": report.abandoned,
+            }),
         );
     }
     if leases::try_take(&state.db, "sweep_paused", holder, period).await? {
@@ -117,13 +126,15 @@ async fn run_due_passes(state: &AppState, holder: Uuid) -> anyhow::Result<()> {
 pub async fn sweep_stuck(state: &AppState) -> anyhow::Result<StuckReport> {
     let config = &state.config.worker.sweeper;
     let threshold = config.stuck_after.as_secs_f64();
+    // Jobs stop at JOB_TIMEOUT_SECS, shorter than the threshold: these will never be published.
+    let abandoned = chunks::delete_abandoned_generations(&state.db, threshold).await? as usize;
     let candidates = documents::unfinished(&state.db, threshold, BATCH).await?;
     if candidates.is_empty() {
-        return Ok(StuckReport::default());
+        return Ok(StuckReport { abandoned, ..StuckReport::default() });
     }
     let backlog = state.queue.depth().await.context("reading the queue depth")? > 0;
     let long_idle = chrono::Utc::now() - chrono::Duration::from_std(config.stuck_after * 6)?;
-    let mut report = StuckReport::default();
+    let mut report = StuckReport { abandoned, ..StuckReport::default() };
     let (mut resend, mut give_up) = (Vec::new(), Vec::new());
     for doc in candidates {
         if backlog && doc.updated_at > long_idle {

@@ -231,6 +231,128 @@ async fn indexing_twice_leaves_one_set_of_chunks_and_reuses_embeddings() {
     assert_eq!(fake.stats().embedding_requests, requests_after_first, "no embedding call for unchanged chunks");
 }
 
+/// A document of ~300 small chunks (three write slices), each paragraph naming `word`.
+fn large_text(word: &str) -> String {
+    (0..300).map(|i| format!("Paragraph {i} of the ledger mentions the {word} and its number {i}.\n\n")).collect()
+}
+
+/// An app whose embeddings go 16 inputs a request, one at a time, 100 ms each:
+/// a large document takes a couple of seconds to embed.
+async fn slow_embedding_app() -> (TestApp, stolid::testkit::fake_openai::FakeOpenAi) {
+    let env = HashMap::from([
+        ("CHUNK_MAX_TOKENS", "24".to_string()),
+        ("CHUNK_OVERLAP_TOKENS", "0".to_string()),
+        ("EMBED_MAX_BATCH_INPUTS", "16".to_string()),
+        ("EMBED_MAX_IN_FLIGHT", "1".to_string()),
+    ]);
+    let (app, fake) = spawn_app_with_fake(Options { env, ..Default::default() }).await;
+    fake.set_latency(Duration::from_millis(100));
+    (app, fake)
+}
+
+async fn chunk_rows(app: &TestApp, id: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM chunks WHERE document_id = $1::uuid")
+        .bind(id)
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap()
+}
+
+/// Waits until some but not all of the document's chunks are written while it
+/// is still indexing; `None` if it settled first.
+async fn wait_for_partial_write(app: &TestApp, id: &str) -> Option<i64> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let rows = chunk_rows(app, id).await;
+        let doc = app.get_json(&format!("/v1/documents/{id}")).await;
+        if doc["status"] != "processing" && doc["status"] != "queued" {
+            return None;
+        }
+        if rows > 0 {
+            return Some(rows);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+/// A large document's chunks are written in slices while the rest is still
+/// being embedded, and none of them is seen (listing, keyword and vector
+/// search) until the last slice makes the document indexed, all at once.
+#[tokio::test]
+async fn a_large_document_is_written_in_slices_unseen_until_it_is_indexed() {
+    let (app, fake) = slow_embedding_app().await;
+    let doc = upload_text(&app, json!({"text": large_text("zebrafish")})).await;
+    let id = doc["id"].as_str().unwrap().to_string();
+    let written = wait_for_partial_write(&app, &id).await.expect("slices written before the document is indexed");
+    assert!(written % 128 == 0, "whole slices: {written}");
+    assert!(chunks(&app, &id).await.is_empty(), "a half-written generation is listed");
+    for mode in ["keyword", "vector", "hybrid"] {
+        let body = app.post_json("/v1/search", &json!({"query": "zebrafish ledger", "mode": mode})).await;
+        assert_eq!(body["results"], json!([]), "{mode} search sees a half-written generation: {body}");
+    }
+    let done = wait_until_settled(&app, &id).await;
+    assert_eq!(done["status"], "indexed", "{done}");
+    let count = done["chunk_count"].as_i64().unwrap();
+    assert!(count > 256, "three slices or more: {count}");
+    assert_eq!(chunk_rows(&app, &id).await, count);
+    assert!(!chunks(&app, &id).await.is_empty());
+    let body = app.post_json("/v1/search", &json!({"query": "zebrafish ledger", "mode": "keyword"})).await;
+    assert_eq!(body["results"][0]["document_id"], json!(id), "{body}");
+    assert!(fake.stats().embedding_requests >= (count as u64).div_ceil(16));
+}
+
+/// A large document that fails for good partway through keeps none of the
+/// slices it had written.
+#[tokio::test]
+async fn a_large_document_failing_partway_keeps_no_half_written_chunks() {
+    let (app, fake) = slow_embedding_app().await;
+    let doc = upload_text(&app, json!({"text": large_text("okapi")})).await;
+    let id = doc["id"].as_str().unwrap().to_string();
+    wait_for_partial_write(&app, &id).await.expect("slices written before the failure");
+    fake.push_faults([Fault::QuotaExhausted]);
+    let done = wait_until_settled(&app, &id).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert!(done["error"].as_str().unwrap().contains("quota"), "{done}");
+    assert_eq!(chunk_rows(&app, &id).await, 0, "the failed attempt's slices were left behind");
+}
+
+/// Two deliveries of one large document's job running at once (a visibility
+/// timeout that ran out) leave exactly one generation, the one the document shows.
+#[tokio::test]
+async fn two_deliveries_at_once_of_a_large_document_leave_one_set() {
+    let (app, _fake) = slow_embedding_app().await;
+    let doc = upload_text(&app, json!({"text": large_text("narwhal")})).await;
+    let id = doc["id"].as_str().unwrap().to_string();
+    let first = wait_until_settled(&app, &id).await;
+    assert_eq!(first["status"], "indexed");
+    let doc_id: uuid::Uuid = id.parse().unwrap();
+    // Queued again without a message, so only the two runs below index it.
+    sqlx::query("UPDATE documents SET status = 'queued' WHERE id = $1")
+        .bind(doc_id)
+        .execute(&app.state.db)
+        .await
+        .unwrap();
+    let (a, b) = tokio::join!(
+        stolid::worker::jobs::index::run(&app.state, app.tenant_id, doc_id, false),
+        stolid::worker::jobs::index::run(&app.state, app.tenant_id, doc_id, false),
+    );
+    a.unwrap();
+    b.unwrap();
+    let (rows, generations, stray): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT c.generation), count(*) FILTER (WHERE c.generation <> d.chunk_generation)
+         FROM chunks c JOIN documents d ON d.id = c.document_id WHERE d.id = $1",
+    )
+    .bind(doc_id)
+    .fetch_one(&app.state.db)
+    .await
+    .unwrap();
+    assert_eq!((rows, generations, stray), (first["chunk_count"].as_i64().unwrap(), 1, 0));
+    let again = app.get_json(&format!("/v1/documents/{id}")).await;
+    assert_eq!(again["status"], "indexed");
+    assert_eq!(again["chunk_count"], first["chunk_count"]);
+}
+
 /// Delete removes row, chunks and the S3 original, in any status; a job that
 /// runs afterwards writes nothing back.
 #[tokio::test]

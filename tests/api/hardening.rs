@@ -384,6 +384,62 @@ async fn the_sweeper_finishes_or_fails_documents_left_unfinished() {
     assert!(failed["error"].as_str().unwrap().contains("sent again 3 times"), "{failed}");
 }
 
+/// A chunk generation an attempt left half-written when its task died (opened
+/// longer ago than the stuck threshold, never published) is deleted by the
+/// sweeper; one still being written, and the generation the document shows, stay.
+#[tokio::test]
+async fn the_sweeper_deletes_generations_a_dead_attempt_left_half_written() {
+    let app = spawn_app().await;
+    let doc = upload_text(&app, json!({"text": "Published once.\n\nAnd kept."})).await;
+    let id: uuid::Uuid = doc["id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(wait_until_settled(&app, &id.to_string()).await["status"], "indexed");
+    let db = &app.state.db;
+    // Two unpublished copies of its chunks: one opened two hours ago, one just now.
+    let mut generations = Vec::new();
+    for opened_minutes_ago in [120.0, 0.0] {
+        let generation = stolid::store::chunks::next_generation(db).await.unwrap();
+        stolid::store::chunks::open_generation(db, id, generation).await.unwrap();
+        sqlx::query(
+            "UPDATE chunk_generations_open SET opened_at = now() - make_interval(secs => $2 * 60) WHERE generation = $1",
+        )
+        .bind(generation)
+        .bind(opened_minutes_ago)
+        .execute(db)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO chunks (id, tenant_id, document_id, generation, ordinal, content, content_hash, token_count,
+                                 start_offset, end_offset)
+             SELECT gen_random_uuid(), tenant_id, document_id, $2, ordinal, content, content_hash, token_count,
+                    start_offset, end_offset
+             FROM chunks WHERE document_id = $1
+               AND generation = (SELECT chunk_generation FROM documents WHERE id = $1)",
+        )
+        .bind(id)
+        .bind(generation)
+        .execute(db)
+        .await
+        .unwrap();
+        generations.push(generation);
+    }
+    let report = stolid::worker::sweeper::sweep_stuck(&app.state).await.unwrap();
+    assert_eq!(report.abandoned, 1, "{report:?}");
+    let left: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT generation, count(*) FROM chunks WHERE document_id = $1 GROUP BY generation ORDER BY generation",
+    )
+    .bind(id)
+    .fetch_all(db)
+    .await
+    .unwrap();
+    let shown = doc_chunk_generation(db, id).await;
+    let published = left.iter().find(|(g, _)| *g == shown).map(|(_, n)| *n).expect("the published generation stays");
+    assert_eq!(left, vec![(shown, published), (generations[1], published)], "the recent one stays, the old one goes");
+}
+
+async fn doc_chunk_generation(db: &sqlx::PgPool, id: uuid::Uuid) -> i64 {
+    sqlx::query_scalar("SELECT chunk_generation FROM documents WHERE id = $1").bind(id).fetch_one(db).await.unwrap()
+}
+
 /// Originals whose document row is gone are deleted; live originals and the
 /// operators' `imports/` objects are kept.
 #[tokio::test]

@@ -1,14 +1,19 @@
 //! `index_document`: fetch the original from S3, extract, chunk, embed (only
-//! what is not already embedded), and replace the document's chunks in one
-//! transaction.
+//! what is not already embedded), write the chunks in slices as their vectors
+//! arrive, under this attempt's generation, and then switch the document to
+//! that generation in one short transaction.
 //!
 //! Safe under at-least-once delivery and concurrent deletes:
 //! - a document already indexed with the current model is skipped;
+//! - search and listings show only the generation the document points at, so a
+//!   half-written attempt is never seen, and its vectors are reused by the next;
 //! - the final write locks the document row first: if the document was deleted
-//!   meanwhile, nothing is written (no resurrection); otherwise the old chunks are
-//!   replaced, so two deliveries leave exactly one set.
+//!   meanwhile, nothing is written (no resurrection; slices written before are
+//!   deleted with it); otherwise the other generations are deleted, so two
+//!   deliveries leave exactly one set.
 
 use anyhow::Context;
+use futures::StreamExt;
 use pgvector::Vector;
 use uuid::Uuid;
 
@@ -120,48 +125,165 @@ async fn index(state: &AppState, tenant_id: Uuid, document_id: Uuid) -> Result<(
     .context("chunking task")?
     .map_err(|e| Failure::Permanent(e.to_string()))?;
 
-    // Spend nothing twice: reuse this tenant's vectors for identical chunk text.
+    // Spend nothing twice: reuse this tenant's vectors for identical chunk text
+    // (other documents', or what an earlier attempt at this one got through).
     let hashes: Vec<String> = pieces.iter().map(|c| c.content_hash.clone()).collect();
     let mut known = chunks::embeddings_by_hash(&state.db, tenant_id, &model, &hashes).await?;
-    let missing: Vec<&chunk::Chunk> = {
+    // Each slice embeds the texts first seen in it; later slices reuse them.
+    let plan: Vec<(&[chunk::Chunk], Vec<&chunk::Chunk>)> = {
         let mut seen = std::collections::HashSet::new();
-        pieces.iter().filter(|c| !known.contains_key(&c.content_hash) && seen.insert(&c.content_hash)).collect()
+        pieces
+            .chunks(WRITE_SLICE_CHUNKS)
+            .map(|slice| {
+                let missing = slice
+                    .iter()
+                    .filter(|c| !known.contains_key(&c.content_hash) && seen.insert(c.content_hash.as_str()))
+                    .collect();
+                (slice, missing)
+            })
+            .collect()
     };
-    let reused = pieces.len() - missing.len();
-    if !missing.is_empty() {
-        let ctx = CallContext {
-            tenant_id: Some(tenant_id),
-            request_id: None,
-            conversation_id: None,
-            endpoint: "worker.index",
-            budgeted: crate::store::budgets::is_budgeted(&state.db, tenant_id).await?,
-            meter: None,
-        };
-        // The chunker counted every chunk's own tokens already; only the short context line is new.
-        let texts: Vec<String> = missing.iter().map(|c| chunk::embedding_text(&c.context, &c.content)).collect();
-        let tokens: Vec<usize> =
-            missing.iter().map(|c| c.token_count as usize + count_tokens(&c.context) + 1).collect();
-        let embedded = gateway.embed_counted(&ctx, &texts, tokens).await.map_err(|err| match err {
-            LlmError::QuotaExhausted(m) => Failure::Permanent(format!("embedding quota exhausted: {m}")),
-            LlmError::BudgetExceeded(exceeded) => Failure::OverBudget(exceeded),
-            LlmError::InputTooLong { .. } | LlmError::Refused(_) => Failure::Permanent(err.to_string()),
-            other => Failure::Transient(other.into()),
-        })?;
-        for (chunk, vector) in missing.iter().zip(embedded.vectors) {
+    // The chunker counted every chunk's own tokens already; only the short context line is new.
+    let tokens: Vec<Vec<usize>> = plan
+        .iter()
+        .map(|(_, missing)| missing.iter().map(|c| c.token_count as usize + count_tokens(&c.context) + 1).collect())
+        .collect();
+    let embedded_count: usize = plan.iter().map(|(_, missing)| missing.len()).sum();
+    let mut ctx = CallContext {
+        tenant_id: Some(tenant_id),
+        request_id: None,
+        conversation_id: None,
+        endpoint: "worker.index",
+        budgeted: embedded_count > 0 && crate::store::budgets::is_budgeted(&state.db, tenant_id).await?,
+        meter: None,
+    };
+    // The document's embeddings fit the tenant's budget as a whole or not at
+    // all: slices reserving one by one would spend a day's budget on part of
+    // a document too large for it, and again the next day.
+    let total_tokens = tokens.iter().flatten().sum();
+    let _reservation = gateway.reserve_embedding(&ctx, total_tokens).await.map_err(embedding_failure)?;
+    ctx.budgeted = false;
+    // Every slice's inputs go to the batcher at once (it fills requests across
+    // documents); the answers are taken in order, and each slice is written as
+    // soon as its vectors are in, while the later ones are still being embedded.
+    // Built before the stream: a lazily mapped borrow of `plan` would make the job's future not `Send`.
+    let requests: Vec<_> = plan
+        .iter()
+        .zip(tokens)
+        .map(|((_, missing), tokens)| {
+            let texts: Vec<String> = missing.iter().map(|c| chunk::embedding_text(&c.context, &c.content)).collect();
+            let (gateway, ctx) = (gateway.clone(), ctx.clone());
+            async move {
+                if texts.is_empty() {
+                    return Ok(Vec::new());
+                }
+                gateway.embed_counted(&ctx, &texts, tokens).await.map(|embedded| embedded.vectors)
+            }
+        })
+        .collect();
+    let mut answers = futures::stream::iter(requests).buffered(plan.len().max(1));
+
+    let generation = chunks::next_generation(&state.db).await?;
+    if plan.is_empty() {
+        return publish(state, tenant_id, document_id, generation, &model, &pieces, &[], Vec::new(), 0).await;
+    }
+    let last = plan.len() - 1;
+    for (i, (slice, missing)) in plan.iter().enumerate() {
+        let vectors = answers.next().await.expect("one answer per slice").map_err(embedding_failure)?;
+        for (chunk, vector) in missing.iter().zip(vectors) {
             known.insert(chunk.content_hash.clone(), Vector::from(vector));
         }
+        let vectors: Vec<Vector> = slice.iter().map(|c| known[&c.content_hash].clone()).collect();
+        if i == last {
+            return publish(state, tenant_id, document_id, generation, &model, &pieces, slice, vectors, embedded_count)
+                .await;
+        }
+        let mut tx = state.db.begin().await?;
+        let written = async {
+            if i == 0 {
+                chunks::open_generation(&mut *tx, document_id, generation).await?;
+            }
+            chunks::insert(&mut tx, tenant_id, document_id, generation, &model, slice, vectors).await
+        };
+        match written.await {
+            Err(err) if is_foreign_key_violation(&err) => {
+                tracing::info!("document deleted during indexing; discarding the result");
+                return Ok(());
+            }
+            written => written?,
+        }
+        tx.commit().await?;
     }
-    let vectors: Vec<Vector> = pieces.iter().map(|c| known[&c.content_hash].clone()).collect();
+    unreachable!("the last slice publishes")
+}
 
+/// A large document's chunks are written this many at a time as their
+/// embeddings arrive, rather than all together after the last one: its row and
+/// vector-index inserts then overlap the embedding of the rest, and the
+/// document's final step is short.
+const WRITE_SLICE_CHUNKS: usize = 128;
+
+fn embedding_failure(err: LlmError) -> Failure {
+    match err {
+        LlmError::QuotaExhausted(m) => Failure::Permanent(format!("embedding quota exhausted: {m}")),
+        LlmError::BudgetExceeded(exceeded) => Failure::OverBudget(exceeded),
+        LlmError::InputTooLong { .. } | LlmError::Refused(_) => Failure::Permanent(err.to_string()),
+        other => Failure::Transient(other.into()),
+    }
+}
+
+/// The chunks' document is gone (the insert's reference to it failed).
+fn is_foreign_key_violation(err: &sqlx::Error) -> bool {
+    err.as_database_error().and_then(|e| e.code()).is_some_and(|code| code == "23503")
+}
+
+/// Writes the last slice and makes `generation` the document's, in one
+/// transaction that first locks the document row: a document deleted
+/// meanwhile gets nothing (no resurrection), and of two deliveries of its job
+/// the first to publish wins while the other's chunks are dropped.
+#[allow(clippy::too_many_arguments)]
+async fn publish(
+    state: &AppState,
+    tenant_id: Uuid,
+    document_id: Uuid,
+    generation: i64,
+    model: &str,
+    pieces: &[chunk::Chunk],
+    last_slice: &[chunk::Chunk],
+    vectors: Vec<Vector>,
+    embedded: usize,
+) -> Result<(), Failure> {
     let mut tx = state.db.begin().await?;
-    if documents::lock(&mut *tx, tenant_id, document_id).await?.is_none() {
+    let Some(current) = documents::lock(&mut *tx, tenant_id, document_id).await? else {
         tracing::info!("document deleted during indexing; discarding the result");
         return Ok(());
+    };
+    if current.status == documents::DocumentStatus::Indexed
+        && current.embedding_model.as_deref() == Some(model)
+        && current.chunk_generation != generation
+    {
+        tracing::info!("another delivery of this job indexed the document first; discarding this one's chunks");
+        chunks::delete_other_generations(&mut *tx, document_id, current.chunk_generation).await?;
+        chunks::close_generation(&mut *tx, generation).await?;
+        tx.commit().await?;
+        return Ok(());
     }
-    chunks::replace(&mut tx, tenant_id, document_id, &model, &pieces, vectors).await?;
+    chunks::insert(&mut tx, tenant_id, document_id, generation, model, last_slice, vectors).await?;
+    let written = chunks::count_generation(&mut *tx, document_id, generation).await?;
+    if written != pieces.len() as i64 {
+        // Another delivery published meanwhile (deleting this one's earlier
+        // slices) and the document was queued again since: start over.
+        return Err(Failure::Transient(anyhow::anyhow!(
+            "{written} of this attempt's {} chunks remain; another delivery replaced them",
+            pieces.len()
+        )));
+    }
+    chunks::delete_other_generations(&mut *tx, document_id, generation).await?;
+    chunks::close_generation(&mut *tx, generation).await?;
     let tokens: i32 = pieces.iter().map(|c| c.token_count).sum();
-    documents::mark_indexed(&mut *tx, document_id, pieces.len() as i32, tokens, &model).await?;
+    documents::mark_indexed(&mut *tx, document_id, generation, pieces.len() as i32, tokens, model).await?;
     tx.commit().await?;
+    let reused = pieces.len() - embedded;
     tracing::info!(chunks = pieces.len(), tokens, embeddings_reused = reused, "document indexed");
     Ok(())
 }
