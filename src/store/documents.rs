@@ -212,17 +212,22 @@ pub async fn delete(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid) -> sqlx:
         .await
 }
 
-pub async fn mark_processing(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE documents SET status = 'processing', processing_started_at = now(), updated_at = now(), error = NULL,
-                paused_until = NULL
-         WHERE tenant_id = $1 AND id = $2 AND status <> 'indexed'",
+/// Starts an indexing attempt: the document shows `processing` (unless it is
+/// indexed already, with another model: it stays searchable meanwhile), and
+/// the attempt draws the chunk generation it writes under.
+pub async fn start_attempt(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        "WITH started AS (
+             UPDATE documents SET status = 'processing', processing_started_at = now(), updated_at = now(),
+                    error = NULL, paused_until = NULL
+             WHERE tenant_id = $1 AND id = $2 AND status <> 'indexed'
+         )
+         SELECT nextval('chunk_generations')",
     )
     .bind(tenant_id)
     .bind(id)
-    .execute(db)
-    .await?;
-    Ok(())
+    .fetch_one(db)
+    .await
 }
 
 /// Marks the document failed, dropping what unfinished attempts wrote (chunks

@@ -106,7 +106,7 @@ async fn index(state: &AppState, tenant_id: Uuid, document_id: Uuid) -> Result<(
         tracing::info!("already indexed with this model; skipping");
         return Ok(());
     }
-    documents::mark_processing(&state.db, tenant_id, document_id).await?;
+    let generation = documents::start_attempt(&state.db, tenant_id, document_id).await?;
     let Some(bytes) = state.blobs.get(&doc.s3_key).await? else {
         if documents::get(&state.db, tenant_id, document_id).await?.is_none() {
             return Ok(()); // deleted while we looked
@@ -183,9 +183,17 @@ async fn index(state: &AppState, tenant_id: Uuid, document_id: Uuid) -> Result<(
         .collect();
     let mut answers = futures::stream::iter(requests).buffered(plan.len().max(1));
 
-    let generation = chunks::next_generation(&state.db).await?;
+    let attempt = Attempt {
+        tenant_id,
+        document_id,
+        generation,
+        model: &model,
+        pieces: &pieces,
+        embedded: embedded_count,
+        sliced: plan.len() > 1,
+    };
     if plan.is_empty() {
-        return publish(state, tenant_id, document_id, generation, &model, &pieces, &[], Vec::new(), 0).await;
+        return publish(state, &attempt, &[], Vec::new()).await;
     }
     let last = plan.len() - 1;
     for (i, (slice, missing)) in plan.iter().enumerate() {
@@ -195,8 +203,7 @@ async fn index(state: &AppState, tenant_id: Uuid, document_id: Uuid) -> Result<(
         }
         let vectors: Vec<Vector> = slice.iter().map(|c| known[&c.content_hash].clone()).collect();
         if i == last {
-            return publish(state, tenant_id, document_id, generation, &model, &pieces, slice, vectors, embedded_count)
-                .await;
+            return publish(state, &attempt, slice, vectors).await;
         }
         let mut tx = state.db.begin().await?;
         let written = async {
@@ -237,22 +244,30 @@ fn is_foreign_key_violation(err: &sqlx::Error) -> bool {
     err.as_database_error().and_then(|e| e.code()).is_some_and(|code| code == "23503")
 }
 
-/// Writes the last slice and makes `generation` the document's, in one
-/// transaction that first locks the document row: a document deleted
-/// meanwhile gets nothing (no resurrection), and of two deliveries of its job
-/// the first to publish wins while the other's chunks are dropped.
-#[allow(clippy::too_many_arguments)]
-async fn publish(
-    state: &AppState,
+/// One attempt at indexing a document, as its last step needs it.
+struct Attempt<'a> {
     tenant_id: Uuid,
     document_id: Uuid,
     generation: i64,
-    model: &str,
-    pieces: &[chunk::Chunk],
+    model: &'a str,
+    pieces: &'a [chunk::Chunk],
+    /// How many of the pieces needed a new embedding (the rest were reused).
+    embedded: usize,
+    /// Earlier slices were committed (and the generation opened) before this step.
+    sliced: bool,
+}
+
+/// Writes the last slice and makes the attempt's generation the document's,
+/// in one transaction that first locks the document row: a document deleted
+/// meanwhile gets nothing (no resurrection), and of two deliveries of its job
+/// the first to publish wins while the other's chunks are dropped.
+async fn publish(
+    state: &AppState,
+    attempt: &Attempt<'_>,
     last_slice: &[chunk::Chunk],
     vectors: Vec<Vector>,
-    embedded: usize,
 ) -> Result<(), Failure> {
+    let Attempt { tenant_id, document_id, generation, model, pieces, embedded, sliced } = *attempt;
     let mut tx = state.db.begin().await?;
     let Some(current) = documents::lock(&mut *tx, tenant_id, document_id).await? else {
         tracing::info!("document deleted during indexing; discarding the result");
@@ -264,22 +279,30 @@ async fn publish(
     {
         tracing::info!("another delivery of this job indexed the document first; discarding this one's chunks");
         chunks::delete_other_generations(&mut *tx, document_id, current.chunk_generation).await?;
-        chunks::close_generation(&mut *tx, generation).await?;
+        if sliced {
+            chunks::close_generation(&mut *tx, generation).await?;
+        }
         tx.commit().await?;
         return Ok(());
     }
     chunks::insert(&mut tx, tenant_id, document_id, generation, model, last_slice, vectors).await?;
-    let written = chunks::count_generation(&mut *tx, document_id, generation).await?;
-    if written != pieces.len() as i64 {
-        // Another delivery published meanwhile (deleting this one's earlier
-        // slices) and the document was queued again since: start over.
-        return Err(Failure::Transient(anyhow::anyhow!(
-            "{written} of this attempt's {} chunks remain; another delivery replaced them",
-            pieces.len()
-        )));
+    // Only committed earlier slices can have been removed by another delivery;
+    // a single slice's rows are the ones just inserted under the row lock.
+    if sliced {
+        let written = chunks::count_generation(&mut *tx, document_id, generation).await?;
+        if written != pieces.len() as i64 {
+            // Another delivery published meanwhile (deleting this one's earlier
+            // slices) and the document was queued again since: start over.
+            return Err(Failure::Transient(anyhow::anyhow!(
+                "{written} of this attempt's {} chunks remain; another delivery replaced them",
+                pieces.len()
+            )));
+        }
     }
     chunks::delete_other_generations(&mut *tx, document_id, generation).await?;
-    chunks::close_generation(&mut *tx, generation).await?;
+    if sliced {
+        chunks::close_generation(&mut *tx, generation).await?;
+    }
     let tokens: i32 = pieces.iter().map(|c| c.token_count).sum();
     documents::mark_indexed(&mut *tx, document_id, generation, pieces.len() as i32, tokens, model).await?;
     tx.commit().await?;
