@@ -105,13 +105,19 @@ pub async fn insert(
     Ok(())
 }
 
-/// Records that `generation` is being written in slices (see the sweeper).
+/// Records that `generation` is being written in slices, before each slice
+/// commits: keyword search hides the chunks of open generations, and the
+/// sweeper deletes those of attempts that died. Idempotent, so that a slice
+/// written after the sweeper gave its attempt up is hidden again.
 pub async fn open_generation(db: impl PgExecutor<'_>, document_id: Uuid, generation: i64) -> sqlx::Result<()> {
-    sqlx::query("INSERT INTO chunk_generations_open (generation, document_id) VALUES ($1, $2)")
-        .bind(generation)
-        .bind(document_id)
-        .execute(db)
-        .await?;
+    sqlx::query(
+        "INSERT INTO chunk_generations_open (generation, document_id) VALUES ($1, $2)
+         ON CONFLICT (generation) DO NOTHING",
+    )
+    .bind(generation)
+    .bind(document_id)
+    .execute(db)
+    .await?;
     Ok(())
 }
 

@@ -144,8 +144,12 @@ pub async fn keyword(
     q.push_bind(scope.tenant_id).push(" AND f.lexeme = ANY(").push_bind(terms.clone()).push(")), candidates AS (");
     if scope.collection.is_none() && scope.metadata_any.is_empty() {
         // Index-only scans of `chunk_terms_rank_idx`, one per word, in rank
-        // order; postings of chunks their document does not show (a generation
-        // still being written) are dropped before scoring.
+        // order; postings of chunks their document does not show yet are
+        // dropped before scoring. Those are exactly the chunks of open
+        // generations (an attempt's committed slices; its last slice commits
+        // with its publication), so the few candidates are checked against
+        // that small set rather than joined to their chunks and documents
+        // (which cost 1.5-2.5 ms at 100k chunks).
         q.push(
             "SELECT best.chunk_id FROM (
                  SELECT p.chunk_id FROM idf CROSS JOIN LATERAL (
@@ -156,8 +160,10 @@ pub async fn keyword(
         q.push(") p GROUP BY p.chunk_id ORDER BY sum(idf.idf * p.impact) DESC, p.chunk_id LIMIT ");
         q.push_bind(rescored(k));
         q.push(
-            ") best JOIN chunks c ON c.id = best.chunk_id JOIN documents d ON d.id = c.document_id
-             WHERE c.generation = d.chunk_generation",
+            ") best WHERE best.chunk_id NOT IN (
+                 SELECT u.id FROM chunk_generations_open o
+                 JOIN chunks u ON u.document_id = o.document_id AND u.generation = o.generation
+             )",
         );
     } else {
         for (i, term) in terms.iter().enumerate() {

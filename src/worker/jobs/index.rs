@@ -207,9 +207,7 @@ async fn index(state: &AppState, tenant_id: Uuid, document_id: Uuid) -> Result<(
         }
         let mut tx = state.db.begin().await?;
         let written = async {
-            if i == 0 {
-                chunks::open_generation(&mut *tx, document_id, generation).await?;
-            }
+            chunks::open_generation(&mut *tx, document_id, generation).await?;
             chunks::insert(&mut tx, tenant_id, document_id, generation, &model, slice, vectors).await
         };
         match written.await {
