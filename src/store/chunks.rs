@@ -50,11 +50,6 @@ pub async fn embeddings_by_hash(
     Ok(rows.into_iter().collect())
 }
 
-/// A fresh generation for one indexing attempt's chunks (migration 0011).
-pub async fn next_generation(db: impl PgExecutor<'_>) -> sqlx::Result<i64> {
-    sqlx::query_scalar("SELECT nextval('chunk_generations')").fetch_one(db).await
-}
-
 /// Writes chunks and their embeddings for `model` under `generation`: unseen
 /// by search and listings until the document points at that generation.
 pub async fn insert(

@@ -397,7 +397,8 @@ async fn the_sweeper_deletes_generations_a_dead_attempt_left_half_written() {
     // Two unpublished copies of its chunks: one opened two hours ago, one just now.
     let mut generations = Vec::new();
     for opened_minutes_ago in [120.0, 0.0] {
-        let generation = stolid::store::chunks::next_generation(db).await.unwrap();
+        // The document is indexed, so starting an attempt only draws its generation.
+        let generation = stolid::store::documents::start_attempt(db, app.tenant_id, id).await.unwrap();
         stolid::store::chunks::open_generation(db, id, generation).await.unwrap();
         sqlx::query(
             "UPDATE chunk_generations_open SET opened_at = now() - make_interval(secs => $2 * 60) WHERE generation = $1",
