@@ -99,6 +99,14 @@ pub const SCOPED_TERM_CANDIDATES: i64 = 2_000;
 /// paragraph must not turn into a hundred index scans.
 pub const MAX_QUERY_TERMS: usize = 16;
 
+/// The query's distinct words as the index holds them: Postgres's own parser
+/// and stemmer make the terms, as they made the index.
+fn push_query_terms(q: &mut QueryBuilder<Postgres>, query: &str) {
+    q.push("SELECT lexeme FROM unnest(tsvector_to_array(to_tsvector('english', ")
+        .push_bind(query.to_string())
+        .push(format!("))) AS lexeme ORDER BY lexeme LIMIT {MAX_QUERY_TERMS}"));
+}
+
 /// Best chunks for a question, ranked by BM25: a chunk matching *some* of the
 /// query's words scores the sum over those words of their inverse document
 /// frequency (rare words count more; English stop words, dropped by
@@ -124,25 +132,30 @@ pub async fn keyword(
     k: i64,
     term_postings: i64,
 ) -> sqlx::Result<Vec<Hit>> {
-    // Postgres's own parser and stemmer make the terms, as they made the index.
-    let mut terms: Vec<String> = sqlx::query_scalar(
-        "SELECT lexeme FROM unnest(tsvector_to_array(to_tsvector('english', $1))) AS lexeme ORDER BY lexeme",
-    )
-    .bind(query)
-    .fetch_all(&mut *conn)
-    .await?;
-    terms.truncate(MAX_QUERY_TERMS);
-    if terms.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut q = QueryBuilder::new(
-        "WITH idf AS (
+    let unscoped = scope.collection.is_none() && scope.metadata_any.is_empty();
+    // A scoped search needs the words before it is built (one branch each);
+    // otherwise they are made inside the one statement, a round trip fewer.
+    let scoped_terms = if unscoped {
+        Vec::new()
+    } else {
+        let mut words = QueryBuilder::new("");
+        push_query_terms(&mut words, query);
+        let terms: Vec<String> = words.build_query_scalar().fetch_all(&mut *conn).await?;
+        if terms.is_empty() {
+            return Ok(Vec::new());
+        }
+        terms
+    };
+    let mut q = QueryBuilder::new("WITH terms AS (");
+    push_query_terms(&mut q, query);
+    q.push(
+        "), idf AS (
              SELECT f.lexeme, ln(1 + (greatest(n.chunks, f.chunks) - f.chunks + 0.5) / (f.chunks + 0.5)) AS idf
              FROM keyword_frequencies f JOIN keyword_frequencies n ON n.tenant_id = f.tenant_id AND n.lexeme = ''
              WHERE f.chunks > 0 AND f.tenant_id = ",
     );
-    q.push_bind(scope.tenant_id).push(" AND f.lexeme = ANY(").push_bind(terms.clone()).push(")), candidates AS (");
-    if scope.collection.is_none() && scope.metadata_any.is_empty() {
+    q.push_bind(scope.tenant_id).push(" AND f.lexeme = ANY(ARRAY(SELECT lexeme FROM terms))), candidates AS (");
+    if unscoped {
         // Index-only scans of `chunk_terms_rank_idx`, one per word, in rank
         // order; postings of chunks their document does not show yet are
         // dropped before scoring. Those are exactly the chunks of open
@@ -166,7 +179,7 @@ pub async fn keyword(
              )",
         );
     } else {
-        for (i, term) in terms.iter().enumerate() {
+        for (i, term) in scoped_terms.iter().enumerate() {
             if i > 0 {
                 q.push(" UNION ");
             }
@@ -183,10 +196,9 @@ pub async fn keyword(
     q.push(
         "), scored AS (
              SELECT t.chunk_id, sum(idf.idf * t.impact) AS score
-             FROM candidates c JOIN chunk_terms t ON t.chunk_id = c.chunk_id AND t.lexeme = ANY(",
-    );
-    q.push_bind(terms).push(
-        ") JOIN idf ON idf.lexeme = t.lexeme
+             FROM candidates c JOIN chunk_terms t ON t.chunk_id = c.chunk_id
+                  AND t.lexeme = ANY(ARRAY(SELECT lexeme FROM terms))
+             JOIN idf ON idf.lexeme = t.lexeme
          GROUP BY t.chunk_id ORDER BY score DESC, t.chunk_id LIMIT ",
     );
     q.push_bind(k).push(
