@@ -381,3 +381,39 @@ async fn a_scoped_keyword_search_ranks_as_the_whole_tenant_does() {
         assert_eq!(whole, scoped, "{query}");
     }
 }
+
+/// Keyword search reads only a word's best postings (`KEYWORD_TERM_POSTINGS`)
+/// and looks up the rest of a candidate's words one by one: whatever that
+/// bound, a chunk it returns scores exactly what reading every posting gives it.
+#[tokio::test]
+async fn keyword_scores_are_exact_however_few_postings_each_word_brings() {
+    let app = spawn_app().await;
+    let docs = [
+        ("answer", "In Rust, the question mark operator propagates an Err to the caller."),
+        ("aside", "Many a question about lifetimes is asked by newcomers; the answer is in the book."),
+        ("errors", "Errors in Rust are values: Result carries an Err or an Ok, and callers decide."),
+        ("panics", "A panic unwinds the stack; errors that callers can handle belong in a Result."),
+        ("operators", "Operators such as + and * are traits; the question mark operator is one too."),
+        ("callers", "Callers of a function that returns Result handle the error, or pass it to their own callers."),
+    ];
+    index(&app, &docs.iter().map(|(t, x)| (*t, *x, json!({}))).collect::<Vec<_>>()).await;
+    let scope = stolid::store::search::Scope { tenant_id: app.tenant_id, ..Default::default() };
+    let keyword = |query: &'static str, k: i64, term_postings: i64| {
+        let (db, scope) = (app.state.db.clone(), scope.clone());
+        async move {
+            let mut conn = db.acquire().await.unwrap();
+            let hits = stolid::store::search::keyword(&mut conn, &scope, query, k, term_postings).await.unwrap();
+            hits.into_iter().map(|h| (h.chunk_id, h.score)).collect::<Vec<_>>()
+        }
+    };
+    for query in ["question mark operator", "how do callers handle errors in rust?", "result err callers"] {
+        let exact: std::collections::HashMap<_, _> = keyword(query, 100, 1_000).await.into_iter().collect();
+        // One posting per word: every word found in two chunks or more is read only in part.
+        let bounded = keyword(query, 10, 1).await;
+        assert!(!bounded.is_empty(), "{query}");
+        for (chunk, score) in bounded {
+            let full = exact[&chunk];
+            assert!((score - full).abs() < 1e-9, "{query}: {score} against {full} with every posting read");
+        }
+    }
+}
