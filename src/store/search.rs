@@ -173,24 +173,21 @@ pub async fn keyword(
         // (which cost 1.5-2.5 ms at 100k chunks).
         //
         // The postings read already hold the exact share of every complete
-        // word, so only the other words are looked up per candidate. Both
-        // steps are materialised: inlined, the candidates were computed again
-        // for each word of the query. (pgbench, the Rust book's 2,746 chunks,
-        // the 68 questions of `make eval`: 2.3 ms against 3.7 ms, same rows.)
+        // word, so only the other words are looked up per candidate, and the
+        // candidates are materialised: inlined, the planner could compute them
+        // again for each word of the query. (pgbench, the 68 questions of
+        // `make eval`, same rows: 2.3 ms against 2.7 on the Rust book's 2,746
+        // chunks, 3.3-3.5 against 3.5-3.7 at 100k.)
         q.push(
-            "postings AS MATERIALIZED (
-                 SELECT p.chunk_id, idf.idf * p.impact AS part, idf.complete FROM idf CROSS JOIN LATERAL (
-                     SELECT t.chunk_id, t.impact FROM chunk_terms t
-                     WHERE t.lexeme = idf.lexeme AND t.tenant_id = ",
+            "candidates AS MATERIALIZED (
+                 SELECT best.chunk_id, best.exact FROM (
+                     SELECT p.chunk_id, coalesce(sum(idf.idf * p.impact) FILTER (WHERE idf.complete), 0) AS exact
+                     FROM idf CROSS JOIN LATERAL (
+                         SELECT t.chunk_id, t.impact FROM chunk_terms t
+                         WHERE t.lexeme = idf.lexeme AND t.tenant_id = ",
         );
         q.push_bind(scope.tenant_id).push(" ORDER BY t.impact DESC, t.chunk_id LIMIT ").push_bind(term_postings);
-        q.push(
-            ") p
-             ), candidates AS MATERIALIZED (
-                 SELECT best.chunk_id, best.exact FROM (
-                     SELECT chunk_id, coalesce(sum(part) FILTER (WHERE complete), 0) AS exact FROM postings
-                     GROUP BY chunk_id ORDER BY sum(part) DESC, chunk_id LIMIT ",
-        );
+        q.push(") p GROUP BY p.chunk_id ORDER BY sum(idf.idf * p.impact) DESC, p.chunk_id LIMIT ");
         q.push_bind(rescored(k));
         q.push(
             ") best WHERE best.chunk_id NOT IN (
@@ -198,11 +195,12 @@ pub async fn keyword(
                  JOIN chunks u ON u.document_id = o.document_id AND u.generation = o.generation
              )
              ), scored AS (
-                 SELECT c.chunk_id, c.exact + coalesce((
-                     SELECT sum(idf.idf * t.impact) FROM idf
-                     JOIN chunk_terms t ON t.chunk_id = c.chunk_id AND t.lexeme = idf.lexeme
-                     WHERE NOT idf.complete), 0) AS score
-                 FROM candidates c ORDER BY score DESC, c.chunk_id LIMIT ",
+                 SELECT c.chunk_id, c.exact + coalesce(sum(idf.idf * t.impact), 0) AS score
+                 FROM candidates c
+                 LEFT JOIN chunk_terms t ON t.chunk_id = c.chunk_id
+                      AND t.lexeme = ANY(ARRAY(SELECT lexeme FROM idf WHERE NOT complete))
+                 LEFT JOIN idf ON idf.lexeme = t.lexeme
+                 GROUP BY c.chunk_id, c.exact ORDER BY score DESC, c.chunk_id LIMIT ",
         );
         q.push_bind(k);
     } else {
