@@ -19,6 +19,9 @@ use sqlx::postgres::PgPoolOptions;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// How long a connection may sit in the pool and still be handed out without a ping.
+const ALIVE_BYPASS: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// The pool. `acquire_timeout` bounds how long anything waits for a connection,
 /// so a database outage or a saturated pool turns into a quick 503, not a hang.
 /// `session` settings are sent when each connection starts (see [`search_session`]).
@@ -36,6 +39,21 @@ pub async fn connect(
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(acquire_timeout)
+        // sqlx pings every idle connection it hands out: a round trip before
+        // each query, three on a chat's critical path. A connection back in the
+        // pool for less than ALIVE_BYPASS is taken as alive (HikariCP's
+        // `aliveBypassWindowMs` is the same 500 ms); a query on one that died
+        // meanwhile fails as a query in flight would (503, the connection
+        // dropped). Any older one is pinged as before.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= ALIVE_BYPASS {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_with(options)
         .await
         .with_context(|| format!("connecting to the database at {}", redact(url)))

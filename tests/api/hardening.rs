@@ -5,6 +5,8 @@ use serde_json::{Value, json};
 
 use std::time::Duration;
 
+use sqlx::Connection;
+
 use stolid::store::documents::DocumentStatus;
 use stolid::testkit::proxy::{FaultProxy, ProxyMode, upstream_of, via};
 
@@ -237,6 +239,32 @@ async fn a_database_outage_answers_503_and_recovers_without_a_restart() {
     proxy.set_mode(ProxyMode::Pass);
     let list: Value = app.get_json("/v1/documents").await;
     assert_eq!(list["documents"].as_array().unwrap().len(), 1, "{list}");
+}
+
+/// Connections are handed out without a ping only while they were used
+/// moments ago: once Postgres has dropped every connection (a restart, a
+/// failover) and they have sat idle past that window, the next request is
+/// served on fresh ones, not answered 503.
+#[tokio::test]
+async fn connections_postgres_dropped_while_idle_are_replaced_without_a_failed_request() {
+    let app = spawn_app().await;
+    for _ in 0..3 {
+        assert_eq!(app.get("/v1/documents").send().await.unwrap().status(), 200);
+    }
+    let mut admin = sqlx::PgConnection::connect(&app.infra.database_url).await.unwrap();
+    let dropped: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()) t",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert!(dropped > 0, "the app held connections");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    for _ in 0..3 {
+        let response = app.get("/v1/documents").send().await.unwrap();
+        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    }
 }
 
 /// An S3 (and SQS) that accepts connections and never answers fails calls
