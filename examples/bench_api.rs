@@ -337,6 +337,8 @@ async fn main() -> anyhow::Result<()> {
     env.extend(extra.iter().map(|(k, v)| (k.as_str(), v.clone())));
     let log = Path::new(env!("CARGO_MANIFEST_DIR")).join(".local/bench-api.log");
     std::fs::create_dir_all(log.parent().expect("a parent"))?;
+    // This run's log alone, to read the per-request timings from.
+    let _ = std::fs::remove_file(&log);
     let mut server = Proc::start(&env, &log);
     // The server's HNSW settings, so the SQL baseline runs the same search.
     let session = stolid::store::search_session(ef_search);
