@@ -354,20 +354,25 @@ async fn keyword_postings_and_frequencies_follow_every_write() {
     assert!(edit.unwrap_err().to_string().contains("replaced, not updated"));
 }
 
+/// Short documents sharing words (question, operator, errors, callers,
+/// Result) in different mixes: each word is in several chunks, so rankings
+/// and partial reads of the postings have something to get wrong.
+const ERROR_HANDLING_DOCS: [(&str, &str); 6] = [
+    ("answer", "In Rust, the question mark operator propagates an Err to the caller."),
+    ("aside", "Many a question about lifetimes is asked by newcomers; the answer is in the book."),
+    ("errors", "Errors in Rust are values: Result carries an Err or an Ok, and callers decide."),
+    ("panics", "A panic unwinds the stack; errors that callers can handle belong in a Result."),
+    ("operators", "Operators such as + and * are traits; the question mark operator is one too."),
+    ("callers", "Callers of a function that returns Result handle the error, or pass it to their own callers."),
+];
+
 /// A search inside a collection finds candidates another way (the whole
 /// tenant's best postings may all lie outside a narrow scope) but must rank
 /// them exactly as the unscoped search does.
 #[tokio::test]
 async fn a_scoped_keyword_search_ranks_as_the_whole_tenant_does() {
     let app = spawn_app().await;
-    let docs = [
-        ("answer", "In Rust, the question mark operator propagates an Err to the caller."),
-        ("aside", "Many a question about lifetimes is asked by newcomers."),
-        ("errors", "Errors in Rust are values: Result carries an Err or an Ok, and callers decide."),
-        ("panics", "A panic unwinds the stack; errors that callers can handle belong in a Result."),
-        ("operators", "Operators such as + and * are traits; the question mark operator is one too."),
-    ];
-    index(&app, &docs.iter().map(|(t, x)| (*t, *x, json!({}))).collect::<Vec<_>>()).await;
+    index(&app, &ERROR_HANDLING_DOCS.iter().map(|(t, x)| (*t, *x, json!({}))).collect::<Vec<_>>()).await;
     let ranked = |results: Vec<Value>| -> Vec<(String, String)> {
         results
             .iter()
@@ -388,15 +393,7 @@ async fn a_scoped_keyword_search_ranks_as_the_whole_tenant_does() {
 #[tokio::test]
 async fn keyword_scores_are_exact_however_few_postings_each_word_brings() {
     let app = spawn_app().await;
-    let docs = [
-        ("answer", "In Rust, the question mark operator propagates an Err to the caller."),
-        ("aside", "Many a question about lifetimes is asked by newcomers; the answer is in the book."),
-        ("errors", "Errors in Rust are values: Result carries an Err or an Ok, and callers decide."),
-        ("panics", "A panic unwinds the stack; errors that callers can handle belong in a Result."),
-        ("operators", "Operators such as + and * are traits; the question mark operator is one too."),
-        ("callers", "Callers of a function that returns Result handle the error, or pass it to their own callers."),
-    ];
-    index(&app, &docs.iter().map(|(t, x)| (*t, *x, json!({}))).collect::<Vec<_>>()).await;
+    index(&app, &ERROR_HANDLING_DOCS.iter().map(|(t, x)| (*t, *x, json!({}))).collect::<Vec<_>>()).await;
     let scope = stolid::store::search::Scope { tenant_id: app.tenant_id, ..Default::default() };
     let keyword = |query: &'static str, k: i64, term_postings: i64| {
         let (db, scope) = (app.state.db.clone(), scope.clone());
