@@ -52,9 +52,9 @@ fn no_whitespace(bytes: usize) -> String {
     "abcdefghij0123456789".repeat(bytes / 20 + 1)[..bytes].to_string()
 }
 
-/// Nested as deep as extraction allows, with prose paragraphs at the bottom.
+/// Nested 10,000 elements deep, with prose paragraphs at the bottom.
 fn nested_html(bytes: usize) -> Vec<u8> {
-    let depth = stolid::ingest::extract::MAX_HTML_DEPTH / 2;
+    let depth = 5_000;
     let mut out = String::with_capacity(bytes + depth * 30);
     for _ in 0..depth {
         out.push_str("<div><span>");
@@ -94,7 +94,7 @@ fn main() {
         ("code (text)", |n| (Format::Text, code(n).into_bytes())),
         ("no whitespace", |n| (Format::Text, no_whitespace(n).into_bytes())),
         ("flat html", |n| (Format::Html, flat_html(n))),
-        ("html 1000 deep", |n| (Format::Html, nested_html(n))),
+        ("html 10000 deep", |n| (Format::Html, nested_html(n))),
     ];
     for (name, make) in kinds {
         let mut base: Option<f64> = None;

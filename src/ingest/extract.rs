@@ -63,8 +63,6 @@ pub enum ExtractError {
     Empty,
     #[error("the document looks like binary data, not {0}")]
     Binary(&'static str),
-    #[error("the HTML nests elements {0} levels deep; at most {MAX_HTML_DEPTH} are supported")]
-    TooDeep(usize),
     #[error("the extracted text is {bytes} bytes, above the limit of {limit} (MAX_EXTRACTED_BYTES)")]
     TooLarge { bytes: usize, limit: usize },
 }
@@ -82,12 +80,6 @@ pub struct Extracted {
 pub fn extract(format: Format, bytes: &[u8], max_text_bytes: usize) -> Result<Extracted, ExtractError> {
     if format != Format::Pdf && looks_binary(bytes) {
         return Err(ExtractError::Binary(format.content_type()));
-    }
-    if format == Format::Html {
-        let depth = html_nesting_depth(bytes);
-        if depth > MAX_HTML_DEPTH {
-            return Err(ExtractError::TooDeep(depth));
-        }
     }
     let mut extracted = match format {
         Format::Text => Extracted { text: utf8(bytes)?, markdown: false },
@@ -108,56 +100,6 @@ pub fn extract(format: Format, bytes: &[u8], max_text_bytes: usize) -> Result<Ex
         return Err(ExtractError::TooLarge { bytes: extracted.text.len(), limit: max_text_bytes });
     }
     Ok(extracted)
-}
-
-/// HTML rendering time grows with the square of the nesting depth (100,000
-/// nested elements took minutes); real pages stay far below this.
-pub const MAX_HTML_DEPTH: usize = 1_000;
-
-/// Elements that are never closed (void) or usually closed implicitly by the
-/// parser (a `<p>` or `<li>` without its end tag): counting them would make a
-/// long flat page look deep.
-const NOT_NESTING: &[&str] = &[
-    "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr", "p", "li",
-    "dt", "dd", "tr", "td", "th", "thead", "tbody", "tfoot", "option", "optgroup", "colgroup", "rt", "rp", "html",
-    "head", "body",
-];
-
-/// The deepest element nesting in `html`, estimated in one pass over its tags
-/// (comments, doctypes and script/style bodies skipped), before the parser
-/// sees it.
-fn html_nesting_depth(html: &[u8]) -> usize {
-    let find = |from: usize, needle: &[u8]| -> Option<usize> {
-        html.get(from..)?.windows(needle.len()).position(|w| w.eq_ignore_ascii_case(needle)).map(|p| from + p)
-    };
-    let (mut depth, mut deepest, mut i) = (0usize, 0usize, 0usize);
-    while let Some(lt) = find(i, b"<") {
-        let rest = &html[lt + 1..];
-        if rest.starts_with(b"!--") {
-            i = find(lt + 4, b"-->").map_or(html.len(), |end| end + 3);
-            continue;
-        }
-        let closing = rest.first() == Some(&b'/');
-        let name_start = lt + 1 + usize::from(closing);
-        let name_len = html[name_start..].iter().take_while(|b| b.is_ascii_alphanumeric()).count();
-        let name = String::from_utf8_lossy(&html[name_start..name_start + name_len]).to_ascii_lowercase();
-        let Some(gt) = find(name_start, b">") else { break };
-        i = gt + 1;
-        if name.is_empty() || NOT_NESTING.contains(&name.as_str()) {
-            continue;
-        }
-        if closing {
-            depth = depth.saturating_sub(1);
-        } else if html[gt - 1] != b'/' {
-            if name == "script" || name == "style" {
-                i = find(i, format!("</{name}").as_bytes()).unwrap_or(html.len());
-                continue;
-            }
-            depth += 1;
-            deepest = deepest.max(depth);
-        }
-    }
-    deepest
 }
 
 /// Whether the start of a supposedly textual file is mostly not text: bytes
@@ -183,18 +125,7 @@ fn utf8(bytes: &[u8]) -> Result<String, ExtractError> {
 }
 
 fn html_to_text(bytes: &[u8]) -> String {
-    // A very wide line: wrapping would put newlines inside sentences.
-    // The rich decorator marks headings with `#` but adds no link or emphasis syntax.
-    // Raw mode renders each table cell on its own line: with table layout, a very
-    // wide page pads every table row out to the full width (a 4 MB page became
-    // 16 MB of spaces).
-    let text = html2text::config::rich()
-        .raw_mode(true)
-        .link_footnotes(false)
-        .no_link_wrapping()
-        .string_from_read(bytes, 100_000)
-        .unwrap_or_default();
-    normalize_whitespace(&text)
+    normalize_whitespace(&super::html::to_text(&String::from_utf8_lossy(bytes)))
 }
 
 /// Trailing spaces trimmed, runs of blank lines collapsed to one.
@@ -282,14 +213,15 @@ mod tests {
     }
 
     #[test]
-    fn html_nesting_is_measured_and_bounded() {
-        assert_eq!(html_nesting_depth(b"<div><p>a<p>b<ul><li>c<li>d</ul></div><br><img src=x/>"), 2);
-        assert_eq!(html_nesting_depth(b"<!-- <div><div> --><script>if (a<b) { x = '<div>' }</script><b>t</b>"), 1);
-        let deep = format!("{}text{}", "<div>".repeat(5000), "</div>".repeat(5000));
-        assert_eq!(extract(Format::Html, deep.as_bytes(), LIMIT).unwrap_err(), ExtractError::TooDeep(5000));
-        // A long flat page with unclosed paragraphs and list items is not deep.
-        let flat = "<p>para<li>item".repeat(10_000);
-        assert!(html_nesting_depth(flat.as_bytes()) < 5);
+    fn html_nested_thousands_deep_is_extracted() {
+        let deep = format!(
+            "{}<h2>Deep</h2>text{}",
+            "<div><blockquote><ul><li>".repeat(5000),
+            "</li></ul></blockquote></div>".repeat(5000)
+        );
+        let text = extract(Format::Html, deep.as_bytes(), LIMIT).unwrap().text;
+        assert!(text.contains("## Deep") && text.contains("text"), "{text}");
+        assert!(text.len() < 200, "indentation and quote marks are capped: {} bytes", text.len());
     }
 
     #[test]

@@ -63,7 +63,10 @@ impl OpenAiProvider {
         dims: usize,
         inputs: &[String],
     ) -> Result<(Vec<Vec<f32>>, u32), ProviderError> {
-        let mut request = json!({ "model": model, "input": inputs, "encoding_format": "float" });
+        // Base64 is a quarter of the bytes of decimal floats and needs no number
+        // parsing. OpenAI's own SDKs ask for it by default, so compatible
+        // servers accept it; one that answers floats anyway is read as well.
+        let mut request = json!({ "model": model, "input": inputs, "encoding_format": "base64" });
         // Only the text-embedding-3 family accepts `dimensions`; other servers may reject it.
         if model.starts_with("text-embedding-3") {
             request["dimensions"] = json!(dims);
@@ -75,7 +78,8 @@ impl OpenAiProvider {
             return Err(ProviderError::Fatal(format!("asked for {} embeddings, got {}", inputs.len(), data.len())));
         }
         let tokens = response.usage.map_or(0, |u| u.prompt_tokens);
-        Ok((data.into_iter().map(|d| d.embedding).collect(), tokens))
+        let vectors = data.into_iter().map(|d| d.embedding.into_floats()).collect::<Result<_, _>>()?;
+        Ok((vectors, tokens))
     }
 
     pub async fn chat(&self, model: &str, request: &ChatRequest) -> Result<(ChatOutput, u32, u32), ProviderError> {
@@ -212,7 +216,34 @@ struct EmbeddingResponse {
 struct EmbeddingData {
     #[serde(default)]
     index: usize,
-    embedding: Vec<f32>,
+    embedding: WireEmbedding,
+}
+
+/// An embedding as `encoding_format: base64` sends it (little-endian f32s),
+/// or as a plain array from a server that ignores the format.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum WireEmbedding {
+    Floats(Vec<f32>),
+    Base64(String),
+}
+
+impl WireEmbedding {
+    fn into_floats(self) -> Result<Vec<f32>, ProviderError> {
+        use base64::Engine;
+        match self {
+            WireEmbedding::Floats(floats) => Ok(floats),
+            WireEmbedding::Base64(text) => {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(text)
+                    .map_err(|e| ProviderError::Fatal(format!("embedding is not valid base64: {e}")))?;
+                if bytes.len() % 4 != 0 {
+                    return Err(ProviderError::Fatal(format!("base64 embedding of {} bytes is not f32s", bytes.len())));
+                }
+                Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+            }
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -267,5 +298,20 @@ mod tests {
         let mut absurd = reqwest::header::HeaderMap::new();
         absurd.insert("retry-after", "86400".parse().unwrap());
         assert_eq!(retry_after(&absurd), None);
+    }
+
+    #[test]
+    fn embeddings_are_read_as_base64_or_as_floats() {
+        let floats = [0.25f32, -1.5, 3.0e-7];
+        let encoded: Vec<u8> = floats.iter().flat_map(|f| f.to_le_bytes()).collect();
+        let encoded = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, encoded);
+        let body = format!(
+            r#"{{"data":[{{"index":1,"embedding":[0.5,0.75]}},{{"index":0,"embedding":"{encoded}"}}],"usage":null}}"#
+        );
+        let response: EmbeddingResponse = serde_json::from_str(&body).unwrap();
+        let vectors: Vec<Vec<f32>> = response.data.into_iter().map(|d| d.embedding.into_floats().unwrap()).collect();
+        assert_eq!(vectors, vec![vec![0.5, 0.75], floats.to_vec()]);
+        let truncated: EmbeddingData = serde_json::from_str(r#"{"embedding":"AAAA"}"#).unwrap();
+        assert!(truncated.embedding.into_floats().is_err(), "3 bytes are not an f32");
     }
 }

@@ -376,6 +376,8 @@ struct EmbeddingBody {
     model: String,
     input: Value,
     dimensions: Option<usize>,
+    /// `base64` (OpenAI's SDKs' default) or `float` (the API's default).
+    encoding_format: Option<String>,
 }
 
 async fn embeddings(State(shared): State<Arc<Mutex<Shared>>>, Json(body): Json<EmbeddingBody>) -> Response {
@@ -397,7 +399,14 @@ async fn embeddings(State(shared): State<Arc<Mutex<Shared>>>, Json(body): Json<E
         s.embedding_arrivals.push(arrival);
         s.embedding_arrivals.len() - 1
     };
-    let response = serve_embeddings(&shared, body.model, body.dimensions, inputs, tokens).await;
+    let as_base64 = match body.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(_) => {
+            return openai_error(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_value", "encoding_format");
+        }
+    };
+    let response = serve_embeddings(&shared, body.model, body.dimensions, as_base64, inputs, tokens).await;
     shared.lock().unwrap().embedding_arrivals[slot].status = response.status().as_u16();
     response
 }
@@ -406,6 +415,7 @@ async fn serve_embeddings(
     shared: &Arc<Mutex<Shared>>,
     model: String,
     dimensions: Option<usize>,
+    as_base64: bool,
     inputs: Vec<String>,
     tokens: usize,
 ) -> Response {
@@ -427,7 +437,16 @@ async fn serve_embeddings(
     let data: Vec<Value> = inputs
         .iter()
         .enumerate()
-        .map(|(index, text)| json!({"object": "embedding", "index": index, "embedding": local::embed(text, dims)}))
+        .map(|(index, text)| {
+            let vector = local::embed(text, dims);
+            let embedding = if as_base64 {
+                let bytes: Vec<u8> = vector.iter().flat_map(|f| f.to_le_bytes()).collect();
+                json!(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes))
+            } else {
+                json!(vector)
+            };
+            json!({"object": "embedding", "index": index, "embedding": embedding})
+        })
         .collect();
     Json(json!({
         "object": "list",
