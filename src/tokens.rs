@@ -16,27 +16,8 @@ const MAX_RUN_CHARS: usize = 256;
 /// cache pool made that half of a worker's CPU. The counts are the same (a
 /// test checks them against tiktoken).
 pub fn count_tokens(text: &str) -> usize {
-    count_tokens_up_to(text, usize::MAX)
-}
-
-/// [`count_tokens`], but it stops once the count passes `limit` and then
-/// returns `limit + 1`: the chunker asks "does this fit?" of many candidates
-/// far larger than a chunk, and only the answer matters for those.
-pub fn count_tokens_up_to(text: &str, limit: usize) -> usize {
     let tokenizer = bpe_openai::cl100k_base();
-    PIECE_COUNTS.with_borrow_mut(|cache| {
-        if cache.len() > MAX_CACHED_PIECES {
-            cache.clear();
-        }
-        let mut count = 0usize;
-        for piece in tokenizer.split(text) {
-            count += piece_count(tokenizer, cache, piece);
-            if count > limit {
-                return limit.saturating_add(1);
-            }
-        }
-        count
-    })
+    PIECE_COUNTS.with_borrow_mut(|cache| tokenizer.split(text).map(|piece| piece_count(tokenizer, cache, piece)).sum())
 }
 
 /// Pre-tokenized pieces are mostly words, and the same few thousand words
@@ -66,22 +47,91 @@ fn piece_count(
     if let Some(count) = cache.get(piece) {
         return *count;
     }
+    if cache.len() > MAX_CACHED_PIECES {
+        cache.clear();
+    }
     let count = tokenizer.bpe.count(piece.as_bytes());
     cache.insert(piece.into(), count);
     count
 }
 
-/// [`count_tokens`] as a text-splitter chunk sizer for chunks of at most
-/// `max_tokens`. Text-splitter compares sizes with the chunk size and, to
-/// probe, with a quarter more; any count past that answers the same, so
-/// counting stops there.
-pub struct TokenCounter {
-    pub max_tokens: usize,
+/// [`count_tokens`] of any slice of one text, as text-splitter's chunk sizer.
+///
+/// Text-splitter sizes many overlapping candidate slices of the text it
+/// splits, and pre-tokenizing each of them again was most of the chunker's
+/// time. The whole text is pre-tokenized once, with the tokens before each
+/// piece boundary; a slice is then counted as (a) its own first pieces, up to
+/// the first that ends where a piece of the whole text ends, (b) the whole
+/// text's pieces from there, by difference, and (c) its last stretch counted
+/// afresh, from the last boundary before its trailing whitespace. The
+/// pre-tokenizer has no look-behind, so from a shared boundary a slice splits
+/// as the whole text does, except where it sees its own end: the trailing
+/// whitespace (`\s+$`, the one-character look-ahead) and the piece its end
+/// cuts. The counts are the same as counting the slice alone (a test checks
+/// it on thousands of slices).
+pub struct SliceCounter<'t> {
+    text: &'t str,
+    /// At each byte offset where a piece of `text` ends (and at 0): the tokens before it.
+    tokens_before: Vec<u32>,
 }
 
-impl text_splitter::ChunkSizer for TokenCounter {
+const NOT_A_BOUNDARY: u32 = u32::MAX;
+
+impl<'t> SliceCounter<'t> {
+    pub fn new(text: &'t str) -> Self {
+        let tokenizer = bpe_openai::cl100k_base();
+        let mut tokens_before = vec![NOT_A_BOUNDARY; text.len() + 1];
+        tokens_before[0] = 0;
+        PIECE_COUNTS.with_borrow_mut(|cache| {
+            let (mut end, mut total) = (0usize, 0u32);
+            for piece in tokenizer.split(text) {
+                end += piece.len();
+                total += piece_count(tokenizer, cache, piece) as u32;
+                tokens_before[end] = total;
+            }
+        });
+        Self { text, tokens_before }
+    }
+
+    pub fn count(&self, slice: &str) -> usize {
+        let start = (slice.as_ptr() as usize).wrapping_sub(self.text.as_ptr() as usize);
+        if start > self.text.len() || self.text.len() - start < slice.len() {
+            return count_tokens(slice); // not a slice of this text
+        }
+        let end = start + slice.len();
+        let tokenizer = bpe_openai::cl100k_base();
+        PIECE_COUNTS.with_borrow_mut(|cache| {
+            let mut count = 0usize;
+            let mut shared = start;
+            if self.tokens_before[start] == NOT_A_BOUNDARY {
+                for piece in tokenizer.split(slice) {
+                    shared += piece.len();
+                    count += piece_count(tokenizer, cache, piece);
+                    if self.tokens_before[shared] != NOT_A_BOUNDARY {
+                        break;
+                    }
+                }
+                if shared == end {
+                    return count;
+                }
+            }
+            let trailing_space = slice.len() - slice.trim_end().len();
+            let mut tail = (end - trailing_space).max(shared);
+            while self.tokens_before[tail] == NOT_A_BOUNDARY {
+                tail -= 1;
+            }
+            count += (self.tokens_before[tail] - self.tokens_before[shared]) as usize;
+            for piece in tokenizer.split(&self.text[tail..end]) {
+                count += piece_count(tokenizer, cache, piece);
+            }
+            count
+        })
+    }
+}
+
+impl text_splitter::ChunkSizer for SliceCounter<'_> {
     fn size(&self, chunk: &str) -> usize {
-        count_tokens_up_to(chunk, self.max_tokens + self.max_tokens / 4 + 1)
+        self.count(chunk)
     }
 }
 
@@ -104,14 +154,35 @@ mod tests {
     }
 
     #[test]
-    fn counting_up_to_a_limit_stops_just_past_it() {
-        let text = "Each value in Rust has an owner, and there can only be one owner at a time. ".repeat(20);
-        let exact = count_tokens(&text);
-        assert_eq!(count_tokens_up_to(&text, exact), exact);
-        assert_eq!(count_tokens_up_to(&text, exact - 1), exact);
-        assert_eq!(count_tokens_up_to(&text, 10), 11);
-        // Cached word counts answer as the encoder does, however often asked.
-        assert_eq!(count_tokens(&text), exact);
+    fn any_slice_counts_as_counting_it_alone() {
+        // Prose, code, numbers, contractions, runs of spaces and newlines (CRLF too), other scripts.
+        let text = format!(
+            "{}{}",
+            "# Ownership\n\nEach value in Rust has an owner.  There can only be one owner at a time; it's dropped \
+             when they'll go out of scope.\r\n\r\n    let s1 = String::from(\"hello\");\n\tlet n = 1234567;   \n\n\n\
+             * Ünïcödé — 東京は日本の首都です。 ✓ 🚀   ",
+            "word ".repeat(40)
+        );
+        let counter = SliceCounter::new(&text);
+        let boundaries: Vec<usize> = (0..=text.len()).filter(|&i| text.is_char_boundary(i)).collect();
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        for _ in 0..20_000 {
+            let (a, b) = (boundaries[next(boundaries.len())], boundaries[next(boundaries.len())]);
+            let slice = &text[a.min(b)..a.max(b)];
+            assert_eq!(counter.count(slice), count_tokens(slice), "{slice:?}");
+        }
+        // Trimmed slices, as text-splitter asks for them.
+        for &a in &boundaries {
+            let slice = text[a..].trim();
+            assert_eq!(counter.count(slice), count_tokens(slice), "{slice:?}");
+        }
+        assert_eq!(counter.count("not from the text"), count_tokens("not from the text"));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use text_splitter::{ChunkConfig, MarkdownSplitter, TextSplitter};
 
 pub use crate::config::ChunkSettings;
 pub use crate::store::chunks::Chunk;
-use crate::tokens::{TokenCounter, count_tokens};
+use crate::tokens::{SliceCounter, count_tokens};
 
 pub fn content_hash(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
@@ -29,17 +29,18 @@ const SEGMENT_BYTES: usize = 32 * 1024;
 /// by it.
 pub fn chunk(text: &str, markdown: bool, settings: ChunkSettings, title: &str) -> Vec<Chunk> {
     let overlap = settings.overlap_tokens.min(settings.max_tokens.saturating_sub(1));
-    let config = ChunkConfig::new(settings.max_tokens)
-        .with_sizer(TokenCounter { max_tokens: settings.max_tokens })
-        .with_overlap(overlap)
-        .expect("overlap is below the chunk size");
-    let pieces = if markdown {
-        let splitter = MarkdownSplitter::new(config);
-        split_segments(text, |segment| splitter.chunk_indices(segment))
-    } else {
-        let splitter = TextSplitter::new(config);
-        split_segments(text, |segment| splitter.chunk_indices(segment))
-    };
+    // A splitter per segment: its sizer pre-tokenizes the segment once.
+    let pieces = split_segments(text, |segment| {
+        let config = ChunkConfig::new(settings.max_tokens)
+            .with_sizer(SliceCounter::new(segment))
+            .with_overlap(overlap)
+            .expect("overlap is below the chunk size");
+        if markdown {
+            MarkdownSplitter::new(config).chunk_indices(segment).collect()
+        } else {
+            TextSplitter::new(config).chunk_indices(segment).collect()
+        }
+    });
     let headings = if markdown { headings(text) } else { Vec::new() };
     let mut paths = HeadingPaths::new(&headings);
     let title = readable_title(title);
@@ -88,13 +89,10 @@ fn readable_title(title: &str) -> String {
 }
 
 /// Runs `split` on each segment of `text`, with offsets into the whole text.
-fn split_segments<'t, I>(text: &'t str, split: impl Fn(&'t str) -> I) -> Vec<(usize, &'t str)>
-where
-    I: Iterator<Item = (usize, &'t str)>,
-{
+fn split_segments<'t>(text: &'t str, split: impl Fn(&'t str) -> Vec<(usize, &'t str)>) -> Vec<(usize, &'t str)> {
     segments(text, SEGMENT_BYTES)
         .into_iter()
-        .flat_map(|(start, segment)| split(segment).map(move |(offset, piece)| (start + offset, piece)))
+        .flat_map(|(start, segment)| split(segment).into_iter().map(move |(offset, piece)| (start + offset, piece)))
         .collect()
 }
 
@@ -244,7 +242,7 @@ mod tests {
     }
 
     #[test]
-    fn the_bounded_sizer_cuts_exactly_where_exact_counting_would() {
+    fn the_slice_counter_cuts_exactly_where_exact_counting_would() {
         struct Exact;
         impl text_splitter::ChunkSizer for Exact {
             fn size(&self, chunk: &str) -> usize {
@@ -257,10 +255,10 @@ mod tests {
             .collect::<String>();
         for max_tokens in [3, 40, 400] {
             let config = || ChunkConfig::new(max_tokens).with_overlap(max_tokens / 4).unwrap();
-            let bounded: Vec<_> =
-                MarkdownSplitter::new(config().with_sizer(TokenCounter { max_tokens })).chunk_indices(&text).collect();
+            let sliced: Vec<_> =
+                MarkdownSplitter::new(config().with_sizer(SliceCounter::new(&text))).chunk_indices(&text).collect();
             let exact: Vec<_> = MarkdownSplitter::new(config().with_sizer(Exact)).chunk_indices(&text).collect();
-            assert_eq!(bounded, exact, "max_tokens {max_tokens}");
+            assert_eq!(sliced, exact, "max_tokens {max_tokens}");
         }
     }
 

@@ -50,6 +50,9 @@ struct Text {
     quotes: usize,
     /// Inside a heading: it stays on one line.
     heading: bool,
+    /// A list item's bullet or number, written with its first text, so that
+    /// a paragraph inside the item (`<li><p>`) starts on the bullet's line.
+    marker: Option<String>,
     /// Whitespace seen since the last word, written as one space before the next.
     space: bool,
 }
@@ -115,7 +118,7 @@ impl Text {
             "h1" | "h2" | "h3" | "h4" | "h5" | "h6" => {
                 self.blank_line();
                 let level = usize::from(name.as_bytes()[1] - b'0');
-                self.write_prefix();
+                self.begin_text();
                 self.out.extend(std::iter::repeat_n('#', level));
                 self.out.push(' ');
                 self.heading = true;
@@ -139,16 +142,15 @@ impl Text {
             }
             "li" => {
                 self.new_line();
-                self.write_prefix();
                 let depth = self.lists.len().clamp(1, MAX_SHOWN_DEPTH);
-                self.out.extend(std::iter::repeat_n("  ", depth - 1));
-                match self.lists.last_mut() {
+                let indent = "  ".repeat(depth - 1);
+                self.marker = Some(match self.lists.last_mut() {
                     Some(Some(next)) => {
-                        self.out.push_str(&format!("{next}. "));
                         *next += 1;
+                        format!("{indent}{}. ", *next - 1)
                     }
-                    _ => self.out.push_str("* "),
-                }
+                    _ => format!("{indent}* "),
+                });
             }
             "br" => {
                 if self.heading {
@@ -185,8 +187,12 @@ impl Text {
                 self.pre_start = false;
                 self.blank_line();
             }
-            "ul" | "ol" => {
-                self.lists.pop();
+            "ul" | "ol" | "li" => {
+                // An item that ended without text leaves no marker behind.
+                self.marker = None;
+                if name != "li" {
+                    self.lists.pop();
+                }
                 self.new_line();
             }
             _ if is_line_block(name) => self.new_line(),
@@ -202,7 +208,7 @@ impl Text {
             let chars =
                 if std::mem::take(&mut self.pre_start) { chars.strip_prefix('\n').unwrap_or(chars) } else { chars };
             for line in chars.split_inclusive('\n') {
-                self.write_prefix();
+                self.begin_text();
                 self.out.push_str(line);
             }
             return;
@@ -219,7 +225,7 @@ impl Text {
                 continue;
             }
             if self.at_line_start() {
-                self.write_prefix();
+                self.begin_text();
             } else if self.space && !self.out.ends_with(' ') {
                 self.out.push(' ');
             }
@@ -232,23 +238,28 @@ impl Text {
         self.out.is_empty() || self.out.ends_with('\n')
     }
 
-    /// Inside a blockquote, every line starts with `> `.
-    fn write_prefix(&mut self) {
+    /// What a line of text starts with: `> ` inside a blockquote, then the
+    /// list item's marker if its text has not started yet.
+    fn begin_text(&mut self) {
         if self.quotes > 0 && self.at_line_start() {
             self.out.extend(std::iter::repeat_n("> ", self.quotes.min(MAX_SHOWN_DEPTH)));
+        }
+        if let Some(marker) = self.marker.take() {
+            self.out.push_str(&marker);
         }
     }
 
     fn new_line(&mut self) {
         self.space = false;
-        if !self.at_line_start() {
+        // A block opening inside a list item before any of its text stays on the marker's line.
+        if self.marker.is_none() && !self.at_line_start() {
             self.out.push('\n');
         }
     }
 
     fn blank_line(&mut self) {
         self.new_line();
-        if !self.out.is_empty() && !self.out.ends_with("\n\n") {
+        if self.marker.is_none() && !self.out.is_empty() && !self.out.ends_with("\n\n") {
             self.out.push('\n');
         }
     }
@@ -329,6 +340,12 @@ mod tests {
         let html = "<ul><li>one<ul><li>nested</li></ul></li><li>two</li></ul>\
             <ol start=\"3\"><li>three</li><li>four</li></ol>";
         assert_eq!(text(html), "* one\n  * nested\n* two\n3. three\n4. four");
+        // Loose lists: the item's paragraphs start on its bullet's line.
+        assert_eq!(text("<ul><li></li></ul><p>after an empty item</p>"), "after an empty item");
+        assert_eq!(
+            text("<p>Steps:</p><ol><li><p>first</p></li><li><p>second</p><p>more</p></li></ol>"),
+            "Steps:\n\n1. first\n\n2. second\n\nmore"
+        );
     }
 
     #[test]
