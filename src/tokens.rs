@@ -17,7 +17,16 @@ const MAX_RUN_CHARS: usize = 256;
 /// test checks them against tiktoken).
 pub fn count_tokens(text: &str) -> usize {
     let tokenizer = bpe_openai::cl100k_base();
-    PIECE_COUNTS.with_borrow_mut(|cache| tokenizer.split(text).map(|piece| piece_count(tokenizer, cache, piece)).sum())
+    PIECE_COUNTS.with_borrow_mut(|cache| count_pieces(tokenizer, cache, text))
+}
+
+/// The tokens of `text`, pre-tokenized afresh.
+fn count_pieces(
+    tokenizer: &bpe_openai::Tokenizer,
+    cache: &mut rustc_hash::FxHashMap<Box<str>, usize>,
+    text: &str,
+) -> usize {
+    tokenizer.split(text).map(|piece| piece_count(tokenizer, cache, piece)).sum()
 }
 
 /// Pre-tokenized pieces are mostly words, and the same few thousand words
@@ -121,10 +130,7 @@ impl<'t> SliceCounter<'t> {
                 tail -= 1;
             }
             count += (self.tokens_before[tail] - self.tokens_before[shared]) as usize;
-            for piece in tokenizer.split(&self.text[tail..end]) {
-                count += piece_count(tokenizer, cache, piece);
-            }
-            count
+            count + count_pieces(tokenizer, cache, &self.text[tail..end])
         })
     }
 }

@@ -9,7 +9,7 @@ use text_splitter::{ChunkConfig, MarkdownSplitter, TextSplitter};
 
 pub use crate::config::ChunkSettings;
 pub use crate::store::chunks::Chunk;
-use crate::tokens::{SliceCounter, count_tokens};
+use crate::tokens::SliceCounter;
 
 pub fn content_hash(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
@@ -29,17 +29,20 @@ const SEGMENT_BYTES: usize = 32 * 1024;
 /// by it.
 pub fn chunk(text: &str, markdown: bool, settings: ChunkSettings, title: &str) -> Vec<Chunk> {
     let overlap = settings.overlap_tokens.min(settings.max_tokens.saturating_sub(1));
-    // A splitter per segment: its sizer pre-tokenizes the segment once.
+    // A splitter per segment: its sizer pre-tokenizes the segment once, and
+    // then also gives each chunk's token count.
     let pieces = split_segments(text, |segment| {
+        let counter = SliceCounter::new(segment);
         let config = ChunkConfig::new(settings.max_tokens)
-            .with_sizer(SliceCounter::new(segment))
+            .with_sizer(&counter)
             .with_overlap(overlap)
             .expect("overlap is below the chunk size");
-        if markdown {
+        let chunks: Vec<(usize, &str)> = if markdown {
             MarkdownSplitter::new(config).chunk_indices(segment).collect()
         } else {
             TextSplitter::new(config).chunk_indices(segment).collect()
-        }
+        };
+        chunks.into_iter().map(|(offset, piece)| (offset, piece, counter.count(piece))).collect()
     });
     let headings = if markdown { headings(text) } else { Vec::new() };
     let mut paths = HeadingPaths::new(&headings);
@@ -47,7 +50,7 @@ pub fn chunk(text: &str, markdown: bool, settings: ChunkSettings, title: &str) -
     pieces
         .into_iter()
         .enumerate()
-        .map(|(ordinal, (offset, content))| {
+        .map(|(ordinal, (offset, content, tokens))| {
             let heading_path = paths.at(offset);
             let context = std::iter::once(title.as_str())
                 .chain(heading_path.iter().map(String::as_str))
@@ -58,7 +61,7 @@ pub fn chunk(text: &str, markdown: bool, settings: ChunkSettings, title: &str) -
                 ordinal: ordinal as i32,
                 content_hash: content_hash(&embedding_text(&context, content)),
                 content: content.to_string(),
-                token_count: count_tokens(content) as i32,
+                token_count: tokens as i32,
                 context,
                 heading_path,
                 start_offset: offset as i32,
@@ -88,11 +91,17 @@ fn readable_title(title: &str) -> String {
     if stem.contains(' ') { stem.to_string() } else { stem.replace(['-', '_'], " ") }
 }
 
-/// Runs `split` on each segment of `text`, with offsets into the whole text.
-fn split_segments<'t>(text: &'t str, split: impl Fn(&'t str) -> Vec<(usize, &'t str)>) -> Vec<(usize, &'t str)> {
+/// Runs `split` on each segment of `text`: (offset, chunk, tokens), with
+/// offsets into the whole text.
+fn split_segments<'t>(
+    text: &'t str,
+    split: impl Fn(&'t str) -> Vec<(usize, &'t str, usize)>,
+) -> Vec<(usize, &'t str, usize)> {
     segments(text, SEGMENT_BYTES)
         .into_iter()
-        .flat_map(|(start, segment)| split(segment).into_iter().map(move |(offset, piece)| (start + offset, piece)))
+        .flat_map(|(start, segment)| {
+            split(segment).into_iter().map(move |(offset, piece, tokens)| (start + offset, piece, tokens))
+        })
         .collect()
 }
 
@@ -177,6 +186,7 @@ impl<'a> HeadingPaths<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tokens::count_tokens;
 
     #[test]
     fn chunks_stay_within_the_token_budget_and_cover_the_text() {
@@ -185,6 +195,7 @@ mod tests {
         assert!(chunks.len() > 5);
         for c in &chunks {
             assert!(c.token_count <= 100, "{}", c.token_count);
+            assert_eq!(c.token_count as usize, count_tokens(&c.content));
             assert_eq!(&text[c.start_offset as usize..c.end_offset as usize], c.content);
         }
         assert_eq!(chunks.last().unwrap().end_offset as usize, text.trim_end().len());

@@ -123,12 +123,11 @@ impl Text {
                 self.out.push(' ');
                 self.heading = true;
             }
-            "p" | "blockquote" | "table" | "dl" | "figure" | "hr" | "address" | "details" | "fieldset" => {
+            "blockquote" => {
                 self.blank_line();
-                if name == "blockquote" {
-                    self.quotes += 1;
-                }
+                self.quotes += 1;
             }
+            "hr" => self.blank_line(),
             "pre" => {
                 self.blank_line();
                 self.pre += 1;
@@ -165,6 +164,7 @@ impl Text {
                     self.words(alt);
                 }
             }
+            _ if is_paragraph_block(name) => self.blank_line(),
             _ if is_line_block(name) => self.new_line(),
             _ => {}
         }
@@ -177,7 +177,6 @@ impl Text {
                 self.heading = false;
                 self.blank_line();
             }
-            "p" | "table" | "dl" | "figure" | "address" | "details" | "fieldset" => self.blank_line(),
             "blockquote" => {
                 self.quotes = self.quotes.saturating_sub(1);
                 self.blank_line();
@@ -195,6 +194,7 @@ impl Text {
                 }
                 self.new_line();
             }
+            _ if is_paragraph_block(name) => self.blank_line(),
             _ if is_line_block(name) => self.new_line(),
             _ => {}
         }
@@ -263,6 +263,11 @@ impl Text {
             self.out.push('\n');
         }
     }
+}
+
+/// Block elements set apart by blank lines, before and after.
+fn is_paragraph_block(name: &str) -> bool {
+    matches!(name, "p" | "table" | "dl" | "figure" | "address" | "details" | "fieldset")
 }
 
 /// Block elements that end a line but do not make a paragraph of their own.
