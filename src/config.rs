@@ -58,7 +58,7 @@ variables! {
     model_prices: Option<String> = "MODEL_PRICES", optional;
     embed_requests_per_minute: u32 = "EMBED_REQUESTS_PER_MINUTE", positive(3_000);
     embed_tokens_per_minute: u32 = "EMBED_TOKENS_PER_MINUTE", positive(1_000_000);
-    embed_max_in_flight: usize = "EMBED_MAX_IN_FLIGHT", positive(4);
+    embed_max_in_flight: usize = "EMBED_MAX_IN_FLIGHT", positive(16);
     embed_max_batch_inputs: usize = "EMBED_MAX_BATCH_INPUTS", positive(2_048);
     embed_max_batch_tokens: usize = "EMBED_MAX_BATCH_TOKENS", positive(300_000);
     embed_max_input_tokens: usize = "EMBED_MAX_INPUT_TOKENS", positive(8_192);

@@ -10,7 +10,8 @@
 //!    among the tasks that leased budget in the last [`MEMBER_TTL`]: a task's
 //!    share is `max / n`, the first `max % n` tasks (by id) get one more, and
 //!    every task gets at least one. Queries may use every slot of the share;
-//!    bulk work leaves one free for them when the share has two or more.
+//!    bulk work leaves a quarter of it (at least one) free for them when the
+//!    share has two or more, so that a chat waits for no document.
 //! 2. **A reservation** from the fleet's GCRA row in Postgres
 //!    (`embed_lease`, migration 0005): requests and tokens, with the pause and
 //!    slowdown a 429 set. The row answers "send at T"; GCRA then guarantees
@@ -282,7 +283,7 @@ impl EmbedLimiter {
         let mut slots = self.slots.lock().unwrap();
         let limit = match lane {
             Lane::Query => slots.share,
-            Lane::Bulk if slots.share > 1 => slots.share - 1,
+            Lane::Bulk if slots.share > 1 => slots.share - (slots.share / 4).max(1),
             Lane::Bulk => 1,
         };
         (slots.used < limit).then(|| {
