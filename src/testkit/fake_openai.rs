@@ -392,19 +392,19 @@ async fn embeddings(State(shared): State<Arc<Mutex<Shared>>>, Json(body): Json<E
     if inputs.is_empty() || inputs.len() > 2048 {
         return openai_error(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_input", "1 to 2048 inputs");
     }
-    let tokens: usize = inputs.iter().map(|t| count_tokens(t)).sum();
-    let slot = {
-        let mut s = shared.lock().unwrap();
-        let arrival = Arrival { at, status: 0, inputs: inputs.len() as u32, tokens: tokens as u32 };
-        s.embedding_arrivals.push(arrival);
-        s.embedding_arrivals.len() - 1
-    };
     let as_base64 = match body.encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,
         Some(_) => {
             return openai_error(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_value", "encoding_format");
         }
+    };
+    let tokens: usize = inputs.iter().map(|t| count_tokens(t)).sum();
+    let slot = {
+        let mut s = shared.lock().unwrap();
+        let arrival = Arrival { at, status: 0, inputs: inputs.len() as u32, tokens: tokens as u32 };
+        s.embedding_arrivals.push(arrival);
+        s.embedding_arrivals.len() - 1
     };
     let response = serve_embeddings(&shared, body.model, body.dimensions, as_base64, inputs, tokens).await;
     shared.lock().unwrap().embedding_arrivals[slot].status = response.status().as_u16();
