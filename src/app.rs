@@ -36,17 +36,23 @@ impl Application {
     /// Connects, migrates, prepares the embedding index and binds the port
     /// (`config.port`, 0 for any free port).
     pub async fn build(config: Config, role: ProcessRole, usage_log: bool) -> anyhow::Result<Self> {
+        // Migrations and the embedding index may run for minutes on a large
+        // database: on a connection of their own, without the pool's statement timeout.
+        let setup = store::connect(&config.database_url, 1, config.database_acquire_timeout, &[]).await?;
+        store::MIGRATOR.run(&setup).await.context("running migrations")?;
+        store::embeddings::ensure_index(&setup, &config.llm.embedding_model, config.llm.embedding_dimensions)
+            .await
+            .context("creating the embedding index")?;
+        setup.close().await;
+        let mut session = store::search_session(config.hnsw_ef_search);
+        session.push(store::statement_timeout(config.database_statement_timeout));
         let db = store::connect(
             &config.database_url,
             config.database_max_connections,
             config.database_acquire_timeout,
-            &store::search_session(config.hnsw_ef_search),
+            &session,
         )
         .await?;
-        store::MIGRATOR.run(&db).await.context("running migrations")?;
-        store::embeddings::ensure_index(&db, &config.llm.embedding_model, config.llm.embedding_dimensions)
-            .await
-            .context("creating the embedding index")?;
         let sdk = crate::aws::sdk_config(&config.aws).await;
         let blobs = Blobs::new(&sdk, config.aws.endpoint_url.is_some(), &config.s3_bucket, config.aws.call_timeout);
         let queue = Queue::new(&sdk, &config.sqs_queue_url, config.aws.call_timeout);

@@ -38,6 +38,7 @@ variables! {
     database_url: String = "DATABASE_URL", required;
     database_max_connections: u32 = "DATABASE_MAX_CONNECTIONS", positive(20);
     database_acquire_timeout_secs: f64 = "DATABASE_ACQUIRE_TIMEOUT_SECS", positive(2.0);
+    database_statement_timeout_secs: f64 = "DATABASE_STATEMENT_TIMEOUT_SECS", positive(15.0);
     s3_bucket: String = "S3_BUCKET", required;
     sqs_queue_url: String = "SQS_QUEUE_URL", required;
     aws_timeout_secs: f64 = "AWS_TIMEOUT_SECS", positive(10.0);
@@ -259,6 +260,9 @@ pub struct Config {
     pub database_max_connections: u32,
     /// How long a request waits for a pooled connection before answering 503.
     pub database_acquire_timeout: Duration,
+    /// Postgres ends any statement of the pool that runs longer (`statement_timeout`),
+    /// so no request, however hostile, holds a connection and a CPU for long.
+    pub database_statement_timeout: Duration,
     pub s3_bucket: String,
     pub sqs_queue_url: String,
     pub aws: AwsConfig,
@@ -368,6 +372,7 @@ impl Config {
             database_url: vars.database_url,
             database_max_connections: vars.database_max_connections,
             database_acquire_timeout: Duration::from_secs_f64(vars.database_acquire_timeout_secs),
+            database_statement_timeout: Duration::from_secs_f64(vars.database_statement_timeout_secs),
             s3_bucket: vars.s3_bucket,
             sqs_queue_url: vars.sqs_queue_url,
             aws: AwsConfig {

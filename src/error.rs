@@ -101,6 +101,9 @@ impl Error {
             Error::Database(_) | Error::Storage(_) if status == StatusCode::SERVICE_UNAVAILABLE => {
                 "a dependency is temporarily unavailable; try again shortly".to_string()
             }
+            Error::Database(_) if status == StatusCode::GATEWAY_TIMEOUT => {
+                "the request ran past DATABASE_STATEMENT_TIMEOUT_SECS in the database; narrow it".to_string()
+            }
             _ => "internal server error".to_string(),
         }
     }
@@ -126,6 +129,7 @@ impl Error {
             Error::Database(err) if crate::store::is_unavailable(err) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
             }
+            Error::Database(err) if crate::store::is_statement_timeout(err) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
             Error::Storage(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Error::Database(_) | Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }

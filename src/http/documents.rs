@@ -106,6 +106,12 @@ pub async fn create_documents(State(state): State<AppState>, tenant: Tenant, req
     Ok((status, AppJson(UploadResponse { documents })).into_response())
 }
 
+/// Files one multipart upload may carry: each is stored, recorded and queued
+/// before the answer, so the request's time grows with their number (10,000
+/// tiny files once ran past the request timeout half-stored). More files are
+/// more requests; `stolid ingest` and the console send one file per request.
+pub const MAX_FILES_PER_UPLOAD: usize = 100;
+
 async fn read_multipart(mut multipart: Multipart) -> Result<(Vec<Upload>, Option<String>, Option<serde_json::Value>)> {
     let (mut uploads, mut collection, mut metadata) = (Vec::new(), None, None);
     while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
@@ -122,6 +128,14 @@ async fn read_multipart(mut multipart: Multipart) -> Result<(Vec<Upload>, Option
                 metadata = Some(
                     serde_json::from_slice(&bytes).map_err(|e| Error::invalid(format!("metadata is not JSON: {e}")))?,
                 )
+            }
+            (_, Some(_)) if uploads.len() == MAX_FILES_PER_UPLOAD => {
+                return Err(Error::Unprocessable {
+                    code: "too_many_files",
+                    message: format!(
+                        "an upload carries at most {MAX_FILES_PER_UPLOAD} files; send the rest in more requests"
+                    ),
+                });
             }
             (_, Some(file_name)) => {
                 let format = Format::detect(declared.as_deref(), Some(&file_name)).ok_or_else(|| {
@@ -339,7 +353,32 @@ pub async fn list_chunks(
 pub async fn get_content(State(state): State<AppState>, tenant: Tenant, Path(id): Path<Uuid>) -> Result<Response> {
     let doc = find(&state, &tenant, id).await?;
     let bytes = state.blobs.get(&doc.s3_key).await?.ok_or(Error::NotFound("document content"))?;
-    Ok(([(header::CONTENT_TYPE, doc.content_type)], bytes).into_response())
+    // An uploaded HTML page is the uploader's markup served from the console's
+    // origin: a browser that opens it must download it, never sniff it into
+    // another type, and, should it render it anyway, run nothing in it.
+    let headers = [
+        (header::CONTENT_TYPE, doc.content_type),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_string()),
+        (header::CONTENT_SECURITY_POLICY, "sandbox; default-src 'none'".to_string()),
+        (header::CONTENT_DISPOSITION, attachment(&doc.title)),
+    ];
+    Ok((headers, bytes).into_response())
+}
+
+/// `attachment` with the title as file name: an ASCII fallback, and the exact
+/// name in RFC 8187's `filename*` for clients that read it.
+fn attachment(title: &str) -> String {
+    let fallback: String =
+        title.chars().map(|c| if c.is_ascii_alphanumeric() || " .-_()".contains(c) { c } else { '_' }).collect();
+    let mut exact = String::new();
+    for byte in title.bytes() {
+        if byte.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&byte) {
+            exact.push(byte as char);
+        } else {
+            exact.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    format!("attachment; filename=\"{fallback}\"; filename*=UTF-8''{exact}")
 }
 
 /// Deletes the document, its chunks and its original, whatever its status.
@@ -445,4 +484,18 @@ pub async fn summarize_documents(
     )
     .await?;
     Ok((StatusCode::ACCEPTED, AppJson(BatchResponse { queued: ids.len(), ids })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::attachment;
+
+    #[test]
+    fn a_download_is_named_after_its_title_whatever_characters_it_holds() {
+        assert_eq!(attachment("notes.md"), "attachment; filename=\"notes.md\"; filename*=UTF-8''notes.md");
+        assert_eq!(
+            attachment("a \"b\"\r\n;c/ü.html"),
+            "attachment; filename=\"a _b____c__.html\"; filename*=UTF-8''a%20%22b%22%0D%0A%3Bc%2F%C3%BC.html"
+        );
+    }
 }

@@ -85,7 +85,7 @@ impl Exceeded {
 
     /// An amount in the limit's unit, as people read it: `$5.00`, `1000 tokens`.
     pub fn amount(&self, value: f64) -> String {
-        if self.unit == "tokens" { format!("{value} tokens") } else { format!("${value:.2}") }
+        if self.unit == "tokens" { format!("{value} tokens") } else { usd(value) }
     }
 
     /// Whether the call could never fit, even in an unused period.
@@ -115,6 +115,13 @@ impl std::fmt::Display for Exceeded {
         }
         write!(f, "; it resets at {}", self.resets_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
     }
+}
+
+/// Dollars with cents, and below a cent with two significant digits, so a call
+/// that needs $0.00092 never reads "$0.00 needed".
+fn usd(value: f64) -> String {
+    let decimals = if value <= 0.0 || value >= 0.01 { 2 } else { (1.0 - value.log10().floor()).min(10.0) as usize };
+    format!("${value:.decimals$}")
 }
 
 /// What one call may cost at most.
@@ -215,5 +222,16 @@ mod tests {
         let tokens = Exceeded { period: "day", unit: "tokens", limit: 1000.0, used: 1000.0, ..exceeded };
         assert_eq!(tokens.to_string(), "the daily budget of 1000 tokens is spent; it resets at 2026-12-03T00:00:00Z");
         crate::testkit::emf::check(&refusal_line(Uuid::nil(), &tokens)).unwrap();
+        let tiny = Exceeded { limit: 0.001, used: 0.0005, needed: 0.00092, ..exceeded };
+        assert!(tiny.to_string().contains("($0.00050 used or reserved, $0.00092 needed)"), "{tiny}");
+    }
+
+    #[test]
+    fn dollar_amounts_below_a_cent_keep_two_significant_digits() {
+        for (value, text) in
+            [(0.0, "$0.00"), (5.0, "$5.00"), (0.01, "$0.01"), (0.0099, "$0.0099"), (0.00092, "$0.00092")]
+        {
+            assert_eq!(usd(value), text);
+        }
     }
 }

@@ -43,10 +43,26 @@ const VECTOR_WEIGHT: f64 = 0.5;
 /// whole list, `k: 50` ranked the top 5 differently from `k: 8`).
 const FUSION_FLOOR_RANK: usize = 20;
 
+/// Keys a metadata filter may name.
+pub const MAX_FILTER_KEYS: usize = 16;
+/// Values one `in` may list.
+pub const MAX_FILTER_IN_VALUES: usize = 100;
+/// The whole filter as JSON: every value is matched inside the SQL, so a filter
+/// is held to what a person writes, not what a script can send.
+pub const MAX_FILTER_BYTES: usize = 4096;
+
 /// Parses a metadata filter: `{"key": value}` for equality, `{"key": {"in": [v1, v2]}}`
-/// for membership. Every key must match.
+/// for membership. Every key must match. Bounded by [`MAX_FILTER_KEYS`],
+/// [`MAX_FILTER_IN_VALUES`] and [`MAX_FILTER_BYTES`].
 pub fn parse_filter(filter: &serde_json::Value) -> Result<Vec<Vec<serde_json::Value>>> {
     let object = filter.as_object().ok_or_else(|| DomainError::invalid("filter must be a JSON object"))?;
+    if object.len() > MAX_FILTER_KEYS {
+        return Err(DomainError::invalid(format!("filter names {} keys; at most {MAX_FILTER_KEYS}", object.len())));
+    }
+    let size = filter.to_string().len();
+    if size > MAX_FILTER_BYTES {
+        return Err(DomainError::invalid(format!("filter is {size} bytes as JSON; at most {MAX_FILTER_BYTES}")));
+    }
     object
         .iter()
         .map(|(key, condition)| match condition {
@@ -55,6 +71,12 @@ pub fn parse_filter(filter: &serde_json::Value) -> Result<Vec<Vec<serde_json::Va
                     .as_array()
                     .filter(|v| !v.is_empty() && op.len() == 1)
                     .ok_or_else(|| DomainError::invalid(format!("filter.{key}.in must be a non-empty array")))?;
+                if values.len() > MAX_FILTER_IN_VALUES {
+                    return Err(DomainError::invalid(format!(
+                        "filter.{key}.in lists {} values; at most {MAX_FILTER_IN_VALUES}",
+                        values.len()
+                    )));
+                }
                 Ok(values.iter().map(|v| serde_json::json!({ key: v })).collect())
             }
             serde_json::Value::Object(_) => {
@@ -337,5 +359,20 @@ mod tests {
         assert!(parsed.contains(&vec![serde_json::json!({"tier": "gold"}), serde_json::json!({"tier": "silver"})]));
         assert!(parse_filter(&serde_json::json!({"n": {"gt": 1}})).is_err());
         assert!(parse_filter(&serde_json::json!([1])).is_err());
+    }
+
+    #[test]
+    fn filters_are_bounded_in_keys_values_and_size() {
+        let values = |n: usize| (0..n).map(|i| format!("v{i}")).collect::<Vec<_>>();
+        assert!(parse_filter(&serde_json::json!({"t": {"in": values(MAX_FILTER_IN_VALUES)}})).is_ok());
+        let err = parse_filter(&serde_json::json!({"t": {"in": values(MAX_FILTER_IN_VALUES + 1)}})).unwrap_err();
+        assert!(err.to_string().contains("at most 100"), "{err}");
+        let keys: serde_json::Map<String, serde_json::Value> =
+            (0..=MAX_FILTER_KEYS).map(|i| (format!("k{i}"), serde_json::json!(1))).collect();
+        assert!(parse_filter(&serde_json::Value::Object(keys)).is_err());
+        let long = "x".repeat(MAX_FILTER_BYTES);
+        assert!(parse_filter(&serde_json::json!({"t": long})).is_err());
+        let long_values: Vec<String> = (0..50).map(|i| format!("{i:0>100}")).collect();
+        assert!(parse_filter(&serde_json::json!({"t": {"in": long_values}})).is_err(), "50 values of 100 bytes");
     }
 }

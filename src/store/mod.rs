@@ -15,7 +15,7 @@ pub mod signals;
 pub mod usage;
 
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgDatabaseError, PgPoolOptions, PgSeverity};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -72,6 +72,17 @@ pub fn search_session(ef_search: u32) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// Postgres's `statement_timeout` for every connection of a pool, in whole milliseconds.
+pub fn statement_timeout(timeout: std::time::Duration) -> (&'static str, String) {
+    ("statement_timeout", timeout.as_millis().max(1).to_string())
+}
+
+/// Whether Postgres cancelled the statement for running past `statement_timeout`
+/// (57014; nothing else in stolid cancels statements).
+pub fn is_statement_timeout(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.code().is_some_and(|code| code == "57014"))
+}
+
 /// Whether the error means the database cannot be reached or has no connection
 /// to spare right now (down, restarting, pool exhausted), as opposed to a bad
 /// query or bad data: the former is worth a retry and answers 503.
@@ -81,10 +92,19 @@ pub fn is_unavailable(err: &sqlx::Error) -> bool {
         // A server going away mid-handshake (shutting down, a proxy restarting)
         // shows up as a protocol error rather than an I/O one.
         sqlx::Error::WorkerCrashed | sqlx::Error::Protocol(_) => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            // 08: connection exception; 57P01-03: shutting down or starting up; 53300: too many connections.
-            code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
-        }),
+        // FATAL ends the session: at connect that is a database refusing
+        // connections (55000), full (53300), starting up or failing over
+        // (57P03), renamed or dropped (3D000), or a rotated password (28P01);
+        // later, an administrator or a shutdown ending it. None is the
+        // request's fault, and the log says which.
+        sqlx::Error::Database(db) => {
+            db.try_downcast_ref::<PgDatabaseError>()
+                .is_some_and(|pg| matches!(pg.severity(), PgSeverity::Fatal | PgSeverity::Panic))
+                || db.code().is_some_and(|code| {
+                    // 08: connection exception; 57P01-03: shutting down or starting up; 53300: too many connections.
+                    code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+                })
+        }
         _ => false,
     }
 }

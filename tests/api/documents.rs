@@ -97,6 +97,17 @@ async fn every_supported_format_is_indexed_into_sensible_chunks() {
     let content = app.get(&format!("/v1/documents/{}/content", ids[1])).send().await.unwrap();
     assert_eq!(content.headers()["content-type"], "text/markdown");
     assert_eq!(content.text().await.unwrap(), MARKDOWN);
+    // An uploaded page is handed to a browser as a file to save, never as a page
+    // of the console's origin that could run its scripts.
+    let page = app.get(&format!("/v1/documents/{}/content", ids[2])).send().await.unwrap();
+    assert_eq!(page.headers()["content-type"], "text/html");
+    assert_eq!(page.headers()["x-content-type-options"], "nosniff");
+    assert_eq!(page.headers()["content-security-policy"], "sandbox; default-src 'none'");
+    assert_eq!(
+        page.headers()["content-disposition"],
+        "attachment; filename=\"cargo.html\"; filename*=UTF-8''cargo.html"
+    );
+    assert_eq!(page.text().await.unwrap(), HTML);
 }
 
 /// The same content in the same collection is one document; another collection is another.

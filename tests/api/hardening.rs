@@ -239,6 +239,91 @@ async fn a_database_outage_answers_503_and_recovers_without_a_restart() {
     assert_eq!(list["documents"].as_array().unwrap().len(), 1, "{list}");
 }
 
+/// A database that is up but refuses new sessions (connections disallowed, its
+/// connection limit reached, a failover, a rotated password) is unavailable,
+/// not a bug: 503 with `Retry-After`, and served again once it accepts them.
+#[tokio::test]
+async fn a_database_refusing_connections_answers_503_not_500() {
+    let app = spawn_app().await;
+    upload_text(&app, json!({"text": "Written before the database closed its doors."})).await;
+    let (base, name) = app.infra.database_url.rsplit_once('/').unwrap();
+    let mut admin = sqlx::PgConnection::connect(&format!("{base}/stolid")).await.unwrap();
+    for (refusal, reopen) in [
+        ("ALLOW_CONNECTIONS false", "ALLOW_CONNECTIONS true"), // FATAL 55000 at connect
+        ("CONNECTION LIMIT 0", "CONNECTION LIMIT -1"),         // FATAL 53300 at connect
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("ALTER DATABASE \"{name}\" {refusal}")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+            .bind(name)
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(700)).await; // past the pool's no-ping window
+        for request in [
+            app.get("/v1/documents"),
+            app.post("/v1/search").json(&json!({"query": "doors", "mode": "keyword"})),
+            app.post("/v1/documents").json(&json!({"text": "Written while it refused."})),
+        ] {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 503, "{refusal}: {}", response.text().await.unwrap());
+            assert!(response.headers().contains_key("retry-after"), "{refusal}");
+            assert_eq!(error_code(response).await, "unavailable", "{refusal}");
+        }
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("ALTER DATABASE \"{name}\" {reopen}")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let list: Value = app.get_json("/v1/documents").await;
+        assert_eq!(list["documents"].as_array().unwrap().len(), 1, "{refusal}: {list}");
+    }
+}
+
+/// Every statement of the pool is held to `DATABASE_STATEMENT_TIMEOUT_SECS`: a
+/// request whose statement cannot finish (here it waits behind a lock) answers
+/// 504 `timeout` when the time is up instead of holding its connection, and
+/// the next request is served.
+#[tokio::test]
+async fn a_statement_past_the_statement_timeout_answers_504_and_frees_its_connection() {
+    let env = std::collections::HashMap::from([("DATABASE_STATEMENT_TIMEOUT_SECS", "0.5".to_string())]);
+    let app = spawn_app_with(Options { env, ..Default::default() }).await;
+    upload_text(&app, json!({"text": "A document to list."})).await;
+    let mut admin = sqlx::PgConnection::connect(&app.infra.database_url).await.unwrap();
+    let mut lock = sqlx::Connection::begin(&mut admin).await.unwrap();
+    sqlx::query("LOCK TABLE documents IN ACCESS EXCLUSIVE MODE").execute(&mut *lock).await.unwrap();
+    let started = std::time::Instant::now();
+    let response = app.get("/v1/documents").send().await.unwrap();
+    assert_eq!(response.status(), 504);
+    assert_eq!(error_code(response).await, "timeout");
+    assert!(started.elapsed() < Duration::from_secs(5), "answered after {:?}", started.elapsed());
+    lock.rollback().await.unwrap();
+    let list: Value = app.get_json("/v1/documents").await;
+    assert_eq!(list["documents"].as_array().unwrap().len(), 1, "{list}");
+}
+
+/// A metadata filter is bounded (keys, `in` values, bytes): the filter that
+/// held Postgres for a minute (10,000 `in` values) is refused at once with 422.
+#[tokio::test]
+async fn a_hostile_filter_is_refused_before_it_reaches_the_database() {
+    let app = spawn_app().await;
+    let values: Vec<String> = (0..10_000).map(|i| format!("value-{i}")).collect();
+    for path in ["/v1/search", "/v1/chat", "/v1/suggest"] {
+        let field = if path == "/v1/search" {
+            "query"
+        } else if path == "/v1/chat" {
+            "message"
+        } else {
+            "text"
+        };
+        let response =
+            app.post(path).json(&json!({field: "wombat", "filter": {"t": {"in": values}}})).send().await.unwrap();
+        assert_eq!(response.status(), 422, "{path}");
+        assert_eq!(error_code(response).await, "invalid_request", "{path}");
+    }
+}
+
 /// Connections are handed out without a ping only while they were used
 /// moments ago: once Postgres has dropped every connection (a restart, a
 /// failover) and they have sat idle past that window, the next request is
@@ -535,4 +620,32 @@ async fn the_same_bytes_with_another_type_are_not_a_duplicate() {
     assert_eq!((ids[1].1, &ids[1].2), (false, &json!("application/pdf")));
     assert_ne!(ids[0].0, ids[1].0);
     assert_eq!((ids[2].1, &ids[2].0), (true, &ids[0].0));
+}
+
+/// One multipart upload carries at most 100 files: 10,000 tiny files once ran
+/// past the request timeout with thousands stored. More are refused with 422
+/// `too_many_files` before anything is stored; 100 are taken.
+#[tokio::test]
+async fn an_upload_of_too_many_files_is_refused_before_anything_is_stored() {
+    let app = spawn_app().await;
+    let form = |n: usize| {
+        (0..n).fold(reqwest::multipart::Form::new(), |form, i| {
+            let part = reqwest::multipart::Part::bytes(format!("note {i}").into_bytes())
+                .file_name(format!("note-{i}.txt"))
+                .mime_str("text/plain")
+                .unwrap();
+            form.part("file", part)
+        })
+    };
+    let refused = app.post("/v1/documents").multipart(form(10_000)).send().await.unwrap();
+    assert_eq!(refused.status(), 422);
+    assert_eq!(error_code(refused).await, "too_many_files");
+    let list: Value = app.get_json("/v1/documents").await;
+    assert_eq!(list["documents"].as_array().unwrap().len(), 0, "nothing stored: {list}");
+    assert!(app.bucket_keys().await.is_empty(), "no original in S3");
+
+    let taken = app.post("/v1/documents").multipart(form(100)).send().await.unwrap();
+    assert_eq!(taken.status(), 202);
+    let body: Value = taken.json().await.unwrap();
+    assert_eq!(body["documents"].as_array().unwrap().len(), 100);
 }
