@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PORT ?= 8080
 CARGO ?= cargo
 
-.PHONY: up infra build test console console-check bench-ingest bench-fleet bench-api bench-chunk eval chaos lint fmt clean-test-dbs
+.PHONY: up infra build test compose-test console console-check bench-ingest bench-fleet bench-api bench-chunk eval chaos lint fmt clean-test-dbs
 
 ## up: start the local stack, create a dev API key once (kept in .env), run stolid in the foreground
 up: infra build
@@ -25,6 +25,12 @@ build:
 test: infra clean-test-dbs console-check
 	$(CARGO) test --locked --no-fail-fast --lib --bins --tests
 	@scripts/clean-test-dbs.sh
+
+## compose-test: docker-compose.yml run unchanged as a user runs it, with a real Docker engine (installed and
+## started when none answers; base images pulled, or built as local stand-ins where no registry answers):
+## up --build, a key, the Rust book's pages indexed, a cited chat answer, JSON logs, SIGTERM, down -v
+compose-test:
+	@scripts/docker/compose-test.sh
 
 ## console: rebuild console/dist/app.js from console/src (esbuild + Chart.js); commit the result
 console:

@@ -1,5 +1,6 @@
-//! The deployment files cannot be run here (no Docker engine, no AWS), so check
-//! what can be checked: they parse, and what they configure is what stolid reads.
+//! The deployment files parse, and what they configure is what stolid reads.
+//! `make compose-test` runs docker-compose.yml and the image for real; the task
+//! definition cannot be run here (no AWS), so these checks are all it gets.
 
 use std::collections::HashMap;
 
@@ -34,6 +35,7 @@ fn the_task_definition_matches_the_config() {
     assert!(container["stopTimeout"].as_u64().unwrap() > shutdown, "ECS must wait longer than stolid drains");
     assert_eq!(container["logConfiguration"]["logDriver"], "awslogs");
     assert_eq!(container["healthCheck"]["command"][2], "healthcheck");
+    assert_eq!(container["readonlyRootFilesystem"], true, "stolid writes nothing to disk");
     assert_eq!(container["portMappings"][0]["containerPort"].as_u64().unwrap().to_string(), env["PORT"]);
     // With the secrets filled in, the environment is a valid configuration.
     let mut full = env.clone();
@@ -52,6 +54,17 @@ fn docker_compose_runs_the_whole_stack_with_a_valid_config() {
         assert!(services.contains_key(service), "service {service} missing");
     }
     assert!(compose["services"]["postgres"]["image"].as_str().unwrap().starts_with("pgvector/pgvector:0.8"));
+    // A machine that already runs Postgres or moto must not stop `up`: their host
+    // ports are on loopback and chosen by Docker unless a variable pins them.
+    for (service, port, variable) in [("postgres", 5432, "STOLID_POSTGRES_PORT"), ("moto", 4566, "STOLID_MOTO_PORT")] {
+        let ports = compose["services"][service]["ports"].as_sequence().unwrap();
+        assert_eq!(ports.len(), 1);
+        assert_eq!(ports[0].as_str().unwrap(), format!("127.0.0.1:${{{variable}:-}}:{port}"));
+    }
+    assert_eq!(compose["services"]["stolid"]["ports"][0].as_str().unwrap(), "${STOLID_PORT:-8080}:8080");
+    let stolid = &compose["services"]["stolid"];
+    assert_eq!(stolid["read_only"], serde_yaml::Value::Bool(true), "run as ECS runs it: read-only root");
+    assert_eq!(stolid["healthcheck"]["test"][2].as_str(), Some("healthcheck"));
     let env: HashMap<String, String> = compose["services"]["stolid"]["environment"]
         .as_mapping()
         .unwrap()
@@ -73,4 +86,6 @@ fn docker_compose_runs_the_whole_stack_with_a_valid_config() {
     assert_eq!(config.s3_bucket, "stolid-dev");
     assert!(config.sqs_queue_url.ends_with("/stolid-jobs"));
     assert_eq!(config.llm.provider.as_str(), "local", "no key: the local provider");
+    let grace: u64 = stolid["stop_grace_period"].as_str().unwrap().trim_end_matches('s').parse().unwrap();
+    assert!(grace > config.shutdown_timeout.as_secs(), "compose must wait longer than stolid drains");
 }
