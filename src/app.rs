@@ -79,7 +79,8 @@ impl Application {
             };
             tracing::warn!("no OPENAI_API_KEY: using the built-in local provider ({embeddings}, extractive answers)");
         }
-        let state = AppState { db, blobs, queue, gateway, config: Arc::new(config) };
+        let state =
+            AppState { db, blobs, queue, gateway, config: Arc::new(config), streams_end: CancellationToken::new() };
         Ok(Self { state, listener, usage_writer, role })
     }
 
@@ -114,6 +115,14 @@ impl Application {
         // within SHUTDOWN_TIMEOUT_SECS (ECS's stopTimeout is set above it).
         let stop_by = tokio::time::Instant::now() + deadline.mul_f64(0.95);
         tracing::info!(deadline_s = deadline.as_secs(), "shutting down");
+        // Streams get half the deadline to finish on their own, then end cleanly,
+        // which leaves the other half for their connections to close and their
+        // usage rows to be written.
+        let streams_end = state.streams_end.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(deadline.mul_f64(0.5)).await;
+            streams_end.cancel();
+        });
         let drain = async {
             if let Some(api) = api {
                 match api.await {

@@ -35,4 +35,10 @@ impl DomainError {
     pub fn invalid(message: impl Into<String>) -> Self {
         DomainError::Invalid(message.into())
     }
+
+    /// A stream ended by a shutdown (503 `unavailable`): the turn was not
+    /// stored, and asking again reaches a task that is not stopping.
+    pub fn shutting_down() -> Self {
+        DomainError::Unavailable("the server is shutting down; ask again".into())
+    }
 }

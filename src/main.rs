@@ -9,8 +9,10 @@ fn main() -> std::process::ExitCode {
     let runtime = tokio::runtime::Runtime::new().expect("starting the tokio runtime");
     let result = runtime.block_on(stolid::cli::run(cli));
     // Dropping the runtime would wait for blocking threads (a long extraction
-    // cannot be cancelled); the process must exit within its stop timeout.
-    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    // cannot be cancelled). What a shutdown owes (responses, usage rows,
+    // released messages) is done when `run` returns, inside the stop timeout:
+    // exit now, without a grace second that would overrun it.
+    runtime.shutdown_background();
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

@@ -10,6 +10,7 @@ use crate::blob::Blobs;
 use crate::config::Config;
 use crate::llm::Gateway;
 use crate::queue::Queue;
+use tokio_util::sync::CancellationToken;
 
 /// Everything a handler or job needs; cheap to clone (all handles are shared).
 #[derive(Clone)]
@@ -19,4 +20,9 @@ pub struct AppState {
     pub queue: Queue,
     pub gateway: Arc<Gateway>,
     pub config: Arc<Config>,
+    /// Cancelled half way through a shutdown's deadline: streams still open
+    /// (chat, agent) then stop their model call and end with an `error` event
+    /// saying so, so every client sees a clean end and every call's usage is
+    /// stored before the process exits.
+    pub streams_end: CancellationToken,
 }

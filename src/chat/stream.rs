@@ -49,7 +49,17 @@ pub async fn respond(state: AppState, tenant: Tenant, input: ChatInput) -> Resul
     Ok(futures::stream::unfold(turn, |mut turn| async move {
         // The turn ends after its `done` or `error` event.
         turn.prepared.as_ref()?;
-        match turn.upstream.next().await {
+        let next = tokio::select! {
+            biased;
+            next = turn.upstream.next() => next,
+            _ = turn.state.streams_end.cancelled() => {
+                // Dropping the upstream stops the model and records the call.
+                turn.prepared = None;
+                turn.upstream = futures::stream::empty().boxed();
+                return Some((TurnEvent::Error(DomainError::shutting_down()), turn));
+            }
+        };
+        match next {
             Some(Ok(StreamItem::Delta(text))) => Some((TurnEvent::Delta(text), turn)),
             Some(Ok(StreamItem::Done(response))) => {
                 let mut prepared = turn.prepared.take().expect("checked above");

@@ -77,11 +77,16 @@ pub async fn run_agent(
     let (steps_tx, steps_rx) = tokio::sync::mpsc::channel::<TraceStep>(16);
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let steps_closed = steps_tx.clone();
+    let streams_end = state.streams_end.clone();
     tokio::spawn(async move {
         tokio::select! {
             reply = agent::run(&state, &tenant, input, Some(steps_tx)) => { let _ = done_tx.send(reply); }
             // The client went away: dropping the loop cancels its in-flight model call.
             _ = steps_closed.closed() => tracing::info!("agent stream closed by the client; stopping"),
+            // A shutdown: stop the loop the same way, and say so.
+            _ = streams_end.cancelled() => {
+                let _ = done_tx.send(Err(crate::domain_error::DomainError::shutting_down()));
+            }
         }
     });
     let steps = tokio_stream::wrappers::ReceiverStream::new(steps_rx)

@@ -293,3 +293,82 @@ async fn the_readmes_logs_insights_queries_answer_from_a_real_runs_log() {
         }
     }
 }
+
+/// SIGTERM while chats stream from a slow model: every stream ends with an
+/// `error` event (`unavailable`: the server is shutting down) instead of a cut
+/// transfer, every chat call the model served is stored in `model_calls` (the
+/// calls cut short too: billing records are data), and the process exits
+/// within SHUTDOWN_TIMEOUT_SECS.
+#[tokio::test]
+async fn sigterm_ends_open_chat_streams_cleanly_and_stores_every_model_call() {
+    let fake = stolid::testkit::fake_openai::FakeOpenAi::start().await;
+    fake.set_stream_gap(Duration::from_millis(300));
+    let base_url = fake.base_url();
+    let mut seen = Vec::new();
+    let env = [
+        ("SHUTDOWN_TIMEOUT_SECS", "4"),
+        ("OPENAI_API_KEY", "sk-fake"),
+        ("OPENAI_BASE_URL", base_url.as_str()),
+        ("EMBEDDING_DIMENSIONS", "384"),
+    ];
+    let (mut server, infra) = start_server(&mut seen, &env).await;
+    let db = sqlx::PgPool::connect(&infra.database_url).await.unwrap();
+    let tenant = stolid::store::keys::ensure_tenant(&db, "acme").await.unwrap();
+    let key = stolid::store::keys::create_key(&db, tenant).await.unwrap().key;
+    let api = format!("http://127.0.0.1:{}", server.port);
+    let client = reqwest::Client::new();
+    let text = "Each value in Rust has an owner. There can only be one owner at a time. \
+                When the owner goes out of scope, the value will be dropped. ";
+    let response = client
+        .post(format!("{api}/v1/documents"))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({"text": text.repeat(6), "title": "ownership"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let body: serde_json::Value = response.json().await.unwrap();
+    let id: uuid::Uuid = body["documents"][0]["id"].as_str().unwrap().parse().unwrap();
+    wait_for_status(&db, tenant, id, DocumentStatus::Indexed).await;
+
+    let streams: Vec<_> = (0..6)
+        .map(|i| {
+            let request = client.post(format!("{api}/v1/chat")).bearer_auth(&key).json(&serde_json::json!({
+                "message": format!("What happens to a value when its owner goes out of scope? ({i})"),
+                "stream": true,
+            }));
+            tokio::spawn(async move {
+                let response = request.send().await.unwrap();
+                assert_eq!(response.status(), 200);
+                response.text().await
+            })
+        })
+        .collect();
+    let streaming = Instant::now();
+    while fake.stats().chat_requests < 6 {
+        assert!(streaming.elapsed() < Duration::from_secs(20), "the streams never reached the model");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await; // well into the answers
+
+    let sent = Instant::now();
+    let (server, status) = tokio::task::spawn_blocking(move || {
+        let status = server.terminate(Duration::from_secs(10));
+        (server, status)
+    })
+    .await
+    .unwrap();
+    let exited_after = sent.elapsed();
+    assert!(status.success(), "{status:?}");
+    assert!(exited_after < Duration::from_secs(4), "exited {exited_after:?} after SIGTERM; the stop timeout is 4 s");
+    for stream in streams {
+        let body = stream.await.unwrap().expect("the stream ended cleanly, not cut short");
+        let last_event = body.lines().rfind(|line| line.starts_with("event:"));
+        assert_eq!(last_event, Some("event: error"), "{body}");
+        assert!(body.contains("shutting down") && body.contains("\"unavailable\""), "{body}");
+    }
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM model_calls WHERE operation = 'chat'").fetch_one(&db).await.unwrap();
+    assert_eq!(stored as u64, fake.stats().chat_requests, "every chat call is stored");
+    drop(server);
+}
