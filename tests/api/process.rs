@@ -94,6 +94,20 @@ async fn start_server(seen: &mut Vec<String>, extra_env: &[(&str, &str)]) -> (Se
     (server, infra)
 }
 
+/// Uploads `text` through the server's API; the new document's id.
+async fn upload_text(port: u16, key: &str, text: &str, title: &str) -> uuid::Uuid {
+    let response = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/v1/documents"))
+        .bearer_auth(key)
+        .json(&serde_json::json!({"text": text, "title": title}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let body: serde_json::Value = response.json().await.unwrap();
+    body["documents"][0]["id"].as_str().unwrap().parse().unwrap()
+}
+
 impl Server {
     /// Sends SIGTERM and waits for the process to exit (for at most `bound`).
     fn terminate(&mut self, bound: Duration) -> std::process::ExitStatus {
@@ -161,17 +175,7 @@ async fn sigterm_during_a_long_extraction_exits_within_the_stop_timeout() {
     // Whitespace-free text chunks slowest: several MB take far longer than the
     // stop timeout on any machine (`make bench-chunk`: about 0.5 MB/s, release).
     let text = "abcdefghij0123456789".repeat(400_000);
-    let client = reqwest::Client::new();
-    let response = client
-        .post(format!("http://127.0.0.1:{}/v1/documents", server.port))
-        .bearer_auth(&key)
-        .json(&serde_json::json!({"text": text, "title": "long"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
-    let body: serde_json::Value = response.json().await.unwrap();
-    let id: uuid::Uuid = body["documents"][0]["id"].as_str().unwrap().parse().unwrap();
+    let id = upload_text(server.port, &key, &text, "long").await;
     wait_for_status(&db, tenant, id, DocumentStatus::Processing).await;
     tokio::time::sleep(Duration::from_millis(500)).await; // into the extraction
     // The stop timeout is 2 s; the bound only guards against a hang (before the
@@ -319,16 +323,7 @@ async fn sigterm_ends_open_chat_streams_cleanly_and_stores_every_model_call() {
     let client = reqwest::Client::new();
     let text = "Each value in Rust has an owner. There can only be one owner at a time. \
                 When the owner goes out of scope, the value will be dropped. ";
-    let response = client
-        .post(format!("{api}/v1/documents"))
-        .bearer_auth(&key)
-        .json(&serde_json::json!({"text": text.repeat(6), "title": "ownership"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
-    let body: serde_json::Value = response.json().await.unwrap();
-    let id: uuid::Uuid = body["documents"][0]["id"].as_str().unwrap().parse().unwrap();
+    let id = upload_text(server.port, &key, &text.repeat(6), "ownership").await;
     wait_for_status(&db, tenant, id, DocumentStatus::Indexed).await;
 
     let streams: Vec<_> = (0..6)
