@@ -38,7 +38,7 @@ variables! {
     database_url: String = "DATABASE_URL", required;
     database_max_connections: u32 = "DATABASE_MAX_CONNECTIONS", positive(20);
     database_acquire_timeout_secs: f64 = "DATABASE_ACQUIRE_TIMEOUT_SECS", positive(2.0);
-    database_statement_timeout_secs: f64 = "DATABASE_STATEMENT_TIMEOUT_SECS", positive(15.0);
+    database_statement_timeout_secs: f64 = "DATABASE_STATEMENT_TIMEOUT_SECS", positive(120.0);
     s3_bucket: String = "S3_BUCKET", required;
     sqs_queue_url: String = "SQS_QUEUE_URL", required;
     aws_timeout_secs: f64 = "AWS_TIMEOUT_SECS", positive(10.0);
@@ -261,7 +261,7 @@ pub struct Config {
     /// How long a request waits for a pooled connection before answering 503.
     pub database_acquire_timeout: Duration,
     /// Postgres ends any statement of the pool that runs longer (`statement_timeout`),
-    /// so no request, however hostile, holds a connection and a CPU for long.
+    /// so no statement, however hostile its request, outlives the longest request.
     pub database_statement_timeout: Duration,
     pub s3_bucket: String,
     pub sqs_queue_url: String,
