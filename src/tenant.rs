@@ -25,6 +25,7 @@ impl Tenant {
             endpoint,
             budgeted: self.budgeted,
             meter: None,
+            cap_wait: None,
         }
     }
 }

@@ -36,6 +36,8 @@ pub(super) struct Pending {
     pub text: String,
     pub tokens: usize,
     pub enqueued: Instant,
+    /// Its place on its job's cap-wait clock, given up when it leaves in a request.
+    pub ticket: super::cap_wait::Ticket,
     pub reply: oneshot::Sender<Result<Embedded, LlmError>>,
 }
 
@@ -160,7 +162,9 @@ fn cut(queue: &mut VecDeque<Pending>, limits: BatchLimits) -> Vec<Pending> {
             break;
         }
         tokens += next.tokens;
-        batch.push(queue.pop_front().expect("front exists"));
+        let mut item = queue.pop_front().expect("front exists");
+        item.ticket.leave();
+        batch.push(item);
     }
     batch
 }
@@ -196,6 +200,7 @@ mod tests {
             text: String::new(),
             tokens,
             enqueued: Instant::now(),
+            ticket: Default::default(),
             reply,
         };
         (item, rx)

@@ -9,6 +9,7 @@
 
 pub mod batcher;
 pub mod budget;
+pub mod cap_wait;
 pub mod limiter;
 pub mod local;
 pub mod openai;
@@ -46,6 +47,9 @@ pub struct CallContext {
     /// so a chat turn can report all of its calls: the rewrite, the query
     /// embedding, the rerank and the answer, not the answer alone.
     pub meter: Option<std::sync::Arc<Meter>>,
+    /// Clocks how long bulk embeddings made with this context wait in line
+    /// for the fleet's cap, so a job's deadline can leave that time out.
+    pub cap_wait: Option<Arc<cap_wait::CapWait>>,
 }
 
 impl CallContext {
@@ -376,7 +380,8 @@ impl Gateway {
         let mut replies = Vec::with_capacity(inputs.len());
         for (text, &tokens) in inputs.iter().zip(&tokens) {
             let (reply, rx) = tokio::sync::oneshot::channel();
-            let item = Pending { caller, ctx: ctx.clone(), text: text.clone(), tokens, enqueued: now, reply };
+            let ticket = ctx.cap_wait.as_ref().map(|wait| wait.enter()).unwrap_or_default();
+            let item = Pending { caller, ctx: ctx.clone(), text: text.clone(), tokens, enqueued: now, ticket, reply };
             queue.send(item).map_err(|_| stopped())?;
             replies.push(rx);
         }

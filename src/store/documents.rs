@@ -214,19 +214,23 @@ pub async fn delete(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid) -> sqlx:
 
 /// Starts an indexing attempt: the document shows `processing` (unless it is
 /// indexed already, with another model: it stays searchable meanwhile), and
-/// the attempt draws the chunk generation it writes under.
-pub async fn start_attempt(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid) -> sqlx::Result<i64> {
+/// the attempt draws the chunk generation it writes under. `None` if the
+/// document is gone or `failed`: failed is final until someone asks for a
+/// re-index (which queues it first), whatever messages are still in the queue.
+pub async fn start_attempt(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid) -> sqlx::Result<Option<i64>> {
+    // The outer SELECT sees the row as it was before the UPDATE (one snapshot).
     sqlx::query_scalar(
         "WITH started AS (
              UPDATE documents SET status = 'processing', processing_started_at = now(), updated_at = now(),
                     error = NULL, paused_until = NULL
-             WHERE tenant_id = $1 AND id = $2 AND status <> 'indexed'
+             WHERE tenant_id = $1 AND id = $2 AND status NOT IN ('indexed', 'failed')
          )
-         SELECT nextval('chunk_generations')",
+         SELECT nextval('chunk_generations') FROM documents
+         WHERE tenant_id = $1 AND id = $2 AND status <> 'failed'",
     )
     .bind(tenant_id)
     .bind(id)
-    .fetch_one(db)
+    .fetch_optional(db)
     .await
 }
 

@@ -1,7 +1,11 @@
 //! The jobs workers run, one variant per kind of SQS message. Handlers must be
 //! idempotent: SQS delivers at least once.
 
+use std::sync::Arc;
+
 use tracing::Instrument;
+
+use crate::llm::cap_wait::CapWait;
 
 use crate::queue::{Job, Received};
 use crate::state::AppState;
@@ -55,13 +59,19 @@ pub async fn give_up(
 
 /// Runs the message's job. `last_attempt` is set on the final delivery before
 /// the message is dead-lettered, so the job can record its failure for good.
-pub async fn handle(state: &AppState, message: &Received, last_attempt: bool) -> Result<(), JobError> {
+/// `cap_wait` clocks its embeddings' wait for the fleet's cap.
+pub async fn handle(
+    state: &AppState,
+    message: &Received,
+    last_attempt: bool,
+    cap_wait: &Arc<CapWait>,
+) -> Result<(), JobError> {
     let job: Job =
         serde_json::from_str(&message.body).map_err(|e| JobError::Unprocessable(format!("not a job: {e}")))?;
     match job {
         Job::IndexDocument { tenant_id, document_id } => {
             let span = tracing::info_span!("index_document", tenant_id = %tenant_id, document_id = %document_id);
-            index::run(state, tenant_id, document_id, last_attempt).instrument(span).await
+            index::run(state, tenant_id, document_id, last_attempt, cap_wait).instrument(span).await
         }
         Job::SummarizeDocument { tenant_id, document_id } => {
             let span = tracing::info_span!("summarize_document", tenant_id = %tenant_id, document_id = %document_id);

@@ -10,6 +10,10 @@
 //!   timeout, and after the redrive policy's max receives SQS moves it to the
 //!   dead-letter queue. Jobs see the receive count, so the last attempt can
 //!   record the failure (e.g. mark a document `failed`) before that happens.
+//! - A job's deadline (`JOB_TIMEOUT_SECS`) measures its work: time its
+//!   embeddings wait in line for the fleet's cap is left out, and a job whose
+//!   wait alone grows too long is released as a new message, not failed
+//!   ([`within_limits`]).
 //! - On shutdown, polling stops, running jobs get until the deadline to finish,
 //!   and the messages of those that do not are released (visibility 0) for
 //!   another task to pick up at once.
@@ -27,6 +31,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::config::WorkerConfig;
+use crate::llm::cap_wait::CapWait;
 use crate::queue::Received;
 use crate::state::AppState;
 use deleter::Deleter;
@@ -162,17 +168,37 @@ async fn process(state: &AppState, deleter: &Deleter, message: Received, last_at
         }
     };
     let started = std::time::Instant::now();
-    let deadline = state.config.worker.job_timeout;
+    let limits = JobLimits::of(&state.config.worker);
+    let cap_wait = Arc::new(CapWait::default());
+    let job = jobs::handle(state, &message, last_attempt, &cap_wait);
     let outcome = tokio::select! {
-        outcome = tokio::time::timeout(deadline, jobs::handle(state, &message, last_attempt)) => Some(outcome),
+        outcome = within_limits(job, limits, &cap_wait) => Some(outcome),
         _ = heartbeat => unreachable!("the heartbeat never ends"),
         _ = abort.cancelled() => None,
     };
     let elapsed_ms = started.elapsed().as_millis() as u64;
+    let cap_wait_ms = cap_wait.waited().as_millis() as u64;
+    // Waiting too long for the cap is no fault of the job's: it goes back to
+    // the queue as a new message (its receive count starts again), and its
+    // document shows why it waits.
+    let outcome = match outcome {
+        Some(Err(Overrun::Waiting)) => {
+            let reason = format!(
+                "waiting for the fleet's embedding cap: released after {} s in line \
+                 (SWEEP_STUCK_AFTER_SECS - JOB_TIMEOUT_SECS); it will be picked up again",
+                limits.max_wait.as_secs()
+            );
+            jobs::interrupted(state, &message, &reason, false).await;
+            Some(Ok(Err(jobs::JobError::Deferred { delay: RELEASE_DELAY, reason })))
+        }
+        Some(Err(Overrun::Work)) => Some(Err(())),
+        Some(Ok(result)) => Some(Ok(result)),
+        None => None,
+    };
     match outcome {
         Some(Ok(Ok(()))) => {
             deleter.delete(message.receipt_handle);
-            tracing::info!(duration_ms = elapsed_ms, "job done");
+            tracing::info!(duration_ms = elapsed_ms, cap_wait_ms, "job done");
         }
         Some(Ok(Err(jobs::JobError::Unprocessable(reason)))) => {
             tracing::error!(reason, "message can never be processed; deleting it");
@@ -192,11 +218,15 @@ async fn process(state: &AppState, deleter: &Deleter, message: Received, last_at
         Some(Ok(Err(jobs::JobError::Retry(err)))) => {
             tracing::warn!(error = format!("{err:#}"), duration_ms = elapsed_ms, "job failed; it will be retried");
         }
-        Some(Err(_elapsed)) => {
+        Some(Err(())) => {
             // CPU work on a blocking thread cannot be cancelled; it ends on its own
             // (input sizes are capped), and its result is discarded.
-            let reason = format!("the job ran past its deadline of {} s (JOB_TIMEOUT_SECS)", deadline.as_secs());
-            tracing::error!(duration_ms = elapsed_ms, reason, "job timed out; it will be retried");
+            let reason = format!(
+                "the job ran past its deadline of {} s (JOB_TIMEOUT_SECS), not counting {} s waiting for the embedding cap",
+                limits.work.as_secs(),
+                cap_wait_ms / 1000
+            );
+            tracing::error!(duration_ms = elapsed_ms, cap_wait_ms, reason, "job timed out; it will be retried");
             jobs::interrupted(state, &message, &reason, last_attempt).await;
             if !last_attempt {
                 // Make it visible again now rather than after a full visibility timeout.
@@ -208,5 +238,94 @@ async fn process(state: &AppState, deleter: &Deleter, message: Received, last_at
             jobs::interrupted(state, &message, "interrupted by a shutdown; will be retried", false).await;
             let _ = state.queue.set_visibility(&message.receipt_handle, Duration::ZERO).await;
         }
+    }
+}
+
+/// How long a released job's new message stays invisible: long enough that
+/// the jobs ahead of it in line move on, short enough not to idle the cap.
+const RELEASE_DELAY: Duration = Duration::from_secs(5);
+
+/// What a job may spend: `work` (JOB_TIMEOUT_SECS) not counting its wait for
+/// the fleet's embedding cap, and at most `max_wait` of that wait. Together
+/// they stay under SWEEP_STUCK_AFTER_SECS, so the sweeper never takes a
+/// running job for stuck nor deletes the chunks it is writing.
+#[derive(Debug, Clone, Copy)]
+struct JobLimits {
+    work: Duration,
+    max_wait: Duration,
+}
+
+impl JobLimits {
+    fn of(config: &WorkerConfig) -> Self {
+        // The configuration guarantees stuck_after > job_timeout.
+        Self { work: config.job_timeout, max_wait: config.sweeper.stuck_after.saturating_sub(config.job_timeout) }
+    }
+}
+
+/// Why a job was stopped before it finished.
+#[derive(Debug, PartialEq, Eq)]
+enum Overrun {
+    /// Its work (time not waiting for the cap) reached `JobLimits::work`.
+    Work,
+    /// Its wait for the cap reached `JobLimits::max_wait`.
+    Waiting,
+}
+
+/// Runs `job` to its end, unless it overruns `limits` as `cap_wait` measures them.
+async fn within_limits<F: std::future::Future>(
+    job: F,
+    limits: JobLimits,
+    cap_wait: &CapWait,
+) -> Result<F::Output, Overrun> {
+    let started = tokio::time::Instant::now();
+    tokio::pin!(job);
+    loop {
+        let waited = cap_wait.waited();
+        if waited >= limits.max_wait {
+            return Err(Overrun::Waiting);
+        }
+        // Waiting moves the work deadline out; the next look is at that
+        // deadline or when waiting all along would reach its own limit.
+        let now = tokio::time::Instant::now();
+        let work_ends = started + limits.work + waited;
+        if now >= work_ends {
+            return Err(Overrun::Work);
+        }
+        let look = work_ends.min(now + (limits.max_wait - waited));
+        tokio::select! {
+            output = &mut job => return Ok(output),
+            _ = tokio::time::sleep_until(look) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: JobLimits = JobLimits { work: Duration::from_secs(10), max_wait: Duration::from_secs(100) };
+
+    /// A job that waits in line for `wait` (an input queued), then works for `work`.
+    async fn job(cap_wait: &Arc<CapWait>, wait: u64, work: u64) -> &'static str {
+        let ticket = cap_wait.enter();
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+        drop(ticket);
+        tokio::time::sleep(Duration::from_secs(work)).await;
+        "done"
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_measures_work_not_the_wait_for_the_cap() {
+        let wait = Arc::new(CapWait::default());
+        // 60 s in line and 9 s of work: six times the deadline, and in time.
+        assert_eq!(within_limits(job(&wait, 60, 9), LIMITS, &wait).await, Ok("done"));
+        let wait = Arc::new(CapWait::default());
+        assert_eq!(within_limits(job(&wait, 60, 11), LIMITS, &wait).await, Err(Overrun::Work));
+        let wait = Arc::new(CapWait::default());
+        assert_eq!(within_limits(job(&wait, 0, 11), LIMITS, &wait).await, Err(Overrun::Work));
+        let started = tokio::time::Instant::now();
+        let wait = Arc::new(CapWait::default());
+        assert_eq!(within_limits(job(&wait, 500, 0), LIMITS, &wait).await, Err(Overrun::Waiting));
+        assert_eq!(started.elapsed(), Duration::from_secs(100), "released as its wait reaches the limit");
     }
 }

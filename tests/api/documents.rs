@@ -226,7 +226,7 @@ async fn indexing_twice_leaves_one_set_of_chunks_and_reuses_embeddings() {
     let requests_after_first = fake.stats().embedding_requests;
     let doc_id: uuid::Uuid = id.parse().unwrap();
     // A duplicate delivery of the same message is skipped outright...
-    stolid::worker::jobs::index::run(&app.state, app.tenant_id, doc_id, false).await.unwrap();
+    stolid::worker::jobs::index::run(&app.state, app.tenant_id, doc_id, false, &Default::default()).await.unwrap();
     // ...and a re-index re-chunks but embeds nothing new.
     let response = app.post(&format!("/v1/documents/{id}/reindex")).send().await.unwrap();
     assert_eq!(response.status(), 202);
@@ -344,9 +344,10 @@ async fn two_deliveries_at_once_of_a_large_document_leave_one_set() {
         .execute(&app.state.db)
         .await
         .unwrap();
+    let (wait_a, wait_b) = (Default::default(), Default::default());
     let (a, b) = tokio::join!(
-        stolid::worker::jobs::index::run(&app.state, app.tenant_id, doc_id, false),
-        stolid::worker::jobs::index::run(&app.state, app.tenant_id, doc_id, false),
+        stolid::worker::jobs::index::run(&app.state, app.tenant_id, doc_id, false, &wait_a),
+        stolid::worker::jobs::index::run(&app.state, app.tenant_id, doc_id, false, &wait_b),
     );
     a.unwrap();
     b.unwrap();
@@ -382,7 +383,9 @@ async fn deleting_a_document_removes_everything_and_stays_deleted() {
     let chunks: i64 = sqlx::query_scalar("SELECT count(*) FROM chunks").fetch_one(&app.state.db).await.unwrap();
     assert_eq!(chunks, 0);
     // A late (re)delivery of its job must not bring it back.
-    stolid::worker::jobs::index::run(&app.state, app.tenant_id, id.parse().unwrap(), false).await.unwrap();
+    stolid::worker::jobs::index::run(&app.state, app.tenant_id, id.parse().unwrap(), false, &Default::default())
+        .await
+        .unwrap();
     let docs: i64 = sqlx::query_scalar("SELECT count(*) FROM documents").fetch_one(&app.state.db).await.unwrap();
     assert_eq!(docs, 0);
     let again =

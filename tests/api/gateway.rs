@@ -18,6 +18,7 @@ fn ctx(app: &TestApp, request_id: &str) -> CallContext {
         endpoint: "test",
         budgeted: false,
         meter: None,
+        cap_wait: None,
     }
 }
 

@@ -509,7 +509,7 @@ async fn the_sweeper_deletes_generations_a_dead_attempt_left_half_written() {
     let mut generations = Vec::new();
     for opened_minutes_ago in [120.0, 0.0] {
         // The document is indexed, so starting an attempt only draws its generation.
-        let generation = stolid::store::documents::start_attempt(db, app.tenant_id, id).await.unwrap();
+        let generation = stolid::store::documents::start_attempt(db, app.tenant_id, id).await.unwrap().unwrap();
         stolid::store::chunks::open_generation(db, id, generation).await.unwrap();
         sqlx::query(
             "UPDATE chunk_generations_open SET opened_at = now() - make_interval(secs => $2 * 60) WHERE generation = $1",
@@ -648,4 +648,115 @@ async fn an_upload_of_too_many_files_is_refused_before_anything_is_stored() {
     assert_eq!(taken.status(), 202);
     let body: Value = taken.json().await.unwrap();
     assert_eq!(body["documents"].as_array().unwrap().len(), 100);
+}
+
+/// The texts of `n` documents of four short paragraphs each: with
+/// `CHUNK_MAX_TOKENS=20` every paragraph is a chunk of its own.
+fn paragraph_documents(n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|i| {
+            let text = (0..4)
+                .map(|p| format!("Document {i} paragraph {p} talks about wombats, burrows and the dry grass plains."))
+                .collect::<Vec<_>>()
+                .join("\n\n");
+            json!({"text": text, "title": format!("doc {i}")})
+        })
+        .collect()
+}
+
+/// The environment of a fleet cap far smaller than the queue: one embedding
+/// request a second, two inputs each, jobs allowed two seconds of work.
+fn tight_cap_env() -> std::collections::HashMap<&'static str, String> {
+    let mut env = std::collections::HashMap::new();
+    env.insert("EMBED_REQUESTS_PER_MINUTE", "60".to_string());
+    env.insert("EMBED_MAX_BATCH_INPUTS", "2".to_string());
+    env.insert("CHUNK_MAX_TOKENS", "20".to_string());
+    env.insert("CHUNK_OVERLAP_TOKENS", "0".to_string());
+    env.insert("JOB_TIMEOUT_SECS", "2".to_string());
+    env.insert("SWEEP_INTERVAL_SECS", "0".to_string());
+    env
+}
+
+/// Issue 33, item 2: a queue deeper than the cap drains within the deadline.
+/// Eight documents need about sixteen requests at one a second, so most jobs
+/// wait in line far longer than JOB_TIMEOUT_SECS (and longer than all three
+/// deliveries together); waiting for the cap is not the job's fault, and none
+/// of them fails.
+#[tokio::test]
+async fn jobs_waiting_for_the_fleets_cap_are_not_timed_out() {
+    let (app, _fake) = spawn_app_with_fake(Options { env: tight_cap_env(), ..Default::default() }).await;
+    let mut ids = Vec::new();
+    for body in paragraph_documents(8) {
+        ids.push(upload_text(&app, body).await["id"].as_str().unwrap().to_string());
+    }
+    for id in &ids {
+        let doc = wait_until_settled(&app, id).await;
+        assert_eq!(doc["status"], "indexed", "{doc}");
+    }
+    // The test means something only if jobs did wait longer than their deadline.
+    let longest_wait: f64 =
+        sqlx::query_scalar("SELECT max(wait_ms) FROM model_calls WHERE endpoint = 'worker.index' AND tenant_id = $1")
+            .bind(app.tenant_id)
+            .fetch_one(&app.state.db)
+            .await
+            .unwrap();
+    assert!(longest_wait > 3.0 * 2_000.0, "the longest wait for the cap was only {longest_wait} ms");
+}
+
+/// A job that has waited for the cap as long as it may (SWEEP_STUCK_AFTER_SECS
+/// minus JOB_TIMEOUT_SECS, here 3 s) is released: its document shows `queued`
+/// with why, its message goes back to the queue as a new one, and it indexes
+/// later. Nothing is failed.
+#[tokio::test]
+async fn a_job_that_waits_too_long_for_the_cap_is_released_and_indexes_later() {
+    let mut env = tight_cap_env();
+    env.insert("SWEEP_STUCK_AFTER_SECS", "5".to_string());
+    let (app, _fake) = spawn_app_with_fake(Options { env, ..Default::default() }).await;
+    let mut ids = Vec::new();
+    for body in paragraph_documents(5) {
+        ids.push(upload_text(&app, body).await["id"].as_str().unwrap().to_string());
+    }
+    let mut released = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let mut settled = 0;
+        for id in &ids {
+            let doc: Value = app.get_json(&format!("/v1/documents/{id}")).await;
+            assert_ne!(doc["status"], "failed", "{doc}");
+            let error = doc["error"].as_str().unwrap_or_default();
+            if doc["status"] == "queued" && error.contains("waiting for the fleet's embedding cap") {
+                released = Some(error.to_string());
+            }
+            settled += usize::from(doc["status"] == "indexed");
+        }
+        if settled == ids.len() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{settled} of {} indexed", ids.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let released = released.expect("no job was released, so the test proves nothing");
+    assert!(released.contains("released after 3 s in line"), "{released}");
+}
+
+/// `failed` is final: a message still in the queue for a failed document (a
+/// sweeper's re-send, a redelivery) does not index it; a re-index request does.
+#[tokio::test]
+async fn a_leftover_message_does_not_undo_failed() {
+    let app = spawn_app().await;
+    let doc = upload_text(&app, json!({"text": "Failed once, for good."})).await;
+    let id: uuid::Uuid = doc["id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(wait_until_settled(&app, &id.to_string()).await["status"], "indexed");
+    app.drain_queue().await;
+    stolid::store::documents::mark_failed(&app.state.db, app.tenant_id, id, "gave up: a test").await.unwrap();
+    let leftover = stolid::queue::Job::IndexDocument { tenant_id: app.tenant_id, document_id: id };
+    app.state.queue.send(leftover.to_message()).await.unwrap();
+    app.drain_queue().await;
+    let doc: Value = app.get_json(&format!("/v1/documents/{id}")).await;
+    assert_eq!(doc["status"], "failed", "{doc}");
+    assert_eq!(doc["error"], "gave up: a test");
+
+    let response = app.post(&format!("/v1/documents/{id}/reindex")).send().await.unwrap();
+    assert!(response.status().is_success(), "{}", response.text().await.unwrap());
+    assert_eq!(wait_until_settled(&app, &id.to_string()).await["status"], "indexed");
 }

@@ -12,6 +12,8 @@
 //!   deleted with it); otherwise the other generations are deleted, so two
 //!   deliveries leave exactly one set.
 
+use std::sync::Arc;
+
 use anyhow::Context;
 use futures::StreamExt;
 use pgvector::Vector;
@@ -19,13 +21,20 @@ use uuid::Uuid;
 
 use super::JobError;
 use crate::ingest::{chunk, extract};
+use crate::llm::cap_wait::CapWait;
 use crate::llm::{CallContext, LlmError};
 use crate::state::AppState;
 use crate::store::{chunks, documents};
 use crate::tokens::count_tokens;
 
-pub async fn run(state: &AppState, tenant_id: Uuid, document_id: Uuid, last_attempt: bool) -> Result<(), JobError> {
-    match index(state, tenant_id, document_id).await {
+pub async fn run(
+    state: &AppState,
+    tenant_id: Uuid,
+    document_id: Uuid,
+    last_attempt: bool,
+    cap_wait: &Arc<CapWait>,
+) -> Result<(), JobError> {
+    match index(state, tenant_id, document_id, cap_wait).await {
         Ok(()) => Ok(()),
         Err(Failure::OverBudget(exceeded)) => {
             // Nothing is lost: the document waits, `queued` with the reason,
@@ -95,7 +104,7 @@ impl From<sqlx::Error> for Failure {
     }
 }
 
-async fn index(state: &AppState, tenant_id: Uuid, document_id: Uuid) -> Result<(), Failure> {
+async fn index(state: &AppState, tenant_id: Uuid, document_id: Uuid, cap_wait: &Arc<CapWait>) -> Result<(), Failure> {
     let gateway = &state.gateway;
     let model = gateway.embedding_model().to_string();
     let Some(doc) = documents::get(&state.db, tenant_id, document_id).await? else {
@@ -106,7 +115,12 @@ async fn index(state: &AppState, tenant_id: Uuid, document_id: Uuid) -> Result<(
         tracing::info!("already indexed with this model; skipping");
         return Ok(());
     }
-    let generation = documents::start_attempt(&state.db, tenant_id, document_id).await?;
+    // A message left over (a sweeper's re-send, a redelivery) must not undo a
+    // `failed`: only a re-index request retries the document.
+    let Some(generation) = documents::start_attempt(&state.db, tenant_id, document_id).await? else {
+        tracing::info!("document is failed or gone; not retried unless a re-index is asked");
+        return Ok(());
+    };
     let Some(bytes) = state.blobs.get(&doc.s3_key).await? else {
         if documents::get(&state.db, tenant_id, document_id).await?.is_none() {
             return Ok(()); // deleted while we looked
@@ -156,6 +170,7 @@ async fn index(state: &AppState, tenant_id: Uuid, document_id: Uuid) -> Result<(
         endpoint: "worker.index",
         budgeted: embedded_count > 0 && crate::store::budgets::is_budgeted(&state.db, tenant_id).await?,
         meter: None,
+        cap_wait: Some(cap_wait.clone()),
     };
     // The document's embeddings fit the tenant's budget as a whole or not at
     // all: slices reserving one by one would spend a day's budget on part of

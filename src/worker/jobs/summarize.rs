@@ -59,6 +59,7 @@ pub async fn run(state: &AppState, tenant_id: Uuid, document_id: Uuid) -> Result
         endpoint: "worker.summarize",
         budgeted: crate::store::budgets::is_budgeted(&state.db, tenant_id).await.context("reading the budget")?,
         meter: None,
+        cap_wait: None,
     };
     let response = state.gateway.chat(&ctx, &request).await.map_err(|err| match err {
         LlmError::QuotaExhausted(m) => JobError::Unprocessable(format!("quota exhausted: {m}")),
