@@ -92,12 +92,18 @@ impl Blobs {
 
     /// One page (up to 1,000) of the keys under `prefix` with their last-modified
     /// time, and the token for the next page.
-    pub async fn list(&self, prefix: &str, token: Option<String>) -> Result<(Vec<Listed>, Option<String>)> {
+    pub async fn list(
+        &self,
+        prefix: &str,
+        page_size: i32,
+        token: Option<String>,
+    ) -> Result<(Vec<Listed>, Option<String>)> {
         let output = self
             .client
             .list_objects_v2()
             .bucket(&self.bucket)
             .prefix(prefix)
+            .max_keys(page_size)
             .set_continuation_token(token)
             .send()
             .await

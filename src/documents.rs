@@ -89,10 +89,10 @@ pub fn original_key(tenant_id: Uuid, document_id: Uuid) -> String {
     format!("tenants/{tenant_id}/documents/{document_id}/original")
 }
 
-/// The document an [`original_key`] belongs to; `None` for any other key.
-pub fn document_of_original(key: &str) -> Option<Uuid> {
+/// The (tenant, document) an [`original_key`] belongs to; `None` for any other key.
+pub fn document_of_original(key: &str) -> Option<(Uuid, Uuid)> {
     match key.split('/').collect::<Vec<_>>()[..] {
-        ["tenants", _, "documents", id, "original"] => id.parse().ok(),
+        ["tenants", tenant, "documents", id, "original"] => Some((tenant.parse().ok()?, id.parse().ok()?)),
         _ => None,
     }
 }
@@ -164,8 +164,9 @@ mod tests {
     #[test]
     fn original_keys_name_their_document_and_other_keys_do_not() {
         let (tenant, id) = (Uuid::now_v7(), Uuid::now_v7());
-        assert_eq!(document_of_original(&original_key(tenant, id)), Some(id));
+        assert_eq!(document_of_original(&original_key(tenant, id)), Some((tenant, id)));
         assert_eq!(document_of_original(&format!("imports/{tenant}/documents/{id}/original")), None);
         assert_eq!(document_of_original("tenants/t/documents/not-a-uuid/original"), None);
+        assert_eq!(document_of_original(&format!("tenants/t/documents/{id}/original")), None);
     }
 }

@@ -347,12 +347,22 @@ pub async fn list_chunks(
     Ok(AppJson(ChunkList { chunks }))
 }
 
-/// The original bytes, with their content type.
+/// The original bytes, with their content type. 410 `original_missing` if the
+/// object store no longer holds them (the document is marked so).
 #[utoipa::path(get, path = "/v1/documents/{id}/content", tag = "documents", security(("api_key" = [])),
-    responses((status = 200, description = "the original document"), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, description = "the original document"), (status = 404, body = crate::error::ErrorBody),
+        (status = 410, body = crate::error::ErrorBody)))]
 pub async fn get_content(State(state): State<AppState>, tenant: Tenant, Path(id): Path<Uuid>) -> Result<Response> {
     let doc = find(&state, &tenant, id).await?;
-    let bytes = state.blobs.get(&doc.s3_key).await?.ok_or(Error::NotFound("document content"))?;
+    let Some(bytes) = state.blobs.get(&doc.s3_key).await? else {
+        documents::mark_original_missing(&state.db, tenant.id, id).await?;
+        tracing::error!(document_id = %id, "the original is missing from the object store");
+        return Err(Error::Gone {
+            code: "original_missing",
+            message: "the object store no longer holds this document's original; its indexed text is still searchable"
+                .into(),
+        });
+    };
     // An uploaded HTML page is the uploader's markup served from the console's
     // origin: a browser that opens it must download it, never sniff it into
     // another type, and, should it render it anyway, run nothing in it.

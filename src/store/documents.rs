@@ -69,6 +69,10 @@ pub struct Document {
     /// Set while indexing waits for the tenant's budget (`queued`, `error`
     /// says why): when the period resets, if the limit is not raised sooner.
     pub paused_until: Option<DateTime<Utc>>,
+    /// Set when the object store was found not to hold the original any more:
+    /// the content cannot be read nor the document re-indexed, while its
+    /// chunks stay searchable. Cleared if the object comes back.
+    pub original_missing_since: Option<DateTime<Utc>>,
     /// Which generation of chunks is the document's (migration 0011).
     #[serde(skip)]
     pub chunk_generation: i64,
@@ -490,4 +494,61 @@ pub async fn failed_since(db: impl PgExecutor<'_>, secs: f64) -> sqlx::Result<i6
 /// Which of these ids have a document row (in any tenant).
 pub async fn existing(db: impl PgExecutor<'_>, ids: &[Uuid]) -> sqlx::Result<Vec<Uuid>> {
     sqlx::query_scalar("SELECT id FROM documents WHERE id = ANY($1)").bind(ids).fetch_all(db).await
+}
+
+/// One page of the sweeper's listing of originals against the documents table.
+/// Of the documents in the key range `(after, upto]` (tenant, then id: the
+/// listing's order) created before `before`, those not in `present` are marked
+/// missing their original (the first time only) and those in it lose the mark.
+/// Returns the newly marked ones.
+pub async fn reconcile_originals(
+    db: impl PgExecutor<'_>,
+    after: (Uuid, Uuid),
+    upto: (Uuid, Uuid),
+    present: &[Uuid],
+    before: DateTime<Utc>,
+) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar(
+        "WITH span AS (
+             SELECT id, id = ANY($5) AS present, original_missing_since IS NOT NULL AS marked FROM documents
+             WHERE (tenant_id, id) > ($1, $2) AND (tenant_id, id) <= ($3, $4) AND created_at < $6
+         ), found AS (
+             UPDATE documents d SET original_missing_since = NULL FROM span s
+             WHERE d.id = s.id AND s.present AND s.marked
+         )
+         UPDATE documents d SET original_missing_since = now() FROM span s
+         WHERE d.id = s.id AND NOT s.present AND NOT s.marked
+         RETURNING d.id",
+    )
+    .bind(after.0)
+    .bind(after.1)
+    .bind(upto.0)
+    .bind(upto.1)
+    .bind(present)
+    .bind(before)
+    .fetch_all(db)
+    .await
+}
+
+/// The database's clock, which stamps `created_at`.
+pub async fn database_now(db: impl PgExecutor<'_>) -> sqlx::Result<DateTime<Utc>> {
+    sqlx::query_scalar("SELECT now()").fetch_one(db).await
+}
+
+/// Marks one document's original missing (found so on reading it).
+pub async fn mark_original_missing(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE documents SET original_missing_since = now()
+         WHERE tenant_id = $1 AND id = $2 AND original_missing_since IS NULL",
+    )
+    .bind(tenant_id)
+    .bind(id)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Documents whose original is missing, across the deployment.
+pub async fn count_missing_originals(db: impl PgExecutor<'_>) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT count(*) FROM documents WHERE original_missing_since IS NOT NULL").fetch_one(db).await
 }

@@ -2,7 +2,8 @@
 //! per-request metrics: one EMF line (`"event": "ops_gauges"`) per period,
 //! written by one task of the fleet (paced by the sweeper's lease), with the
 //! job queue's depth, the documents waiting and the oldest one's age, the
-//! documents paused by budgets, and the documents that failed in the last hour.
+//! documents paused by budgets, the documents that failed in the last hour, and
+//! the documents whose original the object store no longer holds.
 
 use serde_json::json;
 
@@ -18,6 +19,8 @@ pub struct Gauges {
     pub oldest_queued_age_secs: f64,
     pub paused_documents: i64,
     pub failed_documents_last_hour: i64,
+    /// Documents whose original the object store no longer holds.
+    pub missing_originals: i64,
 }
 
 pub async fn measure(state: &AppState) -> anyhow::Result<Gauges> {
@@ -28,6 +31,7 @@ pub async fn measure(state: &AppState) -> anyhow::Result<Gauges> {
         oldest_queued_age_secs: backlog.oldest_queued_secs.unwrap_or(0.0),
         paused_documents: backlog.paused_documents,
         failed_documents_last_hour: documents::failed_since(&state.db, 3600.0).await?,
+        missing_originals: documents::count_missing_originals(&state.db).await?,
     })
 }
 
@@ -39,6 +43,7 @@ pub fn emf_line(gauges: &Gauges) -> serde_json::Value {
         ("oldest_queued_age_secs", "Seconds"),
         ("paused_documents", "Count"),
         ("failed_documents_last_hour", "Count"),
+        ("missing_originals", "Count"),
     ];
     crate::telemetry::emf(
         chrono::Utc::now(),
@@ -54,6 +59,7 @@ pub fn emf_line(gauges: &Gauges) -> serde_json::Value {
             "oldest_queued_age_secs": gauges.oldest_queued_age_secs,
             "paused_documents": gauges.paused_documents,
             "failed_documents_last_hour": gauges.failed_documents_last_hour,
+            "missing_originals": gauges.missing_originals,
         }),
     )
 }

@@ -24,9 +24,13 @@
 //!   (raised, say). A resumed job that still finds no room pauses again;
 //!   pauses never count as re-sends. Expired budget reservations (of tasks that
 //!   died mid-call) are deleted in the same pass.
-//! - **orphaned originals**, hourly: objects under `tenants/` older than the
-//!   stuck threshold whose document row does not exist are deleted. Objects
-//!   elsewhere (the `imports/` prefix) belong to operators and are never touched.
+//! - **originals**, hourly: one listing of `tenants/`, held against the
+//!   documents table both ways. Objects older than the stuck threshold whose
+//!   document row does not exist are deleted (orphans); documents whose object
+//!   is gone (a bucket emptied or restored from an old backup) are marked
+//!   `original_missing_since`, logged as an error, and counted in the
+//!   `missing_originals` gauge. Objects elsewhere (the `imports/` prefix)
+//!   belong to operators and are never touched.
 //!
 //! Each pass logs one `sweep` event with its counts (CloudWatch EMF metrics).
 //! On the same period and the same terms, one task writes the fleet's gauges
@@ -43,8 +47,8 @@ use crate::queue::Job;
 use crate::state::AppState;
 use crate::store::{budgets, chunks, documents, leases};
 
-/// How often the fleet lists the bucket for orphans: listing is billed per page.
-const ORPHAN_PASS_EVERY: Duration = Duration::from_secs(3600);
+/// How often the fleet lists the bucket to check originals: listing is billed per page.
+const ORIGINALS_PASS_EVERY: Duration = Duration::from_secs(3600);
 /// Documents looked at per pass; the rest wait for the next one.
 const BATCH: i64 = 500;
 
@@ -66,9 +70,14 @@ pub struct PausedReport {
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct OrphanReport {
+pub struct OriginalsReport {
     pub listed: usize,
-    pub deleted: usize,
+    /// Objects whose document no longer exists, deleted.
+    pub orphans_deleted: usize,
+    /// Documents found without their object in this pass.
+    pub newly_missing: usize,
+    /// Documents without their object, in all (a gauge).
+    pub missing: usize,
 }
 
 /// Runs both passes on their periods until `shutdown`.
@@ -114,10 +123,18 @@ async fn run_due_passes(state: &AppState, holder: Uuid) -> anyhow::Result<()> {
         let gauges = super::gauges::measure(state).await?;
         println!("{}", super::gauges::emf_line(&gauges));
     }
-    let orphan_period = ORPHAN_PASS_EVERY.mul_f64(0.9).as_secs_f64();
-    if leases::try_take(&state.db, "sweep_orphans", holder, orphan_period).await? {
-        let report = sweep_orphans(state).await?;
-        log_pass("orphaned_originals", json!({"listed": report.listed, "deleted": report.deleted}));
+    let originals_period = ORIGINALS_PASS_EVERY.mul_f64(0.9).as_secs_f64();
+    if leases::try_take(&state.db, "sweep_orphans", holder, originals_period).await? {
+        let report = sweep_originals(state).await?;
+        log_pass(
+            "originals",
+            json!({
+                "listed": report.listed,
+                "deleted": report.orphans_deleted,
+                "newly_missing": report.newly_missing,
+                "missing": report.missing,
+            }),
+        );
     }
     Ok(())
 }
@@ -181,34 +198,69 @@ pub async fn sweep_paused(state: &AppState) -> anyhow::Result<PausedReport> {
     Ok(PausedReport { resumed: resumed.len(), waiting })
 }
 
-/// Deletes originals under `tenants/` whose document no longer exists.
-pub async fn sweep_orphans(state: &AppState) -> anyhow::Result<OrphanReport> {
-    let settled_before = chrono::Utc::now() - chrono::Duration::from_std(state.config.worker.sweeper.stuck_after)?;
-    let mut report = OrphanReport::default();
+/// Lists the originals under `tenants/` once and holds them against the
+/// documents table both ways: objects whose document no longer exists are
+/// deleted (orphans); documents whose object is gone are marked
+/// `original_missing_since` and reported (and unmarked should it come back).
+pub async fn sweep_originals(state: &AppState) -> anyhow::Result<OriginalsReport> {
+    sweep_originals_in_pages(state, 1000).await
+}
+
+/// [`sweep_originals`], listing `page_size` keys at a time (S3 allows up to 1,000).
+pub async fn sweep_originals_in_pages(state: &AppState, page_size: i32) -> anyhow::Result<OriginalsReport> {
+    let settle = chrono::Duration::from_std(state.config.worker.sweeper.stuck_after)?;
+    let listing_started = documents::database_now(&state.db).await?;
+    // An upload puts its object before it inserts its row: a row older than
+    // the listing has its object listed, unless the object is gone. A minute's
+    // margin covers a statement that took its time between the two.
+    let rows_before = listing_started - chrono::Duration::minutes(1);
+    let settled_before = chrono::Utc::now() - settle;
+    let mut report = OriginalsReport::default();
+    let mut newly_missing = Vec::new();
+    // The listing comes in key order, which is (tenant, document) order; each
+    // page settles the rows from the previous page's last original to its own.
+    let mut after = (Uuid::nil(), Uuid::nil());
     let mut token = None;
     loop {
-        let (page, next) = state.blobs.list("tenants/", token).await?;
+        let (page, next) = state.blobs.list("tenants/", page_size, token).await?;
         report.listed += page.len();
-        // Only objects old enough that no upload can still be writing their row.
-        let candidates: Vec<(Uuid, String)> = page
-            .into_iter()
-            .filter(|object| object.modified < settled_before)
-            .filter_map(|object| Some((document_of_original(&object.key)?, object.key)))
-            .collect();
-        let ids: Vec<Uuid> = candidates.iter().map(|(id, _)| *id).collect();
+        let originals: Vec<((Uuid, Uuid), &crate::blob::Listed)> =
+            page.iter().filter_map(|object| Some((document_of_original(&object.key)?, object))).collect();
+        let ids: Vec<Uuid> = originals.iter().map(|((_, id), _)| *id).collect();
         let existing: std::collections::HashSet<Uuid> =
             documents::existing(&state.db, &ids).await?.into_iter().collect();
-        for (id, key) in candidates {
-            if !existing.contains(&id) {
-                state.blobs.delete(&key).await?;
-                report.deleted += 1;
+        // Only objects old enough that no upload can still be writing their row.
+        for ((_, id), object) in &originals {
+            if object.modified < settled_before && !existing.contains(id) {
+                state.blobs.delete(&object.key).await?;
+                report.orphans_deleted += 1;
             }
+        }
+        let upto = match (&next, originals.last()) {
+            (None, _) => (Uuid::max(), Uuid::max()),
+            (Some(_), Some((last, _))) => *last,
+            (Some(_), None) => after, // nothing to settle yet
+        };
+        if upto != after {
+            newly_missing.extend(documents::reconcile_originals(&state.db, after, upto, &ids, rows_before).await?);
+            after = upto;
         }
         match next {
             Some(next) => token = Some(next),
-            None => return Ok(report),
+            None => break,
         }
     }
+    report.newly_missing = newly_missing.len();
+    report.missing = documents::count_missing_originals(&state.db).await? as usize;
+    if !newly_missing.is_empty() {
+        let sample: Vec<String> = newly_missing.iter().take(20).map(Uuid::to_string).collect();
+        tracing::error!(
+            count = newly_missing.len(),
+            documents = sample.join(","),
+            "originals missing from the object store: their content cannot be read nor re-indexed"
+        );
+    }
+    Ok(report)
 }
 
 /// One log line per pass, in CloudWatch Embedded Metric Format so the counts

@@ -568,8 +568,8 @@ async fn the_sweeper_deletes_orphaned_originals_only() {
     for key in [&orphan_key, &import_key] {
         app.state.blobs.put(key, b"bytes".to_vec(), "text/plain").await.unwrap();
     }
-    let report = stolid::worker::sweeper::sweep_orphans(&app.state).await.unwrap();
-    assert_eq!(report.deleted, 1, "{report:?}");
+    let report = stolid::worker::sweeper::sweep_originals(&app.state).await.unwrap();
+    assert_eq!((report.orphans_deleted, report.newly_missing), (1, 0), "{report:?}");
     let mut keys = app.bucket_keys().await;
     keys.sort();
     let mut expected = vec![import_key, live_key];
@@ -759,4 +759,102 @@ async fn a_leftover_message_does_not_undo_failed() {
     let response = app.post(&format!("/v1/documents/{id}/reindex")).send().await.unwrap();
     assert!(response.status().is_success(), "{}", response.text().await.unwrap());
     assert_eq!(wait_until_settled(&app, &id.to_string()).await["status"], "indexed");
+}
+
+/// Issue 33, item 6: originals the object store lost are noticed. The
+/// sweeper's listing (here three keys a page, so the ranges between pages are
+/// exercised) marks exactly the documents whose object is gone, across
+/// tenants; the content answers 410 `original_missing`; the gauge counts them;
+/// an object put back clears its mark.
+#[tokio::test]
+async fn lost_originals_are_noticed_and_reported() {
+    let app = spawn_app().await;
+    let beta_key = app.new_tenant("beta").await;
+    let mut docs = Vec::new(); // (api key, id)
+    for i in 0..7 {
+        let key = if i % 2 == 0 { app.api_key.clone() } else { beta_key.clone() };
+        let response = app
+            .client
+            .post(format!("{}/v1/documents", app.address))
+            .bearer_auth(&key)
+            .json(&json!({"text": format!("Document number {i}.")}))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success());
+        let body: Value = response.json().await.unwrap();
+        docs.push((key, body["documents"][0]["id"].as_str().unwrap().to_string()));
+    }
+    app.drain_queue().await;
+    // The rows must be older than the listing's margin.
+    sqlx::query("UPDATE documents SET created_at = created_at - interval '1 hour'")
+        .execute(&app.state.db)
+        .await
+        .unwrap();
+    // Lose the first, the middle and the last original in the listing's order:
+    // the ranges before the first page, between pages and after the last.
+    let mut keys = app.bucket_keys().await;
+    keys.sort();
+    assert_eq!(keys.len(), 7);
+    let lost: Vec<usize> =
+        [0, 3, 6].iter().map(|&k| docs.iter().position(|(_, id)| keys[k].contains(id.as_str())).unwrap()).collect();
+    let mut saved = Vec::new();
+    for k in [0, 3, 6] {
+        saved.push((keys[k].clone(), app.state.blobs.get(&keys[k]).await.unwrap().unwrap()));
+        app.state.blobs.delete(&keys[k]).await.unwrap();
+    }
+    let report = stolid::worker::sweeper::sweep_originals_in_pages(&app.state, 3).await.unwrap();
+    assert_eq!((report.newly_missing, report.missing, report.orphans_deleted), (3, 3, 0), "{report:?}");
+    let marked: Vec<String> =
+        sqlx::query_scalar("SELECT id::text FROM documents WHERE original_missing_since IS NOT NULL ORDER BY id")
+            .fetch_all(&app.state.db)
+            .await
+            .unwrap();
+    let mut expected: Vec<String> = lost.iter().map(|&i| docs[i].1.clone()).collect();
+    expected.sort();
+    assert_eq!(marked, expected);
+    let gauges = stolid::worker::gauges::measure(&app.state).await.unwrap();
+    assert_eq!(gauges.missing_originals, 3);
+
+    // Reading one: a clear 410, and the document says since when.
+    let (key, id) = &docs[lost[0]];
+    let response =
+        app.client.get(format!("{}/v1/documents/{id}/content", app.address)).bearer_auth(key).send().await.unwrap();
+    assert_eq!(response.status(), 410);
+    assert_eq!(error_code(response).await, "original_missing");
+    let doc: Value = app
+        .client
+        .get(format!("{}/v1/documents/{id}", app.address))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["original_missing_since"].is_string(), "{doc}");
+    assert_eq!(doc["status"], "indexed", "its chunks stay searchable");
+
+    // A second pass finds nothing new; an object put back is unmarked.
+    let (restored_key, bytes) = saved.remove(0);
+    app.state.blobs.put(&restored_key, bytes, "text/plain").await.unwrap();
+    let report = stolid::worker::sweeper::sweep_originals_in_pages(&app.state, 3).await.unwrap();
+    assert_eq!((report.newly_missing, report.missing), (0, 2), "{report:?}");
+    let report = stolid::worker::sweeper::sweep_originals(&app.state).await.unwrap();
+    assert_eq!((report.newly_missing, report.missing, report.listed), (0, 2, 5), "{report:?}");
+}
+
+/// A new document (its row younger than the listing) is never taken for one
+/// whose original is missing, nor is the whole table when the bucket is empty
+/// of originals but the rows are new.
+#[tokio::test]
+async fn the_originals_pass_leaves_new_documents_alone() {
+    let app = spawn_app().await;
+    let doc = upload_text(&app, json!({"text": "Brand new."})).await;
+    let id = doc["id"].as_str().unwrap();
+    app.drain_queue().await;
+    let key = app.bucket_keys().await.into_iter().find(|k| k.contains(id)).unwrap();
+    app.state.blobs.delete(&key).await.unwrap();
+    let report = stolid::worker::sweeper::sweep_originals(&app.state).await.unwrap();
+    assert_eq!((report.newly_missing, report.missing), (0, 0), "{report:?}");
 }

@@ -125,6 +125,7 @@ async fn index(state: &AppState, tenant_id: Uuid, document_id: Uuid, cap_wait: &
         if documents::get(&state.db, tenant_id, document_id).await?.is_none() {
             return Ok(()); // deleted while we looked
         }
+        documents::mark_original_missing(&state.db, tenant_id, document_id).await?;
         return Err(Failure::Permanent("the original is missing from S3".into()));
     };
     let format = extract::Format::from_content_type(&doc.content_type)
