@@ -31,6 +31,11 @@ pub struct Stored {
 /// already in the collection; otherwise the original in S3 (under a key made of
 /// tenant and id, never the file name), the row as `queued`, and the index job.
 /// A refused enqueue undoes the rest, so nothing is left half-done.
+///
+/// The steps run in a task of their own, so a caller that goes away (the
+/// request timeout, a client that disconnects) cannot cut between the row and
+/// its job, which would leave the document `queued` with nothing to index it
+/// until the sweeper's threshold: a store once started finishes or is undone.
 pub async fn store(
     state: &AppState,
     tenant: &Tenant,
@@ -38,19 +43,35 @@ pub async fn store(
     metadata: &serde_json::Value,
     upload: Upload,
 ) -> Result<Stored> {
+    let (state, tenant_id, collection, metadata) = (state.clone(), tenant.id, collection.to_string(), metadata.clone());
+    let task = tokio::spawn(async move { store_whole(&state, tenant_id, &collection, &metadata, upload).await });
+    match task.await {
+        Ok(stored) => stored,
+        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+        Err(_) => Err(DomainError::Unavailable("the server is shutting down; try again".into())),
+    }
+}
+
+async fn store_whole(
+    state: &AppState,
+    tenant_id: Uuid,
+    collection: &str,
+    metadata: &serde_json::Value,
+    upload: Upload,
+) -> Result<Stored> {
     let content_hash = hex::encode(Sha256::digest(&upload.bytes));
     if let Some(existing) =
-        documents::find_by_hash(&state.db, tenant.id, collection, &content_hash, upload.format.content_type()).await?
+        documents::find_by_hash(&state.db, tenant_id, collection, &content_hash, upload.format.content_type()).await?
     {
         return Ok(Stored { document: existing, duplicate: true });
     }
     let id = Uuid::now_v7();
-    let s3_key = original_key(tenant.id, id);
+    let s3_key = original_key(tenant_id, id);
     let size_bytes = upload.bytes.len() as i64;
     state.blobs.put(&s3_key, upload.bytes, upload.format.content_type()).await?;
     let new = NewDocument {
         id,
-        tenant_id: tenant.id,
+        tenant_id: tenant_id,
         collection,
         title: &upload.title,
         content_type: upload.format.content_type(),
@@ -62,7 +83,7 @@ pub async fn store(
     let Some(document) = documents::insert(&state.db, &new).await? else {
         // A concurrent upload of the same content won; drop our copy.
         let _ = state.blobs.delete(&s3_key).await;
-        let existing = documents::find_by_hash(&state.db, tenant.id, collection, &content_hash, new.content_type)
+        let existing = documents::find_by_hash(&state.db, tenant_id, collection, &content_hash, new.content_type)
             .await?
             .ok_or(DomainError::Conflict("retry the upload".into()))?;
         return Ok(Stored { document: existing, duplicate: true });

@@ -858,3 +858,35 @@ async fn the_originals_pass_leaves_new_documents_alone() {
     let report = stolid::worker::sweeper::sweep_originals(&app.state).await.unwrap();
     assert_eq!((report.newly_missing, report.missing), (0, 0), "{report:?}");
 }
+
+/// Issue 33, item 5: a request cut off by REQUEST_TIMEOUT_SECS while it stores
+/// a document (here: SQS hangs on the index job's send) does not leave the
+/// document `queued` with no message: the store finishes on its own, and the
+/// document indexes once SQS answers.
+#[tokio::test]
+async fn a_store_cut_off_by_the_request_timeout_still_sends_its_job() {
+    let app = spawn_app().await;
+    let endpoint = base_env()["AWS_ENDPOINT_URL"].clone();
+    let proxy = FaultProxy::start(upstream_of(&endpoint).await).await;
+    let proxied = app.infra.sdk.to_builder().endpoint_url(via(&endpoint, proxy.addr())).build();
+    let mut state = app.state.clone();
+    state.queue = stolid::queue::Queue::new(&proxied, &app.infra.queue_url, Duration::from_secs(30));
+    let mut config = (*state.config).clone();
+    config.request_timeout = Duration::from_secs(1);
+    state.config = std::sync::Arc::new(config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, stolid::http::router(state)).await });
+
+    proxy.set_mode(ProxyMode::Hang);
+    let upload = app.client.post(format!("{address}/v1/documents")).bearer_auth(&app.api_key);
+    let response = upload.json(&json!({"text": "Cut off mid-store.", "title": "cut off"})).send().await.unwrap();
+    assert_eq!(response.status(), 504);
+    let id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM documents WHERE title = 'cut off'")
+        .fetch_one(&app.state.db)
+        .await
+        .expect("the row was written before the send hung");
+    proxy.set_mode(ProxyMode::Pass);
+    let doc = wait_until_settled(&app, &id.to_string()).await;
+    assert_eq!(doc["status"], "indexed", "{doc}");
+}
