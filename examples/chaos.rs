@@ -506,6 +506,192 @@ async fn poison(client: &reqwest::Client) -> Row {
     row
 }
 
+/// Streaming chats open at SIGTERM end with an error event, not a cut
+/// transfer, and every chat call the model server served is in `model_calls`
+/// (the billing record) before the process exits inside its stop timeout.
+async fn sigterm_under_streams(client: &reqwest::Client) -> Row {
+    let mut row = Row { scenario: "SIGTERM under chat streams".into(), ..Default::default() };
+    let mut stack = Stack::new("sigterm-streams").await;
+    let tally = Tally::default();
+    let mut proc = stack.start(&[("SHUTDOWN_TIMEOUT_SECS", "10")]).await;
+    upload_many(&proc, client, 0, 10, &tally).await;
+    stack.settle(Duration::from_secs(60)).await;
+    stack.fake.set_stream_gap(Duration::from_millis(300));
+    let streams: Vec<_> = (0..6)
+        .map(|i| {
+            let request = client.post(format!("{}/v1/chat", proc.base)).bearer_auth(&proc.key).json(&json!({
+                "message": format!("Tell me everything about ownership and borrowing, note {i}."),
+                "stream": true,
+            }));
+            tokio::spawn(async move {
+                let response = request.send().await.map_err(|e| e.to_string())?;
+                response.text().await.map_err(|e| e.to_string())
+            })
+        })
+        .collect();
+    let waiting = Instant::now();
+    while stack.fake.stats().chat_requests < 6 && waiting.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await; // well into the answers
+    let exit = tokio::task::spawn_blocking(move || proc.terminate(Duration::from_secs(30))).await.expect("terminate");
+    let (mut ended, mut cut) = (0, 0);
+    for stream in streams {
+        match stream.await.expect("stream task") {
+            Ok(body) if body.lines().rfind(|l| l.starts_with("event:")) == Some("event: error") => ended += 1,
+            _ => cut += 1,
+        }
+    }
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM model_calls WHERE operation = 'chat'")
+        .fetch_one(&stack.db)
+        .await
+        .unwrap_or(-1);
+    let served = stack.fake.stats().chat_requests as i64;
+    row.note = format!(
+        "6 streams: {ended} ended with an error event, {cut} cut; chat calls served {served}, stored {stored}; \
+         exit {exit:.1} s after SIGTERM (stop timeout 10 s)"
+    );
+    row.broken = cut > 0 || stored != served || exit > 10.0;
+    tally.into_row(&mut row);
+    stack.count(&mut row).await;
+    row
+}
+
+/// A queue far deeper than the fleet's cap can drain within one job's
+/// deadline: jobs wait in line for minutes with JOB_TIMEOUT_SECS at 10, and
+/// none of them fails.
+async fn cap_backlog(client: &reqwest::Client) -> Row {
+    let mut row = Row { scenario: "queue deeper than the cap".into(), ..Default::default() };
+    let mut stack = Stack::new("cap-backlog").await;
+    let tally = Tally::default();
+    let proc = stack
+        .start(&[
+            ("EMBED_REQUESTS_PER_MINUTE", "120"),
+            ("EMBED_MAX_BATCH_INPUTS", "4"),
+            ("CHUNK_MAX_TOKENS", "60"),
+            ("CHUNK_OVERLAP_TOKENS", "0"),
+            ("JOB_TIMEOUT_SECS", "10"),
+        ])
+        .await;
+    let started = Instant::now();
+    let docs = 32;
+    for i in 0..docs {
+        let text: String = (0..17).map(|p| text_for(i * 17 + p).replace("# Note", "Part") + "\n\n").collect();
+        let response = client
+            .post(format!("{}/v1/documents", proc.base))
+            .bearer_auth(&proc.key)
+            .json(&json!({"text": text, "title": format!("long note {i}")}))
+            .send()
+            .await
+            .expect("upload");
+        tally.see(response.status());
+    }
+    stack.settle(Duration::from_secs(600)).await;
+    row.recover_secs = Some(started.elapsed().as_secs_f64());
+    let longest_wait: f64 =
+        sqlx::query_scalar("SELECT coalesce(max(wait_ms), 0) FROM model_calls WHERE operation = 'embed'")
+            .fetch_one(&stack.db)
+            .await
+            .unwrap_or(0.0);
+    tally.into_row(&mut row);
+    stack.count(&mut row).await;
+    row.note = format!(
+        "{docs} documents of 17 chunks at 120 requests/min, 4 inputs each; longest wait for the cap {:.0} s \
+         (JOB_TIMEOUT_SECS 10)",
+        longest_wait / 1000.0
+    );
+    row.broken = row.failed > 0;
+    row
+}
+
+/// The database up but refusing new sessions (connections disallowed: FATAL
+/// 55000 at connect, as in a failover or a full `max_connections`): 503s only,
+/// and back at once when it accepts them again.
+async fn connect_refusals(args: &Args, client: &reqwest::Client) -> Row {
+    use sqlx::Connection;
+    let mut row =
+        Row { scenario: format!("Postgres refusing sessions {} s", args.outage.as_secs()), ..Default::default() };
+    let mut stack = Stack::new("postgres-refusing").await;
+    let tally = Tally::default();
+    let proc = stack.start(&[]).await;
+    upload_many(&proc, client, 0, args.docs / 2, &tally).await;
+    let (base, name) = stack.infra.database_url.rsplit_once('/').expect("a database URL");
+    let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres")).await.expect("admin connection");
+    let alter = |setting: &str| sqlx::AssertSqlSafe(format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS {setting}"));
+    sqlx::raw_sql(alter("false")).execute(&mut admin).await.expect("closing the database");
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+        .bind(name)
+        .execute(&mut admin)
+        .await
+        .expect("ending its sessions");
+    let outage = args.outage;
+    let reopen = async {
+        tokio::time::sleep(outage).await;
+        sqlx::raw_sql(alter("true")).execute(&mut admin).await.expect("reopening the database");
+    };
+    let during = upload_many(&proc, client, args.docs / 2, args.docs / 2, &tally);
+    let (_, recovered, _) = tokio::join!(reopen, probe_through(&proc, client, outage, &tally), during);
+    row.recover_secs = recovered;
+    stack.settle(Duration::from_secs(180)).await;
+    tally.into_row(&mut row);
+    stack.count(&mut row).await;
+    row.note = "ALTER DATABASE ... ALLOW_CONNECTIONS false and its sessions ended".into();
+    row
+}
+
+/// Requests built to hold the database or the process: a search filter with
+/// 10,000 `in` values and a multipart upload of 10,000 tiny files. Both are
+/// refused up front (422) and create nothing.
+async fn hostile_requests(client: &reqwest::Client) -> Row {
+    let mut row = Row { scenario: "hostile filter and 10k-part upload".into(), ..Default::default() };
+    let mut stack = Stack::new("hostile").await;
+    let tally = Tally::default();
+    let proc = stack.start(&[]).await;
+    upload_many(&proc, client, 0, 20, &tally).await;
+    stack.settle(Duration::from_secs(60)).await;
+    let values: Vec<String> = (0..10_000).map(|i| format!("value-{i}")).collect();
+    let started = Instant::now();
+    let search = client
+        .post(format!("{}/v1/search", proc.base))
+        .bearer_auth(&proc.key)
+        .json(&json!({"query": "wombat", "filter": {"t": {"in": values}}}))
+        .send()
+        .await
+        .expect("search");
+    let search_status = search.status();
+    let search_ms = started.elapsed().as_secs_f64() * 1000.0;
+    tally.see(search_status);
+    let mut form = reqwest::multipart::Form::new();
+    for i in 0..10_000 {
+        let part = reqwest::multipart::Part::bytes(format!("tiny {i}").into_bytes())
+            .file_name(format!("f{i}.txt"))
+            .mime_str("text/plain")
+            .expect("mime");
+        form = form.part("file", part);
+    }
+    let started = Instant::now();
+    let upload = client.post(format!("{}/v1/documents", proc.base)).bearer_auth(&proc.key).multipart(form).send().await;
+    let upload_status = upload.map(|r| r.status());
+    let upload_ms = started.elapsed().as_secs_f64() * 1000.0;
+    if let Ok(status) = upload_status {
+        tally.see(status);
+    }
+    stack.settle(Duration::from_secs(60)).await;
+    tally.into_row(&mut row);
+    stack.count(&mut row).await;
+    row.note = format!(
+        "search with 10,000 `in` values: {} in {search_ms:.0} ms; 10,000-file upload: {} in {upload_ms:.0} ms; \
+         {} documents (20 before)",
+        search_status.as_u16(),
+        upload_status.map_or_else(|e| e.to_string(), |s| s.as_u16().to_string()),
+        row.docs
+    );
+    row.broken = search_status != reqwest::StatusCode::UNPROCESSABLE_ENTITY
+        || upload_status.ok() != Some(reqwest::StatusCode::UNPROCESSABLE_ENTITY)
+        || row.docs != 20;
+    row
+}
+
 async fn schemathesis(args: &Args, st: &str) -> Row {
     let mut row = Row { scenario: "schemathesis over /openapi.json".into(), ..Default::default() };
     let mut stack = Stack::new("schemathesis-app").await;
@@ -569,6 +755,10 @@ async fn main() {
     scenario!("sigterm-chat", sigterm_under_chat(&client));
     scenario!("sigterm-extraction", sigterm_during_extraction(&client));
     scenario!("poison", poison(&client));
+    scenario!("sigterm-streams", sigterm_under_streams(&client));
+    scenario!("cap-backlog", cap_backlog(&client));
+    scenario!("postgres-refusing", connect_refusals(&args, &client));
+    scenario!("hostile", hostile_requests(&client));
     match &args.schemathesis {
         Some(st) => scenario!("schemathesis", schemathesis(&args, st)),
         None => eprintln!("[chaos] schemathesis skipped: no --schemathesis binary"),

@@ -307,6 +307,37 @@ async fn the_readmes_logs_insights_queries_answer_from_a_real_runs_log() {
 async fn sigterm_ends_open_chat_streams_cleanly_and_stores_every_model_call() {
     let fake = stolid::testkit::fake_openai::FakeOpenAi::start().await;
     fake.set_stream_gap(Duration::from_millis(300));
+    streams_end_cleanly_at_sigterm(fake, "chat", None, |i| {
+        serde_json::json!({
+            "message": format!("What happens to a value when its owner goes out of scope? ({i})"),
+            "stream": true,
+        })
+    })
+    .await;
+}
+
+/// The same for agent streams, whose model calls are slow to answer (they do not stream).
+#[tokio::test]
+async fn sigterm_ends_open_agent_streams_cleanly_and_stores_every_model_call() {
+    let fake = stolid::testkit::fake_openai::FakeOpenAi::start().await;
+    streams_end_cleanly_at_sigterm(
+        fake,
+        "agent",
+        Some(Duration::from_secs(2)),
+        |i| serde_json::json!({"message": format!("Find what the documents say about owners ({i})"), "stream": true}),
+    )
+    .await;
+}
+
+/// Six streams of `/v1/{endpoint}` open against a slow model, then SIGTERM
+/// with SHUTDOWN_TIMEOUT_SECS=4: see the two tests above. `latency`: how long
+/// the model takes to answer once the document is indexed.
+async fn streams_end_cleanly_at_sigterm(
+    fake: stolid::testkit::fake_openai::FakeOpenAi,
+    endpoint: &str,
+    latency: Option<Duration>,
+    body: impl Fn(usize) -> serde_json::Value,
+) {
     let base_url = fake.base_url();
     let mut seen = Vec::new();
     let env = [
@@ -325,13 +356,13 @@ async fn sigterm_ends_open_chat_streams_cleanly_and_stores_every_model_call() {
                 When the owner goes out of scope, the value will be dropped. ";
     let id = upload_text(server.port, &key, &text.repeat(6), "ownership").await;
     wait_for_status(&db, tenant, id, DocumentStatus::Indexed).await;
+    if let Some(latency) = latency {
+        fake.set_latency(latency);
+    }
 
     let streams: Vec<_> = (0..6)
         .map(|i| {
-            let request = client.post(format!("{api}/v1/chat")).bearer_auth(&key).json(&serde_json::json!({
-                "message": format!("What happens to a value when its owner goes out of scope? ({i})"),
-                "stream": true,
-            }));
+            let request = client.post(format!("{api}/v1/{endpoint}")).bearer_auth(&key).json(&body(i));
             tokio::spawn(async move {
                 let response = request.send().await.unwrap();
                 assert_eq!(response.status(), 200);
@@ -364,6 +395,14 @@ async fn sigterm_ends_open_chat_streams_cleanly_and_stores_every_model_call() {
     }
     let stored: i64 =
         sqlx::query_scalar("SELECT count(*) FROM model_calls WHERE operation = 'chat'").fetch_one(&db).await.unwrap();
-    assert_eq!(stored as u64, fake.stats().chat_requests, "every chat call is stored");
+    let served = fake.stats().chat_requests;
+    if latency.is_none() {
+        assert_eq!(stored as u64, served, "every chat call is stored");
+    } else {
+        // The fake counts a call once its latency has passed; a call cut while
+        // the fake still waited is stored (as cancelled) but not counted there.
+        assert!(stored as u64 >= served, "every chat call is stored: {stored} stored, {served} served");
+        assert!(served > 0);
+    }
     drop(server);
 }
