@@ -683,7 +683,7 @@ async fn hostile_requests(client: &reqwest::Client) -> Row {
         "search with 10,000 `in` values: {} in {search_ms:.0} ms; 10,000-file upload: {} in {upload_ms:.0} ms; \
          {} documents (20 before)",
         search_status.as_u16(),
-        upload_status.map_or_else(|e| e.to_string(), |s| s.as_u16().to_string()),
+        upload_status.as_ref().map_or_else(|e| e.to_string(), |s| s.as_u16().to_string()),
         row.docs
     );
     row.broken = search_status != reqwest::StatusCode::UNPROCESSABLE_ENTITY
