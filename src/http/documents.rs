@@ -76,9 +76,18 @@ pub async fn create_documents(State(state): State<AppState>, tenant: Tenant, req
     let content_type =
         request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let (uploads, collection, metadata) = if content_type.starts_with("multipart/form-data") {
-        let multipart =
+        let mut multipart =
             Multipart::from_request(request, &state).await.map_err(|e| Error::bad_request(e.body_text()))?;
-        read_multipart(multipart).await?
+        match read_multipart(&mut multipart).await {
+            Ok(read) => read,
+            Err(refused) => {
+                // Answering while the client still sends makes the server close
+                // the connection under it, and many clients then report a reset
+                // instead of the answer: read the rest (bounded by MAX_BODY_BYTES) first.
+                drain(&mut multipart).await;
+                return Err(refused);
+            }
+        }
     } else if content_type.starts_with("application/json") {
         let AppJson(body) = AppJson::<CreateDocumentRequest>::from_request(request, &state).await?;
         let upload = read_json(&state, &tenant, &body).await?;
@@ -112,7 +121,15 @@ pub async fn create_documents(State(state): State<AppState>, tenant: Tenant, req
 /// more requests; `stolid ingest` and the console send one file per request.
 pub const MAX_FILES_PER_UPLOAD: usize = 100;
 
-async fn read_multipart(mut multipart: Multipart) -> Result<(Vec<Upload>, Option<String>, Option<serde_json::Value>)> {
+/// Reads and discards what is left of a refused upload; a broken or oversized
+/// body just ends it (the refusal stands either way).
+async fn drain(multipart: &mut Multipart) {
+    while let Ok(Some(mut field)) = multipart.next_field().await {
+        while let Ok(Some(_)) = field.chunk().await {}
+    }
+}
+
+async fn read_multipart(multipart: &mut Multipart) -> Result<(Vec<Upload>, Option<String>, Option<serde_json::Value>)> {
     let (mut uploads, mut collection, mut metadata) = (Vec::new(), None, None);
     while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
         let name = field.name().unwrap_or_default().to_string();
