@@ -71,7 +71,7 @@ async fn store_whole(
     state.blobs.put(&s3_key, upload.bytes, upload.format.content_type()).await?;
     let new = NewDocument {
         id,
-        tenant_id: tenant_id,
+        tenant_id,
         collection,
         title: &upload.title,
         content_type: upload.format.content_type(),
