@@ -19,7 +19,7 @@
 //! a follow-up that leans on it) is asked in one conversation, with and without
 //! the query rewrite, and counted when the follow-up's answer cites its page.
 //!
-//! Options: --questions FILE  --followups FILE  --root DIR (default: the toolchain's HTML docs)
+//! Options: --questions FILE  --followups FILE  --root DIR (default: the toolchain's HTML docs)  --curated
 //!   --modes vector,keyword,hybrid,rerank (rerank: hybrid reordered by the chat
 //!   model, which needs an OpenAI-compatible provider)  --chat N (questions asked of chat, default all)
 //!   --env KEY=VALUE,KEY=VALUE (extra settings for the server, e.g. a provider)
@@ -80,10 +80,11 @@ async fn main() -> anyhow::Result<()> {
     collections.sort();
     collections.dedup();
 
+    let curated = options.contains_key("curated");
     let mut corpus: Vec<(&str, PathBuf, Vec<PathBuf>)> = Vec::new();
     for collection in &collections {
         let dir = root.join(collection);
-        let files = bench::corpus(&dir, usize::MAX)?.into_iter().filter(|f| is_eval_page(f)).collect();
+        let files = bench::corpus(&dir, usize::MAX)?.into_iter().filter(|f| !curated || is_eval_page(f)).collect();
         corpus.push((collection, dir, files));
     }
 
@@ -114,10 +115,9 @@ async fn main() -> anyhow::Result<()> {
                 let (client, base, key, dir) = (client.clone(), server.base.clone(), key.clone(), dir.clone());
                 async move {
                     let page = file.strip_prefix(&dir).expect("under the collection").to_string_lossy().to_string();
-                    let part = reqwest::multipart::Part::bytes(std::fs::read(&file).expect("readable"))
-                        .file_name(page.clone())
-                        .mime_str("text/html")
-                        .expect("a valid type");
+                    // No declared type: the server tells it from the name, as for `stolid ingest`.
+                    let part =
+                        reqwest::multipart::Part::bytes(std::fs::read(&file).expect("readable")).file_name(page.clone());
                     let form =
                         reqwest::multipart::Form::new().text("collection", collection.to_string()).part("file", part);
                     let response: serde_json::Value = client
@@ -314,7 +314,8 @@ fn distinct_pages(results: &[serde_json::Value], pages: &HashMap<String, String>
     out
 }
 
-/// English content pages only: no translations, redirect stubs or all-in-one print pages.
+/// With `--curated`, English content pages only: no translations, redirect
+/// stubs or all-in-one print pages.
 fn is_eval_page(path: &Path) -> bool {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
     if matches!(name, "print.html" | "toc.html" | "404.html") {
