@@ -116,8 +116,8 @@ async fn main() -> anyhow::Result<()> {
                 async move {
                     let page = file.strip_prefix(&dir).expect("under the collection").to_string_lossy().to_string();
                     // No declared type: the server tells it from the name, as for `stolid ingest`.
-                    let part =
-                        reqwest::multipart::Part::bytes(std::fs::read(&file).expect("readable")).file_name(page.clone());
+                    let part = reqwest::multipart::Part::bytes(std::fs::read(&file).expect("readable"))
+                        .file_name(page.clone());
                     let form =
                         reqwest::multipart::Form::new().text("collection", collection.to_string()).part("file", part);
                     let response: serde_json::Value = client

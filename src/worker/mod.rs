@@ -178,23 +178,6 @@ async fn process(state: &AppState, deleter: &Deleter, message: Received, last_at
     };
     let elapsed_ms = started.elapsed().as_millis() as u64;
     let cap_wait_ms = cap_wait.waited().as_millis() as u64;
-    // Waiting too long for the cap is no fault of the job's: it goes back to
-    // the queue as a new message (its receive count starts again), and its
-    // document shows why it waits.
-    let outcome = match outcome {
-        Some(Err(Overrun::Waiting)) => {
-            let reason = format!(
-                "waiting for the fleet's embedding cap: released after {} s in line \
-                 (SWEEP_STUCK_AFTER_SECS - JOB_TIMEOUT_SECS); it will be picked up again",
-                limits.max_wait.as_secs()
-            );
-            jobs::interrupted(state, &message, &reason, false).await;
-            Some(Ok(Err(jobs::JobError::Deferred { delay: RELEASE_DELAY, reason })))
-        }
-        Some(Err(Overrun::Work)) => Some(Err(())),
-        Some(Ok(result)) => Some(Ok(result)),
-        None => None,
-    };
     match outcome {
         Some(Ok(Ok(()))) => {
             deleter.delete(message.receipt_handle);
@@ -205,20 +188,24 @@ async fn process(state: &AppState, deleter: &Deleter, message: Received, last_at
             deleter.delete(message.receipt_handle);
         }
         Some(Ok(Err(jobs::JobError::Deferred { delay, reason }))) => {
-            match state.queue.send_delayed(message.body.clone(), delay).await {
-                Ok(()) => {
-                    tracing::info!(reason, delay_secs = delay.as_secs(), "job deferred");
-                    deleter.delete(message.receipt_handle);
-                }
-                Err(err) => {
-                    tracing::warn!(error = format!("{err:#}"), reason, "could not defer the job; it will be retried")
-                }
-            }
+            defer(state, deleter, message, delay, &reason).await
         }
         Some(Ok(Err(jobs::JobError::Retry(err)))) => {
             tracing::warn!(error = format!("{err:#}"), duration_ms = elapsed_ms, "job failed; it will be retried");
         }
-        Some(Err(())) => {
+        Some(Err(Overrun::Waiting)) => {
+            // Waiting too long for the cap is no fault of the job's: it goes
+            // back to the queue as a new message (its receive count starts
+            // again), and its document shows why it waits.
+            let reason = format!(
+                "waiting for the fleet's embedding cap: released after {} s in line \
+                 (SWEEP_STUCK_AFTER_SECS - JOB_TIMEOUT_SECS); it will be picked up again",
+                limits.max_wait.as_secs()
+            );
+            jobs::interrupted(state, &message, &reason, false).await;
+            defer(state, deleter, message, RELEASE_DELAY, &reason).await;
+        }
+        Some(Err(Overrun::Work)) => {
             // CPU work on a blocking thread cannot be cancelled; it ends on its own
             // (input sizes are capped), and its result is discarded.
             let reason = format!(
@@ -238,6 +225,19 @@ async fn process(state: &AppState, deleter: &Deleter, message: Received, last_at
             jobs::interrupted(state, &message, "interrupted by a shutdown; will be retried", false).await;
             let _ = state.queue.set_visibility(&message.receipt_handle, Duration::ZERO).await;
         }
+    }
+}
+
+/// Sends the job again to run after `delay` and deletes this delivery, so the
+/// wait does not use up the deliveries the redrive policy allows; if the send
+/// fails, the message is left to be retried.
+async fn defer(state: &AppState, deleter: &Deleter, message: Received, delay: Duration, reason: &str) {
+    match state.queue.send_delayed(message.body.clone(), delay).await {
+        Ok(()) => {
+            tracing::info!(reason, delay_secs = delay.as_secs(), "job deferred");
+            deleter.delete(message.receipt_handle);
+        }
+        Err(err) => tracing::warn!(error = format!("{err:#}"), reason, "could not defer the job; it will be retried"),
     }
 }
 

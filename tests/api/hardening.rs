@@ -744,10 +744,7 @@ async fn a_job_that_waits_too_long_for_the_cap_is_released_and_indexes_later() {
 #[tokio::test]
 async fn a_leftover_message_does_not_undo_failed() {
     let app = spawn_app().await;
-    let doc = upload_text(&app, json!({"text": "Failed once, for good."})).await;
-    let id: uuid::Uuid = doc["id"].as_str().unwrap().parse().unwrap();
-    assert_eq!(wait_until_settled(&app, &id.to_string()).await["status"], "indexed");
-    app.drain_queue().await;
+    let id: uuid::Uuid = app.index_all([json!({"text": "Failed once, for good."})]).await[0].parse().unwrap();
     stolid::store::documents::mark_failed(&app.state.db, app.tenant_id, id, "gave up: a test").await.unwrap();
     let leftover = stolid::queue::Job::IndexDocument { tenant_id: app.tenant_id, document_id: id };
     app.state.queue.send(leftover.to_message()).await.unwrap();
