@@ -12,8 +12,12 @@
 //! A question is answered by exactly one page; a result "hits" when it comes from
 //! that page. The default set (`eval/rust-docs.jsonl`) covers four books shipped
 //! with every Rust toolchain (the book, the reference, Rust by Example, the Cargo
-//! book), ~800 pages; translated pages (`<html lang>` other than English),
-//! redirect stubs and the books' all-in-one `print.html` are left out.
+//! book), taken whole as `stolid ingest` takes a folder: 1,709 files with the
+//! translations, redirect stubs and each book's all-in-one `print.html`
+//! (`--curated`: the ~850 English content pages only). Each question belongs to
+//! the `dev` split (tuned on) or the `test` split (reported); figures are
+//! printed per split and per book with 95% confidence intervals (Wilson's for
+//! hit rates, the normal approximation for MRR).
 //!
 //! Then each follow-up (`eval/rust-docs-followups.jsonl`: a first question, and
 //! a follow-up that leans on it) is asked in one conversation, with and without
@@ -25,6 +29,8 @@
 //!   --env KEY=VALUE,KEY=VALUE (extra settings for the server, e.g. a provider)
 //!   --dump FILE (each question's ranked results per mode, as JSON lines, to try
 //!   a fusion or reranking offline)  --misses (print the questions each mode misses)
+//!   --keep FILE (leave the indexed database, bucket and queue, described in FILE)
+//!   --reuse FILE (ask the questions of what a `--keep` run left, without indexing again)
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -33,7 +39,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde::Deserialize;
 use stolid::testkit::bench;
-use stolid::testkit::infra::{base_env, create_infra_for};
+use stolid::testkit::infra::{base_env, create_infra_for, existing_infra};
 use stolid::testkit::process::Proc;
 
 #[derive(Debug, Deserialize)]
@@ -44,21 +50,86 @@ struct Question {
     /// For a follow-up: the question asked before it in the same conversation.
     #[serde(default)]
     first: Option<String>,
+    /// `dev` (tuned on) or `test` (only reported); `dev` when absent.
+    #[serde(default = "dev")]
+    split: String,
+}
+
+fn dev() -> String {
+    "dev".into()
+}
+
+/// What `--keep` leaves for `--reuse`: the indexed infrastructure and which page each document is.
+#[derive(serde::Serialize, Deserialize)]
+struct Kept {
+    database_url: String,
+    bucket: String,
+    queue_url: String,
+    dlq_url: String,
+    key: String,
+    pages: HashMap<String, String>,
 }
 
 /// Ranks are 1-based; `None` when the page is not in the results.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Scores {
     ranks: Vec<Option<usize>>,
 }
 
 impl Scores {
-    fn hit_at(&self, k: usize) -> f64 {
-        self.ranks.iter().filter(|r| r.is_some_and(|r| r <= k)).count() as f64 / self.ranks.len().max(1) as f64
+    fn hit_at(&self, k: usize) -> Estimate {
+        let hits = self.ranks.iter().filter(|r| r.is_some_and(|r| r <= k)).count();
+        Estimate::proportion(hits, self.ranks.len())
     }
 
-    fn mrr(&self) -> f64 {
-        self.ranks.iter().map(|r| r.map_or(0.0, |r| 1.0 / r as f64)).sum::<f64>() / self.ranks.len().max(1) as f64
+    fn mrr(&self) -> Estimate {
+        Estimate::mean(&self.ranks.iter().map(|r| r.map_or(0.0, |r| 1.0 / r as f64)).collect::<Vec<_>>())
+    }
+
+    /// The questions `keep` says yes to.
+    fn subset(&self, keep: &[bool]) -> Scores {
+        Scores { ranks: self.ranks.iter().zip(keep).filter(|(_, k)| **k).map(|(r, _)| *r).collect() }
+    }
+}
+
+/// A figure and its 95% confidence interval.
+struct Estimate {
+    value: f64,
+    low: f64,
+    high: f64,
+}
+
+/// z for a two-sided 95% interval.
+const Z95: f64 = 1.96;
+
+impl Estimate {
+    /// Wilson's score interval: sound near 0 and 1 and for small samples, unlike the normal one.
+    fn proportion(successes: usize, n: usize) -> Estimate {
+        if n == 0 {
+            return Estimate { value: 0.0, low: 0.0, high: 0.0 };
+        }
+        let (p, n) = (successes as f64 / n as f64, n as f64);
+        let centre = (p + Z95 * Z95 / (2.0 * n)) / (1.0 + Z95 * Z95 / n);
+        let half = Z95 / (1.0 + Z95 * Z95 / n) * (p * (1.0 - p) / n + Z95 * Z95 / (4.0 * n * n)).sqrt();
+        Estimate { value: p, low: centre - half, high: centre + half }
+    }
+
+    /// The mean, with the normal approximation's interval.
+    fn mean(values: &[f64]) -> Estimate {
+        let n = values.len() as f64;
+        if values.is_empty() {
+            return Estimate { value: 0.0, low: 0.0, high: 0.0 };
+        }
+        let mean = values.iter().sum::<f64>() / n;
+        let variance = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+        let half = Z95 * (variance / n).sqrt();
+        Estimate { value: mean, low: (mean - half).max(0.0), high: (mean + half).min(1.0) }
+    }
+}
+
+impl std::fmt::Display for Estimate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        format!("{:.2} [{:.2}-{:.2}]", self.value, self.low, self.high).fmt(f)
     }
 }
 
@@ -88,7 +159,17 @@ async fn main() -> anyhow::Result<()> {
         corpus.push((collection, dir, files));
     }
 
-    let infra = create_infra_for("eval").await;
+    let reuse: Option<Kept> = match options.get("reuse") {
+        Some(path) => Some(serde_json::from_str(&std::fs::read_to_string(path)?)?),
+        None => None,
+    };
+    let infra = match &reuse {
+        Some(kept) => {
+            existing_infra(kept.database_url.clone(), kept.bucket.clone(), kept.queue_url.clone(), kept.dlq_url.clone())
+                .await
+        }
+        None => create_infra_for("eval").await,
+    };
     let mut env = infra.process_env();
     env.extend([("WORKER_WAIT_TIME_SECS", "1".into())]);
     // The local provider's embedding model, as `make up` runs it (`--env LOCAL_EMBEDDING_MODEL_DIR=` turns it off).
@@ -101,45 +182,21 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(log.parent().expect("a parent"))?;
     let mut server = Proc::start(&env, &log);
     let db = sqlx::PgPool::connect(&infra.database_url).await?;
-    let tenant = stolid::store::keys::ensure_tenant(&db, "eval").await?;
-    let key = stolid::store::keys::create_key(&db, tenant).await?.key;
     let client = reqwest::Client::new();
 
-    // Upload: document id -> "collection/page".
     let clock = Instant::now();
-    let mut pages: HashMap<String, String> = HashMap::new();
-    for (collection, dir, files) in corpus {
-        eprintln!("[eval] uploading {} pages of {collection}", files.len());
-        let uploaded: Vec<(String, String)> = futures::stream::iter(files)
-            .map(|file| {
-                let (client, base, key, dir) = (client.clone(), server.base.clone(), key.clone(), dir.clone());
-                async move {
-                    let page = file.strip_prefix(&dir).expect("under the collection").to_string_lossy().to_string();
-                    // No declared type: the server tells it from the name, as for `stolid ingest`.
-                    let part = reqwest::multipart::Part::bytes(std::fs::read(&file).expect("readable"))
-                        .file_name(page.clone());
-                    let form =
-                        reqwest::multipart::Form::new().text("collection", collection.to_string()).part("file", part);
-                    let response: serde_json::Value = client
-                        .post(format!("{base}/v1/documents"))
-                        .bearer_auth(key)
-                        .multipart(form)
-                        .send()
-                        .await
-                        .and_then(|r| r.error_for_status())
-                        .expect("an upload")
-                        .json()
-                        .await
-                        .expect("JSON");
-                    let id = response["documents"][0]["id"].as_str().expect("a document id").to_string();
-                    (id, format!("{collection}/{page}"))
-                }
-            })
-            .buffer_unordered(8)
-            .collect()
-            .await;
-        pages.extend(uploaded);
-    }
+    let (key, pages) = match reuse {
+        Some(kept) => {
+            eprintln!("[eval] reusing {} ({} pages indexed before)", infra.database_url, kept.pages.len());
+            (kept.key, kept.pages)
+        }
+        None => {
+            let tenant = stolid::store::keys::ensure_tenant(&db, "eval").await?;
+            let key = stolid::store::keys::create_key(&db, tenant).await?.key;
+            let pages = upload(&client, &server.base, &key, corpus).await;
+            (key, pages)
+        }
+    };
     let (indexed, failed) = loop {
         let (open, indexed, failed): (i64, i64, i64) = sqlx::query_as(
             "SELECT count(*) FILTER (WHERE status IN ('queued', 'processing')),
@@ -159,6 +216,32 @@ async fn main() -> anyhow::Result<()> {
         clock.elapsed().as_secs_f64(),
         questions.len()
     );
+    // Marks are measured after each publish; the last measurement may still run.
+    while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM aggregate_marks_stale").fetch_one(&db).await? > 0 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let aggregates: Vec<(String, f32)> =
+        sqlx::query_as("SELECT collection || '/' || title, aggregate_share FROM documents WHERE aggregate ORDER BY 1")
+            .fetch_all(&db)
+            .await?;
+    eprintln!(
+        "[eval] {} aggregate documents: {}",
+        aggregates.len(),
+        aggregates.iter().map(|(page, share)| format!("{page} ({share:.2})")).collect::<Vec<_>>().join(", ")
+    );
+    let keep = options.get("keep");
+    if let Some(path) = keep {
+        let kept = Kept {
+            database_url: infra.database_url.clone(),
+            bucket: infra.bucket.clone(),
+            queue_url: infra.queue_url.clone(),
+            dlq_url: infra.dlq_url.clone(),
+            key: key.clone(),
+            pages: pages.clone(),
+        };
+        std::fs::write(path, serde_json::to_string(&kept)?)?;
+        eprintln!("[eval] kept for --reuse {path}: drop {} when done", infra.database_url);
+    }
     let readyz: serde_json::Value = client.get(format!("{}/readyz", server.base)).send().await?.json().await?;
     eprintln!("[eval] model: {}", readyz["model"]);
 
@@ -216,14 +299,13 @@ async fn main() -> anyhow::Result<()> {
         table.push((mode.clone(), scores));
     }
 
-    let mut cited = 0;
+    let mut cited: Vec<bool> = Vec::new();
     for q in questions.iter().take(chat_count) {
         let body = serde_json::json!({ "message": q.question });
         let response = post(&client, &format!("{}/v1/chat", server.base), &key, &body).await?;
         let cited_pages = cited_pages(&response, &pages);
-        if cited_pages.contains(&expected(q)) {
-            cited += 1;
-        } else if options.contains_key("misses") {
+        cited.push(cited_pages.contains(&expected(q)));
+        if !cited_pages.contains(&expected(q)) && options.contains_key("misses") {
             eprintln!("[eval] chat: {:<60} want {}, cited {:?}", q.question, expected(q), cited_pages);
         }
     }
@@ -246,24 +328,45 @@ async fn main() -> anyhow::Result<()> {
     }
 
     println!(
-        "\nretrieval over {} pages, {} questions (hit@k: the answering page among the first k distinct pages of 50 results)",
-        indexed,
+        "\nretrieval over {indexed} pages, {} questions (hit@k: the answering page among the first k distinct pages of 50 results; 95% intervals)",
         questions.len()
     );
-    println!("{:<8} {:>6} {:>6} {:>7} {:>6}", "mode", "hit@1", "hit@5", "hit@10", "MRR");
-    for (mode, scores) in &table {
-        println!(
-            "{:<8} {:>6.2} {:>6.2} {:>7.2} {:>6.2}",
-            mode,
-            scores.hit_at(1),
-            scores.hit_at(5),
-            scores.hit_at(10),
-            scores.mrr()
-        );
-    }
-    if chat_count > 0 {
-        let asked = chat_count.min(questions.len());
-        println!("chat cites the answering page: {cited}/{asked} = {:.2}", cited as f64 / asked.max(1) as f64);
+    let mut books: Vec<&str> = questions.iter().map(|q| q.collection.as_str()).collect();
+    books.sort();
+    books.dedup();
+    for split in ["dev", "test"] {
+        let in_split: Vec<bool> = questions.iter().map(|q| q.split == split).collect();
+        let n = in_split.iter().filter(|k| **k).count();
+        if n == 0 {
+            continue;
+        }
+        println!("\n{split} split, {n} questions");
+        println!("{:<8} {:>17} {:>17} {:>17} {:>17}", "mode", "hit@1", "hit@5", "hit@10", "MRR");
+        for (mode, scores) in &table {
+            let scores = scores.subset(&in_split);
+            let (h1, h5, h10, mrr) = (scores.hit_at(1), scores.hit_at(5), scores.hit_at(10), scores.mrr());
+            println!("{mode:<8} {h1:>17} {h5:>17} {h10:>17} {mrr:>17}");
+        }
+        if let Some((mode, scores)) = table.iter().find(|(mode, _)| mode == "hybrid").or(table.first()) {
+            println!("per book ({mode}):");
+            for book in &books {
+                let keep: Vec<bool> = questions.iter().map(|q| q.split == split && q.collection == *book).collect();
+                let scores = scores.subset(&keep);
+                if !scores.ranks.is_empty() {
+                    let (n, h5, mrr) = (scores.ranks.len(), scores.hit_at(5), scores.mrr());
+                    println!("  {book:<16} n={n:<4} hit@5 {h5}  MRR {mrr}");
+                }
+            }
+        }
+        let asked: Vec<bool> = cited.iter().zip(&in_split).filter(|(_, k)| **k).map(|(c, _)| *c).collect();
+        if !asked.is_empty() {
+            let share = Estimate::proportion(asked.iter().filter(|c| **c).count(), asked.len());
+            println!(
+                "chat cites the answering page: {} of {}: {share}",
+                asked.iter().filter(|c| **c).count(),
+                asked.len()
+            );
+        }
     }
     if !followups.is_empty() {
         let n = followups.len();
@@ -275,8 +378,53 @@ async fn main() -> anyhow::Result<()> {
 
     server.terminate(Duration::from_secs(10));
     db.close().await;
-    infra.remove().await?;
+    if keep.is_none() && !options.contains_key("reuse") {
+        infra.remove().await?;
+    }
     Ok(())
+}
+
+/// Uploads every collection's files, 8 at a time, as `stolid ingest` does; document id -> "collection/page".
+async fn upload(
+    client: &reqwest::Client,
+    base: &str,
+    key: &str,
+    corpus: Vec<(&str, PathBuf, Vec<PathBuf>)>,
+) -> HashMap<String, String> {
+    let mut pages: HashMap<String, String> = HashMap::new();
+    for (collection, dir, files) in corpus {
+        eprintln!("[eval] uploading {} pages of {collection}", files.len());
+        let uploaded: Vec<(String, String)> = futures::stream::iter(files)
+            .map(|file| {
+                let (client, base, key, dir) = (client.clone(), base.to_string(), key.to_string(), dir.clone());
+                async move {
+                    let page = file.strip_prefix(&dir).expect("under the collection").to_string_lossy().to_string();
+                    // No declared type: the server tells it from the name, as for `stolid ingest`.
+                    let part = reqwest::multipart::Part::bytes(std::fs::read(&file).expect("readable"))
+                        .file_name(page.clone());
+                    let form =
+                        reqwest::multipart::Form::new().text("collection", collection.to_string()).part("file", part);
+                    let response: serde_json::Value = client
+                        .post(format!("{base}/v1/documents"))
+                        .bearer_auth(key)
+                        .multipart(form)
+                        .send()
+                        .await
+                        .and_then(|r| r.error_for_status())
+                        .expect("an upload")
+                        .json()
+                        .await
+                        .expect("JSON");
+                    let id = response["documents"][0]["id"].as_str().expect("a document id").to_string();
+                    (id, format!("{collection}/{page}"))
+                }
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        pages.extend(uploaded);
+    }
+    pages
 }
 
 fn read_questions(path: &Path) -> anyhow::Result<Vec<Question>> {

@@ -201,6 +201,7 @@ async fn run_tool(
                 scope: scope.clone(),
                 min_similarity: Some(state.config.chat.min_similarity),
                 rerank,
+                demote_aggregates: true,
             };
             let retrieved = retrieval::search(state, ctx, search).await?;
             let (hits, timings) = (retrieved.hits, retrieved.timings);

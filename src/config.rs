@@ -82,6 +82,7 @@ variables! {
     chat_max_answer_tokens: u32 = "CHAT_MAX_ANSWER_TOKENS", positive(700);
     retrieval_min_similarity: f64 = "RETRIEVAL_MIN_SIMILARITY", number(0.2);
     rerank_candidates: usize = "RERANK_CANDIDATES", number(20);
+    aggregate_demotion: f64 = "AGGREGATE_DEMOTION", number(0.5);
     rerank_model: Option<String> = "RERANK_MODEL", optional;
     chunk_max_tokens: usize = "CHUNK_MAX_TOKENS", positive(400);
     chunk_overlap_tokens: usize = "CHUNK_OVERLAP_TOKENS", number(50);
@@ -275,6 +276,9 @@ pub struct Config {
     pub keyword_term_postings: i64,
     pub chat: ChatConfig,
     pub rerank: RerankConfig,
+    /// What an aggregate document's passages' scores are multiplied by in
+    /// search (0 to 1; 1 turns the demotion off): they rank below the pages they repeat.
+    pub aggregate_demotion: f64,
     pub port: u16,
     pub log_level: String,
     pub shutdown_timeout: Duration,
@@ -406,12 +410,16 @@ impl Config {
                 min_similarity: vars.retrieval_min_similarity,
             },
             rerank: RerankConfig { candidates: vars.rerank_candidates, model: vars.rerank_model },
+            aggregate_demotion: vars.aggregate_demotion,
             port: vars.port,
             log_level: vars.log_level,
             shutdown_timeout: Duration::from_secs(vars.shutdown_timeout_secs),
             request_timeout: Duration::from_secs(vars.request_timeout_secs),
             max_body_bytes: vars.max_body_bytes,
         };
+        if config.aggregate_demotion > 1.0 {
+            return Err(env.invalid("AGGREGATE_DEMOTION", "must be between 0 and 1 (1 turns the demotion off)"));
+        }
         if config.worker.sweeper.stuck_after <= config.worker.job_timeout {
             return Err(env.invalid("SWEEP_STUCK_AFTER_SECS", "must be longer than JOB_TIMEOUT_SECS"));
         }

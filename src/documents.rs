@@ -11,6 +11,7 @@ use crate::domain_error::{DomainError, Result};
 use crate::ingest::extract::Format;
 use crate::queue::Job;
 use crate::state::AppState;
+use crate::store::aggregates;
 use crate::store::documents::{self, Document, NewDocument};
 use crate::tenant::Tenant;
 
@@ -171,10 +172,19 @@ pub async fn enqueue_all(state: &AppState, jobs: Vec<Job>) -> Result<()> {
 /// finds nothing to write to, and a failed S3 delete leaves an orphan for the
 /// sweeper, never a row without its original.
 pub async fn delete(state: &AppState, tenant_id: Uuid, id: Uuid) -> Result<()> {
-    let s3_key = documents::delete(&state.db, tenant_id, id).await?.ok_or(DomainError::NotFound("document"))?;
+    let (s3_key, collection) =
+        documents::delete(&state.db, tenant_id, id).await?.ok_or(DomainError::NotFound("document"))?;
     if let Err(err) = state.blobs.delete(&s3_key).await {
         tracing::warn!(error = format!("{err:#}"), s3_key, "deleting the original failed; the sweeper will remove it");
     }
+    // Pages the deleted one repeated may no longer be aggregates; off the
+    // request's path, and the sweeper measures if this task dies first.
+    let db = state.db.clone();
+    tokio::spawn(async move {
+        if let Err(err) = aggregates::refresh(&db, tenant_id, &collection).await {
+            tracing::warn!(error = format!("{err:#}"), "measuring the collection's aggregate documents failed");
+        }
+    });
     Ok(())
 }
 

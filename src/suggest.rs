@@ -67,6 +67,7 @@ pub async fn suggest(state: &AppState, tenant: &Tenant, input: SuggestInput) -> 
         scope: input.scope,
         min_similarity: Some(state.config.chat.min_similarity),
         rerank: input.rerank,
+        demote_aggregates: true,
     };
     let retrieved = retrieval::search(state, &ctx, query).await?;
     stopwatch.retrieved(retrieved.timings);
@@ -160,6 +161,9 @@ mod tests {
             end_offset: 0,
             token_count: 0,
             score: 1.0,
+            also_in: vec![],
+            aggregate: false,
+            document_tokens: 0,
         }
     }
 

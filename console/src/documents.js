@@ -46,12 +46,13 @@ function documentRow(doc) {
     el("button", { type: "button", "aria-label": `${label} ${doc.title}`, onclick: () => run(action) }, label);
   const reason = doc.error ? el("div", { class: "reason" }, doc.error) : null;
   const paused = doc.paused_until ? el("div", { class: "reason" }, `paused until ${when(doc.paused_until)}`) : null;
+  const aggregate = doc.aggregate ? el("div", { class: "reason" }, aggregateNote(doc)) : null;
   return el(
     "tr",
     { "data-id": doc.id },
     el("td", {}, el("a", { href: `#document-${doc.id}`, onclick: (e) => { e.preventDefault(); run(() => showDocument(doc.id)); } }, doc.title)),
     el("td", {}, doc.collection),
-    el("td", {}, el("span", { class: `status ${doc.status}` }, doc.status), reason, paused),
+    el("td", {}, el("span", { class: `status ${doc.status}` }, doc.status), reason, paused, aggregate),
     el("td", { class: "number" }, count(doc.chunk_count)),
     el("td", { class: "number" }, count(doc.token_count)),
     el(
@@ -66,6 +67,11 @@ function documentRow(doc) {
       }),
     ),
   );
+}
+
+// Why search ranks a document below the pages it repeats, and by how much it does.
+function aggregateNote(doc) {
+  return `aggregate: ${Math.round(doc.aggregate_share * 100)}% of its text is in smaller documents; search cites those`;
 }
 
 async function act(path, method, done) {
@@ -90,6 +96,8 @@ export async function showDocument(id, chunkId) {
       ["Tokens", count(doc.token_count)],
       ["Embedding model", doc.embedding_model || "–"],
       ["Indexed", when(doc.indexed_at)],
+      ["Aggregate", doc.aggregate ? aggregateNote(doc) : doc.aggregate_share == null ? "–" : `no (${Math.round(doc.aggregate_share * 100)}% of its text is in smaller documents)`],
+      ["Original", doc.original_missing_since ? `missing from the bucket since ${when(doc.original_missing_since)}` : "stored"],
       ["Metadata", JSON.stringify(doc.metadata)],
     ].flatMap(([term, value]) => [el("dt", {}, term), el("dd", {}, value)]),
   );

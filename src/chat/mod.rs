@@ -109,6 +109,7 @@ pub async fn prepare(state: &AppState, tenant: &Tenant, input: &ChatInput) -> Re
         scope: input.scope.clone(),
         min_similarity: Some(chat.min_similarity),
         rerank: input.rerank,
+        demote_aggregates: true,
     };
     let retrieved = retrieval::search(state, &ctx, query).await?;
     stopwatch.retrieved(retrieved.timings);

@@ -188,6 +188,9 @@ mod tests {
             end_offset: content.len() as i32,
             token_count: count_tokens(content) as i32,
             score,
+            also_in: vec![],
+            aggregate: false,
+            document_tokens: 0,
         }
     }
 

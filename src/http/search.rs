@@ -36,6 +36,15 @@ pub struct SearchRequest {
     /// agent rerank by default.
     #[serde(default)]
     rerank: bool,
+    /// Rank passages of aggregate documents (print pages, concatenated
+    /// exports: `aggregate` on the document) below the pages they repeat.
+    /// Default true; `AGGREGATE_DEMOTION` sets by how much.
+    #[serde(default = "yes")]
+    demote_aggregates: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -69,6 +78,7 @@ pub async fn search(
         scope,
         min_similarity: None,
         rerank: request.rerank,
+        demote_aggregates: request.demote_aggregates,
     };
     let retrieved = retrieval::search(&state, &tenant.call_context("search", None), query).await?;
     Ok(AppJson(SearchResponse { results: retrieved.hits, reranked: retrieved.reranked }))

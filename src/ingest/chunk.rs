@@ -61,6 +61,7 @@ pub fn chunk(text: &str, markdown: bool, settings: ChunkSettings, title: &str) -
                 ordinal: ordinal as i32,
                 content_hash: content_hash(&embedding_text(&context, content)),
                 content: content.to_string(),
+                shingles: super::shingles::sampled(content),
                 token_count: tokens as i32,
                 context,
                 heading_path,

@@ -4,3 +4,4 @@
 pub mod chunk;
 pub mod extract;
 mod html;
+pub mod shingles;

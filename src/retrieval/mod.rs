@@ -7,6 +7,7 @@
 //! its own held only for its queries: the keyword half is done while the query
 //! is still being embedded, and no connection waits on a model.
 
+pub mod duplicates;
 pub mod rerank;
 
 use std::collections::{HashMap, HashSet};
@@ -165,6 +166,8 @@ pub struct Query<'a> {
     /// Let the chat model reorder the best candidates (when the provider has one
     /// and `RERANK_CANDIDATES` is not zero).
     pub rerank: bool,
+    /// Rank aggregate documents' passages lower (by `AGGREGATE_DEMOTION`).
+    pub demote_aggregates: bool,
 }
 
 pub struct Retrieved {
@@ -195,7 +198,8 @@ pub async fn search(state: &AppState, ctx: &CallContext, query: Query<'_>) -> Re
     let rerank = query.rerank && state.config.rerank.candidates > 0 && state.gateway.has_language_model();
     // The reranker sees more candidates than most callers keep.
     let wanted = if rerank { query.k.max(state.config.rerank.candidates) } else { query.k };
-    let depth = if query.mode == Mode::Hybrid { hybrid_depth(wanted) } else { wanted } as i64;
+    // Twice as deep, so that `wanted` remain once duplicates are folded.
+    let depth = if query.mode == Mode::Hybrid { hybrid_depth(2 * wanted) } else { 2 * wanted } as i64;
     // The halves run side by side: keyword search does not wait for the query
     // embedding, and each half holds a connection only for its own queries.
     let vector = async {
@@ -233,7 +237,12 @@ pub async fn search(state: &AppState, ctx: &CallContext, query: Query<'_>) -> Re
         Mode::Hybrid => score_fusion(vector_hits, keyword_hits, usize::MAX),
     };
     hits.retain(|hit| !too_far.contains(&hit.chunk_id));
+    if query.demote_aggregates {
+        duplicates::demote(&mut hits, state.config.aggregate_demotion);
+    }
+    let mut hits = duplicates::collapse(hits);
     hits.truncate(wanted);
+    let hits = duplicates::cite_specific_pages(&state.db, &query.scope, hits).await?;
     let reranking = Instant::now();
     let (mut hits, reranked) = if rerank { rerank::rerank(state, ctx, query.text, hits).await } else { (hits, false) };
     if rerank {
@@ -341,6 +350,9 @@ mod tests {
             end_offset: 0,
             token_count: 0,
             score: 0.0,
+            also_in: vec![],
+            aggregate: false,
+            document_tokens: 0,
         }
     }
 

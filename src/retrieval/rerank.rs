@@ -111,6 +111,9 @@ mod tests {
             end_offset: 0,
             token_count: crate::tokens::count_tokens(&"x".repeat(2_000)) as i32,
             score: 0.0,
+            also_in: vec![],
+            aggregate: false,
+            document_tokens: 0,
         }
     }
 

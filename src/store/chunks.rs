@@ -28,6 +28,9 @@ pub struct Chunk {
     /// Byte offsets into the extracted text.
     pub start_offset: i32,
     pub end_offset: i32,
+    /// A sample of the content's word shingles (`ingest::shingles::sampled`):
+    /// where else the passage occurs.
+    pub shingles: Vec<i64>,
 }
 
 /// Existing embeddings of this tenant, by chunk content hash, for `model`.
@@ -64,14 +67,19 @@ pub async fn insert(
     let ids: Vec<Uuid> = chunks.iter().map(|_| Uuid::now_v7()).collect();
     let heading_paths: Vec<String> =
         chunks.iter().map(|c| serde_json::to_string(&c.heading_path).unwrap_or_else(|_| "[]".into())).collect();
+    // Arrays of arrays must be rectangular in Postgres: samples travel as JSON, like heading paths.
+    let shingles: Vec<String> =
+        chunks.iter().map(|c| serde_json::to_string(&c.shingles).unwrap_or_else(|_| "[]".into())).collect();
     sqlx::query(
         "INSERT INTO chunks (id, tenant_id, document_id, generation, ordinal, content, content_hash, token_count,
-                             heading_path, start_offset, end_offset, context)
+                             heading_path, start_offset, end_offset, context, shingles)
          SELECT u.id, $2, $3, $12, u.ordinal, u.content, u.content_hash, u.token_count,
-                ARRAY(SELECT jsonb_array_elements_text(u.heading_path::jsonb)), u.start_offset, u.end_offset, u.context
+                ARRAY(SELECT jsonb_array_elements_text(u.heading_path::jsonb)), u.start_offset, u.end_offset, u.context,
+                ARRAY(SELECT jsonb_array_elements_text(u.shingles::jsonb)::int8)
          FROM UNNEST($1::uuid[], $4::int4[], $5::text[], $6::text[], $7::int4[], $8::text[], $9::int4[], $10::int4[],
-                     $11::text[])
-              AS u(id, ordinal, content, content_hash, token_count, heading_path, start_offset, end_offset, context)",
+                     $11::text[], $13::text[])
+              AS u(id, ordinal, content, content_hash, token_count, heading_path, start_offset, end_offset, context,
+                   shingles)",
     )
     .bind(&ids)
     .bind(tenant_id)
@@ -85,6 +93,7 @@ pub async fn insert(
     .bind(chunks.iter().map(|c| c.end_offset).collect::<Vec<_>>())
     .bind(chunks.iter().map(|c| c.context.clone()).collect::<Vec<_>>())
     .bind(generation)
+    .bind(shingles)
     .execute(&mut *db)
     .await?;
     sqlx::query(

@@ -73,6 +73,13 @@ pub struct Document {
     /// the content cannot be read nor the document re-indexed, while its
     /// chunks stay searchable. Cleared if the object comes back.
     pub original_missing_since: Option<DateTime<Utc>>,
+    /// Most of this document's text also occurs in smaller documents of its
+    /// collection (a print page, a concatenated export): search ranks it below
+    /// them and cites them instead.
+    pub aggregate: bool,
+    /// The share of its text found in smaller documents of the collection, 0
+    /// to 1; absent for documents too short to tell or not measured yet.
+    pub aggregate_share: Option<f32>,
     /// Which generation of chunks is the document's (migration 0011).
     #[serde(skip)]
     pub chunk_generation: i64,
@@ -207,13 +214,24 @@ pub async fn collections(db: impl PgExecutor<'_>, tenant_id: Uuid) -> sqlx::Resu
     .await
 }
 
-/// Deletes the row (chunks and embeddings cascade); returns its S3 key.
-pub async fn delete(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid) -> sqlx::Result<Option<String>> {
-    sqlx::query_scalar("DELETE FROM documents WHERE tenant_id = $1 AND id = $2 RETURNING s3_key")
-        .bind(tenant_id)
-        .bind(id)
-        .fetch_optional(db)
-        .await
+/// Deletes the row (chunks and embeddings cascade) and marks its collection's
+/// aggregate marks stale (`store::aggregates`), in one statement; returns its
+/// S3 key and collection.
+pub async fn delete(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid) -> sqlx::Result<Option<(String, String)>> {
+    sqlx::query_as(
+        "WITH deleted AS (
+             DELETE FROM documents WHERE tenant_id = $1 AND id = $2 RETURNING s3_key, collection
+         ), stale AS (
+             INSERT INTO aggregate_marks_stale (tenant_id, collection) SELECT $1, collection FROM deleted
+             ON CONFLICT (tenant_id, collection)
+             DO UPDATE SET version = aggregate_marks_stale.version + 1, changed_at = now()
+         )
+         SELECT s3_key, collection FROM deleted",
+    )
+    .bind(tenant_id)
+    .bind(id)
+    .fetch_optional(db)
+    .await
 }
 
 /// Starts an indexing attempt: the document shows `processing` (unless it is

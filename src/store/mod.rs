@@ -2,6 +2,7 @@
 //! `impl PgExecutor` so a pool or a transaction both work; nothing here knows
 //! about HTTP or workers.
 
+pub mod aggregates;
 pub mod budgets;
 pub mod chunks;
 pub mod conversations;

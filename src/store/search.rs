@@ -21,6 +21,26 @@ pub struct Hit {
     pub token_count: i32,
     /// Mode-specific: cosine similarity, text rank, or fused score.
     pub score: f64,
+    /// Other documents holding the same passage, folded into this result
+    /// (`retrieval::duplicates`): the passage is shown once, from the most
+    /// specific document, and nothing is hidden.
+    #[sqlx(skip)]
+    pub also_in: Vec<AlsoIn>,
+    /// The document is an aggregate (`store::aggregates`).
+    #[serde(skip)]
+    pub aggregate: bool,
+    /// The document's length in tokens: of two copies of a passage, the one in
+    /// the shorter document is the more specific.
+    #[serde(skip)]
+    pub document_tokens: i32,
+}
+
+/// A document that also holds a result's passage.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct AlsoIn {
+    pub document_id: Uuid,
+    pub title: String,
+    pub chunk_id: Uuid,
 }
 
 impl Hit {
@@ -71,7 +91,8 @@ pub async fn vector(
     let vector = pgvector::Vector::from(embedding.to_vec());
     let mut q = QueryBuilder::new(format!(
         "SELECT c.id AS chunk_id, c.document_id, d.title, d.collection, c.content, c.heading_path,
-                c.start_offset, c.end_offset, c.token_count, (1 - (e.embedding::vector({dims}) <=> "
+                c.start_offset, c.end_offset, c.token_count, d.aggregate, d.token_count AS document_tokens,
+                (1 - (e.embedding::vector({dims}) <=> "
     ));
     q.push_bind(vector.clone()).push(format!(
         "::vector({dims})))::float8 AS score
@@ -231,11 +252,34 @@ pub async fn keyword(
     q.push(
         ")
          SELECT c.id AS chunk_id, c.document_id, d.title, d.collection, c.content, c.heading_path,
-                c.start_offset, c.end_offset, c.token_count, s.score::float8 AS score
+                c.start_offset, c.end_offset, c.token_count, d.aggregate, d.token_count AS document_tokens,
+                s.score::float8 AS score
          FROM scored s JOIN chunks c ON c.id = s.chunk_id JOIN documents d ON d.id = c.document_id
          ORDER BY s.score DESC, c.id",
     );
     q.build_query_as().fetch_all(&mut *conn).await
+}
+
+/// Chunks inside the scope, of documents that are not aggregates, holding any
+/// of the shingle samples (GIN on `chunks.shingles`): where else the passages
+/// sampled occur. At most `limit` rows; scored 0.
+pub async fn holding_any(
+    db: impl PgExecutor<'_>,
+    scope: &Scope,
+    samples: &[i64],
+    limit: i64,
+) -> sqlx::Result<Vec<Hit>> {
+    let mut q = QueryBuilder::new(
+        "SELECT c.id AS chunk_id, c.document_id, d.title, d.collection, c.content, c.heading_path,
+                c.start_offset, c.end_offset, c.token_count, d.aggregate, d.token_count AS document_tokens,
+                0::float8 AS score
+         FROM chunks c JOIN documents d ON d.id = c.document_id AND c.generation = d.chunk_generation
+         WHERE NOT d.aggregate AND c.shingles && ",
+    );
+    q.push_bind(samples.to_vec()).push("::int8[] AND c.tenant_id = ").push_bind(scope.tenant_id);
+    push_scope(&mut q, scope);
+    q.push(" LIMIT ").push_bind(limit);
+    q.build_query_as().fetch_all(db).await
 }
 
 /// How many candidates, best by their partial sums, are scored over every word.

@@ -77,6 +77,13 @@ impl Infra {
     }
 }
 
+/// Infrastructure an earlier run made and left (`make eval -- --keep`), by its names.
+pub async fn existing_infra(database_url: String, bucket: String, queue_url: String, dlq_url: String) -> Infra {
+    let config = Config::from_lookup(lookup(&HashMap::new())).expect("base config");
+    let sdk = crate::aws::sdk_config(&config.aws).await;
+    Infra { database_url, bucket, queue_url, dlq_url, sdk }
+}
+
 /// Redrive limit of test queues: a message is delivered this many times, then dead-lettered.
 pub const MAX_RECEIVES: u32 = 3;
 

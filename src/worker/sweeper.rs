@@ -7,7 +7,7 @@
 //! purged by an operator. Originals can outlive their rows: an S3 delete that
 //! failed after the row was deleted, an upload refused after its put.
 //!
-//! Three passes, each run by one task of the fleet at a time and paced through
+//! Four passes, each run by one task of the fleet at a time and paced through
 //! `maintenance_leases` (no connection is held while a pass runs):
 //! - **stuck documents**, every `SWEEP_INTERVAL_SECS`: documents untouched
 //!   for `SWEEP_STUCK_AFTER_SECS` (longer than any job may run) get their
@@ -32,6 +32,11 @@
 //!   `missing_originals` gauge. Objects elsewhere (the `imports/` prefix)
 //!   belong to operators and are never touched.
 //!
+//! - **aggregate marks**, every `SWEEP_INTERVAL_SECS`: collections whose
+//!   aggregate marks a task left stale (it died between publishing a
+//!   document and measuring, `store::aggregates`) are measured; chunks
+//!   written before shingle samples were stored get theirs, a batch per pass.
+//!
 //! Each pass logs one `sweep` event with its counts (CloudWatch EMF metrics).
 //! On the same period and the same terms, one task writes the fleet's gauges
 //! ([`super::gauges`]).
@@ -43,9 +48,10 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::documents::document_of_original;
+use crate::ingest::shingles;
 use crate::queue::Job;
 use crate::state::AppState;
-use crate::store::{budgets, chunks, documents, leases};
+use crate::store::{aggregates, budgets, chunks, documents, leases};
 
 /// How often the fleet lists the bucket to check originals: listing is billed per page.
 const ORIGINALS_PASS_EVERY: Duration = Duration::from_secs(3600);
@@ -70,6 +76,18 @@ pub struct PausedReport {
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AggregatesReport {
+    /// Chunks written before samples were stored, sampled in this pass.
+    pub sampled: usize,
+    /// Collections whose stale marks were measured.
+    pub measured: usize,
+}
+
+/// Chunks sampled per pass: their text is read, so a large backlog is spread
+/// over passes.
+const SAMPLE_BATCH: i64 = 5_000;
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct OriginalsReport {
     pub listed: usize,
     /// Objects whose document no longer exists, deleted.
@@ -80,7 +98,7 @@ pub struct OriginalsReport {
     pub missing: usize,
 }
 
-/// Runs both passes on their periods until `shutdown`.
+/// Runs the passes on their periods until `shutdown`.
 pub async fn run(state: AppState, shutdown: tokio_util::sync::CancellationToken) {
     let config = state.config.worker.sweeper.clone();
     if config.interval.is_zero() {
@@ -119,6 +137,10 @@ async fn run_due_passes(state: &AppState, holder: Uuid) -> anyhow::Result<()> {
         let report = sweep_paused(state).await?;
         log_pass("paused_documents", json!({"resumed": report.resumed, "waiting": report.waiting}));
     }
+    if leases::try_take(&state.db, "sweep_aggregates", holder, period).await? {
+        let report = sweep_aggregates(state).await?;
+        log_pass("aggregate_marks", json!({"sampled": report.sampled, "measured": report.measured}));
+    }
     if leases::try_take(&state.db, "ops_gauges", holder, period).await? {
         let gauges = super::gauges::measure(state).await?;
         println!("{}", super::gauges::emf_line(&gauges));
@@ -137,6 +159,27 @@ async fn run_due_passes(state: &AppState, holder: Uuid) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Samples chunks written before samples were stored, then measures every
+/// collection whose aggregate marks are stale (one measuring elsewhere is left to it).
+pub async fn sweep_aggregates(state: &AppState) -> anyhow::Result<AggregatesReport> {
+    let unsampled = aggregates::unsampled_chunks(&state.db, SAMPLE_BATCH).await.context("reading unsampled chunks")?;
+    let sampled = unsampled.len();
+    if !unsampled.is_empty() {
+        let (ids, samples) = tokio::task::spawn_blocking(move || {
+            unsampled.into_iter().map(|(id, content)| (id, shingles::sampled(&content))).unzip::<_, _, Vec<_>, Vec<_>>()
+        })
+        .await?;
+        aggregates::store_samples(&state.db, &ids, &samples).await.context("storing chunks' samples")?;
+    }
+    let mut measured = 0;
+    for (tenant_id, collection) in aggregates::stale(&state.db, 0.0, BATCH).await.context("reading stale marks")? {
+        if aggregates::refresh(&state.db, tenant_id, &collection).await? == aggregates::Refresh::Measured {
+            measured += 1;
+        }
+    }
+    Ok(AggregatesReport { sampled, measured })
 }
 
 /// Re-sends the index job of documents nothing will finish; fails those sent too often.

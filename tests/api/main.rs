@@ -8,6 +8,7 @@ mod chat;
 mod console;
 mod deploy_files;
 pub mod documents;
+mod duplicates;
 mod fleet;
 mod gateway;
 mod hardening;

@@ -24,7 +24,7 @@ use crate::ingest::{chunk, extract};
 use crate::llm::cap_wait::CapWait;
 use crate::llm::{CallContext, LlmError};
 use crate::state::AppState;
-use crate::store::{chunks, documents};
+use crate::store::{aggregates, chunks, documents};
 use crate::tokens::count_tokens;
 
 pub async fn run(
@@ -319,8 +319,13 @@ async fn publish(
     }
     let tokens: i32 = pieces.iter().map(|c| c.token_count).sum();
     documents::mark_indexed(&mut *tx, document_id, generation, pieces.len() as i32, tokens, model).await?;
+    aggregates::mark_stale(&mut *tx, tenant_id, &current.collection).await?;
     tx.commit().await?;
     let reused = pieces.len() - embedded;
     tracing::info!(chunks = pieces.len(), tokens, embeddings_reused = reused, "document indexed");
+    // The document is searchable already; if this fails, the sweeper measures.
+    if let Err(err) = aggregates::refresh(&state.db, tenant_id, &current.collection).await {
+        tracing::warn!(error = format!("{err:#}"), "measuring the collection's aggregate documents failed");
+    }
     Ok(())
 }
