@@ -37,7 +37,7 @@ use sqlx::PgPool;
 use stolid::ingest::chunk::{ChunkSettings, chunk, embedding_text};
 use stolid::ingest::extract::{Format, extract};
 use stolid::llm::local;
-use stolid::retrieval::{hybrid_depth, score_fusion};
+use stolid::retrieval::{duplicates, hybrid_depth, score_fusion};
 use stolid::store::chunks::Chunk;
 use stolid::store::search::{self, Scope};
 use stolid::testkit::bench;
@@ -197,9 +197,9 @@ async fn grow(
         .await?;
         sqlx::query(
             "INSERT INTO chunks (id, tenant_id, document_id, ordinal, content, content_hash, token_count,
-                                 heading_path, start_offset, end_offset, context)
+                                 heading_path, start_offset, end_offset, context, shingles)
              SELECT gen_random_uuid(), c.tenant_id, m.copy, c.ordinal, c.content, c.content_hash, c.token_count,
-                    c.heading_path, c.start_offset, c.end_offset, c.context
+                    c.heading_path, c.start_offset, c.end_offset, c.context, c.shingles
              FROM UNNEST($1::uuid[], $2::uuid[]) AS m(source, copy) JOIN chunks c ON c.document_id = m.source",
         )
         .bind(&sources)
@@ -265,8 +265,12 @@ async fn build_indexes(db: &PgPool, indexes: &[(String, String)]) -> anyhow::Res
 }
 
 /// The same retrieval `/v1/search` does for `mode`, straight in SQL (the query
-/// embedded in process, as the fake server would embed it).
-async fn search_in_sql(db: &PgPool, scope: &Scope, mode: &str, query: &str, term_postings: i64) {
+/// embedded in process, as the fake server would embed it): the lists twice as
+/// deep as `k`, duplicates folded, read again 8 times as deep when folding
+/// left fewer than `k`, aggregate hits sent to their specific page. Returns
+/// the time spent folding and sending (the lists' reading excluded) and
+/// whether the deeper read was needed.
+async fn search_in_sql(db: &PgPool, scope: &Scope, mode: &str, query: &str, term_postings: i64) -> (f64, bool) {
     let vector = |depth: usize| async move {
         let embedding = local::embed(query, DIMS);
         search::vector(db, scope, MODEL, DIMS, &embedding, depth as i64).await.expect("vector")
@@ -275,11 +279,43 @@ async fn search_in_sql(db: &PgPool, scope: &Scope, mode: &str, query: &str, term
         let mut conn = db.acquire().await.expect("a connection");
         search::keyword(&mut conn, scope, query, depth as i64, term_postings).await.expect("keyword")
     };
-    match mode {
-        "keyword" => drop(keyword(K).await),
-        "vector" => drop(vector(K).await),
-        _ => drop(score_fusion(vector(hybrid_depth(K)).await, keyword(hybrid_depth(K)).await, K)),
+    let (mut folding, mut deeper) = (Duration::ZERO, false);
+    let mut hits = Vec::new();
+    for factor in [2, 8] {
+        let depth = factor * K;
+        let (lists, exhausted) = match mode {
+            "keyword" => {
+                let k = keyword(depth).await;
+                let exhausted = k.len() < depth;
+                (k, exhausted)
+            }
+            "vector" => {
+                let v = vector(depth).await;
+                let exhausted = v.len() < depth;
+                (v, exhausted)
+            }
+            _ => {
+                let depth = hybrid_depth(depth);
+                let (v, k) = (vector(depth).await, keyword(depth).await);
+                let exhausted = v.len() < depth && k.len() < depth;
+                (score_fusion(v, k, usize::MAX), exhausted)
+            }
+        };
+        let started = Instant::now();
+        hits = lists;
+        duplicates::demote(&mut hits, 0.5);
+        hits = duplicates::collapse(hits);
+        folding += started.elapsed();
+        if hits.len() >= K || exhausted {
+            break;
+        }
+        deeper = true;
     }
+    hits.truncate(K);
+    let started = Instant::now();
+    drop(duplicates::cite_specific_pages(db, scope, hits).await.expect("citing"));
+    folding += started.elapsed();
+    (folding.as_secs_f64() * 1000.0, deeper)
 }
 
 /// The server's peak resident memory, from `/proc`.
@@ -437,6 +473,16 @@ async fn main() -> anyhow::Result<()> {
         have = grow(&db, &originals, have, scale, with_vectors, &mut round).await?;
         build_indexes(&db, &indexes).await?;
         let scope = Scope { tenant_id: docs, ..Default::default() };
+        let (samples, row_bytes, gin_bytes): (f64, f64, f64) = sqlx::query_as(
+            "SELECT avg(cardinality(shingles))::float8, avg(pg_column_size(shingles))::float8,
+                    pg_relation_size('chunks_shingles_idx')::float8 / count(*)
+             FROM chunks",
+        )
+        .fetch_one(&db)
+        .await?;
+        println!(
+            "{have:>9} chunks  shingle samples: {samples:.1} a chunk, {row_bytes:.0} bytes in its row, {gin_bytes:.0} bytes of GIN index"
+        );
         let modes: &[&str] = if with_vectors { &["keyword", "vector", "hybrid"] } else { &["keyword"] };
         for mode in modes {
             let search = |i: usize| {
@@ -445,10 +491,20 @@ async fn main() -> anyhow::Result<()> {
             measure(questions.len(), 4, search).await; // warm-up
             failed();
             let (http, _) = measure(requests, 1, search).await;
+            let folding = std::sync::Mutex::new(Vec::new());
             let (sql, _) = measure(requests, 1, |i| {
-                search_in_sql(&db, &scope, mode, &questions[i % questions.len()], term_postings)
+                let folding = &folding;
+                let search = search_in_sql(&db, &scope, mode, &questions[i % questions.len()], term_postings);
+                async move {
+                    let result = search.await;
+                    folding.lock().expect("not poisoned").push(result);
+                }
             })
             .await;
+            let folding = folding.into_inner().expect("not poisoned");
+            let deeper = folding.iter().filter(|(_, deeper)| *deeper).count();
+            let mut folding: Vec<f64> = folding.into_iter().map(|(ms, _)| ms).collect();
+            folding.sort_by(f64::total_cmp);
             let mut line = format!(
                 "{have:>9} chunks  {mode:<8} HTTP {:>6.2} / {:>6.2}   SQL {:>6.2} / {:>6.2}   HTTP - SQL at p50 {:>5.2}  |",
                 percentile(&http, 0.5),
@@ -456,6 +512,12 @@ async fn main() -> anyhow::Result<()> {
                 percentile(&sql, 0.5),
                 percentile(&sql, 0.99),
                 percentile(&http, 0.5) - percentile(&sql, 0.5)
+            );
+            line += &format!(
+                "  folding duplicates {:.2} / {:.2} (read deeper for {deeper} of {})  |",
+                percentile(&folding, 0.5),
+                percentile(&folding, 0.99),
+                folding.len()
             );
             for concurrency in [8, 32, 64] {
                 let (lat, rate) = measure(requests.max(2 * concurrency), concurrency, search).await;

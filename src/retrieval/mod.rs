@@ -194,18 +194,57 @@ impl std::ops::AddAssign for Timings {
     }
 }
 
+/// How many times `wanted` the candidate lists are read first, and at most:
+/// duplicates folded at query time leave fewer than were read, and a folder
+/// of mirrored copies can fold most of them, so a search that comes up short
+/// reads once more, deeper.
+const FIRST_DEPTH: usize = 2;
+const DEEPER_DEPTH: usize = 8;
+
 pub async fn search(state: &AppState, ctx: &CallContext, query: Query<'_>) -> Result<Retrieved> {
     let rerank = query.rerank && state.config.rerank.candidates > 0 && state.gateway.has_language_model();
     // The reranker sees more candidates than most callers keep.
     let wanted = if rerank { query.k.max(state.config.rerank.candidates) } else { query.k };
-    // Twice as deep, so that `wanted` remain once duplicates are folded.
-    let depth = if query.mode == Mode::Hybrid { hybrid_depth(2 * wanted) } else { 2 * wanted } as i64;
+    let (mut hits, mut timings) = (Vec::new(), Timings::default());
+    for factor in [FIRST_DEPTH, DEEPER_DEPTH] {
+        let (candidates, exhausted, spent) = candidates(state, ctx, &query, wanted * factor).await?;
+        timings += spent;
+        hits = candidates;
+        if query.demote_aggregates {
+            duplicates::demote(&mut hits, state.config.aggregate_demotion);
+        }
+        hits = duplicates::collapse(hits);
+        if hits.len() >= wanted || exhausted {
+            break;
+        }
+    }
+    hits.truncate(wanted);
+    let hits = duplicates::cite_specific_pages(&state.db, &query.scope, hits).await?;
+    let reranking = Instant::now();
+    let (mut hits, reranked) = if rerank { rerank::rerank(state, ctx, query.text, hits).await } else { (hits, false) };
+    if rerank {
+        timings.model += reranking.elapsed();
+    }
+    hits.truncate(query.k);
+    Ok(Retrieved { hits, reranked, timings })
+}
+
+/// The candidates of a search, `depth` of each list read (hybrid: at least
+/// [`FUSION_FLOOR_RANK`]), fused, without those below `min_similarity`; and
+/// whether every list came back shorter than asked (there is nothing deeper).
+async fn candidates(
+    state: &AppState,
+    ctx: &CallContext,
+    query: &Query<'_>,
+    depth: usize,
+) -> Result<(Vec<Hit>, bool, Timings)> {
+    let depth = if query.mode == Mode::Hybrid { hybrid_depth(depth) } else { depth } as i64;
     // The halves run side by side: keyword search does not wait for the query
     // embedding, and each half holds a connection only for its own queries.
     let vector = async {
         match query.mode {
             Mode::Keyword => Ok::<_, DomainError>((Vec::new(), HashSet::new(), Timings::default())),
-            _ => vector_half(state, ctx, &query, depth).await,
+            _ => vector_half(state, ctx, query, depth).await,
         }
     };
     let keyword = async {
@@ -227,6 +266,7 @@ pub async fn search(state: &AppState, ctx: &CallContext, query: Query<'_>) -> Re
     };
     let ((vector_hits, mut too_far, mut timings), (keyword_hits, keyword_time)) = tokio::try_join!(vector, keyword)?;
     timings.keyword = keyword_time;
+    let exhausted = vector_hits.len() < depth as usize && keyword_hits.len() < depth as usize;
     // A passage keyword search found stays, however far its vector.
     for hit in &keyword_hits {
         too_far.remove(&hit.chunk_id);
@@ -237,19 +277,7 @@ pub async fn search(state: &AppState, ctx: &CallContext, query: Query<'_>) -> Re
         Mode::Hybrid => score_fusion(vector_hits, keyword_hits, usize::MAX),
     };
     hits.retain(|hit| !too_far.contains(&hit.chunk_id));
-    if query.demote_aggregates {
-        duplicates::demote(&mut hits, state.config.aggregate_demotion);
-    }
-    let mut hits = duplicates::collapse(hits);
-    hits.truncate(wanted);
-    let hits = duplicates::cite_specific_pages(&state.db, &query.scope, hits).await?;
-    let reranking = Instant::now();
-    let (mut hits, reranked) = if rerank { rerank::rerank(state, ctx, query.text, hits).await } else { (hits, false) };
-    if rerank {
-        timings.model += reranking.elapsed();
-    }
-    hits.truncate(query.k);
-    Ok(Retrieved { hits, reranked, timings })
+    Ok((hits, exhausted, timings))
 }
 
 /// The vector half: the query embedded, then the nearest chunks, and those of

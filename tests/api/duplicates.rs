@@ -193,3 +193,33 @@ async fn the_sweeper_measures_stale_marks_and_samples_old_chunks() {
     let report = stolid::worker::sweeper::sweep_aggregates(&app.state).await.unwrap();
     assert_eq!((report.sampled, report.measured), (0, 0), "nothing left to do");
 }
+
+/// Versioned docs mirrored into several collections: most candidates are
+/// copies, so a search that comes up short after folding reads deeper, and
+/// still returns `k` distinct passages.
+#[tokio::test]
+async fn a_folder_of_mirrored_copies_still_fills_k_distinct_results() {
+    let app = spawn_app().await;
+    let topics = ["lighthouse", "glacier", "orchard", "foundry", "harbour", "meadow"];
+    let bodies = (1..=5).flat_map(|version| {
+        topics.iter().zip(1..).map(move |(topic, seed)| {
+            json!({
+                "text": format!("Version {version}.\n\n{}", chapter(topic, seed)),
+                "title": format!("{topic}.md"),
+                "collection": format!("v{version}"),
+            })
+        })
+    });
+    app.index_all(bodies).await;
+    for mode in ["keyword", "vector", "hybrid"] {
+        let results = search(&app, json!({"query": "the keeper walks", "k": 5, "mode": mode})).await;
+        assert_eq!(results.len(), 5, "{mode}: {results:#?}");
+        let mut titles: Vec<&str> = results.iter().map(|r| r["title"].as_str().unwrap()).collect();
+        titles.sort();
+        titles.dedup();
+        assert_eq!(titles.len(), 5, "{mode}: five different passages, each once: {titles:?}");
+        for result in &results {
+            assert_eq!(result["also_in"].as_array().unwrap().len(), 4, "{mode}: the other four versions: {result}");
+        }
+    }
+}
