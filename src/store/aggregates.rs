@@ -21,9 +21,10 @@ use uuid::Uuid;
 /// passages also occurs in smaller documents of its collection.
 pub const AGGREGATE_SHARE: f32 = 0.5;
 
-/// Documents with fewer shingle samples than this (about 130 words) are too
-/// short to tell, and never marked.
-pub const MIN_SAMPLES: i64 = 8;
+/// Documents with fewer shingle samples than this (about 500 words) are never
+/// marked: an aggregate gathers several pages, and short pages that share
+/// boilerplate (the Rust book's 200 "this edition moved" stubs) are not one.
+pub const MIN_SAMPLES: i64 = 32;
 
 /// Records, in the caller's transaction, that the collection changed.
 pub async fn mark_stale(db: impl PgExecutor<'_>, tenant_id: Uuid, collection: &str) -> sqlx::Result<()> {
