@@ -27,6 +27,10 @@ use crate::store::search::{AlsoIn, Hit, Scope};
 /// well over half of its text with the copy that holds it.
 pub const NEAR_DUPLICATE: f64 = 0.5;
 
+/// A copy is the more specific when its document is at least this many times
+/// shorter than the better-ranked copy's.
+const MORE_SPECIFIC: i64 = 4;
+
 /// Rows read when looking up where aggregate hits' passages also occur.
 const HOLDING_ROWS: i64 = 200;
 
@@ -46,10 +50,14 @@ pub fn demote(hits: &mut [Hit], factor: f64) {
 /// each hit joins the first group holding a near-duplicate of it and no chunk
 /// of its own document (two chunks of one document are two passages), else
 /// starts a group. A group is shown where its best hit ranked, with that
-/// hit's score, from its most specific copy that holds the best hit's passage
-/// (most of its shingles: a short page folded into a long chunk does not stand
-/// for it): a non-aggregate document first, then the shorter document, then
-/// the better rank. The other copies are listed in `also_in`.
+/// hit's score, from its most specific copy among those that hold the best
+/// hit's passage (most of its shingles: a short page folded into a long chunk
+/// does not stand for it): not from an aggregate document when another copy
+/// is not; then from the best-ranked copy, unless a copy's document is at
+/// least [`MORE_SPECIFIC`] times shorter (a chapter against an unmarked
+/// concatenation), when the shortest is shown. Copies of about the same size
+/// (a translation that kept the code, a mirrored version) keep the ranking's
+/// choice. The other copies are listed in `also_in`.
 pub fn collapse(hits: Vec<Hit>) -> Vec<Hit> {
     let sets: Vec<HashSet<u64>> = hits.iter().map(|h| shingles::shingles(&h.content)).collect();
     let mut groups: Vec<Vec<usize>> = Vec::new();
@@ -69,14 +77,21 @@ pub fn collapse(hits: Vec<Hit>) -> Vec<Hit> {
         .map(|group| {
             let best = group[0];
             let best_score = slots[best].as_ref().map_or(0.0, |h| h.score);
-            let shown = *group
+            let hit = |i: usize| slots[i].as_ref().expect("each hit is in one group");
+            let holders: Vec<usize> = group
                 .iter()
-                .filter(|&&i| i == best || contained(&sets[best], &sets[i]) >= NEAR_DUPLICATE)
-                .min_by_key(|&&i| {
-                    let hit = slots[i].as_ref().expect("each hit is in one group");
-                    (hit.aggregate, hit.document_tokens, i)
-                })
-                .expect("groups are not empty");
+                .copied()
+                .filter(|&i| i == best || contained(&sets[best], &sets[i]) >= NEAR_DUPLICATE)
+                .collect();
+            let pool: Vec<usize> = match holders.iter().copied().filter(|&i| !hit(i).aggregate).collect::<Vec<_>>() {
+                plain if !plain.is_empty() => plain,
+                _ => holders,
+            };
+            let first = pool[0];
+            let shortest = *pool.iter().min_by_key(|&&i| (hit(i).document_tokens, i)).expect("not empty");
+            let much_shorter =
+                i64::from(hit(shortest).document_tokens) * MORE_SPECIFIC <= i64::from(hit(first).document_tokens);
+            let shown = if much_shorter { shortest } else { first };
             let mut hit = slots[shown].take().expect("each hit is in one group");
             for i in group.into_iter().filter(|&i| i != shown) {
                 let copy = slots[i].take().expect("each hit is in one group");
@@ -225,6 +240,14 @@ mod tests {
         assert_eq!(collapsed[0].also_in[0].chunk_id, Uuid::from_u128(30));
         let kept = replace_with_specific(collapsed, vec![hit(3, 30, OWNERSHIP, false, 3_000, 0.0)]);
         assert_eq!(chunks(&kept), [10], "nor is the hit sent to it");
+    }
+
+    #[test]
+    fn copies_of_about_the_same_size_keep_the_rankings_choice() {
+        let hits = vec![hit(1, 10, OWNERSHIP, false, 3_500, 0.9), hit(2, 20, OWNERSHIP, false, 3_000, 0.8)];
+        assert_eq!(chunks(&collapse(hits)), [10], "a translation a little shorter is not more specific");
+        let hits = vec![hit(1, 10, OWNERSHIP, false, 12_000, 0.9), hit(2, 20, OWNERSHIP, false, 3_000, 0.8)];
+        assert_eq!(chunks(&collapse(hits)), [20], "four times shorter is");
     }
 
     #[test]

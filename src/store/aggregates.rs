@@ -21,7 +21,13 @@ use uuid::Uuid;
 /// passages also occurs in smaller documents of its collection.
 pub const AGGREGATE_SHARE: f32 = 0.5;
 
-/// Documents with fewer shingle samples than this (about 500 words) are never
+/// A passage found in more documents of the collection than this is
+/// boilerplate (a footer, the options section every command page of a manual
+/// repeats), not content an aggregate gathers: it counts neither for nor
+/// against a document. (Counting it marked 60 of the Cargo book's 106 pages.)
+pub const MAX_SHARED_BY: i64 = 4;
+
+/// Documents with fewer distinct shingle samples (boilerplate left out) than this (about 500 words) are never
 /// marked: an aggregate gathers several pages, and short pages that share
 /// boilerplate (the Rust book's 200 "this edition moved" stubs) are not one.
 pub const MIN_SAMPLES: i64 = 32;
@@ -88,8 +94,9 @@ pub async fn refresh(db: &PgPool, tenant_id: Uuid, collection: &str) -> sqlx::Re
 }
 
 /// Sets `aggregate` and `aggregate_share` of every document of the
-/// collection: the share of a document's distinct samples that some smaller
-/// document (fewer samples) also holds. Smaller, so that a chapter, whose
+/// collection: the share of a document's distinct samples (those in at most
+/// [`MAX_SHARED_BY`] documents) that some smaller document (fewer samples)
+/// also holds. Smaller, so that a chapter, whose
 /// every passage the print page repeats, is not marked for it; and documents
 /// of equal size (mirrored copies) are not marked for each other: search folds
 /// those (`retrieval::collapse`). Only rows whose mark changes are written.
@@ -103,13 +110,15 @@ async fn measure(db: impl PgExecutor<'_>, tenant_id: Uuid, collection: &str) -> 
              WHERE d.tenant_id = $1 AND d.collection = $2
          ), sizes AS (
              SELECT document_id, count(*) AS samples FROM samples GROUP BY document_id
-         ), smallest AS (
-             SELECT s.hash, min(z.samples) AS samples FROM samples s JOIN sizes z USING (document_id) GROUP BY s.hash
+         ), holders AS (
+             SELECT s.hash, min(z.samples) AS smallest, count(*) AS documents
+             FROM samples s JOIN sizes z USING (document_id) GROUP BY s.hash
          ), shares AS (
-             SELECT s.document_id, z.samples,
-                    (count(*) FILTER (WHERE m.samples < z.samples))::real / z.samples AS share
-             FROM samples s JOIN sizes z USING (document_id) JOIN smallest m USING (hash)
-             GROUP BY s.document_id, z.samples
+             SELECT s.document_id, count(*) AS samples,
+                    (count(*) FILTER (WHERE h.smallest < z.samples))::real / count(*) AS share
+             FROM samples s JOIN sizes z USING (document_id) JOIN holders h USING (hash)
+             WHERE h.documents <= $5
+             GROUP BY s.document_id
          ), marks AS (
              SELECT x.id, coalesce(sh.samples >= $3 AND sh.share >= $4, false) AS aggregate,
                     CASE WHEN sh.samples >= $3 THEN sh.share END AS share
@@ -124,6 +133,7 @@ async fn measure(db: impl PgExecutor<'_>, tenant_id: Uuid, collection: &str) -> 
     .bind(collection)
     .bind(MIN_SAMPLES)
     .bind(AGGREGATE_SHARE)
+    .bind(MAX_SHARED_BY)
     .execute(db)
     .await?;
     Ok(done.rows_affected())

@@ -223,3 +223,25 @@ async fn a_folder_of_mirrored_copies_still_fills_k_distinct_results() {
         }
     }
 }
+
+/// A manual whose command pages all repeat the same long options section: that
+/// is boilerplate, not aggregation, and marks none of them.
+#[tokio::test]
+async fn pages_sharing_boilerplate_are_not_aggregates() {
+    let app = spawn_app().await;
+    let options = format!("{}\n\n{}", chapter("option", 98), chapter("flag", 99));
+    let bodies = ["build", "check", "clean", "doc", "fetch", "fix"].into_iter().zip(1..).map(|(command, seed)| {
+        json!({
+            "text": format!("{}\n\n# Options\n\n{options}", chapter(command, seed)),
+            "title": format!("cargo-{command}.md"),
+            "collection": "manual",
+        })
+    });
+    let ids = app.index_all(bodies).await;
+    wait_until_measured(&app).await;
+    for id in &ids {
+        let doc = document(&app, id).await;
+        assert_eq!(doc["aggregate"], false, "{doc}");
+        assert_eq!(doc["aggregate_share"], 0.0, "the options section is in all six: {doc}");
+    }
+}
