@@ -266,11 +266,24 @@ async fn build_indexes(db: &PgPool, indexes: &[(String, String)]) -> anyhow::Res
 
 /// The same retrieval `/v1/search` does for `mode`, straight in SQL (the query
 /// embedded in process, as the fake server would embed it): the lists twice as
-/// deep as `k`, duplicates folded, read again 8 times as deep when folding
-/// left fewer than `k`, aggregate hits sent to their specific page. Returns
+/// deep as `k`, duplicates folded, read again deeper when folding left fewer
+/// than `k` (`retrieval::deeper`), aggregate hits sent to their specific page. Returns
 /// the time spent folding and sending (the lists' reading excluded) and
 /// whether the deeper read was needed.
 async fn search_in_sql(db: &PgPool, scope: &Scope, mode: &str, query: &str, term_postings: i64) -> (f64, bool) {
+    search_in_sql_folding(db, scope, mode, query, term_postings, true).await
+}
+
+/// [`search_in_sql`], or with `fold` false the retrieval as it was before
+/// duplicates were folded (lists `k` deep, nothing folded): the baseline.
+async fn search_in_sql_folding(
+    db: &PgPool,
+    scope: &Scope,
+    mode: &str,
+    query: &str,
+    term_postings: i64,
+    fold: bool,
+) -> (f64, bool) {
     let vector = |depth: usize| async move {
         let embedding = local::embed(query, DIMS);
         search::vector(db, scope, MODEL, DIMS, &embedding, depth as i64).await.expect("vector")
@@ -281,8 +294,8 @@ async fn search_in_sql(db: &PgPool, scope: &Scope, mode: &str, query: &str, term
     };
     let (mut folding, mut deeper) = (Duration::ZERO, false);
     let mut hits = Vec::new();
-    for factor in [2, 8] {
-        let depth = factor * K;
+    let mut depth = if fold { 2 * K } else { K };
+    for read in 1..=3 {
         let (lists, exhausted) = match mode {
             "keyword" => {
                 let k = keyword(depth).await;
@@ -301,15 +314,19 @@ async fn search_in_sql(db: &PgPool, scope: &Scope, mode: &str, query: &str, term
                 (score_fusion(v, k, usize::MAX), exhausted)
             }
         };
+        if !fold {
+            return (0.0, false);
+        }
         let started = Instant::now();
         hits = lists;
         duplicates::demote(&mut hits, 0.5);
         hits = duplicates::collapse(hits);
         folding += started.elapsed();
-        if hits.len() >= K || exhausted {
+        if hits.len() >= K || exhausted || read == 3 || depth >= 8 * K {
             break;
         }
         deeper = true;
+        depth = stolid::retrieval::deeper(depth, K, hits.len(), 8 * K);
     }
     hits.truncate(K);
     let started = Instant::now();
@@ -501,6 +518,14 @@ async fn main() -> anyhow::Result<()> {
                 }
             })
             .await;
+            let (before, _) = measure(requests, 1, |i| {
+                let search =
+                    search_in_sql_folding(&db, &scope, mode, &questions[i % questions.len()], term_postings, false);
+                async move {
+                    search.await;
+                }
+            })
+            .await;
             let folding = folding.into_inner().expect("not poisoned");
             let deeper = folding.iter().filter(|(_, deeper)| *deeper).count();
             let mut folding: Vec<f64> = folding.into_iter().map(|(ms, _)| ms).collect();
@@ -514,7 +539,9 @@ async fn main() -> anyhow::Result<()> {
                 percentile(&http, 0.5) - percentile(&sql, 0.5)
             );
             line += &format!(
-                "  folding duplicates {:.2} / {:.2} (read deeper for {deeper} of {})  |",
+                "  SQL without folding {:.2} / {:.2}, folding itself {:.2} / {:.2} (read deeper for {deeper} of {})  |",
+                percentile(&before, 0.5),
+                percentile(&before, 0.99),
                 percentile(&folding, 0.5),
                 percentile(&folding, 0.99),
                 folding.len()

@@ -59,7 +59,7 @@ pub fn demote(hits: &mut [Hit], factor: f64) {
 /// (a translation that kept the code, a mirrored version) keep the ranking's
 /// choice. The other copies are listed in `also_in`.
 pub fn collapse(hits: Vec<Hit>) -> Vec<Hit> {
-    let sets: Vec<HashSet<u64>> = hits.iter().map(|h| shingles::shingles(&h.content)).collect();
+    let sets: Vec<Vec<u64>> = hits.iter().map(|h| shingles::shingles(&h.content)).collect();
     let mut groups: Vec<Vec<usize>> = Vec::new();
     for i in 0..hits.len() {
         let joins = groups.iter().position(|group| {
@@ -128,7 +128,7 @@ pub async fn cite_specific_pages(db: &sqlx::PgPool, scope: &Scope, hits: Vec<Hit
 
 /// [`cite_specific_pages`] once the chunks holding the samples are read.
 fn replace_with_specific(hits: Vec<Hit>, holders: Vec<Hit>) -> Vec<Hit> {
-    let holder_sets: Vec<HashSet<u64>> = holders.iter().map(|h| shingles::shingles(&h.content)).collect();
+    let holder_sets: Vec<Vec<u64>> = holders.iter().map(|h| shingles::shingles(&h.content)).collect();
     let mut out: Vec<Hit> = Vec::with_capacity(hits.len());
     for hit in hits {
         let specific = if hit.aggregate {

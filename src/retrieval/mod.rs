@@ -197,26 +197,30 @@ impl std::ops::AddAssign for Timings {
 /// How many times `wanted` the candidate lists are read first, and at most:
 /// duplicates folded at query time leave fewer than were read, and a folder
 /// of mirrored copies can fold most of them, so a search that comes up short
-/// reads once more, deeper.
+/// reads again, as much deeper as the share of distinct passages it found
+/// says it needs (with a quarter more), up to [`MAX_DEPTH`] times `wanted`, in
+/// at most [`READS`] reads.
 const FIRST_DEPTH: usize = 2;
-const DEEPER_DEPTH: usize = 8;
+const MAX_DEPTH: usize = 8;
+const READS: usize = 3;
 
 pub async fn search(state: &AppState, ctx: &CallContext, query: Query<'_>) -> Result<Retrieved> {
     let rerank = query.rerank && state.config.rerank.candidates > 0 && state.gateway.has_language_model();
     // The reranker sees more candidates than most callers keep.
     let wanted = if rerank { query.k.max(state.config.rerank.candidates) } else { query.k };
-    let (mut hits, mut timings) = (Vec::new(), Timings::default());
-    for factor in [FIRST_DEPTH, DEEPER_DEPTH] {
-        let (candidates, exhausted, spent) = candidates(state, ctx, &query, wanted * factor).await?;
+    let (mut hits, mut timings, mut depth) = (Vec::new(), Timings::default(), FIRST_DEPTH * wanted);
+    for read in 1..=READS {
+        let (candidates, exhausted, spent) = candidates(state, ctx, &query, depth).await?;
         timings += spent;
         hits = candidates;
         if query.demote_aggregates {
             duplicates::demote(&mut hits, state.config.aggregate_demotion);
         }
         hits = duplicates::collapse(hits);
-        if hits.len() >= wanted || exhausted {
+        if hits.len() >= wanted || exhausted || read == READS || depth >= MAX_DEPTH * wanted {
             break;
         }
+        depth = deeper(depth, wanted, hits.len(), MAX_DEPTH * wanted);
     }
     hits.truncate(wanted);
     let hits = duplicates::cite_specific_pages(&state.db, &query.scope, hits).await?;
@@ -227,6 +231,13 @@ pub async fn search(state: &AppState, ctx: &CallContext, query: Query<'_>) -> Re
     }
     hits.truncate(query.k);
     Ok(Retrieved { hits, reranked, timings })
+}
+
+/// How deep to read next when a read of `depth` folded into `distinct`
+/// passages and `wanted` are needed: in proportion, a quarter more, deeper
+/// than before and no deeper than `max`.
+pub fn deeper(depth: usize, wanted: usize, distinct: usize, max: usize) -> usize {
+    (depth * wanted * 5).div_ceil(distinct.max(1) * 4).clamp(depth + 1, max.max(depth + 1))
 }
 
 /// The candidates of a search, `depth` of each list read (hybrid: at least
@@ -382,6 +393,15 @@ mod tests {
             aggregate: false,
             document_tokens: 0,
         }
+    }
+
+    #[test]
+    fn a_short_read_reads_as_much_deeper_as_it_was_short() {
+        assert_eq!(deeper(20, 10, 7, 80), 36, "a third of the passages were copies");
+        assert_eq!(deeper(20, 10, 9, 80), 28);
+        assert_eq!(deeper(20, 10, 1, 80), 80, "no deeper than the cap");
+        assert_eq!(deeper(20, 10, 0, 80), 80);
+        assert_eq!(deeper(40, 10, 50, 80), 41, "always deeper than before");
     }
 
     #[test]
