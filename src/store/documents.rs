@@ -215,23 +215,27 @@ pub async fn collections(db: impl PgExecutor<'_>, tenant_id: Uuid) -> sqlx::Resu
 }
 
 /// Deletes the row (chunks and embeddings cascade) and marks its collection's
-/// aggregate marks stale (`store::aggregates`), in one statement; returns its
-/// S3 key and collection.
-pub async fn delete(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid) -> sqlx::Result<Option<(String, String)>> {
-    sqlx::query_as(
-        "WITH deleted AS (
-             DELETE FROM documents WHERE tenant_id = $1 AND id = $2 RETURNING s3_key, collection
-         ), stale AS (
-             INSERT INTO aggregate_marks_stale (tenant_id, collection) SELECT $1, collection FROM deleted
-             ON CONFLICT (tenant_id, collection)
-             DO UPDATE SET version = aggregate_marks_stale.version + 1, changed_at = now()
-         )
-         SELECT s3_key, collection FROM deleted",
-    )
-    .bind(tenant_id)
-    .bind(id)
-    .fetch_optional(db)
-    .await
+/// aggregate marks stale (`store::aggregates`), in one transaction; returns
+/// its S3 key and collection.
+///
+/// Two statements, in this order, not one: the cascade's keyword triggers
+/// lock `keyword_frequencies` rows when the delete statement ends, and a
+/// publishing job locks those rows before the stale row (its chunks are
+/// written first). In one statement the stale row was locked first, and the
+/// two deadlocked.
+pub async fn delete(db: &sqlx::PgPool, tenant_id: Uuid, id: Uuid) -> sqlx::Result<Option<(String, String)>> {
+    let mut tx = db.begin().await?;
+    let deleted: Option<(String, String)> =
+        sqlx::query_as("DELETE FROM documents WHERE tenant_id = $1 AND id = $2 RETURNING s3_key, collection")
+            .bind(tenant_id)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if let Some((_, collection)) = &deleted {
+        super::aggregates::mark_stale(&mut *tx, tenant_id, collection).await?;
+    }
+    tx.commit().await?;
+    Ok(deleted)
 }
 
 /// Starts an indexing attempt: the document shows `processing` (unless it is
