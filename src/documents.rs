@@ -180,12 +180,17 @@ pub async fn delete(state: &AppState, tenant_id: Uuid, id: Uuid) -> Result<()> {
     // Pages the deleted one repeated may no longer be aggregates; off the
     // request's path, and the sweeper measures if this task dies first.
     let db = state.db.clone();
-    tokio::spawn(async move {
-        if let Err(err) = aggregates::refresh(&db, tenant_id, &collection).await {
-            tracing::warn!(error = format!("{err:#}"), "measuring the collection's aggregate documents failed");
-        }
-    });
+    tokio::spawn(async move { measure_aggregates(&db, tenant_id, &collection).await });
     Ok(())
+}
+
+/// Measures the collection's aggregate marks after a change this task
+/// committed (`store::aggregates`); a failure is logged, and the sweeper
+/// measures instead.
+pub async fn measure_aggregates(db: &sqlx::PgPool, tenant_id: Uuid, collection: &str) {
+    if let Err(err) = aggregates::refresh(db, tenant_id, collection).await {
+        tracing::warn!(error = format!("{err:#}"), "measuring the collection's aggregate documents failed");
+    }
 }
 
 #[cfg(test)]

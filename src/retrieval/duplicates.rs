@@ -112,10 +112,13 @@ pub fn collapse(hits: Vec<Hit>) -> Vec<Hit> {
 /// aggregate document goes to `also_in`. A page already shown is not shown
 /// twice: the hit folds into it. One query for all of them.
 pub async fn cite_specific_pages(db: &sqlx::PgPool, scope: &Scope, hits: Vec<Hit>) -> sqlx::Result<Vec<Hit>> {
-    let samples: Vec<i64> = hits
+    let sets = aggregate_shingles(&hits);
+    let samples: Vec<i64> = sets
         .iter()
-        .filter(|h| h.aggregate)
-        .flat_map(|h| shingles::sampled(&h.content))
+        .flatten()
+        .flatten()
+        .filter(|h| shingles::is_sampled(**h))
+        .map(|h| *h as i64)
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
@@ -123,16 +126,21 @@ pub async fn cite_specific_pages(db: &sqlx::PgPool, scope: &Scope, hits: Vec<Hit
         return Ok(hits);
     }
     let holders = crate::store::search::holding_any(db, scope, &samples, HOLDING_ROWS).await?;
-    Ok(replace_with_specific(hits, holders))
+    Ok(replace_with_specific(hits, sets, holders))
 }
 
-/// [`cite_specific_pages`] once the chunks holding the samples are read.
-fn replace_with_specific(hits: Vec<Hit>, holders: Vec<Hit>) -> Vec<Hit> {
+/// The shingles of each aggregate hit's text (`None` for the others).
+fn aggregate_shingles(hits: &[Hit]) -> Vec<Option<Vec<u64>>> {
+    hits.iter().map(|h| h.aggregate.then(|| shingles::shingles(&h.content))).collect()
+}
+
+/// [`cite_specific_pages`] once the chunks holding the samples are read;
+/// `sets` are the hits' [`aggregate_shingles`].
+fn replace_with_specific(hits: Vec<Hit>, sets: Vec<Option<Vec<u64>>>, holders: Vec<Hit>) -> Vec<Hit> {
     let holder_sets: Vec<Vec<u64>> = holders.iter().map(|h| shingles::shingles(&h.content)).collect();
     let mut out: Vec<Hit> = Vec::with_capacity(hits.len());
-    for hit in hits {
-        let specific = if hit.aggregate {
-            let set = shingles::shingles(&hit.content);
+    for (hit, set) in hits.into_iter().zip(sets) {
+        let specific = if let Some(set) = set {
             holders
                 .iter()
                 .zip(&holder_sets)
@@ -194,6 +202,12 @@ mod tests {
         }
     }
 
+    /// [`replace_with_specific`] as [`cite_specific_pages`] calls it.
+    fn cite(hits: Vec<Hit>, holders: Vec<Hit>) -> Vec<Hit> {
+        let sets = aggregate_shingles(&hits);
+        replace_with_specific(hits, sets, holders)
+    }
+
     fn chunks(hits: &[Hit]) -> Vec<u128> {
         hits.iter().map(|h| h.chunk_id.as_u128()).collect()
     }
@@ -238,7 +252,7 @@ mod tests {
         let collapsed = collapse(hits);
         assert_eq!(chunks(&collapsed), [10], "folded, shown from the chunk that matched");
         assert_eq!(collapsed[0].also_in[0].chunk_id, Uuid::from_u128(30));
-        let kept = replace_with_specific(collapsed, vec![hit(3, 30, OWNERSHIP, false, 3_000, 0.0)]);
+        let kept = cite(collapsed, vec![hit(3, 30, OWNERSHIP, false, 3_000, 0.0)]);
         assert_eq!(chunks(&kept), [10], "nor is the hit sent to it");
     }
 
@@ -274,19 +288,19 @@ mod tests {
             hit(4, 40, "Unrelated text sharing one shingle by chance.", false, 100, 0.0),
             hit(3, 30, OWNERSHIP, false, 3_000, 0.0),
         ];
-        let cited = replace_with_specific(hits, holders);
+        let cited = cite(hits, holders);
         assert_eq!(chunks(&cited), [30, 20]);
         assert_eq!(cited[0].score, 0.9);
         assert_eq!(cited[0].also_in[0].chunk_id, Uuid::from_u128(10));
         let other_collection = Hit { collection: "reference".into(), ..hit(3, 30, OWNERSHIP, false, 3_000, 0.0) };
-        let kept = replace_with_specific(vec![hit(1, 10, &print_chunk, true, 300_000, 0.9)], vec![other_collection]);
+        let kept = cite(vec![hit(1, 10, &print_chunk, true, 300_000, 0.9)], vec![other_collection]);
         assert_eq!(chunks(&kept), [10], "a page of another collection is not where this passage comes from");
     }
 
     #[test]
     fn a_page_already_shown_absorbs_the_aggregate_hit_sent_to_it() {
         let hits = vec![hit(3, 30, OWNERSHIP, false, 3_000, 0.9), hit(1, 10, OWNERSHIP, true, 300_000, 0.8)];
-        let cited = replace_with_specific(hits, vec![hit(3, 30, OWNERSHIP, false, 3_000, 0.0)]);
+        let cited = cite(hits, vec![hit(3, 30, OWNERSHIP, false, 3_000, 0.0)]);
         assert_eq!(chunks(&cited), [30]);
         assert_eq!(cited[0].also_in.len(), 1);
     }

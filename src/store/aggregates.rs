@@ -139,17 +139,13 @@ async fn measure(db: impl PgExecutor<'_>, tenant_id: Uuid, collection: &str) -> 
     Ok(done.rows_affected())
 }
 
-/// Collections whose marks are stale since more than `older_than_secs` (their
-/// task died before measuring, or left it to one that failed), oldest first.
-pub async fn stale(db: impl PgExecutor<'_>, older_than_secs: f64, limit: i64) -> sqlx::Result<Vec<(Uuid, String)>> {
-    sqlx::query_as(
-        "SELECT tenant_id, collection FROM aggregate_marks_stale
-         WHERE changed_at < now() - make_interval(secs => $1) ORDER BY changed_at LIMIT $2",
-    )
-    .bind(older_than_secs)
-    .bind(limit)
-    .fetch_all(db)
-    .await
+/// Collections whose marks are stale (their task died before measuring, or
+/// left it to one that failed, or one is measuring now), oldest first.
+pub async fn stale(db: impl PgExecutor<'_>, limit: i64) -> sqlx::Result<Vec<(Uuid, String)>> {
+    sqlx::query_as("SELECT tenant_id, collection FROM aggregate_marks_stale ORDER BY changed_at LIMIT $1")
+        .bind(limit)
+        .fetch_all(db)
+        .await
 }
 
 /// Chunks written before shingle samples were stored (migration 0013): up to
@@ -161,9 +157,7 @@ pub async fn unsampled_chunks(db: impl PgExecutor<'_>, limit: i64) -> sqlx::Resu
 /// Stores the samples of chunks written before they were, and marks their
 /// collections stale.
 pub async fn store_samples(db: &PgPool, ids: &[Uuid], samples: &[Vec<i64>]) -> sqlx::Result<()> {
-    // Arrays of arrays must be rectangular in Postgres: samples travel as JSON, as `chunks::insert` sends them.
-    let samples: Vec<String> =
-        samples.iter().map(|s| serde_json::to_string(s).unwrap_or_else(|_| "[]".into())).collect();
+    let samples = super::chunks::json_arrays(samples.iter());
     let mut tx = db.begin().await?;
     let collections: Vec<(Uuid, String)> = sqlx::query_as(
         "WITH updated AS (

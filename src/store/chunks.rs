@@ -65,11 +65,8 @@ pub async fn insert(
     embeddings: Vec<Vector>,
 ) -> sqlx::Result<()> {
     let ids: Vec<Uuid> = chunks.iter().map(|_| Uuid::now_v7()).collect();
-    let heading_paths: Vec<String> =
-        chunks.iter().map(|c| serde_json::to_string(&c.heading_path).unwrap_or_else(|_| "[]".into())).collect();
-    // Arrays of arrays must be rectangular in Postgres: samples travel as JSON, like heading paths.
-    let shingles: Vec<String> =
-        chunks.iter().map(|c| serde_json::to_string(&c.shingles).unwrap_or_else(|_| "[]".into())).collect();
+    let heading_paths = json_arrays(chunks.iter().map(|c| &c.heading_path));
+    let shingles = json_arrays(chunks.iter().map(|c| &c.shingles));
     sqlx::query(
         "INSERT INTO chunks (id, tenant_id, document_id, generation, ordinal, content, content_hash, token_count,
                              heading_path, start_offset, end_offset, context, shingles)
@@ -107,6 +104,13 @@ pub async fn insert(
     .execute(&mut *db)
     .await?;
     Ok(())
+}
+
+/// One JSON array per row, for binding as `text[]` and unnesting with
+/// `jsonb_array_elements_text`: Postgres arrays of arrays must be rectangular,
+/// and a chunk's heading path or shingle samples have any length.
+pub(super) fn json_arrays<'a, T: serde::Serialize + 'a>(rows: impl Iterator<Item = &'a Vec<T>>) -> Vec<String> {
+    rows.map(|row| serde_json::to_string(row).unwrap_or_else(|_| "[]".into())).collect()
 }
 
 /// Records that `generation` is being written in slices, before each slice

@@ -174,7 +174,7 @@ pub async fn sweep_aggregates(state: &AppState) -> anyhow::Result<AggregatesRepo
         aggregates::store_samples(&state.db, &ids, &samples).await.context("storing chunks' samples")?;
     }
     let mut measured = 0;
-    for (tenant_id, collection) in aggregates::stale(&state.db, 0.0, BATCH).await.context("reading stale marks")? {
+    for (tenant_id, collection) in aggregates::stale(&state.db, BATCH).await.context("reading stale marks")? {
         if aggregates::refresh(&state.db, tenant_id, &collection).await? == aggregates::Refresh::Measured {
             measured += 1;
         }

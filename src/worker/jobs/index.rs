@@ -324,8 +324,6 @@ async fn publish(
     let reused = pieces.len() - embedded;
     tracing::info!(chunks = pieces.len(), tokens, embeddings_reused = reused, "document indexed");
     // The document is searchable already; if this fails, the sweeper measures.
-    if let Err(err) = aggregates::refresh(&state.db, tenant_id, &current.collection).await {
-        tracing::warn!(error = format!("{err:#}"), "measuring the collection's aggregate documents failed");
-    }
+    crate::documents::measure_aggregates(&state.db, tenant_id, &current.collection).await;
     Ok(())
 }
