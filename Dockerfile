@@ -7,16 +7,15 @@
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /app
-# 1. Dependencies only, in a layer reused until Cargo.toml or Cargo.lock change.
-#    cargo refuses a manifest whose targets have no file, so every binary and
-#    example the manifest names gets an empty one here. The empty examples stay
-#    for step 2: the image builds none of them, so the real ones are never copied.
+# 1. Dependencies only, in a layer reused until a manifest or Cargo.lock change.
+#    cargo refuses a workspace whose members or targets have no file, so the
+#    product gets an empty main and lib, and the test-support and tools crates
+#    (members of the workspace, never built here) an empty lib each.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src/bin examples \
-    && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
-    && echo 'fn main() {}' > src/bin/fake-openai.rs \
-    && for name in $(awk '/^\[/ { ex = ($0 == "[[example]]") } ex && $1 == "name" { gsub(/"/, "", $3); print $3 }' Cargo.toml); do \
-         echo 'fn main() {}' > "examples/$name.rs"; done \
+COPY crates/stolid-testkit/Cargo.toml ./crates/stolid-testkit/
+COPY tools/Cargo.toml ./tools/
+RUN mkdir -p src crates/stolid-testkit/src tools/src \
+    && echo 'fn main() {}' > src/main.rs && touch src/lib.rs crates/stolid-testkit/src/lib.rs tools/src/lib.rs \
     && cargo build --profile dist --locked --bin stolid \
     && rm -rf src target/dist/.fingerprint/stolid-* target/dist/deps/stolid-* target/dist/deps/libstolid-*
 # 2. The application. Its fingerprints were removed above, so cargo rebuilds it

@@ -23,7 +23,7 @@ build:
 ## test: the whole suite against the real local stack, the console's browser tests included
 ## (a green run drops its databases; a failed one keeps them to look at, until the next run)
 test: infra clean-test-dbs console-check
-	$(CARGO) test --locked --no-fail-fast --lib --bins --tests
+	$(CARGO) test --locked --no-fail-fast -p stolid -p stolid-testkit --lib --bins --tests
 	@scripts/clean-test-dbs.sh
 
 ## compose-test: docker-compose.yml run unchanged as a user runs it, with a real Docker engine (installed and
@@ -46,36 +46,36 @@ clean-test-dbs:
 
 lint:
 	$(CARGO) fmt --check
-	$(CARGO) clippy --locked --all-targets --all-features -- -D warnings
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 
 fmt:
 	$(CARGO) fmt
 
 ## bench-ingest: index a real corpus (the Rust book's HTML) against the fake model server with a cap; prints figures
 bench-ingest: infra
-	$(CARGO) run --release --locked --features testkit --example bench_ingest -- $(BENCH_ARGS)
+	$(CARGO) run --release --locked -p stolid-tools --bin bench_ingest -- $(BENCH_ARGS)
 
 ## bench-fleet: the pipeline run by 1 and 3 processes started together under one cap (requests 120/min,
 ## tokens 200k/min, none) against a fake provider enforcing one-second buckets; prints 429s, windows, wall/ideal, CPU
 bench-fleet: infra
-	$(CARGO) build --release --locked --features testkit --bins --example bench_fleet
-	target/release/examples/bench_fleet $(BENCH_ARGS)
+	$(CARGO) build --release --locked -p stolid -p stolid-testkit -p stolid-tools --bins
+	target/release/bench_fleet $(BENCH_ARGS)
 
 ## bench-api: the sync path on real text (the toolchain's docs at 100k and 1M chunks): search HTTP vs SQL per mode,
 ## chat and suggest overhead beyond the model at concurrency 1-64, server memory (~30 min)
 bench-api: infra
-	$(CARGO) build --release --locked --features testkit --bins --example bench_api
-	target/release/examples/bench_api $(BENCH_ARGS)
+	$(CARGO) build --release --locked -p stolid -p stolid-testkit -p stolid-tools --bins
+	target/release/bench_api $(BENCH_ARGS)
 
 ## bench-chunk: extraction + chunking MB/s for prose, code, whitespace-free text and nested HTML (linearity check)
 bench-chunk:
-	$(CARGO) run --release --locked --example bench_chunk -- $(BENCH_ARGS)
+	$(CARGO) run --release --locked -p stolid-tools --bin bench_chunk -- $(BENCH_ARGS)
 
 ## eval: retrieval quality on the labelled questions in eval/ (four books of the toolchain's docs):
 ## hit@1/5/10 and MRR per search mode, and how often chat cites the answering page
 eval: infra
-	$(CARGO) build --release --locked --features testkit --bins --example eval
-	target/release/examples/eval $(EVAL_ARGS)
+	$(CARGO) build --release --locked -p stolid -p stolid-testkit -p stolid-tools --bins
+	target/release/eval $(EVAL_ARGS)
 
 ## chaos: replay faults (kill -9, SIGTERM, provider storms, Postgres/S3 outages, poison files, schemathesis)
 ## against the release binary on loopback; prints a table; exit 1 on any lost, stuck or duplicated document or non-503 5xx
@@ -86,5 +86,5 @@ chaos: infra
 	   echo "[chaos] installing schemathesis into $(CHAOS_VENV)"; \
 	   python3 -m venv $(CHAOS_VENV) && $(CHAOS_VENV)/bin/pip install -q --disable-pip-version-check -r scripts/requirements-chaos.txt && \
 	   echo "$$want" > $(CHAOS_VENV)/.requirements; fi
-	$(CARGO) build --release --locked --features testkit --bins --example chaos
-	target/release/examples/chaos --schemathesis $(CHAOS_VENV)/bin/st $(CHAOS_ARGS)
+	$(CARGO) build --release --locked -p stolid -p stolid-testkit -p stolid-tools --bins
+	target/release/chaos --schemathesis $(CHAOS_VENV)/bin/st $(CHAOS_ARGS)

@@ -20,9 +20,9 @@
 //!   the job contract), built from [`aws`]'s shared settings and deadlines.
 //! - Leaves that import nothing of stolid's: [`tokens`] (cl100k counting), [`retry`] (the one
 //!   backoff policy), [`telemetry`] (JSON logs for CloudWatch).
-//! - `testkit` (cargo feature `testkit`, not in the product): the fake OpenAI-compatible
-//!   server, throwaway infrastructure, the release binary as a child process, and a fault proxy
-//!   for tests, benchmarks and `make chaos`.
+//! - Not in this crate: test support (`crates/stolid-testkit`: the fake OpenAI-compatible
+//!   server, throwaway infrastructure, a fault proxy) and the harnesses (`tools/`: benchmarks,
+//!   chaos, eval), crates of their own in the workspace.
 
 pub mod agent;
 pub mod app;
@@ -47,7 +47,5 @@ pub mod store;
 pub mod suggest;
 pub mod telemetry;
 pub mod tenant;
-#[cfg(feature = "testkit")]
-pub mod testkit;
 pub mod tokens;
 pub mod worker;

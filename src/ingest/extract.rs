@@ -205,7 +205,7 @@ mod tests {
 
     #[test]
     fn random_bytes_labelled_as_text_are_refused_as_binary() {
-        let noise = crate::testkit::noise(100_000, 0x2545_f491_4f6c_dd1du64);
+        let noise = stolid_testkit::noise(100_000, 0x2545_f491_4f6c_dd1du64);
         assert_eq!(extract(Format::Html, &noise, LIMIT).unwrap_err(), ExtractError::Binary("text/html"));
         assert_eq!(extract(Format::Text, &noise, LIMIT).unwrap_err(), ExtractError::Binary("text/plain"));
         // Real text in another script is not binary.

@@ -221,7 +221,7 @@ mod tests {
         );
         let tokens = Exceeded { period: "day", unit: "tokens", limit: 1000.0, used: 1000.0, ..exceeded };
         assert_eq!(tokens.to_string(), "the daily budget of 1000 tokens is spent; it resets at 2026-12-03T00:00:00Z");
-        crate::testkit::emf::check(&refusal_line(Uuid::nil(), &tokens)).unwrap();
+        stolid_testkit::emf::check(&refusal_line(Uuid::nil(), &tokens)).unwrap();
         let tiny = Exceeded { limit: 0.001, used: 0.0005, needed: 0.00092, ..exceeded };
         assert!(tiny.to_string().contains("($0.00050 used or reserved, $0.00092 needed)"), "{tiny}");
     }

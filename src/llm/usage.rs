@@ -268,7 +268,7 @@ mod tests {
             created_at: chrono::Utc::now(),
         };
         let line = emf_line(&call);
-        crate::testkit::emf::check(&line).unwrap();
+        stolid_testkit::emf::check(&line).unwrap();
         let metrics = &line["_aws"]["CloudWatchMetrics"][0]["Metrics"];
         for metric in metrics.as_array().unwrap() {
             let name = metric["Name"].as_str().unwrap();
@@ -296,9 +296,9 @@ mod tests {
             model_ms: 100.0,
             created_at: chrono::Utc::now(),
         };
-        crate::testkit::emf::check(&timing_line(&timing)).unwrap();
+        stolid_testkit::emf::check(&timing_line(&timing)).unwrap();
         let crossing =
             crate::store::budgets::SoftCrossing { tenant_id: uuid::Uuid::nil(), spent_usd: 1.5, soft_usd_per_day: 1.0 };
-        crate::testkit::emf::check(&soft_crossing_line(&crossing)).unwrap();
+        stolid_testkit::emf::check(&soft_crossing_line(&crossing)).unwrap();
     }
 }

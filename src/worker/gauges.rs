@@ -71,6 +71,6 @@ mod tests {
     #[test]
     fn the_gauges_line_is_valid_emf() {
         let gauges = Gauges { queue_depth: 3, oldest_queued_age_secs: 12.5, ..Default::default() };
-        crate::testkit::emf::check(&emf_line(&gauges)).unwrap();
+        stolid_testkit::emf::check(&emf_line(&gauges)).unwrap();
     }
 }

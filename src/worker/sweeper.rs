@@ -333,7 +333,7 @@ mod tests {
     #[test]
     fn the_sweep_line_is_valid_emf() {
         let line = super::pass_line("stuck_documents", serde_json::json!({"requeued": 1, "failed": 0, "deferred": 2}));
-        crate::testkit::emf::check(&line).unwrap();
+        stolid_testkit::emf::check(&line).unwrap();
         assert_eq!(line["requeued"], 1);
     }
 }

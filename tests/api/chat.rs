@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use stolid::testkit::fake_openai::Fault;
+use stolid_testkit::fake_openai::Fault;
 
 use crate::helpers::{Options, TestApp, recorded_usage, spawn_app_with_fake, sse_events};
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use stolid::testkit::fake_openai::Fault;
+use stolid_testkit::fake_openai::Fault;
 
 use crate::helpers::{
     Options, TestApp, error_code, spawn_app, spawn_app_with, spawn_app_with_fake, upload_text, wait_until_settled,
@@ -249,7 +249,7 @@ fn large_text(word: &str) -> String {
 
 /// An app whose embeddings go 16 inputs a request, one at a time, 100 ms each:
 /// a large document takes a couple of seconds to embed.
-async fn slow_embedding_app() -> (TestApp, stolid::testkit::fake_openai::FakeOpenAi) {
+async fn slow_embedding_app() -> (TestApp, stolid_testkit::fake_openai::FakeOpenAi) {
     let env = HashMap::from([
         ("CHUNK_MAX_TOKENS", "24".to_string()),
         ("CHUNK_OVERLAP_TOKENS", "0".to_string()),
@@ -637,7 +637,7 @@ async fn an_exhausted_embedding_quota_fails_documents_without_burning_the_queue(
 /// indexes the document.
 #[tokio::test]
 async fn a_job_from_a_killed_worker_is_picked_up_by_another() {
-    let fake = stolid::testkit::fake_openai::FakeOpenAi::start().await;
+    let fake = stolid_testkit::fake_openai::FakeOpenAi::start().await;
     fake.set_latency(Duration::from_secs(30)); // the first process never finishes its call
     let infra = crate::helpers::create_infra().await;
     let env = HashMap::from([("WORKER_VISIBILITY_TIMEOUT_SECS", "2".to_string())]);

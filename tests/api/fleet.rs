@@ -10,7 +10,7 @@ use stolid::config::RateCap;
 use stolid::llm::CallContext;
 use stolid::llm::limiter::pace_for;
 use stolid::store::rate_buckets;
-use stolid::testkit::fake_openai::{BucketCaps, FakeOpenAi, Fault, POISON};
+use stolid_testkit::fake_openai::{BucketCaps, FakeOpenAi, Fault, POISON};
 
 use crate::helpers::{
     Options, TestApp, create_infra, spawn_app, spawn_app_with, spawn_app_with_fake, start_app, upload_text,

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use stolid::config::RateCap;
 use stolid::llm::{CallContext, ChatMessage, ChatRequest, LlmError};
-use stolid::testkit::fake_openai::Fault;
+use stolid_testkit::fake_openai::Fault;
 
 use crate::helpers::{Options, TestApp, spawn_app_with_fake};
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use sqlx::Connection;
 
 use stolid::store::documents::DocumentStatus;
-use stolid::testkit::proxy::{FaultProxy, ProxyMode, upstream_of, via};
+use stolid_testkit::proxy::{FaultProxy, ProxyMode, upstream_of, via};
 
 use crate::helpers::{
     Options, TestApp, base_env, create_infra, error_code, spawn_app, spawn_app_with, spawn_app_with_fake, upload_text,
@@ -136,7 +136,7 @@ async fn poison_documents_fail_at_once_with_their_reason() {
     let mut env = std::collections::HashMap::new();
     env.insert("MAX_EXTRACTED_BYTES", (256 * 1024).to_string());
     let app = spawn_app_with(Options { env, ..Default::default() }).await;
-    let noise = stolid::testkit::noise(200_000, 0x9e37_79b9_7f4a_7c15u64);
+    let noise = stolid_testkit::noise(200_000, 0x9e37_79b9_7f4a_7c15u64);
     let long_line = "x".repeat(512 * 1024).into_bytes();
     let cases: Vec<(&str, &str, Vec<u8>, &str)> = vec![
         ("noise.html", "text/html", noise, "binary"),

@@ -193,8 +193,8 @@ async fn sigterm_during_a_long_extraction_exits_within_the_stop_timeout() {
 /// Postgres holds; and every EMF line is valid EMF.
 #[tokio::test]
 async fn the_readmes_logs_insights_queries_answer_from_a_real_runs_log() {
-    use stolid::testkit::fake_openai::{FakeOpenAi, Fault};
-    use stolid::testkit::{emf, insights};
+    use stolid_testkit::fake_openai::{FakeOpenAi, Fault};
+    use stolid_testkit::{emf, insights};
 
     let fake = FakeOpenAi::start().await;
     let base_url = fake.base_url();
@@ -305,7 +305,7 @@ async fn the_readmes_logs_insights_queries_answer_from_a_real_runs_log() {
 /// within SHUTDOWN_TIMEOUT_SECS.
 #[tokio::test]
 async fn sigterm_ends_open_chat_streams_cleanly_and_stores_every_model_call() {
-    let fake = stolid::testkit::fake_openai::FakeOpenAi::start().await;
+    let fake = stolid_testkit::fake_openai::FakeOpenAi::start().await;
     fake.set_stream_gap(Duration::from_millis(300));
     streams_end_cleanly_at_sigterm(fake, "chat", None, |i| {
         serde_json::json!({
@@ -319,7 +319,7 @@ async fn sigterm_ends_open_chat_streams_cleanly_and_stores_every_model_call() {
 /// The same for agent streams, whose model calls are slow to answer (they do not stream).
 #[tokio::test]
 async fn sigterm_ends_open_agent_streams_cleanly_and_stores_every_model_call() {
-    let fake = stolid::testkit::fake_openai::FakeOpenAi::start().await;
+    let fake = stolid_testkit::fake_openai::FakeOpenAi::start().await;
     streams_end_cleanly_at_sigterm(
         fake,
         "agent",
@@ -333,7 +333,7 @@ async fn sigterm_ends_open_agent_streams_cleanly_and_stores_every_model_call() {
 /// with SHUTDOWN_TIMEOUT_SECS=4: see the two tests above. `latency`: how long
 /// the model takes to answer once the document is indexed.
 async fn streams_end_cleanly_at_sigterm(
-    fake: stolid::testkit::fake_openai::FakeOpenAi,
+    fake: stolid_testkit::fake_openai::FakeOpenAi,
     endpoint: &str,
     latency: Option<Duration>,
     body: impl Fn(usize) -> serde_json::Value,

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use stolid::testkit::fake_openai::Fault;
+use stolid_testkit::fake_openai::Fault;
 
 use crate::helpers::{Options, TestApp, spawn_app_with_fake};
 

@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use stolid::app::ProcessRole;
 use stolid::config::RateCap;
-use stolid::testkit::bench;
-use stolid::testkit::fake_openai::FakeOpenAi;
-use stolid::testkit::infra::{create_infra_for, start_app};
+use stolid_testkit::bench;
+use stolid_testkit::fake_openai::FakeOpenAi;
+use stolid_testkit::infra::{create_infra_for, start_app};
 
 struct Args {
     corpus: PathBuf,

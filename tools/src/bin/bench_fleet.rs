@@ -20,10 +20,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use stolid::testkit::bench;
-use stolid::testkit::fake_openai::{Arrival, BucketCaps, FakeOpenAi};
-use stolid::testkit::infra::create_infra_for;
-use stolid::testkit::process::Proc;
+use stolid_testkit::bench;
+use stolid_testkit::fake_openai::{Arrival, BucketCaps, FakeOpenAi};
+use stolid_testkit::infra::create_infra_for;
+use stolid_testkit::process::Proc;
 
 /// The provider's per-request limits (OpenAI's).
 const PROVIDER_MAX_TOKENS_PER_REQUEST: u64 = 300_000;
@@ -163,7 +163,7 @@ async fn run(
         ("EMBED_REQUESTS_PER_MINUTE", scenario.requests_per_minute.unwrap_or(1_000_000).to_string()),
         ("EMBED_TOKENS_PER_MINUTE", scenario.tokens_per_minute.unwrap_or(100_000_000).to_string()),
     ]);
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".local/bench-fleet");
+    let dir = stolid_testkit::repo_root().join(".local/bench-fleet");
     std::fs::create_dir_all(&dir)?;
     // Every process at the same moment, as an ECS service with this desired count.
     let starts: Vec<_> = (0..procs)

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use clap::Parser;
-use stolid::testkit::fake_openai::{BucketCaps, FakeOpenAi};
+use stolid_testkit::fake_openai::{BucketCaps, FakeOpenAi};
 
 #[derive(Parser)]
 struct Args {

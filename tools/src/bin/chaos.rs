@@ -22,10 +22,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use stolid::testkit::fake_openai::{FakeOpenAi, Fault};
-use stolid::testkit::infra::{Infra, base_env, create_infra_for};
-use stolid::testkit::process;
-use stolid::testkit::proxy::{FaultProxy, ProxyMode, upstream_of, via};
+use stolid_testkit::fake_openai::{FakeOpenAi, Fault};
+use stolid_testkit::infra::{Infra, base_env, create_infra_for};
+use stolid_testkit::process;
+use stolid_testkit::proxy::{FaultProxy, ProxyMode, upstream_of, via};
 
 struct Args {
     docs: usize,
@@ -36,7 +36,7 @@ struct Args {
 }
 
 fn args() -> Args {
-    let map = stolid::testkit::bench::options();
+    let map = stolid_testkit::bench::options();
     Args {
         docs: map.get("docs").map_or(150, |v| v.parse().expect("--docs")),
         outage: Duration::from_secs(map.get("outage-secs").map_or(10, |v| v.parse().expect("--outage-secs"))),
@@ -100,7 +100,7 @@ impl Stack {
         let pg = FaultProxy::start(upstream_of(&infra.database_url).await).await;
         let aws = FaultProxy::start(upstream_of(&base_env()["AWS_ENDPOINT_URL"]).await).await;
         let db = sqlx::PgPool::connect(&infra.database_url).await.expect("connecting to the scenario database");
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".local/chaos");
+        let dir = stolid_testkit::repo_root().join(".local/chaos");
         std::fs::create_dir_all(&dir).expect("creating .local/chaos");
         let log = dir.join(format!("{name}.log"));
         let _ = std::fs::remove_file(&log);
@@ -472,7 +472,7 @@ async fn poison(client: &reqwest::Client) -> Row {
     let mut stack = Stack::new("poison").await;
     let tally = Tally::default();
     let proc = stack.start(&[]).await;
-    let noise = stolid::testkit::noise(2_000_000, 0x2545_f491_4f6c_dd1du64);
+    let noise = stolid_testkit::noise(2_000_000, 0x2545_f491_4f6c_dd1du64);
     let files: Vec<(&str, &str, Vec<u8>)> = vec![
         ("nul.txt", "text/plain", b"Text with a NUL\0 inside it, which Postgres cannot store.".to_vec()),
         ("noise.html", "text/html", noise),
@@ -709,12 +709,12 @@ async fn schemathesis(args: &Args, st: &str) -> Row {
         .args(["--request-timeout", "30"])
         .env("NO_COLOR", "1")
         // Its cache goes beside the log, not into the checkout.
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.local/chaos"))
+        .current_dir(stolid_testkit::repo_root().join(".local/chaos"))
         .output()
         .expect("running schemathesis");
     row.recover_secs = Some(started.elapsed().as_secs_f64());
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let log = concat!(env!("CARGO_MANIFEST_DIR"), "/.local/chaos/schemathesis.log");
+    let log = stolid_testkit::repo_root().join(".local/chaos/schemathesis.log");
     let _ = std::fs::File::create(log).and_then(|mut f| f.write_all(&output.stdout));
     let summary: Vec<&str> =
         stdout.lines().filter(|l| l.contains("passed") || l.contains("failed") || l.contains("error")).collect();

@@ -7,13 +7,13 @@ use std::sync::OnceLock;
 
 use uuid::Uuid;
 
-use crate::config::Config;
+use stolid::config::Config;
 
 /// Settings from `.env` (written by `make infra`), overridden by the real environment.
 pub fn base_env() -> &'static HashMap<String, String> {
     static ENV: OnceLock<HashMap<String, String>> = OnceLock::new();
     ENV.get_or_init(|| {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/.env");
+        let path = crate::repo_root().join(".env");
         let mut map: HashMap<String, String> =
             dotenvy::from_path_iter(path).map(|iter| iter.filter_map(Result::ok).collect()).unwrap_or_default();
         for key in ["DATABASE_URL", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
@@ -80,7 +80,7 @@ impl Infra {
 /// Infrastructure an earlier run made and left (`make eval -- --keep`), by its names.
 pub async fn existing_infra(database_url: String, bucket: String, queue_url: String, dlq_url: String) -> Infra {
     let config = Config::from_lookup(lookup(&HashMap::new())).expect("base config");
-    let sdk = crate::aws::sdk_config(&config.aws).await;
+    let sdk = stolid::aws::sdk_config(&config.aws).await;
     Infra { database_url, bucket, queue_url, dlq_url, sdk }
 }
 
@@ -110,7 +110,7 @@ pub async fn create_infra_for(purpose: &str) -> Infra {
     let database_url = format!("{base}/{name}");
 
     let config = Config::from_lookup(lookup(&HashMap::new())).expect("base config");
-    let sdk = crate::aws::sdk_config(&config.aws).await;
+    let sdk = stolid::aws::sdk_config(&config.aws).await;
     let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&sdk).force_path_style(true).build());
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let suffix = Uuid::new_v4().simple().to_string();
@@ -158,7 +158,7 @@ pub fn lookup(overrides: &HashMap<&str, String>) -> impl Fn(&str) -> Option<Stri
 /// The app running in this process on throwaway infrastructure, with one tenant and its key.
 pub struct RunningApp {
     pub address: String,
-    pub state: crate::state::AppState,
+    pub state: stolid::state::AppState,
     pub infra: Infra,
     pub api_key: String,
     pub tenant_id: Uuid,
@@ -173,7 +173,7 @@ pub async fn start_app(
     infra: Infra,
     mut env: HashMap<&'static str, String>,
     tweak: impl FnOnce(&mut Config),
-    role: crate::app::ProcessRole,
+    role: stolid::app::ProcessRole,
     tenant: &str,
 ) -> anyhow::Result<RunningApp> {
     env.insert("DATABASE_URL", infra.database_url.clone());
@@ -182,12 +182,12 @@ pub async fn start_app(
     let mut config = Config::from_lookup(lookup(&env))?;
     config.port = 0;
     tweak(&mut config);
-    let app = crate::app::Application::build(config, role, false).await?;
+    let app = stolid::app::Application::build(config, role, false).await?;
     let address = format!("http://127.0.0.1:{}", app.port().expect("the API role listens"));
     let state = app.state().clone();
     let shutdown = tokio_util::sync::CancellationToken::new();
     let stopped = tokio::spawn(app.run(shutdown.clone()));
-    let tenant_id = crate::store::keys::ensure_tenant(&state.db, tenant).await?;
-    let api_key = crate::store::keys::create_key(&state.db, tenant_id).await?.key;
+    let tenant_id = stolid::store::keys::ensure_tenant(&state.db, tenant).await?;
+    let api_key = stolid::store::keys::create_key(&state.db, tenant_id).await?.key;
     Ok(RunningApp { address, state, infra, api_key, tenant_id, shutdown, stopped })
 }

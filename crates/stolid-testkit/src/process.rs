@@ -21,8 +21,8 @@ impl Proc {
     /// local AWS credentials), appends its log to `log`, and waits until it listens.
     pub fn start(env: &[(&str, String)], log: &Path) -> Self {
         let base = base_env();
-        let binary = std::env::var("STOLID_BIN")
-            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/stolid").to_string());
+        let binary = std::env::var_os("STOLID_BIN")
+            .map_or_else(|| crate::repo_root().join("target/release/stolid"), std::path::PathBuf::from);
         let mut command = Command::new(binary);
         command
             .arg("serve")

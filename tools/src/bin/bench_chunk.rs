@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use stolid::ingest::chunk::{ChunkSettings, chunk};
 use stolid::ingest::extract::{Format, extract};
-use stolid::testkit::bench;
+use stolid_testkit::bench;
 
 fn prose(bytes: usize) -> String {
     let words = ["ownership", "borrow", "the", "value", "a", "moves", "into", "function", "reference", "lifetime"];

@@ -40,10 +40,10 @@ use stolid::llm::local;
 use stolid::retrieval::{duplicates, hybrid_depth, score_fusion};
 use stolid::store::chunks::Chunk;
 use stolid::store::search::{self, Scope};
-use stolid::testkit::bench;
-use stolid::testkit::fake_openai::FakeOpenAi;
-use stolid::testkit::infra::create_infra_for;
-use stolid::testkit::process::Proc;
+use stolid_testkit::bench;
+use stolid_testkit::fake_openai::FakeOpenAi;
+use stolid_testkit::infra::create_infra_for;
+use stolid_testkit::process::Proc;
 use uuid::Uuid;
 
 const MODEL: &str = "text-embedding-3-small";
@@ -362,7 +362,7 @@ async fn main() -> anyhow::Result<()> {
     let term_postings = number("term-postings", 200) as i64;
     let concurrencies: Vec<usize> = bench::list(&options, "concurrency", "1,8,32,64");
 
-    let questions: Vec<String> = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/eval/rust-docs.jsonl"))?
+    let questions: Vec<String> = std::fs::read_to_string(stolid_testkit::repo_root().join("eval/rust-docs.jsonl"))?
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter_map(|q| q["question"].as_str().map(str::to_string))
@@ -388,7 +388,7 @@ async fn main() -> anyhow::Result<()> {
     ]);
     let extra = bench::extra_env(&options);
     env.extend(extra.iter().map(|(k, v)| (k.as_str(), v.clone())));
-    let log = Path::new(env!("CARGO_MANIFEST_DIR")).join(".local/bench-api.log");
+    let log = stolid_testkit::repo_root().join(".local/bench-api.log");
     std::fs::create_dir_all(log.parent().expect("a parent"))?;
     // This run's log alone, to read the per-request timings from.
     let _ = std::fs::remove_file(&log);

@@ -38,9 +38,9 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde::Deserialize;
-use stolid::testkit::bench;
-use stolid::testkit::infra::{base_env, create_infra_for, existing_infra};
-use stolid::testkit::process::Proc;
+use stolid_testkit::bench;
+use stolid_testkit::infra::{base_env, create_infra_for, existing_infra};
+use stolid_testkit::process::Proc;
 
 #[derive(Debug, Deserialize)]
 struct Question {
@@ -138,12 +138,12 @@ async fn main() -> anyhow::Result<()> {
     let options = bench::options();
     let questions_path = options
         .get("questions")
-        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("eval/rust-docs.jsonl"), PathBuf::from);
+        .map_or_else(|| stolid_testkit::repo_root().join("eval/rust-docs.jsonl"), PathBuf::from);
     let root = options.get("root").map_or_else(bench::rust_docs, PathBuf::from);
     let modes: Vec<String> = bench::list(&options, "modes", "vector,keyword,hybrid,rerank");
     let followups_path = options
         .get("followups")
-        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("eval/rust-docs-followups.jsonl"), PathBuf::from);
+        .map_or_else(|| stolid_testkit::repo_root().join("eval/rust-docs-followups.jsonl"), PathBuf::from);
     let questions = read_questions(&questions_path)?;
     let followups = read_questions(&followups_path)?;
     let chat_count = options.get("chat").map_or(questions.len(), |n| n.parse().expect("--chat N"));
@@ -178,7 +178,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let extra = bench::extra_env(&options);
     env.extend(extra.iter().map(|(k, v)| (k.as_str(), v.clone())));
-    let log = Path::new(env!("CARGO_MANIFEST_DIR")).join(".local/eval.log");
+    let log = stolid_testkit::repo_root().join(".local/eval.log");
     std::fs::create_dir_all(log.parent().expect("a parent"))?;
     let mut server = Proc::start(&env, &log);
     let db = sqlx::PgPool::connect(&infra.database_url).await?;
