@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::pricing::{ModelPrice, PriceTable};
+use crate::llm::accounting::pricing::{ModelPrice, PriceTable};
 
 /// The variables, one line each: the field it fills, its type, its name, and
 /// how it is read with its default. [`VARIABLES`] and the reading both come

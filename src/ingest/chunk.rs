@@ -8,8 +8,7 @@ use sha2::{Digest, Sha256};
 use text_splitter::{ChunkConfig, MarkdownSplitter, TextSplitter};
 
 pub use crate::config::ChunkSettings;
-pub use crate::store::chunks::Chunk;
-use crate::tokens::SliceCounter;
+use crate::infra::tokens::SliceCounter;
 
 pub fn content_hash(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
@@ -22,6 +21,28 @@ pub fn content_hash(text: &str) -> String {
 /// whole is then linear in the input. Segments hold dozens of chunks, so the
 /// forced boundaries are rare and fall on headings or paragraphs when there are any.
 const SEGMENT_BYTES: usize = 32 * 1024;
+
+/// A chunk of a document's extracted text, as chunking makes it; `store::chunks` stores it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chunk {
+    pub ordinal: i32,
+    pub content: String,
+    /// The document title and heading path this chunk sits under, embedded and
+    /// keyword-indexed with it ("Title > Chapter > Section").
+    pub context: String,
+    /// SHA-256 of the embedded text (context and content): embeddings are reused
+    /// across re-indexing by it.
+    pub content_hash: String,
+    pub token_count: i32,
+    /// The Markdown headings this chunk sits under, outermost first.
+    pub heading_path: Vec<String>,
+    /// Byte offsets into the extracted text.
+    pub start_offset: i32,
+    pub end_offset: i32,
+    /// A sample of the content's word shingles (`ingest::shingles::sampled`):
+    /// where else the passage occurs.
+    pub shingles: Vec<i64>,
+}
 
 /// Chunks `text` of the document titled `title`. Each chunk carries its context
 /// (the title and the headings it sits under), which is embedded and
@@ -187,7 +208,7 @@ impl<'a> HeadingPaths<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tokens::count_tokens;
+    use crate::infra::tokens::count_tokens;
 
     #[test]
     fn chunks_stay_within_the_token_budget_and_cover_the_text() {

@@ -7,16 +7,11 @@
 //! - accounting: each attempt becomes a [`usage::ModelCall`] (tokens, latency,
 //!   cost, request id, outcome), logged and written to Postgres off the request path.
 
+pub mod accounting;
 pub mod batcher;
-pub mod budget;
-pub mod cap_wait;
 pub mod limiter;
-pub mod local;
-pub mod openai;
-pub mod provider;
+pub mod providers;
 mod query_groups;
-pub mod sentence_model;
-pub mod usage;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,11 +22,13 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::config::{LlmConfig, LocalEmbeddings, ProviderKind};
-use crate::tokens::count_tokens;
+use crate::infra::tokens::count_tokens;
+use accounting::budget;
+use accounting::usage::{ModelCall, Operation, Outcome, UsageRecorder};
 use batcher::{BatchLimits, BatchQueue, Pending, answer_all};
+use limiter::cap_wait;
 use limiter::{EmbedLimiter, Lane};
-use provider::Provider;
-use usage::{ModelCall, Operation, Outcome, UsageRecorder};
+use providers::{Provider, openai, sentence_model};
 
 /// Who a call is made for; carried into every usage record.
 #[derive(Debug, Clone, Default)]
@@ -684,11 +681,11 @@ impl Gateway {
                         self.limiter.on_throttled(retry_after, attempt).await;
                     }
                     Pacing::Own => {
-                        let wait = retry_after.unwrap_or_else(|| crate::retry::backoff(attempt));
-                        tokio::time::sleep(crate::retry::at_least(wait)).await
+                        let wait = retry_after.unwrap_or_else(|| crate::infra::retry::backoff(attempt));
+                        tokio::time::sleep(crate::infra::retry::at_least(wait)).await
                     }
                 },
-                ProviderError::Transient(_) => tokio::time::sleep(crate::retry::jittered_backoff(attempt)).await,
+                ProviderError::Transient(_) => tokio::time::sleep(crate::infra::retry::jittered_backoff(attempt)).await,
                 other => return Err(self.give_up(other)),
             }
         }

@@ -11,27 +11,7 @@ use sqlx::{PgConnection, PgExecutor};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-/// A chunk of a document's extracted text, as chunking makes it and this table stores it.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
-pub struct Chunk {
-    pub ordinal: i32,
-    pub content: String,
-    /// The document title and heading path this chunk sits under, embedded and
-    /// keyword-indexed with it ("Title > Chapter > Section").
-    pub context: String,
-    /// SHA-256 of the embedded text (context and content): embeddings are reused
-    /// across re-indexing by it.
-    pub content_hash: String,
-    pub token_count: i32,
-    /// The Markdown headings this chunk sits under, outermost first.
-    pub heading_path: Vec<String>,
-    /// Byte offsets into the extracted text.
-    pub start_offset: i32,
-    pub end_offset: i32,
-    /// A sample of the content's word shingles (`ingest::shingles::sampled`):
-    /// where else the passage occurs.
-    pub shingles: Vec<i64>,
-}
+pub use crate::ingest::chunk::Chunk;
 
 /// Existing embeddings of this tenant, by chunk content hash, for `model`.
 pub async fn embeddings_by_hash(

@@ -3,17 +3,14 @@
 //! about HTTP or workers.
 
 pub mod aggregates;
-pub mod budgets;
 pub mod chunks;
 pub mod conversations;
 pub mod documents;
 pub mod embeddings;
 pub mod keys;
 pub mod leases;
-pub mod rate_buckets;
 pub mod search;
 pub mod signals;
-pub mod usage;
 
 use sqlx::PgPool;
 use sqlx::postgres::{PgDatabaseError, PgPoolOptions, PgSeverity};

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::queue::Queue;
+use crate::infra::queue::Queue;
 
 /// How long a finished message's handle waits for others.
 pub const LINGER: Duration = Duration::from_millis(200);

@@ -7,7 +7,7 @@
 
 use serde_json::json;
 
-use crate::state::AppState;
+use crate::domain::state::AppState;
 use crate::store::{documents, signals};
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -45,7 +45,7 @@ pub fn emf_line(gauges: &Gauges) -> serde_json::Value {
         ("failed_documents_last_hour", "Count"),
         ("missing_originals", "Count"),
     ];
-    crate::telemetry::emf(
+    crate::infra::telemetry::emf(
         chrono::Utc::now(),
         &[&["event"]],
         &metrics,

@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use tracing::Instrument;
 
-use crate::llm::cap_wait::CapWait;
+use crate::llm::limiter::cap_wait::CapWait;
 
-use crate::queue::{Job, Received};
-use crate::state::AppState;
+use crate::domain::state::AppState;
+use crate::infra::queue::{Job, Received};
 use crate::store::documents;
 
 pub mod index;

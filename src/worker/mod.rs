@@ -32,9 +32,9 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::config::WorkerConfig;
-use crate::llm::cap_wait::CapWait;
-use crate::queue::Received;
-use crate::state::AppState;
+use crate::domain::state::AppState;
+use crate::infra::queue::Received;
+use crate::llm::limiter::cap_wait::CapWait;
 use deleter::Deleter;
 
 /// What every poller shares.
@@ -115,7 +115,7 @@ async fn poll(pool: Pool, poller: usize, shutdown: CancellationToken) {
             Err(err) => {
                 failures += 1;
                 tracing::warn!(error = format!("{err:#}"), poller, "receiving from SQS failed; backing off");
-                let pause = crate::retry::jittered_backoff(failures.min(5));
+                let pause = crate::infra::retry::jittered_backoff(failures.min(5));
                 tokio::select! { _ = shutdown.cancelled() => return, _ = tokio::time::sleep(pause) => {} }
                 continue;
             }

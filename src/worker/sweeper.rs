@@ -47,11 +47,12 @@ use anyhow::Context;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::documents::document_of_original;
+use crate::domain::documents::document_of_original;
+use crate::domain::state::AppState;
+use crate::infra::queue::Job;
 use crate::ingest::shingles;
-use crate::queue::Job;
-use crate::state::AppState;
-use crate::store::{aggregates, budgets, chunks, documents, leases};
+use crate::llm::accounting::budget_rows;
+use crate::store::{aggregates, chunks, documents, leases};
 
 /// How often the fleet lists the bucket to check originals: listing is billed per page.
 const ORIGINALS_PASS_EVERY: Duration = Duration::from_secs(3600);
@@ -225,7 +226,7 @@ pub async fn sweep_stuck(state: &AppState) -> anyhow::Result<StuckReport> {
 
 /// Sends the jobs of budget-paused documents again where there is room now.
 pub async fn sweep_paused(state: &AppState) -> anyhow::Result<PausedReport> {
-    budgets::delete_expired_reservations(&state.db).await?;
+    budget_rows::delete_expired_reservations(&state.db).await?;
     let resumed = documents::resume_paused(&state.db, BATCH).await?;
     let jobs =
         resumed.iter().map(|&(tenant_id, document_id)| Job::IndexDocument { tenant_id, document_id }.to_message());
@@ -267,7 +268,7 @@ pub async fn sweep_originals_in_pages(state: &AppState, page_size: i32) -> anyho
     loop {
         let (page, next) = state.blobs.list("tenants/", page_size, token).await?;
         report.listed += page.len();
-        let originals: Vec<((Uuid, Uuid), &crate::blob::Listed)> =
+        let originals: Vec<((Uuid, Uuid), &crate::infra::blob::Listed)> =
             page.iter().filter_map(|object| Some((document_of_original(&object.key)?, object))).collect();
         let ids: Vec<Uuid> = originals.iter().map(|((_, id), _)| *id).collect();
         let existing: std::collections::HashSet<Uuid> =
@@ -325,7 +326,7 @@ fn pass_line(pass: &str, counts: serde_json::Value) -> serde_json::Value {
     if let (Some(fields), Some(counts)) = (fields.as_object_mut(), counts.as_object()) {
         fields.extend(counts.clone());
     }
-    crate::telemetry::emf(chrono::Utc::now(), &[&["pass"]], &metrics, fields)
+    crate::infra::telemetry::emf(chrono::Utc::now(), &[&["pass"]], &metrics, fields)
 }
 
 #[cfg(test)]

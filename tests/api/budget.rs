@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use stolid::store::budgets::{self, LimitChanges};
+use stolid::llm::accounting::budget_rows::{self, LimitChanges};
 use uuid::Uuid;
 
 use crate::helpers::{Options, TestApp, error_code, spawn_app_with, spawn_app_with_fake, upload_text};
@@ -23,7 +23,7 @@ fn priced_env() -> HashMap<&'static str, String> {
 }
 
 async fn set_limits(app: &TestApp, changes: LimitChanges) {
-    budgets::set_limits(&app.state.db, app.tenant_id, &changes).await.unwrap();
+    budget_rows::set_limits(&app.state.db, app.tenant_id, &changes).await.unwrap();
 }
 
 async fn budget(app: &TestApp) -> Value {
@@ -255,7 +255,7 @@ async fn racing_reservations_admit_exactly_what_fits() {
     // Every connection open first, so the reservations start together.
     let held: Vec<_> = futures::future::join_all((0..32).map(|_| pool.acquire())).await;
     drop(held);
-    let reservations = (0..64).map(|_| budgets::reserve(&pool, app.tenant_id, Uuid::now_v7(), 0.1, 0, 60.0));
+    let reservations = (0..64).map(|_| budget_rows::reserve(&pool, app.tenant_id, Uuid::now_v7(), 0.1, 0, 60.0));
     let results = futures::future::join_all(reservations).await;
     let admitted = results.into_iter().filter(|r| r.as_ref().unwrap().is_none()).count();
     assert_eq!(admitted, 10, "ten reservations of $0.10 fit in $1.00");
@@ -268,7 +268,7 @@ async fn a_reservation_left_by_a_dead_task_stops_counting_when_it_expires() {
     let (app, _fake) = spawn_app_with_fake(Options::default()).await;
     set_limits(&app, LimitChanges { usd_per_day: Some(Some(1.0)), ..Default::default() }).await;
     let db = &app.state.db;
-    let reserve = |usd: f64, ttl: f64| budgets::reserve(db, app.tenant_id, Uuid::now_v7(), usd, 0, ttl);
+    let reserve = |usd: f64, ttl: f64| budget_rows::reserve(db, app.tenant_id, Uuid::now_v7(), usd, 0, ttl);
     assert_eq!(reserve(0.9, 0.5).await.unwrap(), None, "fits");
     let refused = reserve(0.2, 60.0).await.unwrap().expect("0.9 held + 0.2 passes 1.0");
     assert_eq!((refused.period.as_str(), refused.unit.as_str()), ("day", "usd"));
@@ -318,7 +318,7 @@ async fn the_budgets_cli_sets_and_lists_limits() {
             .await
             .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let limits = budgets::limits(&app.state.db, app.tenant_id).await.unwrap().unwrap();
+    let limits = budget_rows::limits(&app.state.db, app.tenant_id).await.unwrap().unwrap();
     assert_eq!((limits.usd_per_day, limits.usd_per_month, limits.soft_usd_per_day), (Some(5.0), Some(100.0), None));
 
     let listed = run(vec!["budgets", "list"]).await.unwrap();

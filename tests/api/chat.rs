@@ -89,7 +89,7 @@ async fn chat_says_so_when_nothing_relevant_is_found() {
     let (app, fake) = spawn_app_with_fake(Options::default()).await;
     index_docs(&app).await;
     let reply = chat(&app, json!({"message": "Best pizza dough hydration percentage?"})).await;
-    assert_eq!(reply["answer"], stolid::chat::NOT_FOUND);
+    assert_eq!(reply["answer"], stolid::domain::chat::NOT_FOUND);
     assert_eq!(reply["citations"].as_array().unwrap().len(), 0);
     assert_eq!(fake.stats().chat_requests, 0);
 }
@@ -217,7 +217,7 @@ async fn conversations_never_cross_tenants() {
     assert_eq!(delete.status(), 404);
     // Their chat does not see our documents either.
     let theirs: Value = app.post_json_as(&other, "/v1/chat", &json!({"message": "What does Cargo download?"})).await;
-    assert_eq!(theirs["answer"], stolid::chat::NOT_FOUND);
+    assert_eq!(theirs["answer"], stolid::domain::chat::NOT_FOUND);
 }
 
 /// A follow-up that leans on the conversation ("and how do I undo it?") is

@@ -8,8 +8,8 @@ use serde_json::json;
 use stolid::app::ProcessRole;
 use stolid::config::RateCap;
 use stolid::llm::CallContext;
+use stolid::llm::limiter::buckets;
 use stolid::llm::limiter::pace_for;
-use stolid::store::rate_buckets;
 use stolid_testkit::fake_openai::{BucketCaps, FakeOpenAi, Fault, POISON};
 
 use crate::helpers::{
@@ -139,7 +139,7 @@ async fn a_task_that_dies_holding_a_reservation_stalls_the_fleet_no_longer_than_
     let (dead, alive) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
     let (recovery, ttl) = (Duration::from_secs(3), Duration::from_secs(10));
     let reserve =
-        |member, requests| rate_buckets::lease(db, "fleet-test", member, (requests, 10), (pace, tokens), recovery, ttl);
+        |member, requests| buckets::lease(db, "fleet-test", member, (requests, 10), (pace, tokens), recovery, ttl);
     // The dead task took a whole burst and will never send it.
     let burst = pace.burst as u32;
     reserve(dead, burst).await.unwrap();
@@ -168,18 +168,17 @@ async fn reservations_keep_room_for_every_tasks_query_credit() {
     let db = &app.state.db;
     let (recovery, ttl) = (Duration::from_secs(3), Duration::from_secs(10));
     // A cell every 100 s: nothing refills while the burst is counted.
-    let pace = |held| rate_buckets::Pace { interval: 100.0, burst: 20.0, held };
+    let pace = |held| buckets::Pace { interval: 100.0, burst: 20.0, held };
     let members: Vec<uuid::Uuid> = (0..3).map(|_| uuid::Uuid::now_v7()).collect();
     for &member in &members {
-        rate_buckets::lease(db, "warm-up", member, (1, 1), (pace(0.0), pace(0.0)), recovery, ttl).await.unwrap();
+        buckets::lease(db, "warm-up", member, (1, 1), (pace(0.0), pace(0.0)), recovery, ttl).await.unwrap();
     }
     let member = members[0];
     // How many one-request reservations leave at once before one must wait.
     let sent_at_once = |key: &'static str, held: f64| async move {
         let mut count = 0;
         loop {
-            let lease =
-                rate_buckets::lease(db, key, member, (1, 1), (pace(held), pace(0.0)), recovery, ttl).await.unwrap();
+            let lease = buckets::lease(db, key, member, (1, 1), (pace(held), pace(0.0)), recovery, ttl).await.unwrap();
             if lease.ready_in > 0.0 {
                 return (count, lease.members);
             }
@@ -229,7 +228,7 @@ async fn batching_puts_chunks_of_several_documents_into_one_request() {
     assert_eq!(stored.len() as i64, per_document.iter().sum::<i64>());
     for (context, content, vector) in stored {
         let embedded = stolid::ingest::chunk::embedding_text(&context, &content);
-        assert_eq!(vector.to_vec(), stolid::llm::local::embed(&embedded, 384), "the vector of {embedded:?}");
+        assert_eq!(vector.to_vec(), stolid::llm::providers::local::embed(&embedded, 384), "the vector of {embedded:?}");
     }
 }
 

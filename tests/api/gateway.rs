@@ -201,7 +201,7 @@ async fn concurrent_callers_never_exceed_the_shared_caps() {
         .collect();
     for caller in callers {
         let (text, vector) = caller.await.unwrap();
-        assert_eq!(vector.unwrap(), stolid::llm::local::embed(&text, 384), "{text} got its own vector");
+        assert_eq!(vector.unwrap(), stolid::llm::providers::local::embed(&text, 384), "{text} got its own vector");
     }
     let stats = fake.stats();
     assert_eq!(stats.embedded_inputs, 50);

@@ -394,9 +394,12 @@ async fn reindex_with_the_queue_down_leaves_documents_as_they_were() {
         ids.push(id);
     }
     let mut state = app.state.clone();
-    state.queue =
-        stolid::queue::Queue::new(&app.infra.sdk, &format!("{}-gone", app.infra.queue_url), Duration::from_secs(2));
-    let router = stolid::http::router(state);
+    state.queue = stolid::infra::queue::Queue::new(
+        &app.infra.sdk,
+        &format!("{}-gone", app.infra.queue_url),
+        Duration::from_secs(2),
+    );
+    let router = stolid::api::router(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router).await });
@@ -476,7 +479,7 @@ async fn the_sweeper_finishes_or_fails_documents_left_unfinished() {
     // waiting in that backlog: it is left alone.
     set(ids[2], "queued", 0, 20.0).await.unwrap();
     let mut busy = app.state.clone();
-    busy.queue = stolid::queue::Queue::new(&app.infra.sdk, &app.infra.dlq_url, Duration::from_secs(5));
+    busy.queue = stolid::infra::queue::Queue::new(&app.infra.sdk, &app.infra.dlq_url, Duration::from_secs(5));
     busy.queue.send("{}".to_string()).await.unwrap();
     let report = stolid::worker::sweeper::sweep_stuck(&busy).await.unwrap();
     assert_eq!((report.requeued, report.failed, report.deferred), (0, 0, 1), "{report:?}");
@@ -746,7 +749,7 @@ async fn a_leftover_message_does_not_undo_failed() {
     let app = spawn_app().await;
     let id: uuid::Uuid = app.index_all([json!({"text": "Failed once, for good."})]).await[0].parse().unwrap();
     stolid::store::documents::mark_failed(&app.state.db, app.tenant_id, id, "gave up: a test").await.unwrap();
-    let leftover = stolid::queue::Job::IndexDocument { tenant_id: app.tenant_id, document_id: id };
+    let leftover = stolid::infra::queue::Job::IndexDocument { tenant_id: app.tenant_id, document_id: id };
     app.state.queue.send(leftover.to_message()).await.unwrap();
     app.drain_queue().await;
     let doc: Value = app.get_json(&format!("/v1/documents/{id}")).await;
@@ -867,13 +870,13 @@ async fn a_store_cut_off_by_the_request_timeout_still_sends_its_job() {
     let proxy = FaultProxy::start(upstream_of(&endpoint).await).await;
     let proxied = app.infra.sdk.to_builder().endpoint_url(via(&endpoint, proxy.addr())).build();
     let mut state = app.state.clone();
-    state.queue = stolid::queue::Queue::new(&proxied, &app.infra.queue_url, Duration::from_secs(30));
+    state.queue = stolid::infra::queue::Queue::new(&proxied, &app.infra.queue_url, Duration::from_secs(30));
     let mut config = (*state.config).clone();
     config.request_timeout = Duration::from_secs(1);
     state.config = std::sync::Arc::new(config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, stolid::http::router(state)).await });
+    tokio::spawn(async move { axum::serve(listener, stolid::api::router(state)).await });
 
     proxy.set_mode(ProxyMode::Hang);
     let upload = app.client.post(format!("{address}/v1/documents")).bearer_auth(&app.api_key);

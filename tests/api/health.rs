@@ -49,9 +49,13 @@ async fn readyz_fails_when_the_bucket_is_missing() {
     let app = spawn_app().await;
     // Same infrastructure, but a state whose bucket does not exist.
     let mut state = app.state.clone();
-    state.blobs =
-        stolid::blob::Blobs::new(&app.infra.sdk, true, "no-such-bucket-for-stolid", std::time::Duration::from_secs(5));
-    let router = stolid::http::router(state);
+    state.blobs = stolid::infra::blob::Blobs::new(
+        &app.infra.sdk,
+        true,
+        "no-such-bucket-for-stolid",
+        std::time::Duration::from_secs(5),
+    );
+    let router = stolid::api::router(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router).await });

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use stolid::app::ProcessRole;
 use stolid::config::Config;
-use stolid::state::AppState;
+use stolid::domain::state::AppState;
 use stolid_testkit::fake_openai::FakeOpenAi;
 pub use stolid_testkit::infra::{Infra, MAX_RECEIVES, base_env, create_infra, start_app};
 use tokio_util::sync::CancellationToken;

@@ -50,7 +50,7 @@ async fn the_model_name_selects_a_collection() {
     let tools: Value = ask("tools").send().await.unwrap().json().await.unwrap();
     assert_eq!(tools["citations"][0]["title"], "cargo", "{tools}");
     let elsewhere: Value = ask("other-collection").send().await.unwrap().json().await.unwrap();
-    assert_eq!(elsewhere["choices"][0]["message"]["content"], stolid::chat::NOT_FOUND);
+    assert_eq!(elsewhere["choices"][0]["message"]["content"], stolid::domain::chat::NOT_FOUND);
     let no_user = app
         .post("/v1/chat/completions")
         .json(&json!({"model": "stolid", "messages": [{"role": "system", "content": "x"}]}))

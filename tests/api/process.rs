@@ -233,8 +233,9 @@ async fn the_readmes_logs_insights_queries_answer_from_a_real_runs_log() {
     fake.push_faults([Fault::RateLimited { retry_after_secs: 0.05 }]);
     let search = serde_json::json!({"query": "throttled once", "mode": "vector"});
     assert_eq!(post("/v1/search", search, "throttled").await.unwrap().status(), 200);
-    let limits = stolid::store::budgets::LimitChanges { tokens_per_day: Some(Some(1)), ..Default::default() };
-    stolid::store::budgets::set_limits(&db, tenant, &limits).await.unwrap();
+    let limits =
+        stolid::llm::accounting::budget_rows::LimitChanges { tokens_per_day: Some(Some(1)), ..Default::default() };
+    stolid::llm::accounting::budget_rows::set_limits(&db, tenant, &limits).await.unwrap();
     let refused = post("/v1/chat", serde_json::json!({"message": "Over budget?"}), "refused").await.unwrap();
     assert_eq!(refused.status(), 429);
 

@@ -245,7 +245,7 @@ async fn a_small_tenant_gets_k_results_through_the_hnsw_index() {
     assert!(results.iter().all(|r| r["title"] == "small"));
 
     let index = stolid::store::embeddings::index_name("local-hash-384", 384);
-    let vector = pgvector::Vector::from(stolid::llm::local::embed("chunk", 384));
+    let vector = pgvector::Vector::from(stolid::llm::providers::local::embed("chunk", 384));
     let plan_for = |tenant: uuid::Uuid, force_index: bool| {
         let vector = vector.clone();
         async move {

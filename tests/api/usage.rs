@@ -1,7 +1,7 @@
 //! Usage reports computed from known model-call records.
 
 use serde_json::Value;
-use stolid::store::usage::{ModelCall, Operation, Outcome, insert_model_calls};
+use stolid::llm::accounting::usage_rows::{ModelCall, Operation, Outcome, insert_model_calls};
 use uuid::Uuid;
 
 use crate::helpers::spawn_app;

@@ -54,7 +54,7 @@ pub fn rust_book() -> PathBuf {
 
 /// Up to `limit` files under `dir`, as `stolid ingest` would find them.
 pub fn corpus(dir: &Path, limit: usize) -> anyhow::Result<Vec<PathBuf>> {
-    let mut files = stolid::cli::ingest::collect_files(&[dir.to_path_buf()])?;
+    let mut files = stolid::app::cli::ingest::collect_files(&[dir.to_path_buf()])?;
     files.truncate(limit);
     anyhow::ensure!(!files.is_empty(), "no documents under {}", dir.display());
     Ok(files)

@@ -30,8 +30,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use stolid::config::RateCap;
-use stolid::llm::{ChatMessage, ChatRequest, Role, Task, ToolSpec, local};
-use stolid::tokens::count_tokens;
+use stolid::infra::tokens::count_tokens;
+use stolid::llm::providers::local;
+use stolid::llm::{ChatMessage, ChatRequest, Role, Task, ToolSpec};
 
 /// Text that makes the fake refuse any embedding request carrying it.
 pub const POISON: &str = "POISON-INPUT";
@@ -474,7 +475,7 @@ struct ChatBody {
 
 /// The longest run of `text`'s leading words within `max` tokens.
 fn truncate_to_tokens(text: &str, max: usize) -> String {
-    use stolid::tokens::count_tokens;
+    use stolid::infra::tokens::count_tokens;
     if count_tokens(text) <= max {
         return text.to_string();
     }
@@ -553,7 +554,7 @@ async fn chat(State(shared): State<Arc<Mutex<Shared>>>, _headers: HeaderMap, Jso
     let mut truncated = false;
     if let Some(max) = body.max_tokens.filter(|&max| completion_tokens as usize > max) {
         output.content = truncate_to_tokens(&output.content, max);
-        completion_tokens = stolid::tokens::count_tokens(&output.content) as _;
+        completion_tokens = stolid::infra::tokens::count_tokens(&output.content) as _;
         truncated = true;
     }
     if request.task == Task::Rerank {

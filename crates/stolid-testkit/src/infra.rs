@@ -80,7 +80,7 @@ impl Infra {
 /// Infrastructure an earlier run made and left (`make eval -- --keep`), by its names.
 pub async fn existing_infra(database_url: String, bucket: String, queue_url: String, dlq_url: String) -> Infra {
     let config = Config::from_lookup(lookup(&HashMap::new())).expect("base config");
-    let sdk = stolid::aws::sdk_config(&config.aws).await;
+    let sdk = stolid::infra::aws::sdk_config(&config.aws).await;
     Infra { database_url, bucket, queue_url, dlq_url, sdk }
 }
 
@@ -110,7 +110,7 @@ pub async fn create_infra_for(purpose: &str) -> Infra {
     let database_url = format!("{base}/{name}");
 
     let config = Config::from_lookup(lookup(&HashMap::new())).expect("base config");
-    let sdk = stolid::aws::sdk_config(&config.aws).await;
+    let sdk = stolid::infra::aws::sdk_config(&config.aws).await;
     let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&sdk).force_path_style(true).build());
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let suffix = Uuid::new_v4().simple().to_string();
@@ -158,7 +158,7 @@ pub fn lookup(overrides: &HashMap<&str, String>) -> impl Fn(&str) -> Option<Stri
 /// The app running in this process on throwaway infrastructure, with one tenant and its key.
 pub struct RunningApp {
     pub address: String,
-    pub state: stolid::state::AppState,
+    pub state: stolid::domain::state::AppState,
     pub infra: Infra,
     pub api_key: String,
     pub tenant_id: Uuid,

@@ -20,12 +20,12 @@ use pgvector::Vector;
 use uuid::Uuid;
 
 use super::JobError;
+use crate::domain::state::AppState;
+use crate::infra::tokens::count_tokens;
 use crate::ingest::{chunk, extract};
-use crate::llm::cap_wait::CapWait;
+use crate::llm::limiter::cap_wait::CapWait;
 use crate::llm::{CallContext, LlmError};
-use crate::state::AppState;
 use crate::store::{aggregates, chunks, documents};
-use crate::tokens::count_tokens;
 
 pub async fn run(
     state: &AppState,
@@ -74,7 +74,7 @@ enum Failure {
     /// Retrying cannot help: bad content, exhausted quota.
     Permanent(String),
     /// The tenant's budget has no room for the embeddings until it resets or is raised.
-    OverBudget(Box<crate::llm::budget::Exceeded>),
+    OverBudget(Box<crate::llm::accounting::budget::Exceeded>),
     Transient(anyhow::Error),
 }
 
@@ -84,8 +84,8 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
-impl From<crate::blob::StorageError> for Failure {
-    fn from(err: crate::blob::StorageError) -> Self {
+impl From<crate::infra::blob::StorageError> for Failure {
+    fn from(err: crate::infra::blob::StorageError) -> Self {
         Failure::Transient(err.into())
     }
 }
@@ -169,7 +169,7 @@ async fn index(state: &AppState, tenant_id: Uuid, document_id: Uuid, cap_wait: &
         request_id: None,
         conversation_id: None,
         endpoint: "worker.index",
-        budgeted: embedded_count > 0 && crate::store::budgets::is_budgeted(&state.db, tenant_id).await?,
+        budgeted: embedded_count > 0 && crate::llm::accounting::budget_rows::is_budgeted(&state.db, tenant_id).await?,
         meter: None,
         cap_wait: Some(cap_wait.clone()),
     };
@@ -324,6 +324,6 @@ async fn publish(
     let reused = pieces.len() - embedded;
     tracing::info!(chunks = pieces.len(), tokens, embeddings_reused = reused, "document indexed");
     // The document is searchable already; if this fails, the sweeper measures.
-    crate::documents::measure_aggregates(&state.db, tenant_id, &current.collection).await;
+    crate::domain::documents::measure_aggregates(&state.db, tenant_id, &current.collection).await;
     Ok(())
 }

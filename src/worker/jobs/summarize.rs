@@ -5,8 +5,8 @@ use anyhow::Context;
 use uuid::Uuid;
 
 use super::JobError;
+use crate::domain::state::AppState;
 use crate::llm::{CallContext, ChatMessage, ChatRequest, LlmError, Task};
-use crate::state::AppState;
 use crate::store::documents::DocumentStatus;
 use crate::store::{chunks, documents};
 
@@ -57,14 +57,16 @@ pub async fn run(state: &AppState, tenant_id: Uuid, document_id: Uuid) -> Result
         request_id: None,
         conversation_id: None,
         endpoint: "worker.summarize",
-        budgeted: crate::store::budgets::is_budgeted(&state.db, tenant_id).await.context("reading the budget")?,
+        budgeted: crate::llm::accounting::budget_rows::is_budgeted(&state.db, tenant_id)
+            .await
+            .context("reading the budget")?,
         meter: None,
         cap_wait: None,
     };
     let response = state.gateway.chat(&ctx, &request).await.map_err(|err| match err {
         LlmError::QuotaExhausted(m) => JobError::Unprocessable(format!("quota exhausted: {m}")),
         LlmError::BudgetExceeded(exceeded) => JobError::Deferred {
-            delay: crate::queue::MAX_DELAY.min(std::time::Duration::from_secs(exceeded.retry_after_secs())),
+            delay: crate::infra::queue::MAX_DELAY.min(std::time::Duration::from_secs(exceeded.retry_after_secs())),
             reason: exceeded.to_string(),
         },
         other => JobError::Retry(other.into()),

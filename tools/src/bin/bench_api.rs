@@ -34,10 +34,10 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::json;
 use sqlx::PgPool;
+use stolid::domain::retrieval::{duplicates, hybrid_depth, score_fusion};
 use stolid::ingest::chunk::{ChunkSettings, chunk, embedding_text};
 use stolid::ingest::extract::{Format, extract};
-use stolid::llm::local;
-use stolid::retrieval::{duplicates, hybrid_depth, score_fusion};
+use stolid::llm::providers::local;
 use stolid::store::chunks::Chunk;
 use stolid::store::search::{self, Scope};
 use stolid_testkit::bench;
@@ -326,7 +326,7 @@ async fn search_in_sql_folding(
             break;
         }
         deeper = true;
-        depth = stolid::retrieval::deeper(depth, K, hits.len(), 8 * K);
+        depth = stolid::domain::retrieval::deeper(depth, K, hits.len(), 8 * K);
     }
     hits.truncate(K);
     let started = Instant::now();

@@ -154,17 +154,40 @@ async fn main() -> anyhow::Result<()> {
 
 async fn write_path_vs_copy(db: &sqlx::PgPool, model: &str) -> anyhow::Result<()> {
     use stolid::ingest::chunk::Chunk;
+    // The chunk's columns by name (the ingest type is no row type).
     #[derive(sqlx::FromRow)]
     struct Row {
         tenant_id: uuid::Uuid,
         document_id: uuid::Uuid,
-        #[sqlx(flatten)]
-        chunk: Chunk,
+        ordinal: i32,
+        content: String,
+        context: String,
+        content_hash: String,
+        token_count: i32,
+        heading_path: Vec<String>,
+        start_offset: i32,
+        end_offset: i32,
+        shingles: Vec<i64>,
         embedding: pgvector::Vector,
+    }
+    impl Row {
+        fn chunk(&self) -> Chunk {
+            Chunk {
+                ordinal: self.ordinal,
+                content: self.content.clone(),
+                context: self.context.clone(),
+                content_hash: self.content_hash.clone(),
+                token_count: self.token_count,
+                heading_path: self.heading_path.clone(),
+                start_offset: self.start_offset,
+                end_offset: self.end_offset,
+                shingles: self.shingles.clone(),
+            }
+        }
     }
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT c.tenant_id, c.document_id, c.ordinal, c.content, c.context, c.content_hash, c.token_count, c.heading_path,
-                c.start_offset, c.end_offset, e.embedding
+                c.start_offset, c.end_offset, c.shingles, e.embedding
          FROM chunks c JOIN chunk_embeddings e ON e.chunk_id = c.id AND e.model = $1 ORDER BY c.document_id, c.ordinal",
     )
     .bind(model)
@@ -176,7 +199,7 @@ async fn write_path_vs_copy(db: &sqlx::PgPool, model: &str) -> anyhow::Result<()
             by_doc.push((row.tenant_id, row.document_id, Vec::new(), Vec::new()));
         }
         let entry = by_doc.last_mut().unwrap();
-        entry.2.push(row.chunk.clone());
+        entry.2.push(row.chunk());
         entry.3.push(row.embedding.clone());
     }
     let n = rows.len() as f64;
@@ -202,7 +225,8 @@ async fn write_path_vs_copy(db: &sqlx::PgPool, model: &str) -> anyhow::Result<()
     let escape = |s: &str| s.replace('\\', "\\\\").replace('\t', "\\t").replace('\n', "\\n").replace('\r', "\\r");
     let mut chunk_text = String::new();
     let mut embedding_text = String::new();
-    for Row { tenant_id: tenant, document_id: doc, chunk, embedding } in &rows {
+    for row in &rows {
+        let (tenant, doc, chunk, embedding) = (row.tenant_id, row.document_id, row.chunk(), &row.embedding);
         let id = uuid::Uuid::now_v7();
         let headings = format!(
             "{{{}}}",
