@@ -1,6 +1,6 @@
 //! Typed configuration from environment variables (and `.env`, loaded by `main`).
 //!
-//! Every setting has one variable, documented in the README and declared once
+//! Every setting has one variable, documented in `docs/configuration.md` and declared once
 //! in the `variables!` table below (name, type, default, check), from which the
 //! reading and [`VARIABLES`] are generated. Parsing is done once at start and
 //! fails with one line naming the variable, so a typo in a task definition

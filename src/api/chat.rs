@@ -12,12 +12,13 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::api::error::{AppJson, Error, Result};
+use crate::api::views::{self, Conversation, Message};
 use crate::domain::chat::stream::TurnEvent;
 use crate::domain::chat::{self, ChatInput, ChatReply};
 use crate::domain::retrieval;
 use crate::domain::state::AppState;
 use crate::domain::tenant::Tenant;
-use crate::store::conversations::{self, Conversation, Message};
+use crate::store::conversations;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -112,7 +113,7 @@ pub async fn list_conversations(
     if !(1..=200).contains(&limit) {
         return Err(Error::invalid("limit must be between 1 and 200"));
     }
-    Ok(AppJson(ConversationList { conversations: conversations::list(&state.db, tenant.id, limit).await? }))
+    Ok(AppJson(ConversationList { conversations: views::all(conversations::list(&state.db, tenant.id, limit).await?) }))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -131,8 +132,11 @@ pub async fn get_conversation(
     tenant: Tenant,
     Path(id): Path<Uuid>,
 ) -> Result<AppJson<ConversationDetail>> {
-    let conversation = conversations::get(&state.db, tenant.id, id).await?.ok_or(Error::NotFound("conversation"))?;
-    let messages = conversations::messages(&state.db, tenant.id, id).await?;
+    let conversation = conversations::get(&state.db, tenant.id, id)
+        .await?
+        .map(Conversation::from)
+        .ok_or(Error::NotFound("conversation"))?;
+    let messages = views::all(conversations::messages(&state.db, tenant.id, id).await?);
     Ok(AppJson(ConversationDetail { conversation, messages }))
 }
 

@@ -16,13 +16,14 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::api::error::{AppJson, Error, Result};
+use crate::api::views::{self, ChunkView, CollectionSummary, Document};
 use crate::domain::documents::{self as domain, Upload};
 use crate::domain::state::AppState;
 use crate::domain::tenant::Tenant;
 use crate::infra::queue::Job;
 use crate::ingest::extract::Format;
-use crate::store::chunks::{self, ChunkView};
-use crate::store::documents::{self, CollectionSummary, Document, DocumentFilter, DocumentStatus};
+use crate::store::chunks;
+use crate::store::documents::{self, DocumentFilter, DocumentStatus};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -109,7 +110,7 @@ pub async fn create_documents(State(state): State<AppState>, tenant: Tenant, req
     let mut documents = Vec::with_capacity(uploads.len());
     for upload in uploads {
         let stored = domain::store(&state, &tenant, &collection, &metadata, upload).await?;
-        documents.push(UploadedDocument { document: stored.document, duplicate: stored.duplicate });
+        documents.push(UploadedDocument { document: stored.document.into(), duplicate: stored.duplicate });
     }
     let status = if documents.iter().all(|d| d.duplicate) { StatusCode::OK } else { StatusCode::ACCEPTED };
     Ok((status, AppJson(UploadResponse { documents })).into_response())
@@ -295,7 +296,7 @@ pub async fn list_documents(
         })
         .transpose()?;
     let filter = DocumentFilter { status, collection: params.collection, ids };
-    let mut docs = documents::list(&state.db, tenant.id, &filter, before, limit + 1).await?;
+    let mut docs: Vec<Document> = views::all(documents::list(&state.db, tenant.id, &filter, before, limit + 1).await?);
     let next_cursor = if docs.len() as i64 > limit {
         docs.truncate(limit as usize);
         docs.last().map(encode_cursor)
@@ -314,11 +315,16 @@ pub struct CollectionList {
 #[utoipa::path(get, path = "/v1/collections", tag = "documents", security(("api_key" = [])),
     responses((status = 200, body = CollectionList)))]
 pub async fn list_collections(State(state): State<AppState>, tenant: Tenant) -> Result<AppJson<CollectionList>> {
-    Ok(AppJson(CollectionList { collections: documents::collections(&state.db, tenant.id).await? }))
+    Ok(AppJson(CollectionList { collections: views::all(documents::collections(&state.db, tenant.id).await?) }))
+}
+
+/// The tenant's document row (its S3 key included), or 404.
+async fn find_row(state: &AppState, tenant: &Tenant, id: Uuid) -> Result<documents::Document> {
+    documents::get(&state.db, tenant.id, id).await?.ok_or(Error::NotFound("document"))
 }
 
 async fn find(state: &AppState, tenant: &Tenant, id: Uuid) -> Result<Document> {
-    documents::get(&state.db, tenant.id, id).await?.ok_or(Error::NotFound("document"))
+    Ok(find_row(state, tenant, id).await?.into())
 }
 
 /// One document: status (with the failure reason), counts and timings.
@@ -360,7 +366,8 @@ pub async fn list_chunks(
     if !(1..=500).contains(&limit) {
         return Err(Error::invalid("limit must be between 1 and 500"));
     }
-    let chunks = chunks::list_for_document(&state.db, tenant.id, id, params.after.unwrap_or(-1), limit).await?;
+    let chunks =
+        views::all(chunks::list_for_document(&state.db, tenant.id, id, params.after.unwrap_or(-1), limit).await?);
     Ok(AppJson(ChunkList { chunks }))
 }
 
@@ -370,7 +377,7 @@ pub async fn list_chunks(
     responses((status = 200, description = "the original document"), (status = 404, body = crate::api::error::ErrorBody),
         (status = 410, body = crate::api::error::ErrorBody)))]
 pub async fn get_content(State(state): State<AppState>, tenant: Tenant, Path(id): Path<Uuid>) -> Result<Response> {
-    let doc = find(&state, &tenant, id).await?;
+    let doc = find_row(&state, &tenant, id).await?;
     let Some(bytes) = state.blobs.get(&doc.s3_key).await? else {
         documents::mark_original_missing(&state.db, tenant.id, id).await?;
         tracing::error!(document_id = %id, "the original is missing from the object store");

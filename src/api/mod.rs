@@ -16,6 +16,7 @@ pub mod ops;
 pub mod search;
 pub mod suggest;
 pub mod usage;
+pub mod views;
 
 use axum::Router;
 use axum::http::{HeaderName, Request, StatusCode, header};

@@ -6,9 +6,7 @@
 use std::collections::HashMap;
 
 use pgvector::Vector;
-use serde::Serialize;
 use sqlx::{PgConnection, PgExecutor};
-use utoipa::ToSchema;
 use uuid::Uuid;
 
 pub use crate::ingest::chunk::Chunk;
@@ -174,8 +172,9 @@ pub async fn replace(
     insert(tx, tenant_id, document_id, generation, model, chunks, embeddings).await
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
-pub struct ChunkView {
+/// A chunk as a document's chunk listing reads it.
+#[derive(Debug, sqlx::FromRow)]
+pub struct ChunkRow {
     pub id: Uuid,
     pub ordinal: i32,
     pub content: String,
@@ -191,7 +190,7 @@ pub async fn list_for_document(
     document_id: Uuid,
     after_ordinal: i32,
     limit: i64,
-) -> sqlx::Result<Vec<ChunkView>> {
+) -> sqlx::Result<Vec<ChunkRow>> {
     sqlx::query_as(
         "SELECT c.id, c.ordinal, c.content, c.token_count, c.heading_path, c.start_offset, c.end_offset
          FROM chunks c JOIN documents d ON d.id = c.document_id AND c.generation = d.chunk_generation

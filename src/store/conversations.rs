@@ -1,12 +1,10 @@
 //! `conversations` and their `messages`, tenant-scoped.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use sqlx::PgExecutor;
-use utoipa::ToSchema;
 use uuid::Uuid;
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Conversation {
     pub id: Uuid,
     pub title: Option<String>,
@@ -14,14 +12,13 @@ pub struct Conversation {
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Message {
     pub id: Uuid,
     /// `user` or `assistant`.
     pub role: String,
     pub content: String,
     /// The answer's citations, numbered as its `[n]` markers.
-    #[schema(value_type = Vec<Object>)]
     pub citations: serde_json::Value,
     pub input_tokens: i32,
     pub output_tokens: i32,

@@ -41,19 +41,17 @@ impl std::str::FromStr for DocumentStatus {
     }
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
+/// A `documents` row; the API shows it as `api::views::Document`.
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Document {
     pub id: Uuid,
-    #[serde(skip)]
     pub tenant_id: Uuid,
     pub collection: String,
     pub title: String,
     pub content_type: String,
-    #[serde(skip)]
     pub s3_key: String,
     pub content_hash: String,
     pub size_bytes: i64,
-    #[schema(value_type = Object)]
     pub metadata: serde_json::Value,
     pub status: DocumentStatus,
     /// Why indexing failed, when it did.
@@ -81,7 +79,6 @@ pub struct Document {
     /// to 1; absent for documents too short to tell or not measured yet.
     pub aggregate_share: Option<f32>,
     /// Which generation of chunks is the document's (migration 0011).
-    #[serde(skip)]
     pub chunk_generation: i64,
 }
 
@@ -195,7 +192,7 @@ pub async fn list(
 }
 
 /// A collection of the tenant's, with how much of it is searchable.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct CollectionSummary {
     pub name: String,
     pub documents: i64,

@@ -89,3 +89,12 @@ fn docker_compose_runs_the_whole_stack_with_a_valid_config() {
     let grace: u64 = stolid["stop_grace_period"].as_str().unwrap().trim_end_matches('s').parse().unwrap();
     assert!(grace > config.shutdown_timeout.as_secs(), "compose must wait longer than stolid drains");
 }
+
+/// Every setting stolid reads is documented, by name, in the configuration
+/// guide: a new variable without a line there fails here.
+#[test]
+fn every_setting_is_in_the_configuration_guide() {
+    let guide = read("docs/configuration.md");
+    let missing: Vec<&str> = VARIABLES.iter().copied().filter(|name| !guide.contains(&format!("`{name}`"))).collect();
+    assert!(missing.is_empty(), "not in docs/configuration.md: {missing:?}");
+}

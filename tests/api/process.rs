@@ -187,12 +187,12 @@ async fn sigterm_during_a_long_extraction_exits_within_the_stop_timeout() {
     assert!(doc.error.as_deref().unwrap_or("").contains("shutdown"), "{doc:?}");
 }
 
-/// The README's Logs Insights queries, run (by `testkit::insights`) over the
+/// The operations guide's Logs Insights queries, run (by `testkit::insights`) over the
 /// log of a real run: chats in two conversations, a throttled embedding and a
 /// call refused by a budget. Each answers what it says, from the same figures
 /// Postgres holds; and every EMF line is valid EMF.
 #[tokio::test]
-async fn the_readmes_logs_insights_queries_answer_from_a_real_runs_log() {
+async fn the_operations_guides_logs_insights_queries_answer_from_a_real_runs_log() {
     use stolid_testkit::fake_openai::{FakeOpenAi, Fault};
     use stolid_testkit::{emf, insights};
 
@@ -246,8 +246,8 @@ async fn the_readmes_logs_insights_queries_answer_from_a_real_runs_log() {
         emf::check(line).unwrap_or_else(|err| panic!("{err}: {line}"));
     }
 
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let queries = insights::documented_queries(&readme);
+    let guide = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md")).unwrap();
+    let queries = insights::documented_queries(&guide);
     assert!(queries.len() >= 6, "{queries:?}");
     for (title, query) in queries {
         let query = query.replace("REQUEST-ID", "asked-1");

@@ -1,4 +1,4 @@
-//! A small evaluator for the CloudWatch Logs Insights queries the README
+//! A small evaluator for the CloudWatch Logs Insights queries the operations guide (`docs/operations.md`)
 //! documents, so a test can run them over the log lines of a real run: a
 //! renamed field or event then breaks a test instead of an operator's query.
 //!
@@ -14,10 +14,10 @@ use serde_json::{Map, Value};
 
 pub type Row = Map<String, Value>;
 
-/// The queries of the README's Logs Insights block: (the `#` line above it, the query).
-pub fn documented_queries(readme: &str) -> Vec<(String, String)> {
-    let start = readme.find("CloudWatch Logs Insights").expect("the README has a Logs Insights section");
-    let block = &readme[start..];
+/// The queries of the operations guide's Logs Insights block: (the `#` line above it, the query).
+pub fn documented_queries(guide: &str) -> Vec<(String, String)> {
+    let start = guide.find("CloudWatch Logs Insights").expect("the guide has a Logs Insights section");
+    let block = &guide[start..];
     let open = block.find("```\n").expect("a code block") + 4;
     let close = open + block[open..].find("```").expect("a closed code block");
     let mut queries: Vec<(String, String)> = Vec::new();
@@ -497,7 +497,7 @@ mod tests {
     }
 
     #[test]
-    fn the_readme_block_is_read_query_by_query() {
+    fn the_guides_block_is_read_query_by_query() {
         let readme =
             "CloudWatch Logs Insights:\n\n```\n# one\nfilter a = 1\n| stats count(*)\n\n# two\nfilter b = 2\n```\n";
         let queries = documented_queries(readme);
