@@ -171,10 +171,10 @@ impl Paths {
     }
 
     fn record(&mut self, segments: Vec<String>, line: usize) {
-        if let Some(target) = self.resolve(&segments) {
-            if !target.is_empty() {
-                self.found.push((self.module.clone(), target, line));
-            }
+        if let Some(target) = self.resolve(&segments)
+            && !target.is_empty()
+        {
+            self.found.push((self.module.clone(), target, line));
         }
     }
 
