@@ -210,16 +210,7 @@ async fn read_json(state: &AppState, tenant: &Tenant, body: &CreateDocumentReque
             Ok(Upload { bytes: text.as_bytes().to_vec(), format, title })
         }
         (None, Some(uri)) => {
-            let key = domain::importable_key(state.blobs.bucket(), tenant, uri)?;
-            let format = Format::detect(body.content_type.as_deref(), Some(key)).ok_or_else(|| {
-                Error::UnsupportedMediaType(format!("{key}: unsupported type; send text, Markdown, HTML or PDF"))
-            })?;
-            let bytes = state.blobs.get(key).await?.ok_or(Error::NotFound("S3 object"))?;
-            if bytes.len() > state.config.max_body_bytes {
-                return Err(Error::PayloadTooLarge);
-            }
-            let title = body.title.clone().unwrap_or_else(|| key.rsplit('/').next().unwrap_or(key).to_string());
-            Ok(Upload { bytes, format, title })
+            Ok(domain::import(state, tenant, uri, body.content_type.as_deref(), body.title.clone()).await?)
         }
         _ => Err(Error::invalid("send exactly one of `text` and `s3_uri`")),
     }
@@ -378,15 +369,7 @@ pub async fn list_chunks(
         (status = 410, body = crate::api::error::ErrorBody)))]
 pub async fn get_content(State(state): State<AppState>, tenant: Tenant, Path(id): Path<Uuid>) -> Result<Response> {
     let doc = find_row(&state, &tenant, id).await?;
-    let Some(bytes) = state.blobs.get(&doc.s3_key).await? else {
-        documents::mark_original_missing(&state.db, tenant.id, id).await?;
-        tracing::error!(document_id = %id, "the original is missing from the object store");
-        return Err(Error::Gone {
-            code: "original_missing",
-            message: "the object store no longer holds this document's original; its indexed text is still searchable"
-                .into(),
-        });
-    };
+    let bytes = domain::read_original(&state, &doc).await?;
     // An uploaded HTML page is the uploader's markup served from the console's
     // origin: a browser that opens it must download it, never sniff it into
     // another type, and, should it render it anyway, run nothing in it.
@@ -450,12 +433,9 @@ pub async fn summarize_document(
     tenant: Tenant,
     Path(id): Path<Uuid>,
 ) -> Result<(StatusCode, AppJson<Document>)> {
-    let doc = find(&state, &tenant, id).await?;
-    if doc.status == DocumentStatus::Failed {
-        return Err(Error::Conflict("the document failed to index; nothing to summarize".into()));
-    }
-    domain::enqueue_all(&state, vec![Job::SummarizeDocument { tenant_id: tenant.id, document_id: id }]).await?;
-    Ok((StatusCode::ACCEPTED, AppJson(doc)))
+    let doc = find_row(&state, &tenant, id).await?;
+    domain::request_summary(&state, &doc).await?;
+    Ok((StatusCode::ACCEPTED, AppJson(doc.into())))
 }
 
 /// Which documents a batch operation applies to: `ids`, a `collection`, or `all`.

@@ -10,6 +10,7 @@ use uuid::Uuid;
 use crate::api::error::{AppJson, Result};
 use crate::domain::state::AppState;
 use crate::domain::tenant::Tenant;
+use crate::store;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/me", get(me))
@@ -26,7 +27,6 @@ pub struct MeResponse {
 #[utoipa::path(get, path = "/v1/me", tag = "tenants", security(("api_key" = [])),
     responses((status = 200, body = MeResponse), (status = 401, body = crate::api::error::ErrorBody)))]
 pub async fn me(State(state): State<AppState>, tenant: Tenant) -> Result<AppJson<MeResponse>> {
-    let name: String =
-        sqlx::query_scalar("SELECT name FROM tenants WHERE id = $1").bind(tenant.id).fetch_one(&state.db).await?;
+    let name = store::keys::tenant_name(&state.db, tenant.id).await?;
     Ok(AppJson(MeResponse { tenant_id: tenant.id, tenant: name, provider: state.gateway.provider_name() }))
 }

@@ -1,6 +1,7 @@
 //! The document life cycle on the caller's side: store an upload (dedupe, the
 //! original to S3, the row, the index job, and the undo when the queue
-//! refuses), what an `s3_uri` import may name, re-indexing, summaries and
+//! refuses), an `s3_uri` import (what it may name, and fetching it), reading
+//! the original back (and marking it missing), re-indexing, summaries and
 //! deletion. `api::documents` parses requests and calls these; the indexing
 //! itself is the worker's (`worker::jobs::index`).
 
@@ -137,6 +138,57 @@ pub fn importable_key<'a>(bucket: &str, tenant: &Tenant, uri: &'a str) -> Result
         return Err(DomainError::Forbidden(format!("s3_uri may only name objects under s3://{bucket}/{prefix}")));
     }
     Ok(key)
+}
+
+/// Fetches an object a tenant registers by `s3_uri`: only under its own
+/// import prefix ([`importable_key`], checked before S3 is asked), of a type
+/// stolid reads (`content_type`, else the key's extension), and no larger than
+/// an upload may be. The title defaults to the key's file name.
+pub async fn import(
+    state: &AppState,
+    tenant: &Tenant,
+    uri: &str,
+    content_type: Option<&str>,
+    title: Option<String>,
+) -> Result<Upload> {
+    let key = importable_key(state.blobs.bucket(), tenant, uri)?;
+    let format = Format::detect(content_type, Some(key)).ok_or_else(|| {
+        DomainError::Unsupported(format!("{key}: unsupported type; send text, Markdown, HTML or PDF"))
+    })?;
+    let bytes = state.blobs.get(key).await?.ok_or(DomainError::NotFound("S3 object"))?;
+    if bytes.len() > state.config.max_body_bytes {
+        return Err(DomainError::TooLarge);
+    }
+    let title = title.unwrap_or_else(|| key.rsplit('/').next().unwrap_or(key).to_string());
+    Ok(Upload { bytes, format, title })
+}
+
+/// A document's original bytes. When the object store no longer holds them,
+/// the document is marked (`original_missing_since`) and the caller told so:
+/// its indexed text stays searchable, but there is nothing to serve.
+pub async fn read_original(state: &AppState, document: &Document) -> Result<Vec<u8>> {
+    match state.blobs.get(&document.s3_key).await? {
+        Some(bytes) => Ok(bytes),
+        None => {
+            documents::mark_original_missing(&state.db, document.tenant_id, document.id).await?;
+            tracing::error!(document_id = %document.id, "the original is missing from the object store");
+            Err(DomainError::Gone {
+                code: "original_missing",
+                message: "the object store no longer holds this document's original; its indexed text is still \
+                          searchable"
+                    .into(),
+            })
+        }
+    }
+}
+
+/// Queues a summary of one document: a document that failed to index has no
+/// text to summarize.
+pub async fn request_summary(state: &AppState, document: &Document) -> Result<()> {
+    if document.status == documents::DocumentStatus::Failed {
+        return Err(DomainError::Conflict("the document failed to index; nothing to summarize".into()));
+    }
+    enqueue_all(state, vec![Job::SummarizeDocument { tenant_id: document.tenant_id, document_id: document.id }]).await
 }
 
 /// Where operators (or a pipeline with S3 access) put files a tenant then registers by `s3_uri`.

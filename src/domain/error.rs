@@ -20,6 +20,15 @@ pub enum DomainError {
     /// The state of things does not allow it (retrying may).
     #[error("{0}")]
     Conflict(String),
+    /// An input is larger than the deployment accepts (`MAX_BODY_BYTES`).
+    #[error("too large")]
+    TooLarge,
+    /// An input's type is not one stolid can read.
+    #[error("{0}")]
+    Unsupported(String),
+    /// What the caller named existed and is gone for good (`code` says what).
+    #[error("{message}")]
+    Gone { code: &'static str, message: String },
     /// A dependency (the queue) refused; nothing was left half-done.
     #[error("{0}")]
     Unavailable(String),

@@ -110,3 +110,8 @@ pub async fn list(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<KeyInfo>> {
     .fetch_all(db)
     .await
 }
+
+/// A tenant's name, by id.
+pub async fn tenant_name(db: impl PgExecutor<'_>, tenant_id: Uuid) -> sqlx::Result<String> {
+    sqlx::query_scalar("SELECT name FROM tenants WHERE id = $1").bind(tenant_id).fetch_one(db).await
+}
