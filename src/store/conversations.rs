@@ -12,13 +12,12 @@ pub struct Conversation {
     pub updated_at: DateTime<Utc>,
 }
 
+/// A `messages` row (documented where clients see it, `api::views::Message`).
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Message {
     pub id: Uuid,
-    /// `user` or `assistant`.
     pub role: String,
     pub content: String,
-    /// The answer's citations, numbered as its `[n]` markers.
     pub citations: serde_json::Value,
     pub input_tokens: i32,
     pub output_tokens: i32,

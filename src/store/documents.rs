@@ -41,20 +41,23 @@ impl std::str::FromStr for DocumentStatus {
     }
 }
 
-/// A `documents` row; the API shows it as `api::views::Document`.
+/// A `documents` row. What each public column means is documented where
+/// clients see it, `api::views::Document`; the columns only the server reads
+/// are documented here.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Document {
     pub id: Uuid,
+    /// Every query filters by it; never shown.
     pub tenant_id: Uuid,
     pub collection: String,
     pub title: String,
     pub content_type: String,
+    /// Where the original is (`tenants/<tenant>/<document>`); never shown.
     pub s3_key: String,
     pub content_hash: String,
     pub size_bytes: i64,
     pub metadata: serde_json::Value,
     pub status: DocumentStatus,
-    /// Why indexing failed, when it did.
     pub error: Option<String>,
     pub chunk_count: i32,
     pub token_count: i32,
@@ -64,21 +67,11 @@ pub struct Document {
     pub updated_at: DateTime<Utc>,
     pub processing_started_at: Option<DateTime<Utc>>,
     pub indexed_at: Option<DateTime<Utc>>,
-    /// Set while indexing waits for the tenant's budget (`queued`, `error`
-    /// says why): when the period resets, if the limit is not raised sooner.
     pub paused_until: Option<DateTime<Utc>>,
-    /// Set when the object store was found not to hold the original any more:
-    /// the content cannot be read nor the document re-indexed, while its
-    /// chunks stay searchable. Cleared if the object comes back.
     pub original_missing_since: Option<DateTime<Utc>>,
-    /// Most of this document's text also occurs in smaller documents of its
-    /// collection (a print page, a concatenated export): search ranks it below
-    /// them and cites them instead.
     pub aggregate: bool,
-    /// The share of its text found in smaller documents of the collection, 0
-    /// to 1; absent for documents too short to tell or not measured yet.
     pub aggregate_share: Option<f32>,
-    /// Which generation of chunks is the document's (migration 0011).
+    /// Which generation of chunks is the document's (migration 0011); never shown.
     pub chunk_generation: i64,
 }
 
