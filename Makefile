@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PORT ?= 8080
 CARGO ?= cargo
 
-.PHONY: up infra build test compose-test console console-check bench-ingest bench-fleet bench-api bench-chunk eval chaos lint fmt clean-test-dbs
+.PHONY: up infra build test compose-test console console-check openapi bench-ingest bench-fleet bench-api bench-chunk eval chaos lint fmt clean-test-dbs
 
 ## up: start the local stack, create a dev API key once (kept in .env), run stolid in the foreground
 up: infra build
@@ -39,6 +39,10 @@ console:
 ## console-check: the browser tests' tools (Node packages, Debian's chromium), and dist/ is current
 console-check:
 	@scripts/console.sh check
+
+## openapi: write docs/openapi.json, the committed copy of what GET /openapi.json serves (a test keeps it current)
+openapi:
+	$(CARGO) run --quiet --locked -p stolid-tools --bin openapi > docs/openapi.json
 
 ## drop databases left by interrupted test runs
 clean-test-dbs:

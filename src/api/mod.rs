@@ -53,6 +53,12 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 )]
 pub struct ApiDoc;
 
+/// The OpenAPI document `GET /openapi.json` serves; `docs/openapi.json` is its
+/// committed copy (`make openapi` writes it, a test keeps it current).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
 struct ApiKeyAuth;
 
 impl utoipa::Modify for ApiKeyAuth {
@@ -157,7 +163,7 @@ pub fn router(state: AppState) -> Router {
         .merge(agent::router())
         .merge(suggest::router())
         .merge(openai_compat::router())
-        .route("/openapi.json", get(|| async { axum::Json(ApiDoc::openapi()) }))
+        .route("/openapi.json", get(|| async { axum::Json(openapi()) }))
         .fallback(|| async { error_response(StatusCode::NOT_FOUND, "not_found", "no such route") })
         // Innermost first: each `.layer` wraps everything above it.
         // MAX_BODY_BYTES is the one limit: axum's own 2 MB extractor default is off.

@@ -98,3 +98,12 @@ fn every_setting_is_in_the_configuration_guide() {
     let missing: Vec<&str> = VARIABLES.iter().copied().filter(|name| !guide.contains(&format!("`{name}`"))).collect();
     assert!(missing.is_empty(), "not in docs/configuration.md: {missing:?}");
 }
+
+/// `docs/openapi.json`, the committed API reference, is the document the server
+/// serves: a route or a type changed without `make openapi` fails here.
+#[test]
+fn the_committed_openapi_document_is_current() {
+    let committed: serde_json::Value = serde_json::from_str(&read("docs/openapi.json")).unwrap();
+    let served = serde_json::to_value(stolid::api::openapi()).unwrap();
+    assert!(committed == served, "docs/openapi.json is out of date: run `make openapi`");
+}
