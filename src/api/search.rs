@@ -7,10 +7,10 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::api::error::{AppJson, Error, Result};
+use crate::api::views::{self, Hit};
 use crate::domain::retrieval::{self, Mode};
 use crate::domain::state::AppState;
 use crate::domain::tenant::Tenant;
-use crate::store::search::Hit;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/search", post(search))
@@ -81,5 +81,5 @@ pub async fn search(
         demote_aggregates: request.demote_aggregates,
     };
     let retrieved = retrieval::search(&state, &tenant.call_context("search", None), query).await?;
-    Ok(AppJson(SearchResponse { results: retrieved.hits, reranked: retrieved.reranked }))
+    Ok(AppJson(SearchResponse { results: views::all(retrieved.hits), reranked: retrieved.reranked }))
 }

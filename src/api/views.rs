@@ -1,7 +1,8 @@
 //! The API's public types for the tables' rows: what a client sees of a
-//! document, a collection, a chunk, a conversation and a message. They are
+//! document, a collection, a chunk, a conversation, a message and a search
+//! result. They are
 //! apart from the rows (`store::*`) so a column added for the server's own use
-//! (a tenant id, an S3 key, a chunk generation) never reaches a response, and
+//! (a tenant id, an S3 key, a chunk generation, a ranking input) never reaches a response, and
 //! a column renamed in SQL is a compile error here, not a silent change of the
 //! API. Each is built from its row by `From`.
 
@@ -166,6 +167,57 @@ impl From<store::conversations::Message> for Message {
             output_tokens: row.output_tokens,
             cost_usd: row.cost_usd,
             created_at: row.created_at,
+        }
+    }
+}
+
+/// One search result: a passage and where it comes from.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Hit {
+    pub chunk_id: Uuid,
+    pub document_id: Uuid,
+    pub title: String,
+    pub collection: String,
+    pub content: String,
+    pub heading_path: Vec<String>,
+    pub start_offset: i32,
+    pub end_offset: i32,
+    /// The chunk's length in tokens (cl100k), as counted when it was indexed.
+    pub token_count: i32,
+    /// Mode-specific: cosine similarity, text rank, or fused score.
+    pub score: f64,
+    /// Other documents holding the same passage, folded into this result: the
+    /// passage is shown once, from the most specific document, and nothing is
+    /// hidden.
+    pub also_in: Vec<AlsoIn>,
+}
+
+/// A document that also holds a result's passage.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct AlsoIn {
+    pub document_id: Uuid,
+    pub title: String,
+    pub chunk_id: Uuid,
+}
+
+impl From<store::search::Hit> for Hit {
+    fn from(hit: store::search::Hit) -> Self {
+        Hit {
+            chunk_id: hit.chunk_id,
+            document_id: hit.document_id,
+            title: hit.title,
+            collection: hit.collection,
+            content: hit.content,
+            heading_path: hit.heading_path,
+            start_offset: hit.start_offset,
+            end_offset: hit.end_offset,
+            token_count: hit.token_count,
+            score: hit.score,
+            also_in: hit
+                .also_in
+                .into_iter()
+                .map(|a| AlsoIn { document_id: a.document_id, title: a.title, chunk_id: a.chunk_id })
+                .collect(),
         }
     }
 }

@@ -1,13 +1,12 @@
 //! Retrieval queries: nearest chunks by vector (HNSW), by full-text rank, both
 //! tenant-scoped with collection and metadata filters applied inside the SQL.
 
-use serde::Serialize;
 use sqlx::{PgConnection, PgExecutor, Postgres, QueryBuilder};
-use utoipa::ToSchema;
 use uuid::Uuid;
 
-/// One retrieved chunk.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
+/// One retrieved chunk, as retrieval works with it; the API shows it as
+/// `api::views::Hit`.
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Hit {
     pub chunk_id: Uuid,
     pub document_id: Uuid,
@@ -26,17 +25,15 @@ pub struct Hit {
     /// specific document, and nothing is hidden.
     #[sqlx(skip)]
     pub also_in: Vec<AlsoIn>,
-    /// The document is an aggregate (`store::aggregates`).
-    #[serde(skip)]
+    /// The document is an aggregate (`store::aggregates`); never shown.
     pub aggregate: bool,
     /// The document's length in tokens: of two copies of a passage, the one in
-    /// the shorter document is the more specific.
-    #[serde(skip)]
+    /// the shorter document is the more specific. Never shown.
     pub document_tokens: i32,
 }
 
 /// A document that also holds a result's passage.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AlsoIn {
     pub document_id: Uuid,
     pub title: String,
