@@ -4,8 +4,9 @@
 use sqlx::{PgConnection, PgExecutor, Postgres, QueryBuilder};
 use uuid::Uuid;
 
-/// One retrieved chunk, as retrieval works with it; the API shows it as
-/// `api::views::Hit`.
+/// One retrieved chunk, as retrieval works with it. The API shows it as
+/// `api::views::Hit`, where its public fields are documented; the ranking
+/// inputs only the server reads are documented here.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Hit {
     pub chunk_id: Uuid,
@@ -16,13 +17,9 @@ pub struct Hit {
     pub heading_path: Vec<String>,
     pub start_offset: i32,
     pub end_offset: i32,
-    /// The chunk's length in tokens (cl100k), as counted when it was indexed.
     pub token_count: i32,
-    /// Mode-specific: cosine similarity, text rank, or fused score.
     pub score: f64,
-    /// Other documents holding the same passage, folded into this result
-    /// (`retrieval::duplicates`): the passage is shown once, from the most
-    /// specific document, and nothing is hidden.
+    /// Filled by `domain::retrieval::duplicates`, not by SQL.
     #[sqlx(skip)]
     pub also_in: Vec<AlsoIn>,
     /// The document is an aggregate (`store::aggregates`); never shown.
