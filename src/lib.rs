@@ -15,13 +15,14 @@
 //!   retrieval, chat, suggest, agent, signals; the state and the caller they work with.
 //! - [`llm`]: the model gateway; every chat and embedding call, its retries, the
 //!   providers, the fleet-wide embedding cap (`llm::limiter`, state in Postgres) and
-//!   the books (`llm::accounting`: pricing, usage records, budgets, with their SQL).
+//!   the books (`llm::accounting`: usage records and budgets, with their SQL).
 //! - [`ingest`]: extraction and chunking, pure functions the index job runs on blocking
 //!   threads.
 //! - [`store`]: the SQL of the domain's tables.
 //! - [`infra`]: thin wrappers over S3 and SQS and their shared AWS settings, token
 //!   counting, the one backoff policy, the JSON logs.
-//! - [`config`]: every setting, read from the environment and checked at start.
+//! - [`config`]: every setting, read from the environment and checked at start, prices per
+//!   model among them.
 //!
 //! Not in this crate: test support (`crates/stolid-testkit`: the fake OpenAI-compatible
 //! server, throwaway infrastructure, a fault proxy, checkers) and the harnesses

@@ -13,7 +13,7 @@
 //! embedding paths (bulk through [`batcher`], queries through `query_groups`, the
 //! query cache); `chat` plain and streamed chat; `retrying` the one retry policy
 //! and the record of each attempt; [`providers`] the two providers; [`limiter`]
-//! the fleet's cap; [`accounting`] prices, usage records and budgets, with the
+//! the fleet's cap; [`accounting`] usage records and budgets, with the
 //! SQL of their tables.
 
 pub mod accounting;

@@ -8,8 +8,7 @@ use std::path::Path;
 /// The rooms, bottom up; a room may use only rooms on lower floors (and
 /// itself). A nested room (`domain::retrieval`) has a floor of its own.
 const FLOORS: &[(&str, u32)] = &[
-    // What a call costs: a pure table the settings are parsed into.
-    ("llm::accounting::pricing", 0),
+    // Every setting, prices per model included.
     ("config", 1),
     // AWS clients, token counting, backoff, logs.
     ("infra", 2),

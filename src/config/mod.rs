@@ -6,11 +6,13 @@
 //! fails with one line naming the variable, so a typo in a task definition
 //! shows up as a clear crash, not as odd behaviour later.
 
+pub mod pricing;
+
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::llm::accounting::pricing::{ModelPrice, PriceTable};
+use crate::config::pricing::{ModelPrice, PriceTable};
 
 /// The variables, one line each: the field it fills, its type, its name, and
 /// how it is read with its default. [`VARIABLES`] and the reading both come
