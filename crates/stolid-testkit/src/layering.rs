@@ -48,43 +48,19 @@ pub fn check(src: &Path, floors: &[(&str, u32)]) -> anyhow::Result<Vec<Violation
         let module = module_of(&relative);
         let text = std::fs::read_to_string(&file)?;
         let syntax = syn::parse_file(&text).map_err(|err| anyhow::anyhow!("{}: {err}", file.display()))?;
-        let mut paths = Paths { module: module.clone(), found: Vec::new() };
+        let mut paths = Paths { module, found: Vec::new() };
         paths.visit_file(&syntax);
         for (at, target, line) in paths.found {
             if at.is_empty() {
                 continue; // the crate root wires every room
             }
-            let Some((from_room, from_floor)) = room_of(&floors, &at) else {
+            if let Some(reason) = against_floors(&floors, &at, &target) {
                 violations.push(Violation {
                     file: relative.clone(),
                     line,
                     from: at.join("::"),
                     to: target.join("::"),
-                    reason: "this module belongs to no room (add it to the floors)".into(),
-                });
-                continue;
-            };
-            let Some((to_room, to_floor)) = room_of(&floors, &target) else {
-                violations.push(Violation {
-                    file: relative.clone(),
-                    line,
-                    from: at.join("::"),
-                    to: target.join("::"),
-                    reason: "names a module that belongs to no room".into(),
-                });
-                continue;
-            };
-            if from_room != to_room && from_floor <= to_floor {
-                violations.push(Violation {
-                    file: relative.clone(),
-                    line,
-                    from: at.join("::"),
-                    to: target.join("::"),
-                    reason: format!(
-                        "room {} (floor {from_floor}) uses room {} (floor {to_floor}): imports must go down",
-                        from_room.join("::"),
-                        to_room.join("::")
-                    ),
+                    reason,
                 });
             }
         }
@@ -92,6 +68,23 @@ pub fn check(src: &Path, floors: &[(&str, u32)]) -> anyhow::Result<Vec<Violation
     violations.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
     violations.dedup();
     Ok(violations)
+}
+
+/// Why a path from module `at` to `target` runs against the floors, if it does.
+fn against_floors(floors: &BTreeMap<Vec<String>, u32>, at: &[String], target: &[String]) -> Option<String> {
+    let Some((from_room, from_floor)) = room_of(floors, at) else {
+        return Some("this module belongs to no room (add it to the floors)".into());
+    };
+    let Some((to_room, to_floor)) = room_of(floors, target) else {
+        return Some("names a module that belongs to no room".into());
+    };
+    (from_room != to_room && from_floor <= to_floor).then(|| {
+        format!(
+            "room {} (floor {from_floor}) uses room {} (floor {to_floor}): imports must go down",
+            from_room.join("::"),
+            to_room.join("::")
+        )
+    })
 }
 
 fn split(path: &str) -> Vec<String> {
@@ -186,19 +179,12 @@ impl Paths {
                 self.use_tree(prefix, &path.tree);
                 prefix.pop();
             }
-            syn::UseTree::Name(name) => {
+            syn::UseTree::Name(syn::UseName { ident }) | syn::UseTree::Rename(syn::UseRename { ident, .. }) => {
                 let mut full = prefix.clone();
-                if name.ident != "self" {
-                    full.push(name.ident.to_string());
+                if ident != "self" {
+                    full.push(ident.to_string());
                 }
-                self.record(full, name.ident.span().start().line);
-            }
-            syn::UseTree::Rename(rename) => {
-                let mut full = prefix.clone();
-                if rename.ident != "self" {
-                    full.push(rename.ident.to_string());
-                }
-                self.record(full, rename.ident.span().start().line);
+                self.record(full, ident.span().start().line);
             }
             syn::UseTree::Glob(glob) => self.record(prefix.clone(), glob.star_token.spans[0].start().line),
             syn::UseTree::Group(group) => {
