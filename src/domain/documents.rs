@@ -124,7 +124,7 @@ pub fn document_of_original(key: &str) -> Option<(Uuid, Uuid)> {
 /// prefix, `s3://<bucket>/imports/<tenant id>/`. Never stolid's stored originals
 /// (`tenants/...`), never another tenant's imports. The check is made before S3
 /// is asked anything, so a refusal says nothing about whether the object exists.
-pub fn importable_key<'a>(bucket: &str, tenant: &Tenant, uri: &'a str) -> Result<&'a str> {
+fn importable_key<'a>(bucket: &str, tenant: &Tenant, uri: &'a str) -> Result<&'a str> {
     let (uri_bucket, key) = uri
         .strip_prefix("s3://")
         .and_then(|rest| rest.split_once('/'))
@@ -192,7 +192,7 @@ pub async fn request_summary(state: &AppState, document: &Document) -> Result<()
 }
 
 /// Where operators (or a pipeline with S3 access) put files a tenant then registers by `s3_uri`.
-pub fn import_prefix(tenant_id: Uuid) -> String {
+fn import_prefix(tenant_id: Uuid) -> String {
     format!("imports/{tenant_id}/")
 }
 
